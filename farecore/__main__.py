@@ -1,0 +1,5 @@
+import sys
+
+from farecore.cli import main
+
+sys.exit(main())

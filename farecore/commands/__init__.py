@@ -1,0 +1,3 @@
+"""Built-in subcommands of ``farecore``: each module here has ``register(subparsers)``."""
+
+__all__: list[str] = []

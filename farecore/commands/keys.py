@@ -1,0 +1,100 @@
+"""``farecore keys new`` and ``farecore keyring add|retire|revoke|list``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from farecore.crypto import Algorithm
+from farecore.keys import IssuerKey, Keyring, load_public_key_file, new_key_pair
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="generate issuer, terminal and revocation-signer keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        help="generate a key pair: PREFIX.key (private, mode 0600) and PREFIX.pub",
+        description="Generate a key pair. PREFIX.key is private (mode 0600) and stays on the "
+        "machine that signs; PREFIX.pub is what every other command reads.",
+    )
+    new.add_argument("--role", required=True, choices=["issuer", "terminal", "revocation"])
+    new.add_argument("--id", required=True, type=int, help="key id (uint32)")
+    new.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
+    new.add_argument(
+        "--algorithm", default="Ed25519", choices=["Ed25519", "ECDSA-P256"], help="default Ed25519"
+    )
+    new.set_defaults(func=_keys_new)
+
+    ring = sub.add_parser("keyring", help="maintain the issuer keyring that terminals trust")
+    ring_sub = ring.add_subparsers(dest="keyring_command", metavar="ACTION", required=True)
+    add = ring_sub.add_parser("add", help="add an issuer public key (PREFIX.pub) as active")
+    add.add_argument("--keyring", required=True, type=Path, help="keyring file (created if absent)")
+    add.add_argument("pub", type=Path, help="issuer public key file (.pub)")
+    add.add_argument("--label", default="", help="a note for people reading the keyring")
+    add.set_defaults(func=_keyring_add)
+    retire = ring_sub.add_parser(
+        "retire",
+        help="retire a key at a time: cards valid from before then still pass",
+    )
+    retire.add_argument("--keyring", required=True, type=Path)
+    retire.add_argument("key_id", type=int)
+    retire.add_argument("--at", required=True, type=int, help="retirement time, UTC Unix seconds")
+    retire.set_defaults(func=_keyring_retire)
+    revoke = ring_sub.add_parser("revoke", help="revoke a key: no card it signed passes any more")
+    revoke.add_argument("--keyring", required=True, type=Path)
+    revoke.add_argument("key_id", type=int)
+    revoke.set_defaults(func=_keyring_revoke)
+    show = ring_sub.add_parser("list", help="print the keyring")
+    show.add_argument("--keyring", required=True, type=Path)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_keyring_list)
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    key_path, pub_path = new_key_pair(
+        args.role, args.id, args.out, Algorithm.from_label(args.algorithm)
+    )
+    print(f"wrote {key_path} (private, mode 0600) and {pub_path}")
+    return 0
+
+
+def _load_or_new(path: Path) -> Keyring:
+    return Keyring.load(path) if path.exists() else Keyring()
+
+
+def _keyring_add(args: argparse.Namespace) -> int:
+    pub = load_public_key_file(args.pub, role="issuer")
+    ring = _load_or_new(args.keyring).add(
+        IssuerKey(pub.key_id, pub.algorithm, pub.public_key, label=args.label)
+    )
+    ring.save(args.keyring)
+    print(f"added issuer key {pub.key_id} ({pub.algorithm.label}) to {args.keyring}")
+    return 0
+
+
+def _keyring_retire(args: argparse.Namespace) -> int:
+    Keyring.load(args.keyring).retire(args.key_id, args.at).save(args.keyring)
+    print(f"retired issuer key {args.key_id} at {args.at}")
+    return 0
+
+
+def _keyring_revoke(args: argparse.Namespace) -> int:
+    Keyring.load(args.keyring).revoke(args.key_id).save(args.keyring)
+    print(f"revoked issuer key {args.key_id}")
+    return 0
+
+
+def _keyring_list(args: argparse.Namespace) -> int:
+    ring = Keyring.load(args.keyring)
+    if args.json:
+        print(json.dumps([k.to_json() for k in ring], indent=2))
+        return 0
+    for k in ring:
+        when = f" at {k.retired_at}" if k.retired_at is not None else ""
+        print(f"{k.key_id:>10}  {k.algorithm.label:<10}  {k.status}{when}  {k.label}")
+    return 0

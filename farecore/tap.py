@@ -1,0 +1,50 @@
+"""One tap, end to end, over any card channel: challenge, transaction, decision.
+
+This is the thin I/O loop around the sans-I/O :class:`Transaction`. It measures how long
+each step took, and it turns every failure of the channel, expected or not, into an
+UNREADABLE deny: a broken reader must never put a traceback in front of a rider.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from farecore.decision import Decision, Timings
+from farecore.proof import make_challenge
+from farecore.reader_port import CardChannel
+from farecore.transaction import State, Transaction
+from farecore.validator import Validator
+
+__all__ = ["run_tap"]
+
+_STEP_FIELDS = {State.SELECT: 0, State.READ: 1, State.AUTHENTICATE: 2}
+
+
+def run_tap(channel: CardChannel, validator: Validator, now_ms: int, nonce: bytes) -> Decision:
+    """Run SELECT, READ CREDENTIAL and INTERNAL AUTHENTICATE, then decide.
+
+    ``now_ms`` is the terminal time that goes into the challenge and the validity check;
+    ``nonce`` must be 16 fresh random bytes.
+    """
+    clock = time.perf_counter_ns
+    start = clock()
+    challenge = make_challenge(validator.policy.terminal_id, now_ms, nonce)
+    tx = Transaction(challenge)
+    steps = [0.0, 0.0, 0.0]
+    while (command := tx.next_command()) is not None:
+        index = _STEP_FIELDS[tx.state]
+        t0 = clock()
+        try:
+            response = channel.transmit(command)
+        except Exception as exc:  # noqa: BLE001 - any transport failure is UNREADABLE
+            steps[index] = (clock() - t0) / 1000
+            tx.transport_failed(f"{type(exc).__name__}: {exc}")
+            break
+        steps[index] = (clock() - t0) / 1000
+        tx.receive(response)
+    t_decide = clock()
+    decision = validator.decide(tx.result(), challenge, now_ms)
+    end = clock()
+    timings = Timings(steps[0], steps[1], steps[2], (end - t_decide) / 1000, (end - start) / 1000)
+    return dataclasses.replace(decision, timings=timings)

@@ -1,0 +1,210 @@
+"""The validator: from what a card said to ACCEPT or DENY with one reason.
+
+Checks run in the precedence order of CARD-SPEC §7 and the first failure is reported,
+so the reason never depends on which check happens to be cheaper. A credential whose
+issuer signature verified once is cached by its exact bytes; a repeat tap then costs one
+card-signature verification.
+
+The validator reads no clock (``now_ms`` is passed in) and never changes passback
+state: the gate records a ride there only after the journal has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from farecore.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
+from farecore.credential import Credential
+from farecore.crypto import load_public_key
+from farecore.decision import Decision, Reason, Timings
+from farecore.errors import BadSignature, MalformedInput
+from farecore.keys import Keyring
+from farecore.proof import verify_card_signature
+from farecore.transaction import Outcome, TransactionResult
+
+__all__ = ["ALL_CATEGORIES", "TerminalPolicy", "Validator"]
+
+ALL_CATEGORIES = frozenset({1, 2, 3, 4, 5})
+_STALE_POLICIES = ("closed", "open")
+_NO_CARD_KEY = object()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalPolicy:
+    """What one terminal accepts.
+
+    ``revocation_max_age_s``: a table older than this (by its created-at) is stale; then
+    ``stale_policy`` "closed" denies with REVOCATION_STALE and "open" accepts with the
+    ride flagged ``revocation_stale``. None disables the age check.
+    """
+
+    terminal_id: int
+    accepted_regions: frozenset[int]
+    accepted_categories: frozenset[int] = ALL_CATEGORIES
+    revocation_max_age_s: int | None = None
+    stale_policy: str = "closed"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.terminal_id <= 0xFFFFFFFFFFFFFFFF:
+            raise ValueError("terminal id must be a uint64")
+        object.__setattr__(self, "accepted_regions", frozenset(self.accepted_regions))
+        object.__setattr__(self, "accepted_categories", frozenset(self.accepted_categories))
+        if not self.accepted_regions:
+            raise ValueError("a terminal must accept at least one region")
+        if self.stale_policy not in _STALE_POLICIES:
+            raise ValueError(f"stale_policy must be 'closed' or 'open', not {self.stale_policy!r}")
+        if self.revocation_max_age_s is not None and self.revocation_max_age_s <= 0:
+            raise ValueError("revocation_max_age_s must be positive")
+
+
+@dataclass(slots=True)
+class _Verdict:
+    reason: Reason | None = None
+    detail: str = ""
+    flags: set[str] = field(default_factory=set)
+
+
+class Validator:
+    """Decides taps for one terminal. Not thread-safe: one validator per gate loop."""
+
+    __slots__ = ("_cache", "_cache_size", "keyring", "passback", "policy", "revocation")
+
+    def __init__(
+        self,
+        policy: TerminalPolicy,
+        keyring: Keyring,
+        revocation: RevocationSource | None = None,
+        passback: PassbackCheck = NO_PASSBACK,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.policy = policy
+        self.keyring = keyring
+        self.revocation: RevocationSource = revocation or InMemoryRevocation()
+        self.passback = passback
+        self._cache: dict[bytes, object] = {}
+        self._cache_size = cache_size
+
+    def _card_key(self, credential: Credential) -> tuple[object, Reason | None, str]:
+        """Issuer checks, cached by exact credential bytes once they pass."""
+        cached = self._cache.get(credential.raw)
+        if cached is not None:
+            return cached, None, ""
+        f = credential.fields
+        issuer = self.keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
+        if issuer is None:
+            return None, Reason.UNKNOWN_ISSUER_KEY, f"issuer key id {f.issuer_key_id} not usable"
+        try:
+            issuer.verify(credential.issuer_signature, credential.signed_message)
+        except BadSignature as exc:
+            return None, Reason.BAD_CREDENTIAL_SIGNATURE, str(exc)
+        key: object
+        try:
+            key = load_public_key(f.card_key_algorithm, f.card_public_key)
+        except MalformedInput:
+            key = _NO_CARD_KEY  # issuer signed a key that is no curve point: no tap can pass
+        if len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[credential.raw] = key
+        return key, None, ""
+
+    def decide(
+        self,
+        result: TransactionResult,
+        challenge: bytes,
+        now_ms: int,
+        timings: Timings | None = None,
+    ) -> Decision:
+        """Turn one transaction's result into a Decision. Never raises for card data."""
+        cred = result.credential
+        counter = result.counter
+        signature = result.signature
+        generation: int | None = None
+        verdict = _Verdict()
+        if result.outcome is Outcome.UNREADABLE or cred is None:
+            verdict.reason, verdict.detail = Reason.UNREADABLE, result.detail
+        elif result.outcome is Outcome.BLOCKED:
+            verdict.reason, verdict.detail = Reason.CARD_BLOCKED, result.detail
+        else:
+            generation = self._check(cred, counter, signature, challenge, now_ms, verdict)
+        return Decision(
+            accepted=verdict.reason is None,
+            reason=verdict.reason,
+            terminal_id=self.policy.terminal_id,
+            time_ms=now_ms,
+            challenge=challenge,
+            card_id=cred.card_id if cred is not None else None,
+            credential=cred.raw if cred is not None else None,
+            counter=counter,
+            card_signature=signature,
+            revocation_generation=generation,
+            flags=frozenset(verdict.flags),
+            detail=verdict.detail,
+            timings=timings if timings is not None else Timings(),
+        )
+
+    def _check(
+        self,
+        cred: Credential,
+        counter: int | None,
+        signature: bytes | None,
+        challenge: bytes,
+        now_ms: int,
+        verdict: _Verdict,
+    ) -> int | None:
+        """Run checks 3 to 10 in order; fill ``verdict``; return the generation consulted."""
+        key, reason, detail = self._card_key(cred)
+        if reason is not None:
+            verdict.reason, verdict.detail = reason, detail
+            return None
+        f = cred.fields
+        policy = self.policy
+        if now_ms < f.valid_from * 1000:
+            verdict.reason = Reason.NOT_YET_VALID
+            return None
+        if now_ms >= f.valid_until * 1000:
+            verdict.reason = Reason.EXPIRED
+            return None
+        if f.region not in policy.accepted_regions:
+            verdict.reason, verdict.detail = Reason.WRONG_REGION, f"region {f.region}"
+            return None
+        if f.category not in policy.accepted_categories:
+            verdict.reason, verdict.detail = Reason.CATEGORY_NOT_ACCEPTED, f"category {f.category}"
+            return None
+        snapshot = self.revocation.snapshot()
+        generation = snapshot.generation
+        entry = snapshot.lookup(f.card_id)
+        if entry is not None:
+            verdict.reason = Reason.REVOKED
+            verdict.detail = f"revoked at {entry.revoked_at}, reason {entry.reason}"
+            return generation
+        max_age = policy.revocation_max_age_s
+        if max_age is not None and now_ms - snapshot.created_at * 1000 > max_age * 1000:
+            if policy.stale_policy == "closed":
+                verdict.reason = Reason.REVOCATION_STALE
+                verdict.detail = f"revocation generation {generation} is older than {max_age} s"
+                return generation
+            verdict.flags.add("revocation_stale")
+        if key is _NO_CARD_KEY or counter is None or signature is None:
+            verdict.reason, verdict.detail = Reason.CARD_AUTH_FAILED, "card key unusable"
+            return generation
+        try:
+            verify_card_signature(key, f.card_id, counter, challenge, signature)  # type: ignore[arg-type]
+        except BadSignature as exc:
+            verdict.reason, verdict.detail = Reason.CARD_AUTH_FAILED, str(exc)
+            return generation
+        if self.passback.refuses(f.card_id, now_ms):
+            verdict.reason = Reason.PASSBACK
+        return generation
+
+    def forget_cached_credentials(self) -> None:
+        """Drop the credential cache (after the keyring changed)."""
+        self._cache.clear()
+
+
+def policy_from_lists(
+    terminal_id: int, regions: Iterable[int], categories: Iterable[int] = ALL_CATEGORIES
+) -> TerminalPolicy:
+    """Convenience for tests and the simulator."""
+    return TerminalPolicy(terminal_id, frozenset(regions), frozenset(categories))
+

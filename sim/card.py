@@ -1,0 +1,175 @@
+"""The virtual Rongjun card: the whole card side of CARD-SPEC, plus knobs for faults.
+
+A ``VirtualCard`` answers C-APDUs with R-APDUs exactly as a conforming chip would,
+including its monotonic counter and every status word. ``CardFaults`` makes it misbehave
+on purpose (pulled mid-transaction, wrong SW, truncated or padded answers, slow answers,
+an exhausted counter), and :meth:`VirtualCard.clone` builds the classic clone: the
+genuine credential with a key that is not the card's.
+
+The card is transport-agnostic: the in-process reader, the vpcd bridge and the PN532
+emulator all call :meth:`VirtualCard.process_apdu`.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field
+
+from farecore.apdu import (
+    AID,
+    SW_BLOCKED,
+    SW_CLA_NOT_SUPPORTED,
+    SW_CONDITIONS,
+    SW_INS_NOT_SUPPORTED,
+    SW_NOT_FOUND,
+    SW_OK,
+    SW_WRONG_LENGTH,
+    SW_WRONG_P1P2,
+    CommandApdu,
+)
+from farecore.credential import parse_unverified
+from farecore.crypto import PrivateKey
+from farecore.errors import CardIOError, MalformedApdu
+from farecore.proof import auth_message
+
+__all__ = ["SPEC_VERSION", "STEPS", "CardFaults", "VirtualCard"]
+
+SPEC_VERSION = b"\x01\x00"
+STEPS = ("select", "read", "auth")
+_U32_MAX = 0xFFFFFFFF
+_SW = struct.Struct(">H")
+
+
+@dataclass(slots=True)
+class CardFaults:
+    """Ways to make a card misbehave, each keyed by step: "select", "read" or "auth".
+
+    - ``remove_at``: the card leaves the field when that command arrives (CardIOError).
+    - ``wrong_sw``: answer that step with this status word and no data.
+    - ``truncate``: drop this many bytes from the end of that step's answer.
+    - ``extra``: append these bytes to that step's data field.
+    - ``delay_s``: sleep this long before every answer (a slow card).
+    - ``fixed_counter``: sign with this counter instead of the real one (0 is a clone tell).
+    """
+
+    remove_at: str | None = None
+    wrong_sw: dict[str, int] = field(default_factory=dict)
+    truncate: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, bytes] = field(default_factory=dict)
+    delay_s: float = 0.0
+    fixed_counter: int | None = None
+
+    def __post_init__(self) -> None:
+        for step in [self.remove_at, *self.wrong_sw, *self.truncate, *self.extra]:
+            if step is not None and step not in STEPS:
+                raise ValueError(f"unknown step {step!r}: expected one of {STEPS}")
+
+
+class VirtualCard:
+    """A card with a credential, a private key and a counter."""
+
+    __slots__ = ("_card_id", "counter", "credential", "faults", "key", "selected", "uid")
+
+    def __init__(
+        self,
+        credential: bytes,
+        key: PrivateKey,
+        counter: int = 0,
+        faults: CardFaults | None = None,
+        uid: bytes | None = None,
+    ) -> None:
+        self.credential = bytes(credential)
+        self.key = key
+        self.counter = counter
+        self.faults = faults or CardFaults()
+        self.selected = False
+        # The card id is read from the credential when it parses; a garbage credential
+        # (for fault tests) still gets a stable id from its bytes.
+        try:
+            self._card_id = parse_unverified(self.credential).card_id
+        except ValueError:
+            self._card_id = int.from_bytes(self.credential[6:14].ljust(8, b"\0"), "big")
+        self.uid = uid if uid is not None else self._card_id.to_bytes(8, "big")[-4:]
+
+    @property
+    def card_id(self) -> int:
+        return self._card_id
+
+    @classmethod
+    def clone(cls, original: VirtualCard, key: PrivateKey | None = None) -> VirtualCard:
+        """A copy of ``original``'s credential with a key the cloner made up."""
+        fake = key or PrivateKey.generate(original.key.algorithm)
+        return cls(original.credential, fake, counter=original.counter)
+
+    def power_on(self) -> None:
+        """A new field: the application is deselected, the counter persists."""
+        self.selected = False
+
+    def process_apdu(self, apdu: bytes) -> bytes:
+        """Answer one C-APDU. Raises CardIOError when the card 'leaves the field'."""
+        try:
+            cmd = CommandApdu.parse(apdu)
+        except MalformedApdu:
+            return _SW.pack(SW_WRONG_LENGTH)
+        step, data, sw = self._dispatch(cmd)
+        if step is not None:
+            faults = self.faults
+            if faults.remove_at == step:
+                self.selected = False
+                raise CardIOError(f"card removed during {step}")
+            if step in faults.wrong_sw:
+                data, sw = b"", faults.wrong_sw[step]
+            if step in faults.extra:
+                data += faults.extra[step]
+            if faults.delay_s:
+                time.sleep(faults.delay_s)
+            out = data + _SW.pack(sw)
+            cut = faults.truncate.get(step, 0)
+            return out[: len(out) - cut] if cut else out
+        return data + _SW.pack(sw)
+
+    def _dispatch(self, cmd: CommandApdu) -> tuple[str | None, bytes, int]:
+        if cmd.cla not in (0x00, 0x80):
+            return None, b"", SW_CLA_NOT_SUPPORTED
+        if (cmd.cla, cmd.ins) == (0x00, 0xA4):
+            return "select", *self._select(cmd)
+        if (cmd.cla, cmd.ins) == (0x80, 0xB0):
+            return "read", *self._read(cmd)
+        if (cmd.cla, cmd.ins) == (0x80, 0x88):
+            return "auth", *self._authenticate(cmd)
+        return None, b"", SW_INS_NOT_SUPPORTED
+
+    def _select(self, cmd: CommandApdu) -> tuple[bytes, int]:
+        self.selected = False
+        if (cmd.p1, cmd.p2) != (0x04, 0x00):
+            return b"", SW_WRONG_P1P2
+        if len(cmd.data) != len(AID) or cmd.le != 256:
+            return b"", SW_WRONG_LENGTH
+        if cmd.data != AID:
+            return b"", SW_NOT_FOUND
+        self.selected = True
+        return SPEC_VERSION, SW_OK
+
+    def _read(self, cmd: CommandApdu) -> tuple[bytes, int]:
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return b"", SW_WRONG_P1P2
+        if cmd.data or cmd.le != 256:
+            return b"", SW_WRONG_LENGTH
+        if not self.selected:
+            return b"", SW_CONDITIONS
+        return self.credential, SW_OK
+
+    def _authenticate(self, cmd: CommandApdu) -> tuple[bytes, int]:
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return b"", SW_WRONG_P1P2
+        if len(cmd.data) != 32 or cmd.le != 256:
+            return b"", SW_WRONG_LENGTH
+        if not self.selected:
+            return b"", SW_CONDITIONS
+        if self.counter >= _U32_MAX:
+            return b"", SW_BLOCKED
+        self.counter += 1
+        counter = self.counter if self.faults.fixed_counter is None else self.faults.fixed_counter
+        signature = self.key.sign(auth_message(self._card_id, counter, cmd.data))
+        return counter.to_bytes(4, "big") + signature, SW_OK

@@ -1,0 +1,95 @@
+"""A card issuer for tests and the simulator: deterministic keys and personalised cards.
+
+Everything is derived from a seed, so a simulator run or a test is reproducible down to
+the bytes. Real issuance happens elsewhere; this mirrors its output, not its process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from farecore.credential import CredentialFields, build_credential
+from farecore.crypto import Algorithm, PrivateKey
+from farecore.keys import IssuerKey, Keyring, SigningKey
+
+from sim.card import CardFaults, VirtualCard
+
+__all__ = ["QINGDAO", "Issuer", "derive_key"]
+
+QINGDAO = 370200
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def derive_key(seed: bytes | str, label: str, algorithm: Algorithm = Algorithm.ED25519) -> PrivateKey:
+    """A private key derived from ``seed`` and ``label`` (never use this for real keys)."""
+    if isinstance(seed, str):
+        seed = seed.encode()
+    counter = 0
+    while True:
+        secret = hashlib.sha256(seed + b"/" + label.encode() + bytes([counter])).digest()
+        if algorithm == Algorithm.ED25519 or 0 < int.from_bytes(secret, "big") < _P256_ORDER:
+            return PrivateKey(algorithm, secret)
+        counter += 1
+
+
+@dataclass
+class Issuer:
+    """An issuer key with its id, and the defaults of the cards it personalises."""
+
+    key: SigningKey
+    region: int = QINGDAO
+    valid_from: int = 1_764_547_200  # 2025-12-01
+    valid_until: int = 1_922_313_600  # 2030-12-01
+
+    @classmethod
+    def from_seed(
+        cls, seed: bytes | str, key_id: int = 1, algorithm: Algorithm = Algorithm.ED25519
+    ) -> Issuer:
+        return cls(SigningKey("issuer", key_id, derive_key(seed, f"issuer-{key_id}", algorithm)))
+
+    def keyring_entry(self) -> IssuerKey:
+        return IssuerKey(self.key.key_id, self.key.algorithm, self.key.private.public_bytes)
+
+    def keyring(self) -> Keyring:
+        return Keyring([self.keyring_entry()])
+
+    def credential(
+        self,
+        card_id: int,
+        card_key: PrivateKey,
+        *,
+        category: int = 1,
+        region: int | None = None,
+        valid_from: int | None = None,
+        valid_until: int | None = None,
+        signer: SigningKey | None = None,
+    ) -> bytes:
+        signer = signer or self.key
+        fields = CredentialFields(
+            issuer_algorithm=signer.algorithm,
+            issuer_key_id=signer.key_id,
+            card_id=card_id,
+            category=category,
+            region=self.region if region is None else region,
+            valid_from=self.valid_from if valid_from is None else valid_from,
+            valid_until=self.valid_until if valid_until is None else valid_until,
+            card_key_algorithm=card_key.algorithm,
+            card_public_key=card_key.public_bytes,
+        )
+        return build_credential(fields, signer.private)
+
+    def card(
+        self,
+        card_id: int,
+        *,
+        seed: bytes | str = b"cards",
+        card_algorithm: Algorithm = Algorithm.ED25519,
+        faults: CardFaults | None = None,
+        counter: int = 0,
+        **credential_options: int | SigningKey | None,
+    ) -> VirtualCard:
+        """A personalised virtual card whose key derives from ``seed`` and ``card_id``."""
+        card_key = derive_key(seed, f"card-{card_id}", card_algorithm)
+        cred = self.credential(card_id, card_key, **credential_options)  # type: ignore[arg-type]
+        return VirtualCard(cred, card_key, counter=counter, faults=faults)
