@@ -12,6 +12,7 @@ issuer really signed it is the validator's business, with a keyring.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -112,9 +113,14 @@ class Credential:
 def parse_unverified(data: bytes) -> Credential:
     """Parse credential bytes strictly; raise MalformedCredential on any deviation.
 
-    The issuer signature is *not* verified here.
+    The issuer signature is *not* verified here. Results are cached by the exact bytes,
+    because the same card taps again and again.
     """
-    data = bytes(data)
+    return _parse_cached(bytes(data))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse_cached(data: bytes) -> Credential:
     if len(data) not in (124, 157):
         raise MalformedCredential(f"credential is {len(data)} bytes; expected 124 or 157")
     version, issuer_alg, key_id, card_id, category, region, vfrom, vuntil, card_alg = (

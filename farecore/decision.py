@@ -80,8 +80,14 @@ class Decision:
     def __post_init__(self) -> None:
         if self.accepted != (self.reason is None):
             raise ValueError("an accepted decision has no reason; a denied one has exactly one")
-        if self.accepted and self.proof is None:
+        if self.accepted and (
+            self.credential is None or self.counter is None or self.card_signature is None
+        ):
             raise ValueError("an accepted decision must carry a full proof of tap")
+
+    def _stamp(self, timings: Timings) -> None:
+        # Set once by run_tap, which measures the total only after the decision exists.
+        object.__setattr__(self, "timings", timings)
 
     @property
     def label(self) -> str:

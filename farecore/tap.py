@@ -7,7 +7,6 @@ UNREADABLE deny: a broken reader must never put a traceback in front of a rider.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from farecore.decision import Decision, Timings
@@ -47,4 +46,5 @@ def run_tap(channel: CardChannel, validator: Validator, now_ms: int, nonce: byte
     decision = validator.decide(tx.result(), challenge, now_ms)
     end = clock()
     timings = Timings(steps[0], steps[1], steps[2], (end - t_decide) / 1000, (end - start) / 1000)
-    return dataclasses.replace(decision, timings=timings)
+    decision._stamp(timings)
+    return decision

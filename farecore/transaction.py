@@ -25,7 +25,6 @@ from farecore.apdu import (
     SW_OK,
     describe_sw,
     internal_authenticate,
-    split_response,
 )
 from farecore.credential import Credential, parse_unverified
 from farecore.errors import MalformedApdu, MalformedCredential
@@ -36,7 +35,9 @@ __all__ = ["Outcome", "State", "Transaction", "TransactionResult"]
 SUPPORTED_MAJOR = 1
 
 
-class State(enum.Enum):
+class State:
+    """Transaction states. Plain strings: they are compared on every APDU of every tap."""
+
     SELECT = "select"
     READ = "read"
     AUTHENTICATE = "authenticate"
@@ -45,13 +46,13 @@ class State(enum.Enum):
     BLOCKED = "blocked"
 
 
-class _Event(enum.Enum):
+class _Event:
     OK = "ok"
     BAD = "bad"
     BLOCKED = "blocked"
 
 
-_TRANSITIONS: dict[tuple[State, _Event], State] = {
+_TRANSITIONS: dict[tuple[str, str], str] = {
     (State.SELECT, _Event.OK): State.READ,
     (State.SELECT, _Event.BAD): State.UNREADABLE,
     (State.READ, _Event.OK): State.AUTHENTICATE,
@@ -88,7 +89,7 @@ class Transaction:
 
     def __init__(self, challenge: bytes) -> None:
         self._challenge = challenge
-        self.state = State.SELECT
+        self.state: str = State.SELECT
         self._credential: Credential | None = None
         self._counter: int | None = None
         self._signature: bytes | None = None
@@ -96,43 +97,43 @@ class Transaction:
 
     def next_command(self) -> bytes | None:
         """The C-APDU to send now, or None when the transaction is over."""
-        if self.state is State.SELECT:
+        if self.state == State.SELECT:
             return SELECT_RONGJUN
-        if self.state is State.READ:
+        if self.state == State.READ:
             return READ_CREDENTIAL
-        if self.state is State.AUTHENTICATE:
+        if self.state == State.AUTHENTICATE:
             return internal_authenticate(self._challenge)
         return None
 
-    def receive(self, response: bytes) -> State:
+    def receive(self, response: bytes) -> str:
         """Feed the card's R-APDU for the last command; return the new state."""
-        try:
-            rsp = split_response(response)
-        except MalformedApdu as exc:
-            return self._fire(_Event.BAD, str(exc))
+        if len(response) < 2:
+            return self._fire(_Event.BAD, f"response of {len(response)} bytes has no status word")
+        sw = (response[-2] << 8) | response[-1]
+        data = response[:-2]
         state = self.state
-        if state is State.AUTHENTICATE and rsp.sw == SW_BLOCKED and not rsp.data:
+        if state == State.AUTHENTICATE and sw == SW_BLOCKED and not data:
             return self._fire(_Event.BLOCKED, "card answered 69 83: counter exhausted")
-        if rsp.sw != SW_OK:
-            return self._fire(_Event.BAD, f"{state.value}: card answered {describe_sw(rsp.sw)}")
+        if sw != SW_OK:
+            return self._fire(_Event.BAD, f"{state}: card answered {describe_sw(sw)}")
         try:
-            if state is State.SELECT:
-                self._check_select(rsp.data)
-            elif state is State.READ:
-                self._credential = parse_unverified(rsp.data)
-            elif state is State.AUTHENTICATE:
-                self._counter, self._signature = parse_auth_response(rsp.data)
+            if state == State.SELECT:
+                self._check_select(data)
+            elif state == State.READ:
+                self._credential = parse_unverified(data)
+            elif state == State.AUTHENTICATE:
+                self._counter, self._signature = parse_auth_response(data)
             else:
-                raise RuntimeError(f"no command is outstanding in state {state.value}")
+                raise RuntimeError(f"no command is outstanding in state {state}")
         except (MalformedApdu, MalformedCredential) as exc:
-            return self._fire(_Event.BAD, f"{state.value}: {exc}")
+            return self._fire(_Event.BAD, f"{state}: {exc}")
         return self._fire(_Event.OK, "")
 
-    def transport_failed(self, detail: str) -> State:
+    def transport_failed(self, detail: str) -> str:
         """The reader or card failed before an answer came back."""
         if self.state in _FINAL:
             raise RuntimeError("transport failure reported after the transaction ended")
-        return self._fire(_Event.BAD, f"{self.state.value}: {detail}")
+        return self._fire(_Event.BAD, f"{self.state}: {detail}")
 
     def _check_select(self, data: bytes) -> None:
         if len(data) != 2:
@@ -140,23 +141,23 @@ class Transaction:
         if data[0] != SUPPORTED_MAJOR:
             raise MalformedApdu(f"card speaks spec {data[0]}.{data[1]}, this terminal speaks 1.x")
 
-    def _fire(self, event: _Event, detail: str) -> State:
-        key = (self.state, event)
-        if key not in _TRANSITIONS:
-            raise RuntimeError(f"no transition from {self.state.value} on {event.value}")
-        self.state = _TRANSITIONS[key]
+    def _fire(self, event: str, detail: str) -> str:
+        new = _TRANSITIONS.get((self.state, event))
+        if new is None:
+            raise RuntimeError(f"no transition from {self.state} on {event}")
+        self.state = new
         if detail:
             self._detail = detail
         return self.state
 
     def result(self) -> TransactionResult:
         """The outcome; only once the transaction is over."""
-        if self.state is State.DONE:
+        if self.state == State.DONE:
             return TransactionResult(
                 Outcome.COMPLETE, "", self._credential, self._counter, self._signature
             )
-        if self.state is State.UNREADABLE:
+        if self.state == State.UNREADABLE:
             return TransactionResult(Outcome.UNREADABLE, self._detail, self._credential)
-        if self.state is State.BLOCKED:
+        if self.state == State.BLOCKED:
             return TransactionResult(Outcome.BLOCKED, self._detail, self._credential)
-        raise RuntimeError(f"transaction still in progress ({self.state.value})")
+        raise RuntimeError(f"transaction still in progress ({self.state})")

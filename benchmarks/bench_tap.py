@@ -1,0 +1,121 @@
+"""Engine-only tap time through the virtual reader, against the raw card-signature cost.
+
+A tap is timed from "card present" to the decision: SELECT, READ CREDENTIAL, INTERNAL
+AUTHENTICATE (the virtual card signs), and the validator's checks (the terminal verifies).
+The durable journal is off. The baseline, measured interleaved in the same loop, is the
+irreducible crypto of one tap: one card signature plus one verification of it.
+
+    python benchmarks/bench_tap.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import goal, p50, percentile, write_report  # noqa: E402
+
+from farecore.crypto import Algorithm, set_ed25519_backend  # noqa: E402
+from farecore.proof import auth_message  # noqa: E402
+from farecore.tap import run_tap  # noqa: E402
+from farecore.validator import TerminalPolicy, Validator  # noqa: E402
+from readers.virtual import VirtualReader  # noqa: E402
+from sim.issuer import Issuer  # noqa: E402
+
+NOW_MS = 1_796_083_200_000
+clock = time.perf_counter_ns
+
+
+def interleaved(taps: int, algorithm: Algorithm) -> tuple[list[float], list[float]]:
+    """Repeat taps of one card and raw sign+verify, alternating; microseconds each."""
+    issuer = Issuer.from_seed("bench-tap")
+    validator = Validator(TerminalPolicy(1, frozenset({370200})), issuer.keyring())
+    card = issuer.card(4242, card_algorithm=algorithm)
+    channel = VirtualReader().tap(card)
+    public = card.key.public_key()
+    run_tap(channel, validator, NOW_MS, os.urandom(16))  # warm the credential cache
+    tap_us, raw_us = [], []
+    for i in range(taps):
+        nonce = os.urandom(16)
+        message = auth_message(4242, i + 1, nonce * 2)
+        t0 = clock()
+        signature = card.key.sign(message)
+        public.verify(signature, message)
+        t1 = clock()
+        decision = run_tap(channel, validator, NOW_MS, nonce)
+        t2 = clock()
+        if not decision.accepted:
+            raise SystemExit(f"benchmark card was denied: {decision.label} {decision.detail}")
+        raw_us.append((t1 - t0) / 1000)
+        tap_us.append((t2 - t1) / 1000)
+    return tap_us, raw_us
+
+
+def first_taps(count: int) -> list[float]:
+    """Taps of cards never seen before: the issuer signature is verified too."""
+    issuer = Issuer.from_seed("bench-first")
+    validator = Validator(TerminalPolicy(1, frozenset({370200})), issuer.keyring())
+    cards = [issuer.card(100_000 + i) for i in range(count)]
+    out = []
+    for card in cards:
+        channel = VirtualReader().tap(card)
+        t0 = clock()
+        run_tap(channel, validator, NOW_MS, os.urandom(16))
+        out.append((clock() - t0) / 1000)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer taps (still ≥ 10,000)")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    taps = 10_000 if args.quick else 50_000
+    tap_us, raw_us = interleaved(taps, Algorithm.ED25519)
+    tap_p256, raw_p256 = interleaved(taps // 5, Algorithm.P256)
+    first = first_taps(500 if args.quick else 2000)
+    metrics: dict[str, float | int | None] = {
+        "taps": taps,
+        "tap_p50_us": p50(tap_us),
+        "tap_p99_us": percentile(tap_us, 99),
+        "raw_crypto_p50_us": p50(raw_us),
+        "raw_crypto_p99_us": percentile(raw_us, 99),
+        "repeat_tap_p50_us": p50(tap_us),
+        "first_tap_p50_us": p50(first),
+        "first_tap_p99_us": percentile(first, 99),
+        "p256_card_tap_p50_us": p50(tap_p256),
+        "p256_card_raw_crypto_p50_us": p50(raw_p256),
+    }
+    ratio = metrics["tap_p50_us"] / metrics["raw_crypto_p50_us"]  # type: ignore[operator]
+    metrics["tap_p50_over_raw"] = ratio
+    try:
+        set_ed25519_backend("nacl")
+        nacl_tap, nacl_raw = interleaved(taps // 5, Algorithm.ED25519)
+        metrics["nacl_tap_p50_us"] = p50(nacl_tap)
+        metrics["nacl_raw_crypto_p50_us"] = p50(nacl_raw)
+    except ValueError:
+        metrics["nacl_tap_p50_us"] = None
+    finally:
+        set_ed25519_backend("cryptography")
+    goals = [
+        goal("tap p50 vs raw crypto (card sign + verify), virtual reader", ratio, "<=", 1.3, "ratio"),
+        goal("tap p99 via virtual reader", metrics["tap_p99_us"] / 1000, "<=", 2.0, "ms"),  # type: ignore[operator]
+    ]
+    f = lambda v: "n/a" if v is None else f"{v:.1f} µs"  # noqa: E731
+    rows = [
+        ("tap p50 (repeat, Ed25519 card)", f(metrics["tap_p50_us"]), f(metrics["raw_crypto_p50_us"]), f"{ratio:.2f}", "≤ 1.3×"),
+        ("tap p99", f(metrics["tap_p99_us"]), f(metrics["raw_crypto_p99_us"]), "", "≤ 2 ms"),
+        ("first tap p50 (not cached)", f(metrics["first_tap_p50_us"]), "", "", ""),
+        ("tap p50, P-256 card", f(metrics["p256_card_tap_p50_us"]), f(metrics["p256_card_raw_crypto_p50_us"]), "", ""),
+        ("tap p50, PyNaCl Ed25519 verify", f(metrics["nacl_tap_p50_us"]), f(metrics.get("nacl_raw_crypto_p50_us")), "", ""),
+    ]  # fmt: skip
+    write_report("tap", args.quick, metrics, goals, args.out, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""``farecore gate``: run a gate terminal on a reader until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationSource
+from farecore.config import GateConfig, load_gate_config
+from farecore.errors import ConfigError, JournalError
+from farecore.gate import Actuator, CommandActuator, ConsoleActuator, Gate, RideLog
+from farecore.keys import Keyring
+from farecore.reader_port import open_reader
+from farecore.validator import Validator
+
+__all__ = ["open_gate", "register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "gate",
+        help="run a gate terminal on a reader",
+        description="Run a gate terminal: wait for a card, decide, journal the ride durably, "
+        "signal the actuator, wait for removal. One JSON line per tap goes to stdout; a "
+        "human line per tap goes to stderr. SIGTERM or SIGINT stops it cleanly.",
+    )
+    p.add_argument(
+        "--reader",
+        required=True,
+        metavar="URL",
+        help="pcsc: | pcsc:NAME | pn532:/dev/ttyUSB0 | virtual:",
+    )
+    p.add_argument("--config", required=True, type=Path, help="gate configuration (TOML)")
+    p.add_argument("--max-taps", type=int, default=None, help="stop after this many taps")
+    p.add_argument("--quiet", action="store_true", help="no human line per tap on stderr")
+    p.set_defaults(func=_run)
+
+
+def _revocation(cfg: GateConfig, stack: contextlib.ExitStack) -> RevocationSource | None:
+    if cfg.revocation_table is None:
+        return None
+    from farecore.keys import load_public_key_file
+    from farecore.revocation import HotRevocation
+
+    signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
+    hot = HotRevocation(cfg.revocation_table, signer)
+    stack.callback(hot.close)
+    return hot  # type: ignore[no-any-return]
+
+
+def _journal(cfg: GateConfig, stack: contextlib.ExitStack) -> tuple[RideLog | None, Any]:
+    from farecore.journal import Direction, Journal, TapContext
+
+    direction = {
+        "bus": Direction.BOARD,
+        "metro_entry": Direction.ENTRY,
+        "metro_exit": Direction.EXIT,
+    }[cfg.role]
+    ctx = TapContext(operator=cfg.operator, line=cfg.line, place=cfg.place, direction=direction)
+    if cfg.journal is None:
+        return None, ctx
+    journal = Journal.open(
+        cfg.journal, cfg.terminal_id, group_commit_ms=cfg.group_commit_ms or None
+    )
+    stack.callback(journal.close)
+    return journal, ctx
+
+
+def _passback(cfg: GateConfig, stack: contextlib.ExitStack) -> PassbackCheck:
+    if cfg.passback_window_s == 0 or cfg.role == "metro_exit":
+        return NO_PASSBACK
+    if cfg.passback_store is None:
+        raise ConfigError("passback.window_s is set but passback.store is not")
+    from farecore.passback import PassbackRule, PassbackStore
+
+    store = PassbackStore.open(
+        cfg.passback_store, PassbackRule(window_s=cfg.passback_window_s), cfg.place
+    )
+    close = getattr(store, "close", None)
+    if close is not None:
+        stack.callback(close)
+    return store  # type: ignore[no-any-return]
+
+
+def open_gate(
+    cfg: GateConfig, reader_url: str, stack: contextlib.ExitStack, *, quiet: bool = False
+) -> Gate:
+    """Build every part of a gate from its configuration; register cleanups on ``stack``."""
+    keyring = Keyring.load(cfg.keyring)
+    validator = Validator(cfg.policy(), keyring, _revocation(cfg, stack))
+    journal, ctx = _journal(cfg, stack)
+    passback = _passback(cfg, stack)
+    validator.passback = passback
+    reader = open_reader(reader_url)
+    reader.open()
+    stack.callback(reader.close)
+    actuator: Actuator | None = None if quiet else ConsoleActuator()
+    if cfg.actuator_command:
+        actuator = CommandActuator(cfg.actuator_command, then=actuator)
+    return Gate(
+        reader,
+        validator,
+        journal=journal,
+        context=ctx,
+        passback=passback,
+        actuator=actuator,
+        log=sys.stdout,
+        place=cfg.place,
+        role=cfg.role,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_gate_config(args.config)
+    with contextlib.ExitStack() as stack:
+        gate = open_gate(cfg, args.reader, stack, quiet=args.quiet)
+
+        def stop(signum: int, frame: object) -> None:
+            gate.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(
+            f"farecore gate: terminal {cfg.terminal_id} ({cfg.role} at {cfg.place}) ready on "
+            f"{args.reader}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            served = gate.run(max_taps=args.max_taps)
+        except JournalError as exc:
+            print(f"farecore gate: OUT OF SERVICE, journal failed: {exc}", file=sys.stderr)
+            return 3
+    print(f"farecore gate: stopped after {served} taps; journal closed", file=sys.stderr)
+    return 0

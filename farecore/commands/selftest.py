@@ -1,0 +1,49 @@
+"""``farecore selftest``: known-answer crypto tests and a quick timing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from farecore.selftest import run_selftest
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "selftest",
+        help="check the crypto against known answers and time a tap: is this machine fit?",
+        description="Run the golden-vector known-answer tests (issuer and card signatures, "
+        "every decision reason) and time whole taps. Exits 0 only if every check passes.",
+    )
+    p.add_argument("--taps", type=int, default=500, help="taps to time (default 500)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    checks, figures = run_selftest(args.taps)
+    failed = [c for c in checks if not c.passed]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "fit": not failed,
+                    "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
+                    "figures": figures,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for c in checks:
+            mark = "PASS" if c.passed else "FAIL"
+            print(f"{mark}  {c.name}" + (f"  ({c.detail})" if c.detail and (not c.passed or "time" in c.name) else ""))
+        print()
+        if failed:
+            print(f"NOT FIT: {len(failed)} of {len(checks)} checks failed. Do not run a gate here.")
+        else:
+            print(f"FIT: all {len(checks)} checks passed. This machine can run a gate.")
+    return 1 if failed else 0

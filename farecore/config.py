@@ -1,0 +1,185 @@
+"""The gate configuration file (TOML), parsed and checked before a gate starts.
+
+Paths in the file are relative to the file's own directory, so a configuration and its
+keys can move together. Every problem is reported as a ConfigError that names the key;
+a gate never starts half-configured.
+
+Example::
+
+    [terminal]
+    id = 1001
+    key = "keys/terminal-1001.key"
+    operator = "qingdao-metro"
+    line = "M3"
+    place = "wusi-square"        # station, stop or vehicle id
+    role = "metro_entry"         # bus | metro_entry | metro_exit
+
+    [policy]
+    regions = [370200]
+    categories = [1, 2, 3, 4, 5]
+
+    [keyring]
+    path = "keyring.json"
+
+    [revocation]
+    table = "revocation.frt"     # optional: without it no card is revoked
+    signer = "keys/revocation.pub"
+    max_age_s = 172800
+    stale_policy = "closed"      # closed | open
+
+    [journal]
+    path = "journal-1001.sqlite"
+    group_commit_ms = 0          # 0: one commit per tap
+
+    [passback]
+    window_s = 600               # 0 disables the rule
+    store = "station.sqlite"     # shared by the gates of one station
+
+    [actuator]
+    command = []                 # e.g. ["gpioset", "gpiochip0", "17=1"] run on ACCEPT
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farecore.errors import ConfigError
+from farecore.validator import ALL_CATEGORIES, TerminalPolicy
+
+__all__ = ["ROLES", "GateConfig", "load_gate_config"]
+
+ROLES = ("bus", "metro_entry", "metro_exit")
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    terminal_id: int
+    terminal_key: Path | None
+    operator: str
+    line: str
+    place: str
+    role: str
+    regions: frozenset[int]
+    categories: frozenset[int]
+    keyring: Path
+    revocation_table: Path | None
+    revocation_signer: Path | None
+    revocation_max_age_s: int | None
+    stale_policy: str
+    journal: Path | None
+    group_commit_ms: float
+    passback_window_s: int
+    passback_store: Path | None
+    actuator_command: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"terminal.role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.revocation_table is not None and self.revocation_signer is None:
+            raise ConfigError("revocation.table is set but revocation.signer is not")
+        if self.passback_window_s < 0:
+            raise ConfigError("passback.window_s must be 0 (off) or positive")
+        if self.group_commit_ms < 0:
+            raise ConfigError("journal.group_commit_ms must be 0 (off) or positive")
+
+    def policy(self) -> TerminalPolicy:
+        try:
+            return TerminalPolicy(
+                self.terminal_id,
+                self.regions,
+                self.categories,
+                self.revocation_max_age_s,
+                self.stale_policy,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"policy: {exc}") from None
+
+
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any = ...) -> Any:
+    if key not in section:
+        if default is ...:
+            raise ConfigError(f"{where}.{key} is required")
+        return default
+    value = section[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}.{key} must be an integer, not {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{where}.{key} must be a number, not {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{where}.{key} must be a string, not {value!r}")
+    if kind is list and not isinstance(value, list):
+        raise ConfigError(f"{where}.{key} must be a list, not {value!r}")
+    return value
+
+
+def _int_set(section: dict[str, Any], where: str, key: str, default: frozenset[int]) -> frozenset[int]:
+    values = _get(section, where, key, list, None)
+    if values is None:
+        return default
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{where}.{key} must be a list of integers")
+    return frozenset(values)
+
+
+def load_gate_config(path: str | Path) -> GateConfig:
+    """Read and check a gate configuration; raise ConfigError naming what is wrong."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    base = p.parent
+
+    def rel(value: str | None) -> Path | None:
+        return None if value in (None, "") else base / str(value)
+
+    term = _table(doc, "terminal")
+    policy = _table(doc, "policy")
+    keyring = _table(doc, "keyring")
+    revocation = _table(doc, "revocation")
+    journal = _table(doc, "journal")
+    passback = _table(doc, "passback")
+    actuator = _table(doc, "actuator")
+    command = _get(actuator, "actuator", "command", list, [])
+    if not all(isinstance(c, str) for c in command):
+        raise ConfigError("actuator.command must be a list of strings")
+    max_age = _get(revocation, "revocation", "max_age_s", int, None)
+    terminal_id = _get(term, "terminal", "id", int)
+    if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
+        raise ConfigError("terminal.id must be a uint64")
+    keyring_path = rel(_get(keyring, "keyring", "path", str))
+    assert keyring_path is not None
+    return GateConfig(
+        terminal_id=terminal_id,
+        terminal_key=rel(_get(term, "terminal", "key", str, None)),
+        operator=_get(term, "terminal", "operator", str),
+        line=_get(term, "terminal", "line", str),
+        place=_get(term, "terminal", "place", str),
+        role=_get(term, "terminal", "role", str),
+        regions=_int_set(policy, "policy", "regions", frozenset()),
+        categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
+        keyring=keyring_path,
+        revocation_table=rel(_get(revocation, "revocation", "table", str, None)),
+        revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
+        revocation_max_age_s=max_age,
+        stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),
+        journal=rel(_get(journal, "journal", "path", str, None)),
+        group_commit_ms=float(_get(journal, "journal", "group_commit_ms", float, 0)),
+        passback_window_s=_get(passback, "passback", "window_s", int, 0),
+        passback_store=rel(_get(passback, "passback", "store", str, None)),
+        actuator_command=tuple(command),
+    )
