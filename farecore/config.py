@@ -122,7 +122,9 @@ def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any
     return value
 
 
-def _int_set(section: dict[str, Any], where: str, key: str, default: frozenset[int]) -> frozenset[int]:
+def _int_set(
+    section: dict[str, Any], where: str, key: str, default: frozenset[int]
+) -> frozenset[int]:
     values = _get(section, where, key, list, None)
     if values is None:
         return default

@@ -123,7 +123,9 @@ class _P256Public:
         self.algorithm = Algorithm.P256
         self.raw = raw
         if len(raw) != 65 or raw[0] != 0x04:
-            raise MalformedInput("a P-256 public key must be 65 bytes, SEC1 uncompressed (04 ‖ X ‖ Y)")
+            raise MalformedInput(
+                "a P-256 public key must be 65 bytes, SEC1 uncompressed (04 ‖ X ‖ Y)"
+            )
         try:
             self._key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
         except ValueError as exc:
@@ -154,7 +156,9 @@ def set_ed25519_backend(name: str) -> None:
         try:
             import nacl.signing  # noqa: F401
         except ImportError:
-            raise ValueError("the 'nacl' backend needs PyNaCl: pip install 'farecore[nacl]'") from None
+            raise ValueError(
+                "the 'nacl' backend needs PyNaCl: pip install 'farecore[nacl]'"
+            ) from None
         _ed25519_class = _NaclEd25519Public
     else:
         raise ValueError(f"unknown Ed25519 backend {name!r}: use 'cryptography' or 'nacl'")

@@ -111,7 +111,6 @@ def new_key_pair(
     _check_role(role)
     _check_key_id(key_id)
     key_path = Path(f"{os.fspath(out_prefix)}.key")
-    pub_path = Path(f"{os.fspath(out_prefix)}.pub")
     if key_path.exists():
         raise KeyFileError(f"{key_path} already exists; refusing to overwrite a private key")
     return save_signing_key(SigningKey(role, key_id, PrivateKey.generate(algorithm)), out_prefix)
@@ -163,7 +162,7 @@ def _fields(path: Path, doc: dict[str, Any], role: str | None) -> tuple[str, int
     except (KeyError, ValueError) as exc:
         raise KeyFileError(f"{path}: bad key file: {exc}") from None
     if role is not None and got_role != role:
-        raise KeyFileError(f"{path}: this is a {got_role} key, but a {role} key is needed")
+        raise KeyFileError(f"{path}: this key has role {got_role!r}, but role {role!r} is needed")
     return got_role, key_id, algorithm
 
 
@@ -174,7 +173,9 @@ def load_private_key(path: str | os.PathLike[str], role: str | None = None) -> S
     got_role, key_id, algorithm = _fields(p, doc, role)
     mode = stat.S_IMODE(p.stat().st_mode)
     if mode & 0o077:
-        raise KeyFileError(f"{p}: private key is readable by others (mode {mode:04o}); chmod 600 it")
+        raise KeyFileError(
+            f"{p}: private key is readable by others (mode {mode:04o}); chmod 600 it"
+        )
     try:
         secret = bytes.fromhex(str(doc["secret"]))
         return SigningKey(got_role, key_id, PrivateKey(algorithm, secret))

@@ -56,7 +56,9 @@ def open_reader(url: str, **options: Any) -> Reader:
     """
     scheme, sep, target = url.partition(":")
     if not sep:
-        raise ConfigError(f"reader URL {url!r} needs a scheme, e.g. 'pcsc:' or 'pn532:/dev/ttyUSB0'")
+        raise ConfigError(
+            f"reader URL {url!r} needs a scheme, e.g. 'pcsc:' or 'pn532:/dev/ttyUSB0'"
+        )
     found = {ep.name: ep for ep in entry_points(group=READER_GROUP)}
     ep = found.get(scheme)
     if ep is None:

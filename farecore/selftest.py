@@ -25,7 +25,7 @@ from farecore.proof import auth_message
 from farecore.tap import run_tap
 from farecore.validator import TerminalPolicy, Validator
 
-__all__ = ["Check", "TAP_P99_BUDGET_MS", "load_vectors", "run_selftest"]
+__all__ = ["TAP_P99_BUDGET_MS", "Check", "load_vectors", "run_selftest"]
 
 #: Engine-only p99 allowed for a fit machine: a tenth of what the transport budget
 #: leaves once the 300 ms industry tap budget has paid the radio and the reader.
@@ -75,7 +75,9 @@ def _known_answers(vectors: dict[str, Any]) -> list[Check]:
     checks: list[Check] = []
     keyring = Keyring(
         [
-            IssuerKey(k["key_id"], Algorithm.from_label(k["algorithm"]), bytes.fromhex(k["public_key"]))
+            IssuerKey(
+                k["key_id"], Algorithm.from_label(k["algorithm"]), bytes.fromhex(k["public_key"])
+            )
             for k in vectors["keyring"]
         ]
     )
@@ -90,14 +92,18 @@ def _known_answers(vectors: dict[str, Any]) -> list[Check]:
             bytes.fromhex(f["card_public_key"]), f["version"],
         )  # fmt: skip
         built = build_credential(fields, issuers[f["issuer_key_id"]])
-        checks.append(Check(f"issuer signature KAT: {case['name']}", built.hex() == case["credential"]))
+        checks.append(
+            Check(f"issuer signature KAT: {case['name']}", built.hex() == case["credential"])
+        )
         challenge = bytes.fromhex(case["challenge"])
         card_key = _private(case["card_key"])
         sig = card_key.sign(auth_message(f["card_id"], case["counter"], challenge))
         want = bytes.fromhex(case["auth_response"])[4:]
         checks.append(Check(f"card signature KAT: {case['name']}", sig == want))
         try:
-            card_key.public_key().verify(want, auth_message(f["card_id"], case["counter"], challenge))
+            card_key.public_key().verify(
+                want, auth_message(f["card_id"], case["counter"], challenge)
+            )
             checks.append(Check(f"card signature verifies: {case['name']}", True))
         except BadSignature as exc:
             checks.append(Check(f"card signature verifies: {case['name']}", False, str(exc)))
@@ -108,10 +114,16 @@ def _known_answers(vectors: dict[str, Any]) -> list[Check]:
             frozenset(t["accepted_regions"]),
             frozenset(t["accepted_categories"]),
         )
-        card = _ScriptedCard(bytes.fromhex(case["credential"]), bytes.fromhex(case["auth_response"]))
+        card = _ScriptedCard(
+            bytes.fromhex(case["credential"]), bytes.fromhex(case["auth_response"])
+        )
         got = run_tap(card, Validator(policy, keyring), now_ms, challenge[16:]).label
         checks.append(
-            Check(f"decision: {case['name']}", got == case["expect"], f"got {got}, want {case['expect']}")
+            Check(
+                f"decision: {case['name']}",
+                got == case["expect"],
+                f"got {got}, want {case['expect']}",
+            )
         )
     return checks
 
@@ -120,7 +132,9 @@ def _timing(vectors: dict[str, Any], taps: int) -> tuple[list[Check], dict[str, 
     case = vectors["cases"][0]
     key = _private(case["card_key"])
     entry = vectors["keyring"][0]
-    keyring = Keyring([IssuerKey(entry["key_id"], Algorithm.ED25519, bytes.fromhex(entry["public_key"]))])
+    keyring = Keyring(
+        [IssuerKey(entry["key_id"], Algorithm.ED25519, bytes.fromhex(entry["public_key"]))]
+    )
     t = vectors["terminal"]
     validator = Validator(
         TerminalPolicy(t["terminal_id"], frozenset(t["accepted_regions"])), keyring

@@ -36,7 +36,7 @@ def run_tap(channel: CardChannel, validator: Validator, now_ms: int, nonce: byte
         t0 = clock()
         try:
             response = channel.transmit(command)
-        except Exception as exc:  # noqa: BLE001 - any transport failure is UNREADABLE
+        except Exception as exc:
             steps[index] = (clock() - t0) / 1000
             tx.transport_failed(f"{type(exc).__name__}: {exc}")
             break

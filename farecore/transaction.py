@@ -85,7 +85,7 @@ class TransactionResult:
 class Transaction:
     """One tap's exchange with a card, driven by whoever owns the reader."""
 
-    __slots__ = ("_challenge", "_credential", "_counter", "_detail", "_signature", "state")
+    __slots__ = ("_challenge", "_counter", "_credential", "_detail", "_signature", "state")
 
     def __init__(self, challenge: bytes) -> None:
         self._challenge = challenge

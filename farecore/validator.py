@@ -207,4 +207,3 @@ def policy_from_lists(
 ) -> TerminalPolicy:
     """Convenience for tests and the simulator."""
     return TerminalPolicy(terminal_id, frozenset(regions), frozenset(categories))
-

@@ -31,7 +31,9 @@ def _run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "fit": not failed,
-                    "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
+                    "checks": [
+                        {"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks
+                    ],
                     "figures": figures,
                 },
                 indent=2,
@@ -40,7 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         for c in checks:
             mark = "PASS" if c.passed else "FAIL"
-            print(f"{mark}  {c.name}" + (f"  ({c.detail})" if c.detail and (not c.passed or "time" in c.name) else ""))
+            print(
+                f"{mark}  {c.name}"
+                + (f"  ({c.detail})" if c.detail and (not c.passed or "time" in c.name) else "")
+            )
         print()
         if failed:
             print(f"NOT FIT: {len(failed)} of {len(checks)} checks failed. Do not run a gate here.")

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import VECTORS_PATH, vector_private_key
+
 from farecore.apdu import READ_CREDENTIAL, SELECT_RONGJUN, internal_authenticate
 from farecore.credential import CredentialFields, build_credential, parse_unverified
 from farecore.crypto import Algorithm, PrivateKey
@@ -101,9 +101,7 @@ class _ScriptedCard:
     transmit = process_apdu
 
 
-@pytest.mark.parametrize(
-    "case", CASES["cases"] + CASES["negative_cases"], ids=lambda c: c["name"]
-)
+@pytest.mark.parametrize("case", CASES["cases"] + CASES["negative_cases"], ids=lambda c: c["name"])
 def test_every_case_gives_its_reason(
     case: dict[str, Any], keyring: Keyring, policy: TerminalPolicy, now_ms: int
 ) -> None:
