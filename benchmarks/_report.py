@@ -69,6 +69,8 @@ def write_report(
     print()
     for g in goals:
         shown = "n/a" if g["value"] is None else f"{g['value']:.3f}"
-        print(f"[{'MET' if g['met'] else 'NOT MET'}] {g['name']}: {shown} {g['op']} {g['target']} {g['unit']}")
+        print(
+            f"[{'MET' if g['met'] else 'NOT MET'}] {g['name']}: {shown} {g['op']} {g['target']} {g['unit']}"
+        )
     print(f"\nwrote {path}")
     return path

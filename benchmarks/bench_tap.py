@@ -18,14 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _report import goal, p50, percentile, write_report  # noqa: E402
+from _report import goal, p50, percentile, write_report
 
-from farecore.crypto import Algorithm, set_ed25519_backend  # noqa: E402
-from farecore.proof import auth_message  # noqa: E402
-from farecore.tap import run_tap  # noqa: E402
-from farecore.validator import TerminalPolicy, Validator  # noqa: E402
-from readers.virtual import VirtualReader  # noqa: E402
-from sim.issuer import Issuer  # noqa: E402
+from farecore.crypto import Algorithm, set_ed25519_backend
+from farecore.proof import auth_message
+from farecore.tap import run_tap
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.issuer import Issuer
 
 NOW_MS = 1_796_083_200_000
 clock = time.perf_counter_ns
@@ -103,7 +103,9 @@ def main() -> None:
     finally:
         set_ed25519_backend("cryptography")
     goals = [
-        goal("tap p50 vs raw crypto (card sign + verify), virtual reader", ratio, "<=", 1.3, "ratio"),
+        goal(
+            "tap p50 vs raw crypto (card sign + verify), virtual reader", ratio, "<=", 1.3, "ratio"
+        ),
         goal("tap p99 via virtual reader", metrics["tap_p99_us"] / 1000, "<=", 2.0, "ms"),  # type: ignore[operator]
     ]
     f = lambda v: "n/a" if v is None else f"{v:.1f} µs"  # noqa: E731

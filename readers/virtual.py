@@ -80,7 +80,9 @@ class VirtualReader:
         with self._changed:
             if not self._open:
                 raise ReaderIOError(f"reader {self.name!r} is not open")
-            if not self._changed.wait_for(lambda: self._card is not None or not self._open, timeout):
+            if not self._changed.wait_for(
+                lambda: self._card is not None or not self._open, timeout
+            ):
                 return None
             if self._card is None:
                 raise ReaderIOError(f"reader {self.name!r} was closed")
@@ -97,6 +99,6 @@ class VirtualReader:
         return VirtualChannel(self, card)
 
 
-def VirtualReaderFactory(target: str, **options: Any) -> VirtualReader:  # noqa: N802
+def VirtualReaderFactory(target: str, **options: Any) -> VirtualReader:
     """Entry point for ``virtual:NAME``."""
     return VirtualReader(target or "virtual")

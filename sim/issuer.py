@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from farecore.credential import CredentialFields, build_credential
 from farecore.crypto import Algorithm, PrivateKey
 from farecore.keys import IssuerKey, Keyring, SigningKey
-
 from sim.card import CardFaults, VirtualCard
 
 __all__ = ["QINGDAO", "Issuer", "derive_key"]
@@ -21,7 +20,9 @@ QINGDAO = 370200
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-def derive_key(seed: bytes | str, label: str, algorithm: Algorithm = Algorithm.ED25519) -> PrivateKey:
+def derive_key(
+    seed: bytes | str, label: str, algorithm: Algorithm = Algorithm.ED25519
+) -> PrivateKey:
     """A private key derived from ``seed`` and ``label`` (never use this for real keys)."""
     if isinstance(seed, str):
         seed = seed.encode()
