@@ -1,0 +1,357 @@
+"""Revocation table lookups at 1 M and 10 M ids (50 M with --national), 1 % of queries present.
+
+Baselines measured in the same run, interleaved with the subject: numpy.searchsorted on
+the same memory-mapped id column, a Python ``set`` of the same ids, and LMDB when the
+``lmdb`` module is importable (otherwise that row is skipped and reported as null).
+
+Goals (issue 3):
+- batch lookups at 10 M ids >= 20 x numpy.searchsorted;
+- a single lookup called from Python <= 2 x ``x in python_set``;
+- open + verify + first lookup of a 10 M table < 1 s (page cache warm);
+- peak memory of a gate process with a 50 M table ~ file size (measured with
+  --national; otherwise the 10 M figure is a metric and the goal is null);
+- cold start of a gate-like process (imports, open + verify a 10 M table, first lookup;
+  warm numba cache) <= 2 s.
+
+    python benchmarks/bench_revocation.py [--quick] [--national] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+from _report import goal, write_report
+
+from farecore.crypto import Algorithm, PrivateKey
+from farecore.keys import SigningKey, save_signing_key
+from farecore.revocation import RevocationTable, build_table, read_revocation_csv
+
+KEY = SigningKey("revocation", 1, PrivateKey(Algorithm.ED25519, bytes(range(32))))
+clock = time.perf_counter
+
+
+def make_ids(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True))
+    while ids.size < n:  # a collision in 2^64 is rare, but keep n exact
+        more = rng.integers(0, 2**64 - 1, size=n - ids.size, dtype=np.uint64, endpoint=True)
+        ids = np.unique(np.concatenate([ids, more]))
+    return ids
+
+
+def make_queries(ids: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    queries = rng.integers(0, 2**64 - 1, size=count, dtype=np.uint64, endpoint=True)
+    present = rng.choice(ids.size, size=count // 100, replace=False)
+    slots = rng.choice(count, size=count // 100, replace=False)
+    queries[slots] = ids[present]
+    return queries
+
+
+def build(directory: Path, n: int) -> tuple[Path, np.ndarray, float]:
+    ids = make_ids(n, seed=n)
+    times = np.full(n, 1_790_000_000, dtype=np.int64)
+    reasons = np.ones(n, dtype=np.uint8)
+    path = directory / f"table-{n}.frt"
+    t0 = clock()
+    build_table(ids, times, reasons, KEY, 1, 1_790_000_000, path)
+    return path, ids, clock() - t0
+
+
+def searchsorted_hits(column: np.ndarray, queries: np.ndarray) -> int:
+    pos = np.searchsorted(column, queries)
+    n = column.shape[0]
+    return int(np.count_nonzero(column[np.minimum(pos, n - 1)] == queries))
+
+
+def batch_rates(table: RevocationTable, queries: np.ndarray, sub: int, rounds: int) -> dict[str, float]:
+    """Lookups per second of the batch kernel and of searchsorted, interleaved."""
+    kernel, base = [], []
+    table.find_many(queries[:1000])  # compile/load before timing
+    small = queries[:sub]
+    for _ in range(rounds):
+        t0 = clock()
+        found = int(np.count_nonzero(table.find_many(queries) >= 0))
+        t1 = clock()
+        base_found = searchsorted_hits(table.ids, small)
+        t2 = clock()
+        kernel.append(queries.size / (t1 - t0))
+        base.append(small.size / (t2 - t1))
+    expect = searchsorted_hits(table.ids, queries[: 10 * sub]) if False else None
+    del expect
+    assert found >= queries.size // 100 and base_found >= 0
+    return {"kernel": statistics.median(kernel), "searchsorted": statistics.median(base)}
+
+
+def single_costs(
+    table: RevocationTable, ids: np.ndarray, queries: np.ndarray, rounds: int
+) -> dict[str, float]:
+    """ns per call from Python: table.lookup, the bare kernel, a set, searchsorted."""
+    qs = [int(q) for q in queries]
+    t0 = clock()
+    as_set = {int(x) for x in ids}
+    set_build = clock() - t0
+    lookup, find = table.lookup, table.find
+    column = table.ids
+    results: dict[str, list[float]] = {"lookup": [], "set": [], "kernel": [], "searchsorted": []}
+    few = qs[: max(1000, len(qs) // 20)]
+    for _ in range(rounds):
+        t0 = clock()
+        for q in qs:
+            lookup(q)
+        t1 = clock()
+        for q in qs:
+            q in as_set  # noqa: B015
+        t2 = clock()
+        for q in few:
+            find(q)
+        t3 = clock()
+        for q in few:
+            np.searchsorted(column, np.uint64(q))
+        t4 = clock()
+        results["lookup"].append((t1 - t0) / len(qs) * 1e9)
+        results["set"].append((t2 - t1) / len(qs) * 1e9)
+        results["kernel"].append((t3 - t2) / len(few) * 1e9)
+        results["searchsorted"].append((t4 - t3) / len(few) * 1e9)
+    hits = sum(1 for q in qs if lookup(q) is not None)
+    assert hits == sum(1 for q in qs if q in as_set)
+    del as_set
+    out = {k: statistics.median(v) for k, v in results.items()}
+    out["set_build_s"] = set_build
+    return out
+
+
+def lmdb_single(ids: np.ndarray, queries: np.ndarray, directory: Path) -> float | None:
+    try:
+        import lmdb  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    env = lmdb.open(str(directory / "lmdb"), map_size=ids.nbytes * 8, writemap=True)
+    with env.begin(write=True) as txn:
+        for x in ids.byteswap().tobytes() and ids:
+            txn.put(int(x).to_bytes(8, "big"), b"\x01")
+    keys = [int(q).to_bytes(8, "big") for q in queries]
+    with env.begin() as txn:
+        t0 = clock()
+        for k in keys:
+            txn.get(k)
+        cost = (clock() - t0) / len(keys) * 1e9
+    env.close()
+    return cost
+
+
+def open_verify_first(path: Path, signer: Any, probe: int, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = clock()
+        table = RevocationTable.open(path, signer)
+        table.lookup(probe)
+        times.append(clock() - t0)
+        del table
+    return statistics.median(times)
+
+
+COLD = """
+import sys, time
+from farecore.keys import load_public_key_file
+from farecore.revocation import RevocationTable
+import farecore.tap, farecore.validator
+t = RevocationTable.open(sys.argv[1], load_public_key_file(sys.argv[2], role="revocation"))
+t.lookup(12345)
+print("ready", flush=True)
+"""
+
+MEMORY = """
+import json, sys
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+from farecore.keys import load_public_key_file
+from farecore.revocation import RevocationTable
+import numpy as np
+before = status()
+t = RevocationTable.open(sys.argv[1], load_public_key_file(sys.argv[2], role="revocation"))
+q = np.random.default_rng(1).integers(0, 2**64 - 1, size=1_000_000, dtype=np.uint64)
+t.find_many(q)
+for x in range(0, 2**64 - 1, 2**44):
+    t.lookup(x)
+after = status()
+pss = 0
+for line in open("/proc/self/smaps_rollup"):
+    if line.startswith("Pss:"):
+        pss = int(line.split()[1]) * 1024
+print(json.dumps({"before": before, "after": after, "pss": pss}))
+"""
+
+
+def cold_start(path: Path, pub: Path, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = clock()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", COLD, str(path), str(pub)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        times.append(clock() - t0)
+        proc.wait()
+        if not line.startswith("ready"):
+            raise SystemExit("cold-start child failed")
+    return statistics.median(times)
+
+
+def gate_memory(path: Path, pub: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY, str(path), str(pub)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    doc = json.loads(out)
+    size = path.stat().st_size
+    before, after = doc["before"], doc["after"]
+    growth = max(after["VmHWM"], after["VmRSS"]) - before["VmRSS"]
+    return {
+        "file_mb": size / 1e6,
+        "peak_growth_mb": growth / 1e6,
+        "peak_vs_file": growth / size,
+        "rss_file_growth_mb": (after["RssFile"] - before["RssFile"]) / 1e6,
+        "rss_anon_growth_mb": (after["RssAnon"] - before["RssAnon"]) / 1e6,
+        "pss_total_mb": doc["pss"] / 1e6,
+    }
+
+
+def csv_build_rate(directory: Path, n: int) -> float | None:
+    """Rows per second of CSV -> signed table (pyarrow parse + build)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    ids = make_ids(n, seed=99)
+    src = directory / "revoked.csv"
+    table = pa.table(
+        {
+            "card_id": pa.array(ids),
+            "revoked_at": pa.array(np.full(n, 1_790_000_000, dtype=np.int64)),
+            "reason": pa.array(["lost", "stolen", "fraud", "other"] * (n // 4) + ["lost"] * (n % 4)),
+        }
+    )
+    with open(src, "wb") as fh:
+        fh.write(b"card_id,revoked_at,reason\n")
+        pacsv.write_csv(
+            table, fh, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none")
+        )
+    t0 = clock()
+    cols = read_revocation_csv(src)
+    build_table(*cols, KEY, 1, 1, directory / "from-csv.frt")
+    elapsed = clock() - t0
+    src.unlink()
+    (directory / "from-csv.frt").unlink()
+    return n / elapsed
+
+
+_T0 = clock()
+
+
+def progress(what: str) -> None:
+    print(f"[{clock() - _T0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller run, under 60 s")
+    parser.add_argument("--national", action="store_true", help="also build and measure 50 M ids")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    sizes = [1_000_000, 10_000_000] + ([50_000_000] if args.national else [])
+    n_queries = 1_000_000 if args.quick else 4_000_000
+    n_single = 100_000 if args.quick else 400_000
+    rounds = 3 if args.quick else 5
+    metrics: dict[str, Any] = {"queries_present": 0.01, "page_cache": "warm"}
+    rows: list[tuple[str, str, str, str, str]] = []
+    memory_50m: float | None = None
+    with tempfile.TemporaryDirectory(prefix="bench-revocation-") as tmp:
+        directory = Path(tmp)
+        _, pub = save_signing_key(KEY, directory / "signer")
+        signer = KEY.public()
+        for n in sizes:
+            label = f"{n // 1_000_000}M"
+            progress(f"building {label}")
+            path, ids, build_s = build(directory, n)
+            progress(f"built {label} in {build_s:.2f} s")
+            metrics[f"build_{label}_s"] = round(build_s, 3)
+            metrics[f"file_{label}_mb"] = round(path.stat().st_size / 1e6, 1)
+            metrics[f"open_verify_first_{label}_s"] = round(
+                open_verify_first(path, signer, int(ids[n // 2]), rounds), 4
+            )
+            progress("open+verify done")
+            table = RevocationTable.open(path, signer)
+            queries = make_queries(ids, n_queries, seed=n + 1)
+            rates = batch_rates(table, queries, n_queries // 5, rounds)
+            metrics[f"batch_{label}_lookups_per_s"] = round(rates["kernel"])
+            metrics[f"searchsorted_{label}_lookups_per_s"] = round(rates["searchsorted"])
+            ratio = rates["kernel"] / rates["searchsorted"]
+            metrics[f"batch_{label}_vs_searchsorted"] = round(ratio, 2)
+            rows.append((f"batch {label} (lookups/s)", f"{rates['kernel']:.3g}",
+                         f"{rates['searchsorted']:.3g}", f"{ratio:.1f}x", ">= 20x at 10M"))  # fmt: skip
+            progress("batch done")
+            if n <= 10_000_000:
+                single = single_costs(table, ids, queries[:n_single], rounds)
+                for k in ("lookup", "set", "kernel", "searchsorted"):
+                    metrics[f"single_{label}_{k}_ns"] = round(single[k], 1)
+                metrics[f"set_build_{label}_s"] = round(single["set_build_s"], 2)
+                metrics[f"single_{label}_vs_set"] = round(single["lookup"] / single["set"], 3)
+                rows.append((f"single {label} lookup (ns)", f"{single['lookup']:.0f}",
+                             f"{single['set']:.0f}", f"{single['lookup'] / single['set']:.2f}",
+                             "<= 2x set"))  # fmt: skip
+                rows.append((f"single {label} bare kernel (ns)", f"{single['kernel']:.0f}",
+                             f"{single['searchsorted']:.0f}",
+                             f"{single['kernel'] / single['searchsorted']:.2f}", "(searchsorted)"))  # fmt: skip
+                lm = lmdb_single(ids, queries[:n_single], directory) if not args.quick else None
+                metrics[f"single_{label}_lmdb_ns"] = lm
+            del table, ids, queries
+            progress("single done")
+            if n == 10_000_000:
+                metrics["cold_start_10M_s"] = round(cold_start(path, pub, rounds), 3)
+                progress("cold start done")
+                mem = gate_memory(path, pub)
+                metrics.update({f"gate_10M_{k}": round(v, 3) for k, v in mem.items()})
+            if n == 50_000_000:
+                mem = gate_memory(path, pub)
+                metrics.update({f"gate_50M_{k}": round(v, 3) for k, v in mem.items()})
+                memory_50m = mem["peak_vs_file"]
+            path.unlink()
+        progress("csv build")
+        rate = csv_build_rate(directory, 1_000_000 if args.quick else 10_000_000)
+        metrics["csv_build_rows_per_s"] = None if rate is None else round(rate)
+    goals = [
+        goal("batch 10M vs numpy.searchsorted", metrics["batch_10M_vs_searchsorted"], ">=", 20, "ratio"),
+        goal("single call vs python set (10M)", metrics["single_10M_vs_set"], "<=", 2, "ratio"),
+        goal("open+verify+first lookup 10M", metrics["open_verify_first_10M_s"], "<", 1.0, "s"),
+        goal("gate peak memory vs file size (50M)", memory_50m, "<=", 1.1, "ratio"),
+        goal("cold start 10M, warm numba cache", metrics["cold_start_10M_s"], "<=", 2.0, "s"),
+    ]
+    if memory_50m is None:
+        metrics["note"] = "50M peak memory is measured with --national; see gate_10M_* for 10M"
+    write_report("revocation", args.quick, metrics, goals, args.out, rows)
+
+
+if __name__ == "__main__":
+    main()

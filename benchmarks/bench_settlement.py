@@ -1,0 +1,314 @@
+"""Settlement throughput against the raw verify bound, and durable-append latency.
+
+Full run: 1 M signed rides across 200 terminals; ``--quick``: 50 k rides across 20.
+Rides are generated deterministically (a few thousand card keys, each ride a real card
+signature) and cached as batch files under benchmarks/results/cache/, since signing a
+million rides takes a while. Baselines measured in the same run:
+
+- raw single-signature verify throughput: ``cryptography`` Ed25519 ``verify`` of 64-byte
+  signatures in a tight loop, measured before and after the settlement runs;
+- raw durable append: write + fsync of a same-size record to a plain file, interleaved
+  one for one with ``Journal.append``.
+
+Engines are rows in ``ENGINES``; another engine (e.g. Dask) is one more row.
+
+    python benchmarks/bench_settlement.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import RESULTS, goal, p50, percentile, write_report
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from farecore.batch import day_bounds_ms, encode_batch
+from farecore.decision import Decision
+from farecore.journal import (
+    GENESIS_HASH,
+    Direction,
+    Journal,
+    JournalRecord,
+    TapContext,
+    credential_hash,
+    decode_record,
+    encode_record,
+)
+from farecore.keys import SigningKey
+from farecore.proof import auth_message, make_challenge
+from farecore.settlement import format_terminals, run_settlement
+from farecore.settlement.pipeline import MapUnits, load_inputs, map_with_processes
+from farecore.settlement.terminals import TerminalInfo
+from sim.issuer import Issuer, derive_key
+
+DAY = dt.date(2026, 3, 2)
+SEED = "bench-settlement"
+FARES = """
+[unpaired]
+entry = "max"
+exit = "min"
+[[bus]]
+operator = "bus"
+line = "L"
+fare_fen = 200
+effective_from = "2026-01-01"
+[[metro]]
+operator = "metro"
+effective_from = "2026-01-01"
+bands = [{up_to_m = 6000, fare_fen = 200}, {fare_fen = 400}]
+[metro.stations]
+S0 = 0
+S1 = 5000
+S2 = 9000
+"""
+clock = time.perf_counter_ns
+
+
+def _terminal(tid: int) -> tuple[str, str, str, Direction]:
+    kind = tid % 4
+    if kind < 2:
+        return "bus", "L", f"V{tid}", Direction.BOARD
+    return "metro", "M", f"S{tid % 3}", Direction.ENTRY if kind == 2 else Direction.EXIT
+
+
+def generate(root: Path, rides: int, terminals: int, cards: int = 2000) -> Path:
+    """Deterministic signed batches (cached by parameters); return the cache directory."""
+    tag = hashlib.sha256(f"{SEED}/{rides}/{terminals}/{cards}/v1".encode()).hexdigest()[:12]
+    cache = root / f"settle-{rides}-{terminals}-{tag}"
+    if (cache / "done").exists():
+        return cache
+    shutil.rmtree(cache, ignore_errors=True)
+    (cache / "batches").mkdir(parents=True)
+    issuer = Issuer.from_seed(SEED)
+    issuer.keyring().save(cache / "keyring.json")
+    card_keys = [derive_key(SEED, f"card-{c}") for c in range(cards)]
+    creds = [issuer.credential(c + 1, card_keys[c]) for c in range(cards)]
+    counters = [0] * cards
+    infos = []
+    start, _ = day_bounds_ms(DAY, 480)
+    rng = random.Random(1)
+    per_terminal = rides // terminals
+    for t in range(terminals):
+        tid = 1000 + t
+        key = SigningKey("terminal", tid, derive_key(SEED, f"terminal-{tid}"))
+        op, line, place, direction = _terminal(tid)
+        infos.append(
+            TerminalInfo(
+                tid, op, line, place, direction, key.algorithm, key.private.public_bytes, 0, 0
+            )
+        )
+        prev, records, used = GENESIS_HASH, [], {}
+        for seq in range(1, per_terminal + 1):
+            c = rng.randrange(cards)
+            counters[c] += 1
+            now = start + 6 * 3_600_000 + seq * 1000
+            challenge = make_challenge(tid, now, rng.randbytes(16))
+            sig = card_keys[c].sign(auth_message(c + 1, counters[c], challenge))
+            ch = credential_hash(creds[c])
+            used[ch] = creds[c]
+            draft = JournalRecord(
+                tid,
+                seq,
+                now,
+                op,
+                line,
+                place,
+                direction,
+                "ACCEPT",
+                c + 1,
+                ch,
+                challenge,
+                counters[c],
+                sig,
+                1,
+                (),
+                "",
+                prev,
+            )
+            record = decode_record(encode_record(draft), prev)
+            records.append(record)
+            prev = record.hash
+        data = encode_batch(
+            records,
+            used,
+            terminal_id=tid,
+            day=DAY,
+            utc_offset_min=480,
+            first_seq=1,
+            prev_hash=GENESIS_HASH,
+            key=key,
+        )
+        (cache / "batches" / f"{tid}.fcb").write_bytes(data)
+    (cache / "terminals.csv").write_text(format_terminals(infos))
+    (cache / "fares.toml").write_text(FARES)
+    (cache / "done").write_text("ok\n")
+    return cache
+
+
+def raw_verify_per_s(n: int) -> float:
+    """Single-core Ed25519 verifications per second with ``cryptography``."""
+    rng = random.Random(2)
+    keys = [ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)) for _ in range(16)]
+    pubs = [k.public_key() for k in keys]
+    msgs = [rng.randbytes(58) for _ in range(16)]
+    sigs = [keys[i].sign(msgs[i]) for i in range(16)]
+    t0 = clock()
+    for i in range(n):
+        j = i & 15
+        pubs[j].verify(sigs[j], msgs[j])
+    return n / ((clock() - t0) / 1e9)
+
+
+def settle_once(cache: Path, out: Path, mapper: MapUnits | None, jobs: int) -> tuple[float, int]:
+    inputs = load_inputs(DAY, cache / "terminals.csv", cache / "keyring.json", cache / "fares.toml")
+    paths = sorted(str(p) for p in (cache / "batches").glob("*.fcb"))
+    t0 = clock()
+    result = run_settlement(inputs, paths, out, jobs=jobs, map_units=mapper)
+    seconds = (clock() - t0) / 1e9
+    return seconds, result.stats["rides_verified"]
+
+
+# name -> (jobs, mapper factory). Dask slots in here as another row.
+ENGINES: dict[str, tuple[int, Callable[[], MapUnits | None]]] = {
+    "jobs1": (1, lambda: None),
+    "jobs2": (2, lambda: map_with_processes(2)),
+}
+
+
+def durable_append(n: int, workdir: Path) -> tuple[list[float], list[float]]:
+    """Interleaved: Journal.append vs write+fsync of the same-size record to a plain file."""
+    issuer = Issuer.from_seed(SEED)
+    key = derive_key(SEED, "card-1")
+    cred = issuer.credential(1, key)
+    ctx = TapContext("metro", "M", "S0", Direction.ENTRY)
+    path = workdir / "append.sqlite"
+    journal = Journal.open(path, 7)
+    raw = os.open(workdir / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start, _ = day_bounds_ms(DAY, 480)
+    j_us: list[float] = []
+    r_us: list[float] = []
+    try:
+        for i in range(n):
+            challenge = make_challenge(7, start + i, i.to_bytes(16, "big"))
+            d = Decision(
+                True,
+                None,
+                7,
+                start + i,
+                challenge,
+                1,
+                cred,
+                i + 1,
+                key.sign(auth_message(1, i + 1, challenge)),
+                1,
+            )
+            size = len(encode_record(journal.append(d, ctx))) if i == 0 else 0
+            payload = os.urandom(max(size, 200))
+            t0 = clock()
+            journal.append(d, ctx)
+            t1 = clock()
+            os.write(raw, payload)
+            os.fsync(raw)
+            t2 = clock()
+            j_us.append((t1 - t0) / 1000)
+            r_us.append((t2 - t1) / 1000)
+    finally:
+        journal.close()
+        os.close(raw)
+    return j_us, r_us
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="50 k rides / 20 terminals, < 60 s")
+    ap.add_argument("--out", help="JSON report path (default benchmarks/results/settlement.json)")
+    args = ap.parse_args()
+    rides, terminals = (50_000, 20) if args.quick else (1_000_000, 200)
+    metrics: dict[str, Any] = {"rides": rides, "terminals": terminals}
+    t0 = time.monotonic()
+    cache = generate(RESULTS / "cache", rides, terminals)
+    metrics["generate_s"] = round(time.monotonic() - t0, 2)
+    n_raw = 5_000 if args.quick else 50_000
+    raw_before = raw_verify_per_s(n_raw)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-settle-"))
+    outputs: dict[str, bytes] = {}
+    try:
+        for name, (jobs, factory) in ENGINES.items():
+            seconds, verified = settle_once(cache, tmp / name, factory(), jobs)
+            metrics[f"{name}_s"] = round(seconds, 3)
+            metrics[f"{name}_rides_per_s"] = round(verified / seconds, 1)
+            outputs[name] = b"".join(
+                (tmp / name / f).read_bytes()
+                for f in ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
+            )
+        raw_after = raw_verify_per_s(n_raw)
+        raw = (raw_before + raw_after) / 2
+        metrics["raw_verify_per_s"] = round(raw, 1)
+        metrics["raw_verify_us"] = round(1e6 / raw, 2)
+        metrics["outputs_identical_across_engines"] = len(set(outputs.values())) == 1
+        j_us, r_us = durable_append(300 if args.quick else 3000, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    metrics |= {
+        "append_p50_us": round(p50(j_us), 1),
+        "append_p99_us": round(percentile(j_us, 99), 1),
+        "raw_fsync_p50_us": round(p50(r_us), 1),
+        "raw_fsync_p99_us": round(percentile(r_us, 99), 1),
+    }
+    jobs1 = metrics["jobs1_rides_per_s"] / raw
+    scaling = metrics["jobs2_rides_per_s"] / metrics["jobs1_rides_per_s"]
+    append_ratio = metrics["append_p50_us"] / metrics["raw_fsync_p50_us"]
+    goals = [
+        goal("settle --jobs 1 vs raw verify bound", round(jobs1, 3), ">=", 0.8, "ratio"),
+        goal("jobs 2 scaling", round(scaling, 3), ">=", 1.8, "ratio"),
+        goal("append p50 vs raw fsync", round(append_ratio, 3), "<=", 1.2, "ratio"),
+    ]
+    rows = [
+        (
+            "settle --jobs 1 (rides/s)",
+            f"{metrics['jobs1_rides_per_s']:.0f}",
+            f"{raw:.0f}",
+            f"{jobs1:.2f}",
+            ">= 0.8 of raw verify",
+        ),
+        (
+            "settle --jobs 2 (rides/s)",
+            f"{metrics['jobs2_rides_per_s']:.0f}",
+            f"{metrics['jobs1_rides_per_s']:.0f}",
+            f"{scaling:.2f}",
+            ">= 1.8 x jobs 1",
+        ),
+        (
+            "append p50 (us)",
+            f"{metrics['append_p50_us']}",
+            f"{metrics['raw_fsync_p50_us']}",
+            f"{append_ratio:.2f}",
+            "<= 1.2 x raw fsync",
+        ),
+        (
+            "append p99 (us)",
+            f"{metrics['append_p99_us']}",
+            f"{metrics['raw_fsync_p99_us']}",
+            f"{metrics['append_p99_us'] / metrics['raw_fsync_p99_us']:.2f}",
+            "-",
+        ),
+    ]
+    write_report("settlement", args.quick, metrics, goals, args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Simulator throughput against this machine's crypto-bound ceiling, measured in one run.
+
+The subject is a seeded ``farecore sim`` day (in-process call of ``sim.run``): real
+engine, virtual readers, worker processes, every tap journaled durably (SQLite WAL,
+synchronous=FULL) before the gate opens, passback stores on disk. The baseline is the
+irreducible crypto of a tap, one card signature plus one terminal verification
+(Ed25519, the engine's backend), timed before and after the run; the ceiling is that
+rate times the number of worker processes. Goal (issue 6): taps/s >= 60 % of ceiling.
+
+    python benchmarks/bench_sim.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import goal, write_report
+
+from farecore.crypto import Algorithm, PrivateKey
+from farecore.proof import auth_message
+from sim.run import SimOptions, run_simulation
+
+
+def crypto_us_per_tap(n: int) -> float:
+    """Median-of-5 microseconds for one card sign + one terminal verify."""
+    key = PrivateKey(Algorithm.ED25519, bytes(range(32)))
+    pub = key.public_key()
+    challenge = bytes(32)
+    runs = []
+    for r in range(5):
+        msgs = [auth_message(1000 + i, i + 1 + r, challenge) for i in range(n)]
+        t0 = time.perf_counter_ns()
+        for m in msgs:
+            pub.verify(key.sign(m), m)
+        runs.append((time.perf_counter_ns() - t0) / 1000 / n)
+    runs.sort()
+    return runs[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller day (under a minute)")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    taps, cards, gates = (8_000, 3_000, 16) if args.quick else (60_000, 20_000, 40)
+    workers = os.cpu_count() or 1
+    before = crypto_us_per_tap(2000)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sim-"))
+    try:
+        opts = SimOptions(
+            out=tmp / "run",
+            seed=1,
+            cards=cards,
+            taps=taps,
+            gates=gates,
+            workers=workers,
+            plots=False,
+        )
+        summary = run_simulation(opts, stream=io.StringIO())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    after = crypto_us_per_tap(2000)
+    crypto_us = (before + after) / 2
+    ceiling = workers * 1e6 / crypto_us
+    rate = float(summary["taps_per_second"])
+    ratio = rate / ceiling
+    metrics = {
+        "taps": summary["taps"],
+        "workers": workers,
+        "lanes_per_worker": summary["engine"]["lanes"],
+        "taps_per_second": rate,
+        "crypto_us_per_tap": round(crypto_us, 1),
+        "crypto_us_before": round(before, 1),
+        "crypto_us_after": round(after, 1),
+        "ceiling_taps_per_second": round(ceiling, 1),
+        "ratio_to_ceiling": round(ratio, 3),
+        "decision_p50_us": summary["latency_us"]["p50"],
+        "decision_p99_us": summary["latency_us"]["p99"],
+        "gate_with_journal_p50_us": summary["gate_latency_us"]["p50"],
+        "gate_with_journal_p99_us": summary["gate_latency_us"]["p99"],
+        "wrong_decisions": summary["wrong_decisions"],
+        "settlement_matches": summary["settlement_matches"],
+    }
+    goals = [
+        goal(
+            f"sim taps/s vs crypto ceiling ({workers} processes, durable journal)",
+            round(ratio, 3),
+            ">=",
+            0.6,
+            "ratio",
+        )
+    ]
+    rows = [
+        ("taps/s (durable journal)", f"{rate:,.0f}", f"{ceiling:,.0f}", f"{ratio:.2f}", ">= 0.60"),
+        ("crypto per tap (us)", f"{crypto_us:.0f}", "-", "-", "-"),
+        (
+            "decision p50 / p99 (us)",
+            f"{metrics['decision_p50_us']:.0f}",
+            f"{metrics['decision_p99_us']:.0f}",
+            "-",
+            "-",
+        ),
+        (
+            "gate incl. journal p50 / p99 (us)",
+            f"{metrics['gate_with_journal_p50_us']:.0f}",
+            f"{metrics['gate_with_journal_p99_us']:.0f}",
+            "-",
+            "-",
+        ),
+    ]
+    write_report("sim", args.quick, metrics, goals, args.out, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Signed daily batches: one terminal's service day of journal records, self-contained.
+
+A batch carries the terminal id, the day, the sequence range, the hash chain's link in
+(``prev_hash``) and out (``tail_hash``), every record, each distinct credential once, and
+the terminal's signature over all of it. ``verify_batch`` checks every one of those and
+raises with a specific message; it never returns a batch it has not fully checked.
+
+Days are service days in a stated local time: ``utc_offset_min`` defaults to +08:00
+(Qingdao). Records are assigned to days by contiguous sequence ranges (see
+docs/journal-and-batches.md), so the batches of one terminal tile its chain with no
+overlap and no hole even when the terminal clock stepped backwards. This module must
+never read a clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from farecore.crypto import Algorithm, PublicKey
+from farecore.errors import BadSignature, JournalError, MalformedFile
+from farecore.journal import (
+    JournalReader,
+    JournalRecord,
+    credential_hash,
+    decode_record,
+    encode_record,
+)
+from farecore.keys import PublicKeyFile, SigningKey
+
+__all__ = [
+    "BATCH_FORMAT",
+    "BATCH_MAGIC",
+    "QINGDAO_UTC_OFFSET_MIN",
+    "Batch",
+    "BatchRejected",
+    "day_bounds_ms",
+    "encode_batch",
+    "export_batch",
+    "parse_day",
+    "peek_terminal_id",
+    "verify_batch",
+]
+
+BATCH_MAGIC = b"FCBATCH1"
+BATCH_FORMAT = "farecore-batch/1"
+BATCH_SIGNING_TAG = b"farecore/batch/v1"
+QINGDAO_UTC_OFFSET_MIN = 480
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_MAX_HEADER = 1 << 16
+
+
+class BatchRejected(MalformedFile):
+    """A batch file is malformed, inconsistent, or its chain does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A verified batch. ``records`` are in seq order and chain from ``prev_hash``."""
+
+    terminal_id: int
+    day: dt.date
+    utc_offset_min: int
+    first_seq: int
+    last_seq: int
+    prev_hash: bytes
+    tail_hash: bytes
+    key_id: int
+    records: tuple[JournalRecord, ...]
+    credentials: dict[bytes, bytes]
+    sha256: bytes
+
+    def __post_init__(self) -> None:
+        if self.last_seq - self.first_seq + 1 != len(self.records):
+            raise ValueError("seq range and record count disagree")
+
+
+def parse_day(text: str) -> dt.date:
+    """``YYYY-MM-DD`` to a date; ConfigError-free ValueError with a clear message."""
+    try:
+        return dt.date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise MalformedFile(f"day {text!r} is not YYYY-MM-DD") from None
+
+
+def day_bounds_ms(day: dt.date, utc_offset_min: int) -> tuple[int, int]:
+    """[start, end) of a local service day in UTC Unix ms."""
+    tz = dt.timezone(dt.timedelta(minutes=utc_offset_min))
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+    return int(start.timestamp()) * 1000, int((start + dt.timedelta(days=1)).timestamp()) * 1000
+
+
+def _header_bytes(header: dict[str, object]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_batch(
+    records: list[JournalRecord],
+    credentials: dict[bytes, bytes],
+    *,
+    terminal_id: int,
+    day: dt.date,
+    utc_offset_min: int,
+    first_seq: int,
+    prev_hash: bytes,
+    key: SigningKey,
+) -> bytes:
+    """Serialise and sign. ``records`` must be ``first_seq…`` in order, chaining."""
+    tail = records[-1].hash if records else prev_hash
+    header = {
+        "format": BATCH_FORMAT,
+        "terminal_id": terminal_id,
+        "day": day.isoformat(),
+        "utc_offset_min": utc_offset_min,
+        "first_seq": first_seq,
+        "last_seq": first_seq + len(records) - 1,
+        "count": len(records),
+        "prev_hash": prev_hash.hex(),
+        "tail_hash": tail.hex(),
+        "key_id": key.key_id,
+        "algorithm": key.algorithm.label,
+        "credentials": len(credentials),
+    }
+    raw_header = _header_bytes(header)
+    parts = [BATCH_MAGIC, _U32.pack(len(raw_header)), raw_header, _U32.pack(len(credentials))]
+    for sha in sorted(credentials):
+        data = credentials[sha]
+        parts += [_U16.pack(len(data)), data]
+    parts.append(_U32.pack(len(records)))
+    for r in records:
+        body = encode_record(r)
+        parts += [_U32.pack(len(body)), body]
+    content = b"".join(parts)
+    signature = key.sign(BATCH_SIGNING_TAG + content)
+    return content + _U16.pack(len(signature)) + signature
+
+
+def export_batch(
+    journal_path: str | os.PathLike[str],
+    day: dt.date,
+    key: SigningKey,
+    utc_offset_min: int = QINGDAO_UTC_OFFSET_MIN,
+) -> bytes:
+    """The signed batch of ``day`` from a journal, after checking its chain.
+
+    The day's records are seq ``cut(day) … cut(day+1)-1``, where ``cut(d)`` is the first
+    seq timed at or after ``d`` starts: contiguous and gap-free by design, and a record
+    whose clock stepped back stays with the records around it.
+    """
+    if key.role != "terminal":
+        raise JournalError(f"batches are signed with a terminal key, not a {key.role} key")
+    start, end = day_bounds_ms(day, utc_offset_min)
+    with JournalReader(journal_path) as reader:
+        first = reader.first_seq_from(start)
+        last = max(reader.first_seq_from(end) - 1, first - 1)
+        prev = reader.hash_of(first - 1)
+        records = list(reader.records(first, last)) if last >= first else []
+        credentials: dict[bytes, bytes] = {}
+        for r in records:
+            if r.credential_sha256 is not None and r.credential_sha256 not in credentials:
+                credentials[r.credential_sha256] = reader.credential(r.credential_sha256)
+        return encode_batch(
+            records,
+            credentials,
+            terminal_id=reader.terminal_id,
+            day=day,
+            utc_offset_min=utc_offset_min,
+            first_seq=first,
+            prev_hash=prev,
+            key=key,
+        )
+
+
+class _Cursor:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise BatchRejected(f"batch is truncated in {what}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u16(self, what: str) -> int:
+        return int(_U16.unpack(self.take(2, what))[0])
+
+    def u32(self, what: str) -> int:
+        return int(_U32.unpack(self.take(4, what))[0])
+
+
+def _header_field(header: dict[str, object], name: str, kind: type) -> object:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BatchRejected(f"batch header field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _parse_hash(header: dict[str, object], name: str) -> bytes:
+    text = str(_header_field(header, name, str))
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise BatchRejected(f"batch header field {name!r} is not a 32-byte hex hash")
+    return raw
+
+
+def peek_terminal_id(data: bytes) -> int | None:
+    """The terminal id a batch *claims*, unverified (None if the header does not parse).
+
+    Used only to pick the key to verify with and to name a rejected file's terminal.
+    """
+    if not data.startswith(BATCH_MAGIC) or len(data) < len(BATCH_MAGIC) + 4:
+        return None
+    (n,) = _U32.unpack_from(data, len(BATCH_MAGIC))
+    start = len(BATCH_MAGIC) + 4
+    try:
+        header = json.loads(data[start : start + min(n, _MAX_HEADER)])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = header.get("terminal_id") if isinstance(header, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def verify_batch(
+    source: str | os.PathLike[str] | bytes, terminal_key: PublicKeyFile | PublicKey | None
+) -> Batch:
+    """Parse and fully check a batch; raise BatchRejected or BadSignature naming the fault.
+
+    ``terminal_key`` None skips only the signature check (for inspecting a file whose
+    key is not at hand); the settlement always passes the key.
+    """
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise BatchRejected(f"cannot read batch {source}: {exc.strerror}") from None
+    cur = _Cursor(data)
+    if cur.take(len(BATCH_MAGIC), "magic") != BATCH_MAGIC:
+        raise BatchRejected("not a farecore batch (bad magic)")
+    header_len = cur.u32("header length")
+    if header_len > _MAX_HEADER:
+        raise BatchRejected("batch header is implausibly long")
+    raw_header = cur.take(header_len, "header")
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BatchRejected("batch header is not JSON") from None
+    if not isinstance(header, dict) or header.get("format") != BATCH_FORMAT:
+        raise BatchRejected(f"batch header does not declare format {BATCH_FORMAT}")
+    if _header_bytes(header) != raw_header:
+        raise BatchRejected("batch header is not in canonical form")
+    n_creds = cur.u32("credential count")
+    credentials: dict[bytes, bytes] = {}
+    for _ in range(n_creds):
+        cred = cur.take(cur.u16("credential length"), "credential")
+        credentials[credential_hash(cred)] = cred
+    n_records = cur.u32("record count")
+    bodies = [cur.take(cur.u32("record length"), "record") for _ in range(n_records)]
+    content_end = cur.pos
+    sig = cur.take(cur.u16("signature length"), "signature")
+    if cur.pos != len(data):
+        raise BatchRejected(f"batch has {len(data) - cur.pos} bytes after the signature")
+    if terminal_key is not None:
+        key = terminal_key.key() if isinstance(terminal_key, PublicKeyFile) else terminal_key
+        try:
+            key.verify(sig, BATCH_SIGNING_TAG + data[:content_end])
+        except BadSignature:
+            raise BadSignature("batch signature does not verify with the terminal key") from None
+    terminal_id = int(_header_field(header, "terminal_id", int))  # type: ignore[call-overload]
+    first_seq = int(_header_field(header, "first_seq", int))  # type: ignore[call-overload]
+    last_seq = int(_header_field(header, "last_seq", int))  # type: ignore[call-overload]
+    offset = int(_header_field(header, "utc_offset_min", int))  # type: ignore[call-overload]
+    key_id = int(_header_field(header, "key_id", int))  # type: ignore[call-overload]
+    day = parse_day(str(_header_field(header, "day", str)))
+    prev_hash = _parse_hash(header, "prev_hash")
+    tail_hash = _parse_hash(header, "tail_hash")
+    if header.get("count") != n_records or header.get("credentials") != n_creds:
+        raise BatchRejected("batch header counts disagree with its content")
+    if len(credentials) != n_creds:
+        raise BatchRejected("batch lists a credential twice")
+    if first_seq < 1 or last_seq - first_seq + 1 != n_records:
+        raise BatchRejected(
+            f"batch seq range {first_seq}..{last_seq} does not match {n_records} records"
+        )
+    if not -14 * 60 <= offset <= 14 * 60:
+        raise BatchRejected(f"batch utc_offset_min {offset} is out of range")
+    records: list[JournalRecord] = []
+    prev = prev_hash
+    for i, body in enumerate(bodies):
+        expected_seq = first_seq + i
+        try:
+            record = decode_record(body, prev)
+        except MalformedFile as exc:
+            raise BatchRejected(f"record {expected_seq}: {exc}") from None
+        if record.seq != expected_seq:
+            raise BatchRejected(
+                f"record order broken: seq {record.seq} where {expected_seq} belongs"
+            )
+        if record.terminal_id != terminal_id:
+            raise BatchRejected(f"record {record.seq} names terminal {record.terminal_id}")
+        if record.credential_sha256 is not None and record.credential_sha256 not in credentials:
+            raise BatchRejected(f"record {record.seq} refers to a credential not in the batch")
+        records.append(record)
+        prev = record.hash
+    if prev != tail_hash:
+        raise BatchRejected("hash chain does not reach the declared tail hash")
+    return Batch(
+        terminal_id=terminal_id,
+        day=day,
+        utc_offset_min=offset,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        prev_hash=prev_hash,
+        tail_hash=tail_hash,
+        key_id=key_id,
+        records=tuple(records),
+        credentials=credentials,
+        sha256=hashlib.sha256(data).digest(),
+    )
+
+
+def algorithm_of(label: str) -> Algorithm:
+    """The algorithm named in a batch header (kept for tools that read headers)."""
+    return Algorithm.from_label(label)

@@ -1,0 +1,205 @@
+"""``farecore revocation build|info|check``: make, inspect and query revocation tables.
+
+``info`` and ``check`` verify the table completely before they say anything about it;
+a table that does not verify is an error (exit 2), never a partial answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from farecore.errors import ConfigError
+from farecore.keys import PublicKeyFile, load_private_key, load_public_key_file
+
+__all__ = ["register"]
+
+_U64 = (1 << 64) - 1
+
+
+def register(sub: Any) -> None:
+    rev = sub.add_parser(
+        "revocation",
+        help="build, inspect and query signed revocation tables (.frt)",
+        description="Build, inspect and query signed, memory-mapped revocation tables.",
+    )
+    rev_sub = rev.add_subparsers(dest="revocation_command", metavar="ACTION", required=True)
+
+    build = rev_sub.add_parser(
+        "build",
+        help="build a signed table from a CSV of revoked cards",
+        description="Build a signed table from a CSV with the header "
+        "'card_id,revoked_at,reason'. Reasons are names (lost, stolen, deceased, "
+        "eligibility_ended, fraud, other) or their codes 1-6. A bad row or a duplicate "
+        "card id stops the build with its line number, and nothing is written. The "
+        "output replaces OUT atomically, so gates polling it never see half a table.",
+    )
+    build.add_argument("--in", dest="csv", required=True, type=Path, help="input CSV file")
+    build.add_argument(
+        "--key", required=True, type=Path, help="revocation signer private key (PREFIX.key)"
+    )
+    build.add_argument(
+        "--generation",
+        required=True,
+        type=int,
+        help="generation number; must be above the one in force at the gates",
+    )
+    build.add_argument("--out", required=True, type=Path, help="output table file (.frt)")
+    build.add_argument(
+        "--created-at",
+        type=int,
+        default=None,
+        help="build time in UTC Unix seconds (default: now); gates measure staleness from it",
+    )
+    build.set_defaults(func=_build)
+
+    for name, helptext in (
+        ("info", "verify a table and print its header facts"),
+        ("check", "verify a table and look card ids up in it"),
+    ):
+        p = rev_sub.add_parser(
+            name,
+            help=helptext,
+            description=helptext.capitalize()
+            + ". The table is verified against --signer, or against the signer named in "
+            "the [revocation] section of a gate config (--config)."
+            + (
+                " Exit status: 0 when no id is revoked, 1 when any is, 2 on error."
+                if name == "check"
+                else " Exit status: 0 when the table verifies, 2 when it does not."
+            ),
+        )
+        if name == "info":
+            p.add_argument(
+                "table",
+                nargs="?",
+                type=Path,
+                help="table file (default: the table of the --config gate config)",
+            )
+        else:
+            p.add_argument("table", type=Path, help="table file (.frt)")
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("--signer", type=Path, help="revocation signer public key (PREFIX.pub)")
+        who.add_argument(
+            "--config", type=Path, help="gate config (TOML) whose [revocation] names the signer"
+        )
+        if name == "info":
+            p.add_argument("--json", action="store_true", help="print JSON")
+            p.set_defaults(func=_info)
+        else:
+            p.add_argument("ids", nargs="+", metavar="ID", help="card ids (decimal uint64)")
+            p.set_defaults(func=_check)
+
+
+def _from_config(config: Path) -> tuple[Path, Path | None]:
+    """(signer, table or None) from a gate config; relative paths are from its directory."""
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{config}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config}: not valid TOML: {exc}") from None
+    section = doc.get("revocation")
+    if not isinstance(section, dict) or not isinstance(section.get("signer"), str):
+        raise ConfigError(f'{config}: needs [revocation] with signer = "path/to/revocation.pub"')
+    table = section.get("table")
+    if table is not None and not isinstance(table, str):
+        raise ConfigError(f"{config}: [revocation] table must be a string path")
+    base = config.parent
+    return base / section["signer"], (base / table if table is not None else None)
+
+
+def _signer_and_table(args: argparse.Namespace) -> tuple[PublicKeyFile, Path]:
+    table: Path | None = args.table
+    if args.config is not None:
+        signer_path, config_table = _from_config(args.config)
+        table = table or config_table
+    else:
+        signer_path = args.signer
+    if table is None:
+        raise ConfigError("no table given, and the gate config names none")
+    return load_public_key_file(signer_path, role="revocation"), table
+
+
+def _when(seconds: int) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def _build(args: argparse.Namespace) -> int:
+    from farecore.revocation import build_table, read_revocation_csv
+    from farecore.revocation.csvinput import line_name
+
+    key = load_private_key(args.key, role="revocation")
+    created_at = args.created_at if args.created_at is not None else int(time.time())
+    t0 = time.perf_counter()
+    ids, times, reasons = read_revocation_csv(args.csv)
+    t1 = time.perf_counter()
+    summary = build_table(
+        ids,
+        times,
+        reasons,
+        key,
+        args.generation,
+        created_at,
+        args.out,
+        row_name=lambda row: f"{args.csv}: {line_name(row)}",
+    )
+    t2 = time.perf_counter()
+    print(
+        f"wrote {summary.path}: generation {summary.generation}, {summary.count} ids, "
+        f"{summary.file_size} bytes, body sha256 {summary.body_sha256} "
+        f"(parse {t1 - t0:.2f} s, build {t2 - t1:.2f} s)"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from farecore.revocation import RevocationTable
+
+    signer, path = _signer_and_table(args)
+    facts = RevocationTable.open(path, signer).describe()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(f"{path}: verified")
+    for key, value in facts.items():
+        extra = f" ({_when(value)})" if key == "created_at" and isinstance(value, int) else ""
+        print(f"  {key:<14} {value}{extra}")
+    return 0
+
+
+def _parse_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > _U64:
+        raise ConfigError(f"card id {text!r} is not a decimal uint64")
+    return int(text)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from farecore.revocation import Reason, RevocationTable
+
+    ids = [_parse_id(t) for t in args.ids]
+    signer, path = _signer_and_table(args)
+    table = RevocationTable.open(path, signer)
+    any_revoked = False
+    for card_id in ids:
+        entry = table.lookup(card_id)
+        if entry is None:
+            print(f"{card_id} not revoked (generation {table.generation})")
+            continue
+        any_revoked = True
+        reason = Reason(entry.reason).name.lower()
+        print(
+            f"{card_id} REVOKED at {entry.revoked_at} ({_when(entry.revoked_at)}), "
+            f"reason {reason} ({entry.reason}) (generation {table.generation})"
+        )
+    sys.stdout.flush()
+    return 1 if any_revoked else 0

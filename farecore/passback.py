@@ -1,0 +1,188 @@
+"""Anti-passback state shared by the gates of one place (a bus, or a station's entries).
+
+A card that rode at a place is refused there again for ``window_s``. The state lives in
+one SQLite file, so it survives a restart and several gate processes of one station share
+it. Each ride is stored with the wall time *and* a monotonic reading tagged with the boot
+it came from. Elapsed time is measured on the monotonic clock whenever the boot matches;
+only across a reboot (or between machines) does the wall clock count, and a wall clock
+that went backwards by more than ``max_skew_s`` is distrusted rather than allowed to
+stretch the lockout. This module must never refuse a card for longer than the window of
+real elapsed time plus the bounded skew.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from farecore.errors import ConfigError, JournalError
+
+__all__ = ["SCOPES", "PassbackRule", "PassbackStore", "boot_id", "monotonic_ms"]
+
+SCOPES = ("place", "terminal")
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def monotonic_ms() -> int:
+    """CLOCK_MONOTONIC in ms: shared by every process of one boot, never goes back."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def boot_id() -> str:
+    """An id of the current boot; monotonic readings compare only within one boot."""
+    try:
+        return _BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        # No boot id (not Linux): fall back to one per process, which only makes the
+        # store trust the wall clock more often, never lock a card out longer.
+        return f"pid-{os.getpid()}-{time.monotonic_ns()}"
+
+
+@dataclass(frozen=True, slots=True)
+class PassbackRule:
+    """Refuse the same card at the same place within ``window_s``.
+
+    ``scope`` "place": all gates with the same place id share the rule (a bus's readers,
+    a station's entry gates); "terminal": each gate on its own. ``max_skew_s`` bounds how
+    far a wall clock may step backwards across a reboot before the stored ride is
+    disregarded.
+    """
+
+    window_s: int
+    scope: str = "place"
+    max_skew_s: int = 60
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ConfigError("passback window_s must be positive")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"passback scope must be one of {SCOPES}, not {self.scope!r}")
+        if self.max_skew_s < 0:
+            raise ConfigError("passback max_skew_s must not be negative")
+
+
+class PassbackStore:
+    """The durable passback state of one place; implements ``checks.PassbackCheck``."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        rule: PassbackRule,
+        key: str,
+        clock: Callable[[], int],
+        boot: str,
+    ) -> None:
+        self._db = db
+        self.rule = rule
+        self.key = key
+        self._clock = clock
+        self._boot = boot
+        self._lock = threading.Lock()
+        self._writes = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        rule: PassbackRule,
+        place: str,
+        *,
+        terminal_id: int | None = None,
+        monotonic: Callable[[], int] = monotonic_ms,
+        boot: str | None = None,
+    ) -> PassbackStore:
+        """Open (creating if needed) the store at ``path`` for ``place``.
+
+        ``monotonic`` and ``boot`` are injectable so tests can play clocks; the defaults
+        read the system's monotonic clock and boot id.
+        """
+        if rule.scope == "terminal" and terminal_id is None:
+            raise ConfigError("passback scope 'terminal' needs the terminal id")
+        key = place if rule.scope == "place" else f"{place}#{terminal_id}"
+        try:
+            db = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            with db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
+                    "card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL, "
+                    "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
+                    "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the passback store: {exc}") from None
+        return cls(db, rule, key, monotonic, boot if boot is not None else boot_id())
+
+    def _elapsed_ms(self, wall_then: int, mono_then: int, boot_then: str, now_ms: int) -> int:
+        """Real time since the stored ride, or -1 when it cannot be trusted."""
+        if boot_then == self._boot:
+            return self._clock() - mono_then
+        elapsed = now_ms - wall_then
+        if elapsed < -self.rule.max_skew_s * 1000:
+            return -1  # the wall clock went far back: do not let it stretch the lockout
+        return max(elapsed, 0)
+
+    def refuses(self, card_id: int, now_ms: int) -> bool:
+        """True when ``card_id`` rode here less than the window ago (reads only)."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?",
+                    (self.key, _signed(card_id)),
+                ).fetchone()
+            except sqlite3.Error:
+                return False  # a passback store we cannot read must not block free rides
+        if row is None:
+            return False
+        elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
+        return 0 <= elapsed < self.rule.window_s * 1000
+
+    def record(self, card_id: int, now_ms: int) -> None:
+        """Remember that ``card_id`` rode here now (after the journal has the ride)."""
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)",
+                        (self.key, _signed(card_id), now_ms, self._clock(), self._boot),
+                    )
+                    self._writes += 1
+                    if self._writes % 1000 == 0:
+                        self._prune(now_ms)
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot record passback state: {exc}") from None
+
+    def _prune(self, now_ms: int) -> None:
+        # Rows older than the window plus skew on both clocks can never refuse again.
+        horizon = (self.rule.window_s + self.rule.max_skew_s) * 1000
+        self._db.execute(
+            "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)",
+            (self.key, now_ms - horizon, self._boot, self._clock() - horizon),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> PassbackStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _signed(card_id: int) -> int:
+    # SQLite integers are signed 64-bit; card ids use the full uint64 range.
+    return card_id - (1 << 64) if card_id >= 1 << 63 else card_id

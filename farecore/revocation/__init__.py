@@ -1,0 +1,27 @@
+"""The revocation table: a signed, memory-mapped file of revoked card ids.
+
+Build one with :func:`build_table` (or ``farecore revocation build``), open and verify
+one with :meth:`RevocationTable.open`, and keep the newest in force at a gate with
+:class:`HotRevocation`. The file format is in docs/revocation-format.md.
+
+This package must never import readers or sim, and never serve an unverified table.
+"""
+
+from __future__ import annotations
+
+from farecore.revocation.builder import BuildError, TableSummary, build_table
+from farecore.revocation.csvinput import read_revocation_csv
+from farecore.revocation.format import Reason, reason_code
+from farecore.revocation.hot import HotRevocation
+from farecore.revocation.table import RevocationTable
+
+__all__ = [
+    "BuildError",
+    "HotRevocation",
+    "Reason",
+    "RevocationTable",
+    "TableSummary",
+    "build_table",
+    "read_revocation_csv",
+    "reason_code",
+]

@@ -1,0 +1,329 @@
+"""Open, verify and query one revocation table file, memory-mapped and never copied.
+
+``RevocationTable.open`` checks everything before it returns: shape, signer key id and
+algorithm, the header signature, file size, the body SHA-256, and every structural
+promise of the body (sorted unique ids, index, filter, reason codes). A table that fails
+any of them raises :class:`TableRejected` with a message that says which.
+
+The verified table is immutable and implements ``farecore.checks.RevocationSnapshot``.
+Its columns are read-only numpy views of one shared, read-only mapping, so any number of
+gate processes on a host share one copy in the page cache.
+
+This module must never write a table, read the clock, or serve bytes it has not
+verified. A table file must be replaced by rename, never rewritten in place: the mapping
+of the table in force would see an in-place write (see docs/revocation-format.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from farecore.checks import RevocationEntry
+from farecore.errors import BadSignature, TableRejected
+from farecore.keys import PublicKeyFile
+from farecore.revocation import _kernels
+from farecore.revocation.format import (
+    HEADER_SIZE,
+    Header,
+    Layout,
+    Reason,
+    layout_for,
+    parse_header_unverified,
+)
+
+__all__ = ["RevocationTable", "TableChanged"]
+
+_M64 = (1 << 64) - 1
+_MUL = _kernels.FILTER_MULTIPLIER
+_CHUNK = 8 << 20
+_KNOWN_REASONS = np.zeros(256, dtype=np.uint8)
+_KNOWN_REASONS[[int(r) for r in Reason]] = 1
+_PROBLEMS = {
+    1: "card ids are not sorted and unique (position {})",
+    2: "min/max id in the header do not match the id column",
+    3: "lookup index is inconsistent (entry {})",
+    4: "filter misses the id at position {}",
+    5: "negative revoked-at at position {}",
+    6: "unknown reason code at position {}",
+}
+
+
+class TableChanged(TableRejected):
+    """The file was replaced or rewritten while it was being verified; try again later."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class RevocationTable:
+    """One verified, memory-mapped revocation table. Build it with :meth:`open`."""
+
+    __slots__ = (
+        "_filter",
+        "_filter_mv",
+        "_fshift",
+        "_header",
+        "_index",
+        "_layout",
+        "_max",
+        "_min",
+        "_mmap",
+        "_reasons",
+        "_revoked_at",
+        "_shift",
+        "_u_max",
+        "_u_min",
+        "identity",
+        "ids",
+        "path",
+    )
+
+    ids: npt.NDArray[np.uint64]
+    path: Path
+    identity: tuple[int, int, int, int]
+    """(device, inode, size, mtime_ns) of the file as it was verified."""
+
+    def __init__(self) -> None:
+        raise TypeError("use RevocationTable.open(path, signer)")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], signer: PublicKeyFile) -> RevocationTable:
+        """Map and fully verify the table at ``path`` against ``signer``.
+
+        ``signer`` is the revocation-list signer's public key file (role "revocation").
+        Raises :class:`TableRejected` naming the first check that failed.
+        """
+        p = Path(path)
+        if signer.role != "revocation":
+            raise TableRejected(f"signer key has role {signer.role!r}; 'revocation' is needed")
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TableRejected(f"{p}: cannot open: {exc.strerror or exc}") from None
+        try:
+            return cls._open_fd(p, fd, signer)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def _open_fd(cls, p: Path, fd: int, signer: PublicKeyFile) -> RevocationTable:
+        before = os.fstat(fd)
+        size = before.st_size
+        if size == 0:
+            raise TableRejected(f"{p}: empty file (zero length)")
+        header, signature = parse_header_unverified(os.pread(fd, HEADER_SIZE, 0))
+        if header.signer_key_id != signer.key_id:
+            raise TableRejected(
+                f"{p}: signed by key id {header.signer_key_id}, but the trusted signer "
+                f"is key id {signer.key_id}"
+            )
+        if header.signer_algorithm != signer.algorithm:
+            raise TableRejected(f"{p}: signer algorithm differs from the trusted key's")
+        try:
+            signer.key().verify(signature, header.signed_bytes())
+        except BadSignature as exc:
+            raise TableRejected(f"{p}: header signature does not verify ({exc})") from None
+        layout = layout_for(header.count, header.index_bits, header.filter_bits)
+        if header.body_size != layout.body_size:
+            raise TableRejected(f"{p}: corrupt header: body size does not match the entry count")
+        if size < layout.end:
+            raise TableRejected(f"{p}: truncated: {size} bytes, the header says {layout.end}")
+        if size > layout.end:
+            raise TableRejected(f"{p}: {size - layout.end} unexpected bytes after the body")
+        if header.count and (header.max_id - header.min_id) >> header.shift >= layout.buckets:
+            raise TableRejected(f"{p}: corrupt header: shift too small for the id range")
+        cls._check_body_hash(p, fd, header)
+        try:
+            mm = mmap.mmap(
+                fd,
+                size,
+                flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                prot=mmap.PROT_READ,
+            )
+        except (OSError, ValueError) as exc:
+            raise TableRejected(f"{p}: cannot map: {exc}") from None
+        table = object.__new__(cls)
+        table._bind(p, mm, header, layout)
+        table._check_structure()
+        after = os.fstat(fd)
+        try:
+            now_at_path = os.stat(p)
+        except OSError:
+            now_at_path = None
+        if _identity(after) != _identity(before) or (
+            now_at_path is None or _identity(now_at_path) != _identity(before)
+        ):
+            raise TableChanged(f"{p}: replaced or rewritten while it was being read")
+        table.identity = _identity(before)
+        return table
+
+    @staticmethod
+    def _check_body_hash(p: Path, fd: int, header: Header) -> None:
+        # pread, not the mapping: a file truncated under us gives a short read here,
+        # where a mapped page would kill the process with SIGBUS.
+        digest = hashlib.sha256()
+        buf = bytearray(min(_CHUNK, max(header.body_size, 1)))
+        view = memoryview(buf)
+        offset, left = HEADER_SIZE, header.body_size
+        while left:
+            got = os.preadv(fd, [view[: min(left, len(buf))]], offset)
+            if got == 0:
+                raise TableChanged(f"{p}: truncated while it was being read")
+            digest.update(view[:got])
+            offset += got
+            left -= got
+        if digest.digest() != header.body_sha256:
+            raise TableRejected(f"{p}: body SHA-256 does not match the signed header")
+
+    def _bind(self, p: Path, mm: mmap.mmap, header: Header, layout: Layout) -> None:
+        n = header.count
+        self.path = p
+        self._mmap = mm
+        self._header = header
+        self._layout = layout
+        self.ids = np.frombuffer(mm, dtype="<u8", count=n, offset=layout.ids)
+        self._revoked_at = np.frombuffer(mm, dtype="<i8", count=n, offset=layout.revoked_at)
+        self._index = np.frombuffer(mm, dtype="<u8", count=layout.buckets + 1, offset=layout.index)
+        filt = np.frombuffer(mm, dtype=np.uint8, count=layout.filter_bytes, offset=layout.filter)
+        self._reasons = np.frombuffer(mm, dtype=np.uint8, count=n, offset=layout.reasons)
+        self._filter = filt
+        self._filter_mv = memoryview(mm)[layout.filter : layout.filter + layout.filter_bytes]
+        self._shift = header.shift
+        self._fshift = 64 - header.filter_bits
+        # An empty table gets an empty id range, so the range check answers every lookup.
+        self._min, self._max = (header.min_id, header.max_id) if n else (1, 0)
+        self._u_min = np.uint64(header.min_id)
+        self._u_max = np.uint64(header.max_id)
+
+    def _check_structure(self) -> None:
+        problem, where = _kernels.verify_body(
+            self.ids,
+            self._revoked_at,
+            self._reasons,
+            self._index,
+            self._filter,
+            self._u_min,
+            self._u_max,
+            self._shift,
+            self._fshift,
+            _KNOWN_REASONS,
+        )
+        if problem:
+            raise TableRejected(f"{self.path}: corrupt body: {_PROBLEMS[problem].format(where)}")
+
+    # --- RevocationSnapshot ---------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._header.generation
+
+    @property
+    def created_at(self) -> int:
+        return self._header.created_at
+
+    def lookup(self, card_id: int) -> RevocationEntry | None:
+        """The entry for ``card_id``, or None. Most absent ids cost one filter probe."""
+        if card_id < self._min or card_id > self._max:
+            return None
+        h = ((card_id * _MUL) & _M64) >> self._fshift
+        if not (self._filter_mv[h >> 3] >> (h & 7)) & 1:
+            return None
+        pos = _kernels.find_one(
+            self.ids, self._index, self._u_min, self._u_max, self._shift, card_id
+        )
+        if pos < 0:
+            return None
+        return RevocationEntry(card_id, int(self._revoked_at[pos]), int(self._reasons[pos]))
+
+    # --- more than the protocol ---------------------------------------------------------
+
+    def find(self, card_id: int) -> int:
+        """Position of ``card_id`` in the id column, or -1 (the kernel, without the filter)."""
+        if not 0 <= card_id <= _M64:
+            return -1
+        return int(
+            _kernels.find_one(self.ids, self._index, self._u_min, self._u_max, self._shift, card_id)
+        )
+
+    def find_many(self, card_ids: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """Positions (or -1) of every id of a uint64 array, through the batch kernel."""
+        keys = np.ascontiguousarray(card_ids)
+        if keys.dtype != np.uint64:
+            raise TypeError(f"card ids must be a uint64 array, not {keys.dtype}")
+        out = np.empty(keys.shape[0], dtype=np.int64)
+        _kernels.find_many(
+            self.ids,
+            self._index,
+            self._filter,
+            self._u_min,
+            self._u_max,
+            self._shift,
+            self._fshift,
+            keys,
+            out,
+        )
+        return out
+
+    def entry_at(self, position: int) -> RevocationEntry:
+        """The entry at a position returned by :meth:`find` or :meth:`find_many`."""
+        return RevocationEntry(
+            int(self.ids[position]),
+            int(self._revoked_at[position]),
+            int(self._reasons[position]),
+        )
+
+    @property
+    def revoked_at(self) -> npt.NDArray[np.int64]:
+        return self._revoked_at
+
+    @property
+    def reasons(self) -> npt.NDArray[np.uint8]:
+        return self._reasons
+
+    @property
+    def count(self) -> int:
+        return self._header.count
+
+    def __len__(self) -> int:
+        return self._header.count
+
+    @property
+    def signer_key_id(self) -> int:
+        return self._header.signer_key_id
+
+    @property
+    def body_sha256(self) -> str:
+        return self._header.body_sha256.hex()
+
+    @property
+    def file_size(self) -> int:
+        return self._layout.end
+
+    def describe(self) -> dict[str, object]:
+        """The facts ``farecore revocation info --json`` prints."""
+        h = self._header
+        return {
+            "path": str(self.path),
+            "generation": h.generation,
+            "count": h.count,
+            "created_at": h.created_at,
+            "signer_key_id": h.signer_key_id,
+            "body_sha256": h.body_sha256.hex(),
+            "file_size": self._layout.end,
+            "min_id": h.min_id if h.count else None,
+            "max_id": h.max_id if h.count else None,
+            "index_buckets": self._layout.buckets,
+            "filter_bytes": self._layout.filter_bytes,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"RevocationTable({str(self.path)!r}, generation={self.generation}, count={self.count})"
+        )

@@ -1,0 +1,128 @@
+"""The settlement on a Dask cluster: the same units, the same merge, the same bytes.
+
+``map_on_dask`` returns a ``MapUnits`` callable for ``run_settlement``. It sends one task
+per batch path (``settle_unit``) to the workers and hands back their partials; the merge
+then runs here, in its canonical order, so the outputs are byte-identical to the
+in-process and ``--jobs N`` runs. A worker that dies mid-run loses nothing: Dask runs its
+tasks again elsewhere, and a unit depends only on its arguments.
+
+Batch paths must be readable from every worker (a shared filesystem). A worker that
+cannot read one fails the settlement with a message naming the worker and the path.
+
+Dask is an optional extra; without it the options say which extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from farecore.errors import ConfigError, SettlementError
+from farecore.settlement.pipeline import MapUnits
+from farecore.settlement.unit import Partial, UnitConfig, settle_unit
+
+__all__ = ["DaskSettings", "dask_available", "map_on_dask", "settle_unit_on_worker"]
+
+_EXTRA_HINT = "Dask is not installed: pip install 'farecore[dask]'"
+
+
+def dask_available() -> bool:
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def settle_unit_on_worker(path: str, cfg: UnitConfig) -> Partial:
+    """``settle_unit``, with the worker's address in any error it raises."""
+    try:
+        return settle_unit(path, cfg)
+    except SettlementError as exc:
+        where = "this worker"
+        with contextlib.suppress(Exception):
+            from dask.distributed import get_worker
+
+            where = f"worker {get_worker().address}"
+        raise SettlementError(
+            f"{exc} (on {where}; batch paths must be readable from every worker, "
+            "for example on a shared filesystem)"
+        ) from None
+
+
+class DaskSettings:
+    """Where to run: an existing scheduler, or a LocalCluster started for this run."""
+
+    __slots__ = ("n_workers", "on_ready", "scheduler", "threads_per_worker")
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int = 1,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        if (scheduler is None) == (n_workers is None):
+            raise ConfigError("give either a scheduler address or a number of local workers")
+        if n_workers is not None and n_workers < 1:
+            raise ConfigError("--dask-workers must be at least 1")
+        if threads_per_worker < 1:
+            raise ConfigError("threads per worker must be at least 1")
+        self.scheduler = scheduler
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.on_ready = on_ready
+
+
+@contextlib.contextmanager
+def _client(settings: DaskSettings) -> Iterator[Any]:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError(_EXTRA_HINT) from None
+    if settings.scheduler is not None:
+        try:
+            client = Client(settings.scheduler, timeout="20s")
+        except OSError as exc:
+            raise SettlementError(
+                f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}"
+            ) from None
+        with client:
+            yield client
+        return
+    cluster = LocalCluster(
+        n_workers=settings.n_workers,
+        threads_per_worker=settings.threads_per_worker,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=50,
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def map_on_dask(settings: DaskSettings) -> MapUnits:
+    """A ``MapUnits`` that runs each batch's unit as one Dask task."""
+
+    def run(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
+        from dask.distributed import as_completed
+
+        with _client(settings) as client:
+            link = getattr(client, "dashboard_link", "") or "(no dashboard)"
+            if settings.on_ready is not None:
+                settings.on_ready(link)
+            shared = client.scatter(cfg, broadcast=True)
+            futures = client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:
+                client.cancel(futures)
+
+    return run
+
+
+def print_dashboard(link: str) -> None:
+    print(f"farecore settle: Dask dashboard at {link}", file=sys.stderr, flush=True)

@@ -1,0 +1,325 @@
+"""The deterministic merge: partial results in, the night's settlement out.
+
+Partials are first put in a canonical order (by batch SHA-256) and exact duplicates are
+dropped, so neither the order in which workers finished nor a batch ingested twice can
+change a byte of the result. Then: chain continuity between batches, ride-level
+deduplication and conflicts, reused counters, impossible travel, revocation and stale
+table flags, metro entry/exit pairing and pricing. This module must never verify
+signatures (the units did) nor use floats for money.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from farecore.journal import Direction
+from farecore.settlement.anomalies import Anomaly
+from farecore.settlement.fares import FareTable
+from farecore.settlement.terminals import TerminalInfo
+from farecore.settlement.unit import Partial, Ride
+
+__all__ = ["MergeOptions", "PricedRide", "Settlement", "Total", "merge"]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOptions:
+    """Limits for the travel check; ``revoked_at`` maps card id to UTC Unix seconds."""
+
+    max_speed_kmh: int = 120
+    min_travel_m: int = 2000
+    revoked_at: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRide:
+    """A paid tap record and the fare it carries (a paired metro entry carries 0)."""
+
+    ride: Ride
+    fare_fen: int
+    trip: str  # bus | metro_entry | metro_exit | unpaired_entry | unpaired_exit
+    paired_terminal_id: int | None = None
+    paired_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Total:
+    day: str
+    operator: str
+    line: str
+    rides: int
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    day: str
+    inputs: tuple[str, ...]  # unique batch SHA-256s, hex, sorted
+    rides: tuple[PricedRide, ...]
+    totals: tuple[Total, ...]
+    anomalies: tuple[Anomaly, ...]
+    stats: dict[str, int]
+
+
+def merge(
+    partials: Iterable[Partial],
+    day: dt.date,
+    fares: FareTable,
+    terminals: Mapping[int, TerminalInfo],
+    options: MergeOptions | None = None,
+) -> Settlement:
+    opts = options or MergeOptions()
+    unique: dict[bytes, Partial] = {}
+    for p in partials:
+        unique.setdefault(p.batch_sha256, p)
+    ordered = [unique[k] for k in sorted(unique)]
+    anomalies: list[Anomaly] = [a for p in ordered for a in p.anomalies]
+    good = [p for p in ordered if p.ok]
+    anomalies += _continuity(good)
+    rides, dropped = _dedupe([r for p in good for r in p.rides], anomalies)
+    rides = _reused_counters(rides, anomalies)
+    _travel_and_flags(rides, terminals, opts, anomalies)
+    priced = _price(rides, day, fares, anomalies)
+    totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    entry_line = {(p.ride.terminal_id, p.ride.seq): p.ride.line for p in priced}
+    for pr in priced:
+        if pr.trip == "metro_entry":
+            continue  # the paired exit carries the trip
+        line = pr.ride.line
+        if pr.trip == "metro_exit":
+            # A metro trip is counted on the line where the rider entered.
+            line = entry_line[(pr.paired_terminal_id, pr.paired_seq)]  # type: ignore[index]
+        key = (day.isoformat(), pr.ride.operator, line)
+        totals[key][0] += 1
+        totals[key][1] += pr.fare_fen
+    stats = {
+        "batches": len(ordered),
+        "batches_rejected": sum(1 for p in ordered if not p.ok),
+        "taps": sum(p.taps for p in good if p.day == day.isoformat()),
+        "denied_taps": sum(p.denied for p in good if p.day == day.isoformat()),
+        "rides_verified": sum(len(p.rides) for p in good),
+        "duplicates_dropped": dropped,
+        "rides_paid": len(priced),
+        "amount_fen": sum(pr.fare_fen for pr in priced),
+        "anomalies": len(anomalies),
+    }
+    return Settlement(
+        day=day.isoformat(),
+        inputs=tuple(k.hex() for k in sorted(unique)),
+        rides=tuple(sorted(priced, key=lambda pr: (pr.ride.terminal_id, pr.ride.seq))),
+        totals=tuple(Total(d, o, ln, n, a) for (d, o, ln), (n, a) in sorted(totals.items())),
+        anomalies=tuple(sorted(set(anomalies))),
+        stats=stats,
+    )
+
+
+def _continuity(good: list[Partial]) -> list[Anomaly]:
+    out: list[Anomaly] = []
+    by_terminal: dict[int, list[Partial]] = defaultdict(list)
+    for p in good:
+        by_terminal[p.terminal_id].append(p)
+    for tid, parts in sorted(by_terminal.items()):
+        parts.sort(key=lambda p: (p.first_seq, p.last_seq, p.batch_sha256))
+        reach, tail = parts[0].last_seq, parts[0].tail_hash
+        for p in parts[1:]:
+            if p.first_seq > reach + 1:
+                out.append(
+                    Anomaly(
+                        "seq_gap",
+                        terminal_id=tid,
+                        seq=reach + 1,
+                        batch=p.batch_sha256.hex(),
+                        detail=f"seq {reach + 1}..{p.first_seq - 1} missing",
+                    )
+                )
+            elif p.first_seq == reach + 1 and p.prev_hash != tail:
+                out.append(
+                    Anomaly(
+                        "chain_break",
+                        terminal_id=tid,
+                        seq=p.first_seq,
+                        batch=p.batch_sha256.hex(),
+                        detail="batch does not link to the previous batch's tail",
+                    )
+                )
+            if p.last_seq >= reach:
+                reach, tail = p.last_seq, p.tail_hash
+    return out
+
+
+def _dedupe(rides: list[Ride], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
+    groups: dict[tuple[int, int], list[Ride]] = defaultdict(list)
+    for r in rides:
+        groups[(r.terminal_id, r.seq)].append(r)
+    out: list[Ride] = []
+    dropped = 0
+    for (tid, seq), group in sorted(groups.items()):
+        hashes = sorted({r.record_hash for r in group})
+        if len(hashes) == 1:
+            out.append(group[0])
+            dropped += len(group) - 1
+            continue
+        for h in hashes:
+            card = next(r.card_id for r in group if r.record_hash == h)
+            anomalies.append(
+                Anomaly(
+                    "conflicting_duplicate",
+                    terminal_id=tid,
+                    seq=seq,
+                    card_id=card,
+                    detail=f"record {h.hex()[:16]}",
+                )
+            )
+    return out, dropped
+
+
+def _order(r: Ride) -> tuple[int, int, int]:
+    return (r.time_ms, r.terminal_id, r.seq)
+
+
+def _reused_counters(rides: list[Ride], anomalies: list[Anomaly]) -> list[Ride]:
+    groups: dict[tuple[int, int], list[Ride]] = defaultdict(list)
+    for r in rides:
+        groups[(r.card_id, r.counter)].append(r)
+    keep: list[Ride] = []
+    for (card, counter), group in groups.items():
+        group.sort(key=_order)
+        keep.append(group[0])
+        if len(group) > 1:
+            for i, r in enumerate(group):
+                anomalies.append(
+                    Anomaly(
+                        "reused_counter",
+                        terminal_id=r.terminal_id,
+                        seq=r.seq,
+                        card_id=card,
+                        detail=f"counter {counter} used {len(group)} times; "
+                        + ("paid (first use)" if i == 0 else "not paid"),
+                    )
+                )
+    keep.sort(key=lambda r: (r.terminal_id, r.seq))
+    return keep
+
+
+def _travel_and_flags(
+    rides: list[Ride],
+    terminals: Mapping[int, TerminalInfo],
+    opts: MergeOptions,
+    anomalies: list[Anomaly],
+) -> None:
+    by_card: dict[int, list[Ride]] = defaultdict(list)
+    for r in rides:
+        by_card[r.card_id].append(r)
+        revoked = opts.revoked_at.get(r.card_id)
+        if revoked is not None and r.time_ms >= revoked * 1000:
+            anomalies.append(
+                Anomaly(
+                    "after_revocation",
+                    terminal_id=r.terminal_id,
+                    seq=r.seq,
+                    card_id=r.card_id,
+                    detail=f"revoked at {revoked}",
+                )
+            )
+        if "revocation_stale" in r.flags:
+            anomalies.append(
+                Anomaly(
+                    "stale_table",
+                    terminal_id=r.terminal_id,
+                    seq=r.seq,
+                    card_id=r.card_id,
+                    detail=f"generation {r.revocation_generation}",
+                )
+            )
+    for card, seq_rides in by_card.items():
+        seq_rides.sort(key=_order)
+        for a, b in itertools.pairwise(seq_rides):
+            ta, tb = terminals.get(a.terminal_id), terminals.get(b.terminal_id)
+            if ta is None or tb is None:
+                continue
+            dist = math.isqrt((ta.x_m - tb.x_m) ** 2 + (ta.y_m - tb.y_m) ** 2)
+            dt_ms = b.time_ms - a.time_ms
+            # faster than max_speed_kmh: dist/dt_ms m/ms = dist*3600/dt_ms km/h
+            if dist >= opts.min_travel_m and dist * 3600 > opts.max_speed_kmh * dt_ms:
+                anomalies.append(
+                    Anomaly(
+                        "impossible_travel",
+                        terminal_id=b.terminal_id,
+                        seq=b.seq,
+                        card_id=card,
+                        detail=f"{dist} m in {dt_ms} ms after terminal {a.terminal_id} seq {a.seq}",
+                    )
+                )
+
+
+def _price(
+    rides: list[Ride], day: dt.date, fares: FareTable, anomalies: list[Anomaly]
+) -> list[PricedRide]:
+    out: list[PricedRide] = []
+    metro: dict[int, list[Ride]] = defaultdict(list)
+    for r in rides:
+        if r.direction == Direction.BOARD:
+            fen = fares.bus_fare(r.operator, r.line, day)
+            if fen is None:
+                anomalies.append(_no_fare(r, "no bus fare for this line"))
+            out.append(PricedRide(r, fen or 0, "bus"))
+        else:
+            metro[r.card_id].append(r)
+    for card_rides in metro.values():
+        card_rides.sort(key=_order)
+        open_entries: list[Ride] = []
+        for r in card_rides:
+            if r.direction == Direction.ENTRY:
+                open_entries.append(r)
+                continue
+            entry = next((e for e in reversed(open_entries) if e.operator == r.operator), None)
+            if entry is None:
+                out.append(
+                    PricedRide(r, _unpaired(fares, "exit", r, day, anomalies), "unpaired_exit")
+                )
+                continue
+            open_entries.remove(entry)
+            fen = _trip_fare(fares, entry, r, day, anomalies)
+            out.append(PricedRide(entry, 0, "metro_entry", r.terminal_id, r.seq))
+            out.append(PricedRide(r, fen, "metro_exit", entry.terminal_id, entry.seq))
+        for e in open_entries:
+            out.append(
+                PricedRide(e, _unpaired(fares, "entry", e, day, anomalies), "unpaired_entry")
+            )
+    return out
+
+
+def _no_fare(r: Ride, detail: str) -> Anomaly:
+    return Anomaly(
+        "no_fare", terminal_id=r.terminal_id, seq=r.seq, card_id=r.card_id, detail=detail
+    )
+
+
+def _unpaired(fares: FareTable, which: str, r: Ride, day: dt.date, anomalies: list[Anomaly]) -> int:
+    fen = fares.unpaired_fare(which, r.operator, day)
+    if fen is None:
+        anomalies.append(_no_fare(r, f"no metro fare table for unpaired {which}"))
+        return 0
+    return fen
+
+
+def _trip_fare(
+    fares: FareTable, entry: Ride, exit_: Ride, day: dt.date, anomalies: list[Anomaly]
+) -> int:
+    table = fares.metro_for(exit_.operator, day)
+    if table is None:
+        anomalies.append(_no_fare(exit_, "no metro fare table"))
+        return 0
+    a, b = table.station_m(entry.place), table.station_m(exit_.place)
+    if a is None or b is None:
+        anomalies.append(
+            _no_fare(
+                exit_, f"station {entry.place if a is None else exit_.place} not in the fare table"
+            )
+        )
+        return 0
+    return int(table.fare_for(abs(a - b)))

@@ -1,0 +1,522 @@
+"""PC/SC readers through pcscd, with pyscard: ``pcsc:`` and ``pcsc:NAME``.
+
+| capability        | support                                                         |
+|-------------------|-----------------------------------------------------------------|
+| reader selection  | "" = first reader; exact name; or a glob/regex watching every match |
+| card presence     | ``SCardGetStatusChange`` (pcscd polls; vpcd ~400 ms)            |
+| transmit          | short APDUs, T=0/T=1; 61xx (GET RESPONSE) and 6Cxx (re-send Le) |
+| transmit timeout  | yes (``transmit_timeout``, a worker thread owned by the reader) |
+| removal detection | state EMPTY/MUTE, or pcscd's event counter moved (a new card)   |
+| errors            | ReaderIOError (pcscd/reader trouble), CardIOError (the card)    |
+| recovery          | by itself, on the next call: see below                          |
+
+Recovery, with no restart of the caller (the cases of RECIPES.md):
+- card removed mid-transaction (empty response, ``0x80100016``): CardIOError, the handle
+  is dropped, the next ``wait_for_card`` connects afresh;
+- stale handle (``0x80100069`` removed / ``0x80100068`` reset) on a channel's first
+  APDU: ``SCardReconnect`` and send again; later in a transaction it is a CardIOError;
+- reader gone: ``wait_for_card`` keeps looking for a matching reader until it is back;
+- pcscd stopped or restarted (``0x8010001D``/``0x8010001E``): the context is dropped and
+  re-established on the next call, with exponential backoff between attempts.
+
+This module must never import ``sim`` and never start a thread that outlives
+:meth:`PcscReader.close`. Only ReaderIOError and CardIOError leave it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from smartcard import scard  # type: ignore[import-untyped]
+
+from farecore.errors import CardIOError, ConfigError, ReaderIOError
+
+__all__ = ["PcscChannel", "PcscReader", "PcscReaderFactory"]
+
+log = logging.getLogger(__name__)
+
+_SUCCESS = 0
+_TIMEOUT = 0x8010000A
+# The daemon or our context is gone: drop the context and establish a new one.
+_CONTEXT_LOST = frozenset(
+    {
+        0x80100001,  # SCARD_F_INTERNAL_ERROR
+        0x80100003,  # SCARD_E_INVALID_HANDLE
+        0x8010001D,  # SCARD_E_NO_SERVICE
+        0x8010001E,  # SCARD_E_SERVICE_STOPPED
+    }
+)
+# The reader went away (unplugged): find it again.
+_READER_LOST = frozenset(
+    {
+        0x80100009,  # SCARD_E_UNKNOWN_READER
+        0x80100017,  # SCARD_E_READER_UNAVAILABLE
+        0x8010002E,  # SCARD_E_NO_READERS_AVAILABLE
+    }
+)
+# The handle points at a card that pcscd saw leave, or that someone reset.
+_STALE_HANDLE = frozenset({0x80100069, 0x80100068})  # SCARD_W_REMOVED_CARD, SCARD_W_RESET_CARD
+_PROTOCOLS = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+_SHARE = {"shared": scard.SCARD_SHARE_SHARED, "exclusive": scard.SCARD_SHARE_EXCLUSIVE}
+_MAX_RESPONSE_PARTS = 512  # a 61xx chain longer than this is a broken card
+
+
+def _hr(value: int) -> int:
+    return value & 0xFFFFFFFF
+
+
+def _message(hresult: int) -> str:
+    try:
+        text = str(scard.SCardGetErrorMessage(hresult)).strip().rstrip(".")
+    except Exception:  # a message is a nicety; it must never raise
+        text = "PC/SC error"
+    return f"{text} (0x{_hr(hresult):08X})"
+
+
+class _Retry(Exception):
+    """pcscd or the reader is unavailable right now; the caller retries until its timeout."""
+
+
+class _Worker:
+    """One thread that runs blocking PC/SC calls so the caller can stop waiting."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event, list[Any]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pcsc-transmit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            call, done, box = job
+            try:
+                box.append((True, call()))
+            except BaseException as exc:  # handed back to the caller, who re-raises it
+                box.append((False, exc))
+            done.set()
+
+    def call(self, call: Callable[[], Any], timeout: float) -> Any:
+        """Run ``call``; raise TimeoutError if it takes longer than ``timeout``."""
+        done = threading.Event()
+        box: list[Any] = []
+        self._jobs.put((call, done, box))
+        if not done.wait(timeout):
+            raise TimeoutError
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, join: float = 0.5) -> None:
+        self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(join)
+
+
+class PcscChannel:
+    """The channel ``wait_for_card`` returned: valid until its card leaves or fails."""
+
+    __slots__ = ("_generation", "_reader", "_used")
+
+    def __init__(self, reader: PcscReader, generation: int) -> None:
+        self._reader = reader
+        self._generation = generation
+        self._used = False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Send a C-APDU and return data ‖ SW; CardIOError or ReaderIOError on failure."""
+        response = self._reader._transmit(self, bytes(apdu))
+        self._used = True
+        return response
+
+
+class PcscReader:
+    """One PC/SC reader slot. Not thread-safe, except :meth:`close` from another thread."""
+
+    def __init__(
+        self,
+        target: str = "",
+        *,
+        transmit_timeout: float | None = 2.0,
+        share: str = "shared",
+        backoff_initial: float = 0.05,
+        backoff_max: float = 1.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        if share not in _SHARE:
+            raise ConfigError(f"share must be 'shared' or 'exclusive', not {share!r}")
+        if transmit_timeout is not None and transmit_timeout <= 0:
+            raise ConfigError("transmit_timeout must be positive (or None for no timeout)")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ConfigError("need 0 < backoff_initial <= backoff_max")
+        self.target = target
+        self.name = target or "pcsc"
+        self.transmit_timeout = transmit_timeout
+        self._share = _SHARE[share]
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._poll = poll_interval
+        try:
+            self._regex: re.Pattern[str] | None = re.compile(target) if target else None
+        except re.error:
+            self._regex = None
+        self._open = False
+        self._ctx: int | None = None
+        self._reader: str | None = None  # the slot of the connected card
+        self._slots: list[str] | None = None  # the slots we watch
+        self._handle: int | None = None
+        self._protocol = 0
+        self._events = -1  # pcscd's card event counter when we connected
+        self._generation = 0
+        self._backoff = backoff_initial
+        self._retry_at = 0.0
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()  # only guards close() against a concurrent wait
+
+    # -- Reader ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Mark the reader usable and try to reach pcscd (failure is retried later)."""
+        self._open = True
+        try:
+            self._context()
+        except _Retry as exc:
+            log.warning("pcsc: %s; will retry", exc)
+
+    def close(self) -> None:
+        """Release the card, the context and the worker thread. Idempotent."""
+        self._open = False
+        ctx = self._ctx
+        if ctx is not None:
+            # Wake a wait_for_card/wait_for_removal blocked in another thread.
+            scard.SCardCancel(ctx)
+        with self._lock:
+            self._drop_context(release=True)
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+
+    def __enter__(self) -> PcscReader:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait_for_card(self, timeout: float) -> PcscChannel | None:
+        """A channel to the card in the field, or None after ``timeout`` seconds.
+
+        Raises ReaderIOError if pcscd or the reader stayed unavailable the whole time.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._lock:
+            while True:
+                self._check_open()
+                trouble: _Retry | None = None
+                try:
+                    channel = self._try_card(deadline)
+                    if channel is not None:
+                        return channel
+                except _Retry as exc:
+                    trouble = exc
+                except (ReaderIOError, CardIOError):
+                    raise
+                except Exception as exc:  # pyscard misbehaving: start over, never leak it
+                    self._drop_context(release=False)
+                    trouble = _Retry(f"unexpected {type(exc).__name__}: {exc}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if trouble is not None:
+                        raise ReaderIOError(f"reader {self.name!r}: {trouble}")
+                    return None
+                if trouble is not None:
+                    time.sleep(min(remaining, max(self._retry_at - time.monotonic(), self._poll)))
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        """True once the card we connected to has left (or pcscd/the reader went away)."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._lock:
+            self._check_open()
+            ctx, reader = self._ctx, self._reader
+            if ctx is None or reader is None:
+                return True
+            while True:
+                try:
+                    state = self._state(ctx, reader, _TIMEOUT_NOW)
+                    if self._card_gone(state):
+                        self._disconnect()
+                        return True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._state(ctx, reader, remaining, known=state)
+                except _Retry:
+                    return True
+                except Exception:  # pyscard misbehaving: whatever was there is lost to us
+                    self._drop_context(release=False)
+                    return True
+
+    # -- finding and connecting --------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ReaderIOError(f"reader {self.name!r} is not open")
+
+    def _context(self) -> int:
+        if self._ctx is not None:
+            return self._ctx
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise _Retry("pcscd unavailable; next attempt in %.2f s" % (self._retry_at - now))
+        hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        if _hr(hr) != _SUCCESS:
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, self._backoff_max)
+            raise _Retry(f"cannot reach pcscd: {_message(hr)}")
+        if self._backoff != self._backoff_initial:
+            log.info("pcsc: context re-established")
+        self._ctx = int(ctx)
+        self._backoff = self._backoff_initial
+        self._retry_at = 0.0
+        return self._ctx
+
+    def _drop_context(self, *, release: bool) -> None:
+        self._disconnect()
+        ctx, self._ctx, self._reader, self._slots = self._ctx, None, None, None
+        self._events = -1  # a new daemon counts card events from scratch
+        if ctx is not None and release:
+            try:
+                scard.SCardReleaseContext(ctx)
+            except Exception:  # the daemon may already be gone
+                pass
+
+    def _fail(self, hresult: int, what: str) -> _Retry:
+        """Forget what ``hresult`` says is dead; the error to retry with."""
+        code = _hr(hresult)
+        if code in _CONTEXT_LOST:
+            self._drop_context(release=True)
+        elif code in _READER_LOST:
+            self._forget_reader()
+        return _Retry(f"{what}: {_message(hresult)}")
+
+    def _matches(self, name: str) -> bool:
+        if not self.target or name == self.target:
+            return True
+        if fnmatch.fnmatchcase(name, self.target):
+            return True
+        return self._regex is not None and self._regex.search(name) is not None
+
+    def _find_slots(self, ctx: int) -> list[str]:
+        """The readers we watch: the first one for "", else every one that matches."""
+        if self._slots:
+            return self._slots
+        hr, names = scard.SCardListReaders(ctx, [])
+        if _hr(hr) not in (_SUCCESS, 0x8010002E):
+            raise self._fail(hr, "cannot list readers")
+        names = [str(n) for n in names] if _hr(hr) == _SUCCESS else []
+        found = [n for n in names if self._matches(n)]
+        if not found:
+            raise _Retry(f"no reader matches {self.target!r} (have: {', '.join(names) or 'none'})")
+        self._slots = found[:1] if not self.target or self.target in found else found
+        if len(self._slots) == 1:
+            self.name = self._slots[0]
+        return self._slots
+
+    def _states(
+        self, ctx: int, readers: list[str], wait_s: float, known: dict[str, int] | None = None
+    ) -> dict[str, int]:
+        """Each reader's event state now (``wait_s`` 0) or after a change or the timeout."""
+        ms = max(0, int(wait_s * 1000))
+        # ``known`` keeps pcscd's event counter in its high 16 bits, so a removal and
+        # re-insertion between two calls still counts as a change.
+        query = [(r, scard.SCARD_STATE_UNAWARE if known is None else known[r]) for r in readers]
+        hr, states = scard.SCardGetStatusChange(ctx, ms, query)
+        code = _hr(hr)
+        if code == _TIMEOUT:
+            return dict(known) if known is not None else dict.fromkeys(readers, 0)
+        if code != _SUCCESS:
+            raise self._fail(hr, "cannot read reader state")
+        out = {str(name): int(state) for name, state, _atr in states}
+        for name, state in out.items():
+            if state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
+                self._forget_reader()
+                raise _Retry(f"reader {name!r} is unavailable")
+        return out
+
+    def _state(self, ctx: int, reader: str, wait_s: float, known: int | None = None) -> int:
+        known_map = None if known is None else {reader: known}
+        return self._states(ctx, [reader], wait_s, known_map)[reader]
+
+    def _forget_reader(self) -> None:
+        self._disconnect()
+        self._reader = None
+        self._slots = None
+
+    def _card_gone(self, state: int) -> bool:
+        if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
+            return True
+        return self._events >= 0 and (state >> 16) != self._events
+
+    def _try_card(self, deadline: float) -> PcscChannel | None:
+        ctx = self._context()
+        slots = self._find_slots(ctx)
+        states = self._states(ctx, slots, _TIMEOUT_NOW)
+
+        def present(name: str) -> bool:
+            state = states[name]
+            return bool(state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE)
+
+        current = self._reader
+        if (
+            self._handle is not None
+            and current in states
+            and present(current)
+            and (states[current] >> 16) == self._events
+        ):
+            return PcscChannel(self, self._generation)  # same card, same handle: fast path
+        self._disconnect()
+        for reader in slots:
+            if not present(reader):
+                continue
+            hr, handle, protocol = scard.SCardConnect(ctx, reader, self._share, _PROTOCOLS)
+            code = _hr(hr)
+            if code in _CONTEXT_LOST or code in _READER_LOST:
+                raise self._fail(hr, "cannot connect")
+            if code != _SUCCESS:
+                continue  # the card left (or is mute) between the state and the connect
+            self._reader = self.name = reader
+            self._handle, self._protocol, self._events = handle, protocol, states[reader] >> 16
+            self._generation += 1
+            return PcscChannel(self, self._generation)
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._states(ctx, slots, min(remaining, 5.0), known=states)
+        return None
+
+    def _disconnect(self) -> None:
+        # ``_events`` survives: wait_for_removal still compares pcscd's counter with the
+        # one of the card we last connected to, even after its handle is gone.
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+            except Exception:  # the handle may be dead already
+                pass
+
+    # -- transmit ----------------------------------------------------------------------
+
+    def _transmit(self, channel: PcscChannel, apdu: bytes) -> bytes:
+        try:
+            return self._transmit_checked(channel, apdu)
+        except (ReaderIOError, CardIOError):
+            raise
+        except Exception as exc:  # pyscard misbehaving: a card error, never a traceback
+            self._disconnect()
+            raise CardIOError(f"transmit failed: {type(exc).__name__}: {exc}") from None
+
+    def _transmit_checked(self, channel: PcscChannel, apdu: bytes) -> bytes:
+        if not self._open:
+            raise ReaderIOError(f"reader {self.name!r} is closed")
+        if channel._generation != self._generation or self._handle is None:
+            raise CardIOError("the card of this channel is no longer connected")
+        response = self._exchange(apdu, first=not channel._used)
+        # 6Cxx: wrong Le, the card tells the right one; re-send once with it.
+        if len(response) == 2 and response[0] == 0x6C and _has_le(apdu):
+            response = self._exchange(apdu[:-1] + response[1:2], first=False)
+        if response[-2] != 0x61:
+            return response
+        # 61xx: more data waits; fetch it with GET RESPONSE until the chain ends.
+        data = bytearray(response[:-2])
+        for _ in range(_MAX_RESPONSE_PARTS):
+            part = self._exchange(bytes([apdu[0] & 0x03, 0xC0, 0, 0, response[-1]]), first=False)
+            data += part[:-2]
+            response = part
+            if part[-2] != 0x61:
+                return bytes(data) + part[-2:]
+        self._disconnect()
+        raise CardIOError("card kept answering 61xx: response chain too long")
+
+    def _exchange(self, apdu: bytes, *, first: bool) -> bytes:
+        handle = self._handle
+        if handle is None:
+            raise CardIOError("card is no longer connected")
+        hr, response = self._raw_transmit(handle, apdu)
+        code = _hr(hr)
+        if code in _STALE_HANDLE and first:
+            # pcscd saw a removal/reset since we connected, and nothing of this
+            # transaction went to the old card: reconnect and talk to the card now there.
+            rhr, protocol = scard.SCardReconnect(
+                handle, self._share, _PROTOCOLS, scard.SCARD_LEAVE_CARD
+            )
+            if _hr(rhr) == _SUCCESS:
+                log.info("pcsc: stale handle on %s, reconnected", self.name)
+                self._protocol = protocol
+                self._refresh_events()
+                hr, response = self._raw_transmit(handle, apdu)
+                code = _hr(hr)
+        if code == _SUCCESS and len(response) >= 2:
+            return bytes(response)
+        if code in _CONTEXT_LOST:
+            self._drop_context(release=True)
+            raise ReaderIOError(f"pcscd lost during transmit: {_message(hr)}")
+        if code in _READER_LOST:
+            self._forget_reader()
+            raise ReaderIOError(f"reader lost during transmit: {_message(hr)}")
+        self._disconnect()
+        if code == _SUCCESS:
+            raise CardIOError("card returned no valid response (removed mid-APDU?)")
+        raise CardIOError(f"transmit failed: {_message(hr)}")
+
+    def _raw_transmit(self, handle: int, apdu: bytes) -> tuple[int, list[int]]:
+        protocol = self._protocol
+        if self.transmit_timeout is None:
+            hr, response = scard.SCardTransmit(handle, protocol, list(apdu))
+            return hr, response
+        if self._worker is None:
+            self._worker = _Worker()
+        try:
+            hr, response = self._worker.call(
+                lambda: scard.SCardTransmit(handle, protocol, list(apdu)), self.transmit_timeout
+            )
+        except TimeoutError:
+            # The stuck call holds the context's lock inside libpcsclite: abandon both
+            # the thread and the context (never release it under the stuck call).
+            self._worker.stop(join=0)
+            self._worker = None
+            self._handle = None
+            self._drop_context(release=False)
+            raise CardIOError(f"card did not answer within {self.transmit_timeout} s") from None
+        return hr, response
+
+    def _refresh_events(self) -> None:
+        if self._ctx is None or self._reader is None:
+            return
+        try:
+            state = self._state(self._ctx, self._reader, _TIMEOUT_NOW)
+        except _Retry:
+            return
+        self._events = state >> 16
+
+
+_TIMEOUT_NOW = 0.0
+
+
+def _has_le(apdu: bytes) -> bool:
+    """True for a short case 2 or case 4 APDU, whose last byte is Le."""
+    return len(apdu) == 5 or (len(apdu) > 5 and len(apdu) == 6 + apdu[4])
+
+
+def PcscReaderFactory(target: str, **options: Any) -> PcscReader:
+    """Entry point for ``pcsc:`` (first reader) and ``pcsc:NAME`` (name, glob or regex)."""
+    known = {"transmit_timeout", "share", "backoff_initial", "backoff_max", "poll_interval"}
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(f"unknown pcsc reader option(s): {', '.join(sorted(unknown))}")
+    return PcscReader(target, **options)

@@ -1,0 +1,126 @@
+"""The files a real deployment of the simulated city has, written into the run directory.
+
+Keys (issuer, revocation signer, one per terminal), the issuer keyring, both signed
+revocation tables with their CSV sources, the fares file, the terminal register and one
+``farecore gate`` configuration per gate. Everything is derived from the seed, so two
+runs with one seed write the same files. This module must never write outside the run
+directory, and must never read a clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from farecore.journal import Direction
+from farecore.keys import save_signing_key
+from farecore.revocation import build_table
+from farecore.settlement.terminals import TerminalInfo, format_terminals
+from sim.issuer import QINGDAO
+from sim.network import BUS_LINES, METRO_BANDS, OPERATORS
+
+if TYPE_CHECKING:
+    from sim.run import _World
+
+__all__ = ["DIRECTIONS", "slug", "write_city"]
+
+DIRECTIONS = {"bus": Direction.BOARD, "metro_entry": Direction.ENTRY, "metro_exit": Direction.EXIT}
+
+
+def slug(place: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in place)
+
+
+def write_city(world: _World, out: Path) -> None:
+    """Keys, keyring, signed revocation tables, fares, terminal register, gate configs."""
+    keys = out / "keys"
+    keys.mkdir(parents=True)
+    save_signing_key(world.issuer.key, keys / "issuer-1")
+    save_signing_key(world.revocation_signer, keys / "revocation-1")
+    terminals = []
+    for g in world.gates:
+        tkey = world.terminal_key(g.terminal_id)
+        save_signing_key(tkey, keys / f"terminal-{g.terminal_id}")
+        x = world.network.chainage_m(g.place) if g.role != "bus" else 0
+        terminals.append(
+            TerminalInfo(
+                g.terminal_id,
+                g.operator,
+                g.line,
+                g.place,
+                DIRECTIONS[g.role],
+                tkey.algorithm,
+                tkey.private.public_bytes,
+                x,
+                0,
+            )
+        )
+    (out / "terminals.csv").write_text(format_terminals(terminals))
+    world.issuer.keyring().save(out / "keyring.json")
+    rev = out / "revocation"
+    rev.mkdir()
+    clock = world.clock
+    for gen, entries, at_ms in (
+        (1, world.revoked_gen1, clock.revocation_gen1_ms),
+        (2, world.revoked_gen2, clock.revocation_gen2_ms),
+    ):
+        lines = ["card_id,revoked_at,reason"] + [
+            f"{e.card_id},{e.revoked_at},{e.reason}" for e in entries
+        ]
+        (rev / f"revoked-gen{gen}.csv").write_text("\n".join(lines) + "\n")
+        build_table(
+            np.array([e.card_id for e in entries], dtype=np.uint64),
+            np.array([e.revoked_at for e in entries], dtype=np.int64),
+            np.array([e.reason for e in entries], dtype=np.uint8),
+            world.revocation_signer,
+            gen,
+            at_ms // 1000,
+            rev / f"gen{gen}.frt",
+        )
+    fares = [
+        "# Fares the city reimburses per free ride, in fen; distances in metres.",
+        "# Written by farecore sim from its network (see docs/simulator.md).",
+        "[unpaired]",
+        'entry = "max"',
+        'exit = "min"',
+        "",
+    ]
+    day0 = "2026-01-01"
+    for b in BUS_LINES:
+        fares += [
+            "[[bus]]",
+            f'operator = "{b.operator}"',
+            f'line = "{b.id}"',
+            f"fare_fen = {b.fare_fen}",
+            f'effective_from = "{day0}"',
+            "",
+        ]
+    bands = ", ".join(
+        f"{{fare_fen = {fen}}}" if up is None else f"{{up_to_m = {up}, fare_fen = {fen}}}"
+        for up, fen in METRO_BANDS
+    )
+    fares += [
+        "[[metro]]",
+        f'operator = "{OPERATORS[0].id}"',
+        f'effective_from = "{day0}"',
+        f"bands = [{bands}]",
+        "[metro.stations]",
+    ]
+    fares += [f'"{st}" = {world.network.chainage_m(st)}' for st in world.network.stations]
+    (out / "fares.toml").write_text("\n".join(fares) + "\n")
+    gdir = out / "gates"
+    gdir.mkdir()
+    for g in world.gates:
+        window = {"metro_entry": clock.passback_metro_s, "bus": clock.passback_bus_s}.get(g.role, 0)
+        (gdir / f"gate-{g.terminal_id}.toml").write_text(
+            f"# farecore gate configuration of terminal {g.terminal_id} (simulated city)\n"
+            f'[terminal]\nid = {g.terminal_id}\nkey = "../keys/terminal-{g.terminal_id}.key"\n'
+            f'operator = "{g.operator}"\nline = "{g.line}"\nplace = "{g.place}"\nrole = "{g.role}"\n\n'
+            f'[policy]\nregions = [{QINGDAO}]\n\n[keyring]\npath = "../keyring.json"\n\n'
+            f'[revocation]\ntable = "../revocation/gen2.frt"\nsigner = "../keys/revocation-1.pub"\n\n'
+            f'[journal]\npath = "../work/journals/journal-{g.terminal_id}.sqlite"\n\n'
+            f"[passback]\nwindow_s = {window}\n"
+            + (f'store = "../work/passback/{slug(g.place)}.sqlite"\n' if window else "")
+        )

@@ -1,0 +1,202 @@
+"""The simulated card holders: who they are, and which of their cards are bad on purpose.
+
+A population is a few numpy arrays (card id, holder category, kind), derived from the
+seed alone, so 300,000 cards cost milliseconds. Keys and credentials are *not* made
+here: :class:`CardFactory` derives a card's key and signs its credential only when that
+card first taps in a worker process, and caches it there, so a run pays for the cards
+that ride, not for the whole register.
+
+This module must never decide a tap: the expected decision of a tap is the workload's
+ground truth, and the real decision is the engine's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from farecore.crypto import Algorithm, PrivateKey
+from farecore.keys import SigningKey
+from sim.card import CardFaults, VirtualCard
+from sim.issuer import Issuer
+
+__all__ = [
+    "CARD_KINDS",
+    "CATEGORY_SHARES",
+    "JINAN",
+    "TAP_FAULTS",
+    "CardFactory",
+    "FraudMix",
+    "Population",
+]
+
+JINAN = 370100  # another region's cards: denied WRONG_REGION in Qingdao
+
+# Holder categories (CARD-SPEC §6) in rough proportion to a city's register.
+CATEGORY_SHARES: tuple[tuple[int, float], ...] = (
+    (1, 0.62),  # veteran
+    (2, 0.13),  # family of serving military
+    (3, 0.05),  # family of fallen or deceased service members
+    (4, 0.08),  # disabled veteran
+    (5, 0.12),  # serving military
+)
+
+# Card kinds; index 0 is a good card. The workload turns each into expected decisions.
+CARD_KINDS = (
+    "normal",
+    "expired",
+    "forged",
+    "clone",
+    "other_region",
+    "revoked_before",
+    "revoked_during",
+)
+# Faults of single taps rather than of cards.
+TAP_FAULTS = ("passback", "pulled")
+
+_DEFAULT_MIX = {
+    "expired": 0.004,
+    "forged": 0.002,
+    "clone": 0.002,
+    "other_region": 0.004,
+    "revoked_before": 0.005,
+    "revoked_during": 0.003,
+    "passback": 0.015,
+    "pulled": 0.01,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FraudMix:
+    """Shares of bad cards (per card) and of faulty taps (per tap), each in [0, 0.2]."""
+
+    shares: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_MIX))
+
+    def __post_init__(self) -> None:
+        known = set(CARD_KINDS[1:]) | set(TAP_FAULTS)
+        for name, value in self.shares.items():
+            if name not in known:
+                raise ValueError(f"unknown fraud kind {name!r}; known: {', '.join(sorted(known))}")
+            if not 0.0 <= value <= 0.2:
+                raise ValueError(f"fraud share {name}={value} must be between 0 and 0.2")
+
+    @classmethod
+    def parse(cls, text: str) -> FraudMix:
+        """``"forged=0.01,pulled=0"``: override some defaults; ``"none"`` turns all off."""
+        shares = dict(_DEFAULT_MIX)
+        text = text.strip()
+        if text == "none":
+            return cls({k: 0.0 for k in shares})
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"--fraud-mix: expected NAME=SHARE, got {part!r}")
+            try:
+                shares[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"--fraud-mix: {value!r} is not a number") from None
+        return cls(shares)
+
+    def get(self, name: str) -> float:
+        return self.shares.get(name, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    """Card ids, categories and kinds, as parallel arrays indexed by card number."""
+
+    card_ids: npt.NDArray[np.uint64]
+    categories: npt.NDArray[np.uint8]
+    kinds: npt.NDArray[np.uint8]
+
+    def __post_init__(self) -> None:
+        n = len(self.card_ids)
+        if n == 0 or len(self.categories) != n or len(self.kinds) != n:
+            raise ValueError("a population needs at least one card and parallel arrays")
+
+    def __len__(self) -> int:
+        return len(self.card_ids)
+
+    @classmethod
+    def generate(cls, seed: int, cards: int, mix: FraudMix) -> Population:
+        """Deterministic from ``seed``; every card kind with a share > 0 gets ≥ 2 cards."""
+        if cards < 100:
+            raise ValueError("--cards must be at least 100")
+        rng = np.random.default_rng([seed, 1])
+        codes = np.array([c for c, _ in CATEGORY_SHARES], dtype=np.uint8)
+        weights = np.array([w for _, w in CATEGORY_SHARES])
+        categories = rng.choice(codes, size=cards, p=weights / weights.sum()).astype(np.uint8)
+        kinds = np.zeros(cards, dtype=np.uint8)
+        order = rng.permutation(cards)
+        start = 0
+        for code, name in enumerate(CARD_KINDS):
+            share = mix.get(name) if code else 0.0
+            if share <= 0:
+                continue
+            count = max(2, round(share * cards))
+            kinds[order[start : start + count]] = code
+            start += count
+        # Ids look like a register's: the region prefix, then a serial. Never 0.
+        card_ids = np.uint64(3702_0000_0000_0000) + np.arange(1, cards + 1, dtype=np.uint64)
+        return cls(card_ids, categories, kinds)
+
+    def indices_of(self, kind: str) -> npt.NDArray[np.int64]:
+        return np.flatnonzero(self.kinds == CARD_KINDS.index(kind))
+
+
+class CardFactory:
+    """Makes the virtual card for one tap, deriving keys and credentials lazily.
+
+    The key of card ``i`` and its credential depend only on the seed and ``i``, so every
+    worker process that meets the card makes the same bytes without talking to another.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        population: Population,
+        issuer: Issuer,
+        forger: SigningKey,
+        day_start_s: int,
+    ) -> None:
+        self._seed = seed.to_bytes(8, "big", signed=False)
+        self._pop = population
+        self._issuer = issuer
+        self._forger = forger
+        self._day_start_s = day_start_s
+        self._cache: dict[int, tuple[bytes, PrivateKey]] = {}
+
+    def _key(self, label: bytes) -> PrivateKey:
+        secret = hashlib.sha256(b"farecore-sim/card/" + self._seed + label).digest()
+        return PrivateKey(Algorithm.ED25519, secret)
+
+    def material(self, index: int) -> tuple[bytes, PrivateKey]:
+        """(credential, the key the tapping card holds) for card ``index``."""
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        card_id = int(self._pop.card_ids[index])
+        kind = CARD_KINDS[int(self._pop.kinds[index])]
+        key = self._key(card_id.to_bytes(8, "big"))
+        options: dict[str, int | SigningKey | None] = {"category": int(self._pop.categories[index])}
+        if kind == "expired":
+            options["valid_until"] = self._day_start_s - 86_400 * (1 + index % 200)
+            options["valid_from"] = options["valid_until"] - 86_400 * 365 * 3  # type: ignore[operator]
+        elif kind == "forged":
+            options["signer"] = self._forger  # same key id, wrong key: the signature fails
+        elif kind == "other_region":
+            options["region"] = JINAN
+        credential = self._issuer.credential(card_id, key, **options)  # type: ignore[arg-type]
+        if kind == "clone":
+            # The genuine credential, copied onto a chip with a key the cloner made up.
+            key = self._key(b"clone/" + card_id.to_bytes(8, "big"))
+        self._cache[index] = (credential, key)
+        return credential, key
+
+    def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
+        credential, key = self.material(index)
+        faults = CardFaults(remove_at="read") if pulled else None
+        return VirtualCard(credential, key, counter=counter, faults=faults)

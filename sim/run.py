@@ -1,0 +1,446 @@
+"""Runs a simulated day end to end: set up a city, tap through the real engine, settle, check.
+
+Setup writes everything a real deployment has into the run directory: keys, keyring,
+revocation lists, fares, gate configurations. The day then runs through the real
+``Gate`` / ``Validator`` / ``run_tap`` path over virtual readers, in worker processes
+(each process hosts several stations, each gate has its own durable journal). Every
+decision is compared with the workload's ground truth; the batches are exported and
+settled, and the money compared with the fare of every legitimate ride.
+
+Simulated time drives everything that reaches a journal or a settlement (tap times,
+nonces from the seed), so a seed reproduces decisions and settlement bytes. Wall clocks
+are read only to measure speed. This module must never loosen the engine to make a
+check pass: a wrong decision or a money mismatch is reported and fails the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from farecore.batch import export_batch
+from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
+from farecore.errors import FarecoreError
+from farecore.gate import Gate
+from farecore.journal import Journal, TapContext
+from farecore.keys import SigningKey
+from farecore.passback import PassbackRule, PassbackStore
+from farecore.revocation import HotRevocation
+from farecore.settlement import find_batches, load_inputs, run_settlement
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.deploy import DIRECTIONS, slug, write_city
+from sim.issuer import QINGDAO, Issuer, derive_key
+from sim.network import GatePlan, Network
+from sim.population import CardFactory, FraudMix, Population
+from sim.workload import FAULT_PULLED, DayClock, Workload, reimburse
+
+__all__ = ["SimError", "SimOptions", "run_simulation"]
+
+SIM_DAY = dt.date(2026, 3, 2)
+
+
+class SimError(FarecoreError):
+    """The simulation could not be set up or run (not: it found wrong decisions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    out: Path
+    seed: int = 1
+    cards: int = 20_000
+    taps: int = 40_000
+    gates: int = 16
+    reader: str = "virtual"
+    mix: FraudMix = field(default_factory=FraudMix)
+    workers: int = 0  # 0: one per CPU
+    lanes: int = 4  # gate threads per worker: one's fsync overlaps another's crypto
+    group_commit_ms: float | None = None  # None: one commit per tap
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cards < 100 or self.taps < 10 or self.gates < 5:
+            raise ValueError("need --cards >= 100, --taps >= 10 and --gates >= 5")
+        if self.workers < 0 or not 1 <= self.lanes <= 64:
+            raise ValueError("--workers must be >= 0 and --lanes between 1 and 64")
+        if self.reader != "virtual":
+            raise ValueError(
+                f"--reader {self.reader}: only 'virtual' is wired into the simulator yet"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _World:
+    """Everything a worker needs, rebuilt identically in every process from the options."""
+
+    opts: SimOptions
+    network: Network
+    gates: list[GatePlan]
+    clock: DayClock
+    population: Population
+    workload: Workload
+    issuer: Issuer
+    forger: SigningKey
+    revocation_signer: SigningKey
+    revoked_gen1: list[RevocationEntry]
+    revoked_gen2: list[RevocationEntry]
+
+    def terminal_key(self, terminal_id: int) -> SigningKey:
+        return SigningKey(
+            "terminal", terminal_id, derive_key(self._seed(), f"terminal-{terminal_id}")
+        )
+
+    def _seed(self) -> str:
+        return f"farecore-sim/{self.opts.seed}"
+
+
+def _build_world(opts: SimOptions) -> _World:
+    seed = f"farecore-sim/{opts.seed}"
+    network = Network()
+    gates = network.plan_gates(opts.gates)
+    clock = DayClock(SIM_DAY)
+    population = Population.generate(opts.seed, opts.cards, opts.mix)
+    workload = Workload.generate(opts.seed, opts.taps, population, gates, network, clock, opts.mix)
+    issuer = Issuer.from_seed(seed, key_id=1)
+    forger = SigningKey("issuer", 1, derive_key(seed, "forger"))
+    gen1, gen2 = [], []
+    for i in population.indices_of("revoked_before"):
+        at = clock.revocation_gen1_ms // 1000 - 86_400 * (1 + int(i) % 90)
+        gen1.append(RevocationEntry(int(population.card_ids[i]), at, 1 + int(i) % 5))
+    for i in population.indices_of("revoked_during"):
+        at = clock.revocation_gen2_ms // 1000 - 60 * (5 + int(i) % 120)
+        gen2.append(RevocationEntry(int(population.card_ids[i]), at, 2))
+    signer = SigningKey("revocation", 1, derive_key(seed, "revocation-1"))
+    return _World(
+        opts, network, gates, clock, population, workload, issuer, forger, signer, gen1, gen1 + gen2
+    )
+
+
+class _TapInput:
+    """The simulated clock and nonce a Gate reads for the tap it is about to take."""
+
+    __slots__ = ("nonce", "now_ms")
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+        self.nonce = b"\0" * 16
+
+    def clock_ms(self) -> int:
+        return self.now_ms
+
+    def next_nonce(self) -> bytes:
+        return self.nonce
+
+
+_WORLD: _World | None = None  # set before fork; workers inherit it
+
+
+class _SimClock:
+    """Simulated time for the passback store's monotonic clock (one boot: the day)."""
+
+    __slots__ = ("now_ms",)
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def _lane(
+    world: _World,
+    lane_id: str,
+    taps: np.ndarray,
+    out: dict[str, np.ndarray],
+    progress: Any,
+    slot: int,
+    work: Path,
+) -> None:
+    """Drive the gates of some places through their taps in simulated-time order."""
+    wl, clock, opts = world.workload, world.clock, world.opts
+    keyring = world.issuer.keyring()
+    signer = world.revocation_signer.public()
+    # This lane's gates read the table in force at their own path; at 13:00 simulated
+    # time generation 2 is published there (atomic rename) and picked up by poll().
+    in_force = work / "revocation" / f"in-force-{lane_id}.frt"
+    os.link(work.parent / "revocation" / "gen1.frt", in_force)
+    published = False
+    factory = CardFactory(
+        opts.seed, world.population, world.issuer, world.forger, clock.start_ms // 1000
+    )
+    seed = opts.seed.to_bytes(8, "big")
+    windows = {"metro_entry": clock.passback_metro_s, "bus": clock.passback_bus_s}
+    sim_clock = _SimClock()
+    stores: dict[str, PassbackStore] = {}
+    gates: dict[int, tuple[Gate, VirtualReader, _TapInput]] = {}
+    shared_cache: dict[bytes, object] = {}
+    journals: list[Journal] = []
+    with HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
+        try:
+            for g in sorted({int(x) for x in wl.gate[taps]}):
+                plan = world.gates[g]
+                passback: PassbackCheck = NO_PASSBACK
+                if plan.role in windows:
+                    if plan.place not in stores:
+                        stores[plan.place] = PassbackStore.open(
+                            work / "passback" / f"{slug(plan.place)}.sqlite",
+                            PassbackRule(windows[plan.role]),
+                            plan.place,
+                            monotonic=sim_clock,
+                            boot="farecore-sim",
+                        )
+                    passback = stores[plan.place]
+                policy = TerminalPolicy(plan.terminal_id, frozenset({QINGDAO}))
+                validator = Validator(policy, keyring, revocation, passback)
+                # The gates of one station controller share their verified credentials.
+                validator._cache = shared_cache
+                journal = Journal.open(
+                    work / "journals" / f"journal-{plan.terminal_id}.sqlite",
+                    plan.terminal_id,
+                    group_commit_ms=opts.group_commit_ms,
+                )
+                journals.append(journal)
+                tin = _TapInput()
+                reader = VirtualReader(f"gate-{plan.terminal_id}")
+                reader.open()
+                gate = Gate(
+                    reader,
+                    validator,
+                    journal=journal,
+                    context=TapContext(plan.operator, plan.line, plan.place, DIRECTIONS[plan.role]),
+                    passback=passback,
+                    place=plan.place,
+                    role=plan.role,
+                    clock_ms=tin.clock_ms,
+                    nonce=tin.next_nonce,
+                )
+                gates[g] = (gate, reader, tin)
+            got, latency, gate_us = out["got"], out["latency_us"], out["gate_us"]
+            perf = time.perf_counter_ns
+            switch = clock.revocation_gen2_ms
+            for n, i in enumerate(taps):
+                gate, reader, tin = gates[int(wl.gate[i])]
+                tin.now_ms = sim_clock.now_ms = int(wl.time_ms[i])
+                if not published and tin.now_ms >= switch:
+                    staged = in_force.with_suffix(".staged")
+                    os.link(work.parent / "revocation" / "gen2.frt", staged)
+                    os.replace(staged, in_force)
+                    if not revocation.poll():
+                        raise SimError(f"lane {lane_id}: generation 2 was not taken into force")
+                    published = True
+                tin.nonce = hashlib.sha256(seed + int(i).to_bytes(8, "big")).digest()[:16]
+                card = factory.card(
+                    int(wl.card[i]), int(wl.counter[i]), bool(wl.fault[i] == FAULT_PULLED)
+                )
+                t0 = perf()
+                decision = gate.process(reader.tap(card))
+                gate_us[n] = (perf() - t0) / 1000
+                reader.remove()
+                got[n] = 0 if decision.reason is None else int(decision.reason)
+                latency[n] = decision.timings.total_us
+                if n % 64 == 63:
+                    progress[slot] += 64
+            progress[slot] += len(taps) % 64
+        finally:
+            for j in journals:
+                j.close()
+            for st in stores.values():
+                st.close()
+
+
+def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> None:
+    world = _WORLD
+    assert world is not None
+    # Lanes spend most of their time waiting for fsync; hand the GIL over quickly when
+    # a commit returns so the waiting lane does not sit out a whole 5 ms switch interval.
+    sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
+    results = [
+        {
+            name: np.zeros(len(t), dtype=np.float64 if name != "got" else np.uint8)
+            for name in ("got", "latency_us", "gate_us")
+        }
+        for t in lanes
+    ]
+    errors: list[BaseException] = []
+
+    def run_lane(j: int) -> None:
+        try:
+            _lane(world, f"{k}-{j}", lanes[j], results[j], progress, k * 64 + j, work_dir)
+        except BaseException as exc:  # reported by the parent as a failed worker
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_lane, args=(j,)) for j in range(len(lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    np.savez(
+        work_dir / f"worker-{k}.npz",
+        taps=np.concatenate(lanes) if lanes else np.zeros(0, np.int64),
+        got=np.concatenate([r["got"] for r in results]),
+        latency_us=np.concatenate([r["latency_us"] for r in results]),
+        gate_us=np.concatenate([r["gate_us"] for r in results]),
+    )
+
+
+def _partition(world: _World, workers: int, lanes: int) -> list[list[np.ndarray]]:
+    """Places (all gates of a station or bus) to workers and lanes, balanced by taps."""
+    wl = world.workload
+    place_of = np.array([hash_place(g.place) for g in world.gates])
+    tap_place = place_of[wl.gate]
+    counts = defaultdict(int)
+    for p, c in zip(*np.unique(tap_place, return_counts=True), strict=True):
+        counts[int(p)] = int(c)
+    bins = workers * lanes
+    load = [0] * bins
+    owner: dict[int, int] = {}
+    for p in sorted(counts, key=lambda p: (-counts[p], p)):
+        b = min(range(bins), key=lambda b: (load[b], b))
+        owner[p] = b
+        load[b] += counts[p]
+    tap_bin = np.array([owner[int(p)] for p in place_of])[wl.gate]
+    return [
+        [np.flatnonzero(tap_bin == w * lanes + j) for j in range(lanes)] for w in range(workers)
+    ]
+
+
+def hash_place(place: str) -> int:
+    return int.from_bytes(hashlib.sha256(place.encode()).digest()[:6], "big")
+
+
+def _progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: float) -> None:
+    tty = stream.isatty()
+    last_line = 0.0
+    while any(p.is_alive() for p in procs):
+        time.sleep(0.25)
+        done = sum(progress[:])
+        elapsed = time.perf_counter() - t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"taps {done:>9,}/{total:,} ({100 * done / max(1, total):5.1f} %)  {rate:8,.0f} taps/s  {elapsed:6.1f} s"
+        if tty:
+            stream.write("\r" + text)
+            stream.flush()
+        elif elapsed - last_line >= 5.0:
+            stream.write(text + "\n")
+            stream.flush()
+            last_line = elapsed
+    if tty:
+        stream.write("\n")
+
+
+def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, Any]:
+    """Run the day; return the summary (also written to RUNDIR/summary.json)."""
+    global _WORLD
+    from sim.summary import build_summary, print_summary, write_plots
+
+    out = opts.out
+    if out.exists() and any(out.iterdir()):
+        raise SimError(f"{out} exists and is not empty; choose a new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    t_setup = time.perf_counter()
+    world = _build_world(opts)
+    write_city(world, out)
+    work = out / "work"
+    for sub in ("journals", "passback", "revocation"):
+        (work / sub).mkdir(parents=True)
+    setup_s = time.perf_counter() - t_setup
+    print(
+        f"farecore sim: {len(world.workload):,} taps, {len(world.population):,} cards, "
+        f"{len(world.gates)} gates; setup {setup_s:.1f} s",
+        file=stream,
+        flush=True,
+    )
+
+    workers = opts.workers or os.cpu_count() or 1
+    parts = _partition(world, workers, opts.lanes)
+    ctx = mp.get_context("fork")
+    progress = ctx.Array("q", workers * 64, lock=False)
+    _WORLD = world
+    t0 = time.perf_counter()
+    procs = [
+        ctx.Process(target=_worker, args=(k, parts[k], progress, work), daemon=True)
+        for k in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        _progress(progress, len(world.workload), procs, stream, t0)
+    finally:
+        for p in procs:
+            p.join()
+        _WORLD = None
+    wall = time.perf_counter() - t0
+    failed = [k for k, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise SimError(
+            f"worker(s) {failed} failed (exit codes {[procs[k].exitcode for k in failed]})"
+        )
+    n = len(world.workload)
+    got = np.zeros(n, dtype=np.uint8)
+    latency = np.zeros(n)
+    gate_us = np.zeros(n)
+    for k in range(workers):
+        with np.load(work / f"worker-{k}.npz") as z:
+            got[z["taps"]] = z["got"]
+            latency[z["taps"]] = z["latency_us"]
+            gate_us[z["taps"]] = z["gate_us"]
+
+    t_settle = time.perf_counter()
+    batches = out / "batches"
+    batches.mkdir()
+    for g in world.gates:
+        jpath = work / "journals" / f"journal-{g.terminal_id}.sqlite"
+        if jpath.exists():
+            data = export_batch(jpath, SIM_DAY, world.terminal_key(g.terminal_id))
+            (batches / f"terminal-{g.terminal_id}-{SIM_DAY.isoformat()}.fcb").write_bytes(data)
+    inputs = load_inputs(
+        SIM_DAY,
+        out / "terminals.csv",
+        out / "keyring.json",
+        out / "fares.toml",
+        out / "revocation" / "revoked-gen2.csv",
+    )
+    settlement = run_settlement(inputs, find_batches(batches), out / "settlement", jobs=workers)
+    by_op: dict[str, int] = defaultdict(int)
+    for total in settlement.totals:
+        by_op[total.operator] += total.amount_fen
+    settled = {
+        "reimbursement_by_operator": dict(sorted(by_op.items())),
+        "rides": settlement.stats.get("rides_paid", 0),
+        "anomalies": [a.to_json() for a in settlement.anomalies],
+        "stats": settlement.stats,
+    }
+    settle_s = time.perf_counter() - t_settle
+    wl = world.workload
+    expected_money = reimburse(
+        wl.time_ms, wl.card, wl.gate, wl.expected == 0, world.gates, world.network
+    )
+    summary = build_summary(
+        world,
+        got,
+        latency,
+        gate_us,
+        wall,
+        settled,
+        expected_money,
+        {"setup_s": setup_s, "settle_s": settle_s, "workers": workers, "lanes": opts.lanes},
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if opts.plots:
+        write_plots(out, world, latency)
+    print_summary(summary, stream)
+    return summary

@@ -1,0 +1,165 @@
+"""What a simulated day proved: the confusion table, the money, the speed, and the plots.
+
+It turns the raw per-tap results (expected and got codes, latencies) and the settlement
+totals into ``summary.json``, a one-screen text report and two PNG plots. It must never
+change a verdict: a wrong decision or a money mismatch is counted here, not excused.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from sim.population import CARD_KINDS
+from sim.workload import FAULT_PASSBACK, FAULT_PULLED, label_name
+
+if TYPE_CHECKING:
+    from sim.run import _World
+
+__all__ = ["build_summary", "print_summary", "write_plots"]
+
+
+def _fraud_kinds(world: _World) -> npt.NDArray[np.object_]:
+    """The scenario of each tap: a bad card's kind, a tap fault, or 'normal'."""
+    wl = world.workload
+    kinds = np.array(CARD_KINDS, dtype=object)[world.population.kinds[wl.card]]
+    kinds[wl.fault == FAULT_PASSBACK] = "passback"
+    kinds[wl.fault == FAULT_PULLED] = "pulled"
+    return kinds
+
+
+def build_summary(
+    world: _World,
+    got: npt.NDArray[np.uint8],
+    latency_us: npt.NDArray[np.float64],
+    gate_us: npt.NDArray[np.float64],
+    wall_s: float,
+    settled: dict[str, Any],
+    expected_money: dict[str, dict[str, int]],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    wl = world.workload
+    expected = wl.expected
+    confusion: Counter[tuple[str, str]] = Counter(
+        zip(map(label_name, expected.tolist()), map(label_name, got.tolist()), strict=True)
+    )
+    wrong = int(np.count_nonzero(expected != got))
+    kinds = _fraud_kinds(world)
+    by_kind: dict[str, dict[str, int]] = {}
+    for kind in sorted(set(kinds.tolist())):
+        mask = kinds == kind
+        by_kind[kind] = {
+            "taps": int(mask.sum()),
+            "denied": int(np.count_nonzero(got[mask] != 0)),
+            "wrong": int(np.count_nonzero(got[mask] != expected[mask])),
+        }
+    expected_by_op = {op: sum(lines.values()) for op, lines in expected_money.items()}
+    got_by_op = settled["reimbursement_by_operator"]
+    ops = sorted(set(expected_by_op) | set(got_by_op))
+    settlement_ok = all(expected_by_op.get(op, 0) == got_by_op.get(op, 0) for op in ops)
+    decisions = Counter(map(label_name, got.tolist()))
+    return {
+        "seed": world.opts.seed,
+        "day": world.clock.day.isoformat(),
+        "cards": len(world.population),
+        "gates": len(world.gates),
+        "taps": len(wl),
+        "wrong_decisions": wrong,
+        "decisions_by_reason": dict(sorted(decisions.items())),
+        "confusion": {
+            exp: {g: n for (e, g), n in sorted(confusion.items()) if e == exp}
+            for exp in sorted({e for e, _ in confusion})
+        },
+        "scenarios": by_kind,
+        "reimbursement_by_operator": dict(sorted(got_by_op.items())),
+        "expected_reimbursement_by_operator": dict(sorted(expected_by_op.items())),
+        "expected_reimbursement_by_line": expected_money,
+        "settlement_matches": settlement_ok,
+        "settled_rides": settled["rides"],
+        "anomalies": settled["anomalies"],
+        "taps_per_second": round(len(wl) / wall_s, 1) if wall_s > 0 else None,
+        "run_seconds": round(wall_s, 3),
+        "latency_us": {
+            "p50": round(float(np.percentile(latency_us, 50)), 1),
+            "p99": round(float(np.percentile(latency_us, 99)), 1),
+        },
+        "gate_latency_us": {
+            "p50": round(float(np.percentile(gate_us, 50)), 1),
+            "p99": round(float(np.percentile(gate_us, 99)), 1),
+        },
+        "engine": extra,
+        "ok": wrong == 0 and settlement_ok,
+    }
+
+
+def print_summary(s: dict[str, Any], out: TextIO) -> None:
+    w = out.write
+    w("\n")
+    w(f"farecore sim  day {s['day']}  seed {s['seed']}  {s['cards']:,} cards  {s['gates']} gates\n")
+    w(
+        f"  taps {s['taps']:,} in {s['run_seconds']:.1f} s = {s['taps_per_second']:,.0f} taps/s"
+        f"   decision p50 {s['latency_us']['p50']:.0f} us  p99 {s['latency_us']['p99']:.0f} us"
+        f"   (with journal p50 {s['gate_latency_us']['p50']:.0f} us)\n"
+    )
+    w("  expected -> got:\n")
+    for exp, row in s["confusion"].items():
+        cells = "  ".join(f"{g}={n:,}" for g, n in row.items())
+        flag = "" if set(row) == {exp} else "   <-- WRONG"
+        w(f"    {exp:<26} {cells}{flag}\n")
+    w("  scenarios (taps / denied / wrong):\n")
+    items = list(s["scenarios"].items())
+    for k in range(0, len(items), 3):
+        w(
+            "    "
+            + "   ".join(
+                f"{name:<15}{v['taps']:>8,} /{v['denied']:>7,} /{v['wrong']:>3}"
+                for name, v in items[k : k + 3]
+            )
+            + "\n"
+        )
+    w("  reimbursement (fen): settlement vs ground truth\n")
+    exp = s["expected_reimbursement_by_operator"]
+    for op in sorted(set(exp) | set(s["reimbursement_by_operator"])):
+        got = s["reimbursement_by_operator"].get(op, 0)
+        want = exp.get(op, 0)
+        w(f"    {op:<16} {got:>14,}  {want:>14,}  {'ok' if got == want else 'MISMATCH'}\n")
+    kinds = Counter(a["kind"] for a in s["anomalies"])
+    w(f"  anomalies found by the settlement: {dict(kinds) if kinds else 'none'}\n")
+    verdict = "OK" if s["ok"] else "FAILED"
+    w(
+        f"  {verdict}: {s['wrong_decisions']} wrong decisions; settlement "
+        f"{'equals' if s['settlement_matches'] else 'DIFFERS FROM'} the ground truth\n"
+    )
+    out.flush()
+
+
+def write_plots(out_dir: Any, world: _World, latency_us: npt.NDArray[np.float64]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wl = world.workload
+    hours = (wl.time_ms - world.clock.start_ms) // 3_600_000
+    counts = np.bincount(np.clip(hours, 0, 23), minlength=24)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(np.arange(24), counts, color="#3b6ea5")
+    ax.set_xlabel("hour of day (Qingdao time)")
+    ax.set_ylabel("taps")
+    ax.set_title(f"Taps per hour, {world.clock.day.isoformat()} (seed {world.opts.seed})")
+    fig.tight_layout()
+    fig.savefig(out_dir / "taps_per_hour.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    top = float(np.percentile(latency_us, 99.9)) if len(latency_us) else 1.0
+    ax.hist(np.clip(latency_us, 0, top), bins=80, color="#a54a3b")
+    ax.set_yscale("log")
+    ax.set_xlabel("decision latency (us), clipped at p99.9")
+    ax.set_ylabel("taps")
+    ax.set_title("Decision latency, card present to decision")
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency_histogram.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

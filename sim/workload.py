@@ -1,0 +1,281 @@
+"""A day of taps with its ground truth: when, where, which card, and what must happen.
+
+Trips follow a working day (a morning and an evening peak over a base load). A metro
+trip is an entry at one station and an exit at another; a bus trip is one boarding.
+On top come the faults of single taps: passback attempts (the same card again at the
+same station or bus soon after) and cards pulled off the reader mid-transaction (the
+rider then taps again). Bad cards come from the population.
+
+The expected decision of every tap is computed here, independently of the engine, by
+applying CARD-SPEC §7 to what the simulator knows: the card's kind, the revocation
+table in force at the tap's time, and the passback state of the place. The expected
+reimbursement is priced from the network with the pairing rule stated in
+docs/simulator.md. This module must never call the engine or read a clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from farecore.decision import Reason
+from sim.network import METRO_BANDS, GatePlan, Network
+from sim.population import CARD_KINDS, FraudMix, Population
+
+__all__ = [
+    "ACCEPT_CODE",
+    "FAULT_NONE",
+    "FAULT_PASSBACK",
+    "FAULT_PULLED",
+    "DayClock",
+    "Workload",
+    "label_name",
+    "reimburse",
+]
+
+ACCEPT_CODE = 0  # expected/got codes: 0 is ACCEPT, otherwise a Reason value
+FAULT_NONE, FAULT_PASSBACK, FAULT_PULLED = 0, 1, 2
+_QINGDAO_TZ = dt.timezone(dt.timedelta(hours=8))
+
+
+def label_name(code: int) -> str:
+    return "ACCEPT" if code == ACCEPT_CODE else Reason(code).name
+
+
+@dataclass(frozen=True, slots=True)
+class DayClock:
+    """The simulated service day, in UTC Unix milliseconds (Qingdao is UTC+8)."""
+
+    day: dt.date
+    passback_metro_s: int = 600
+    passback_bus_s: int = 300
+
+    @property
+    def start_ms(self) -> int:
+        midnight = dt.datetime.combine(self.day, dt.time(0), tzinfo=_QINGDAO_TZ)
+        return int(midnight.timestamp()) * 1000
+
+    @property
+    def revocation_gen1_ms(self) -> int:
+        """Generation 1 is published the evening before and is in force from the start."""
+        return self.start_ms - 4 * 3_600_000
+
+    @property
+    def revocation_gen2_ms(self) -> int:
+        """Generation 2 (the cards revoked during the day) is in force from 13:00 local."""
+        return self.start_ms + 13 * 3_600_000
+
+    def hour_of(self, time_ms: int) -> int:
+        return int((time_ms - self.start_ms) // 3_600_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Taps sorted by time, as parallel arrays; codes as in ``ACCEPT_CODE``/``Reason``."""
+
+    time_ms: npt.NDArray[np.int64]
+    card: npt.NDArray[np.int32]
+    gate: npt.NDArray[np.int32]
+    counter: npt.NDArray[np.uint32]
+    fault: npt.NDArray[np.uint8]
+    expected: npt.NDArray[np.uint8]
+
+    def __post_init__(self) -> None:
+        n = len(self.time_ms)
+        for name in ("card", "gate", "counter", "fault", "expected"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"workload array {name} has the wrong length")
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+    @classmethod
+    def generate(
+        cls,
+        seed: int,
+        taps: int,
+        population: Population,
+        gates: list[GatePlan],
+        network: Network,
+        clock: DayClock,
+        mix: FraudMix,
+    ) -> Workload:
+        if taps < 10:
+            raise ValueError("--taps must be at least 10")
+        rng = np.random.default_rng([seed, 2])
+        entry_gates: dict[str, list[int]] = defaultdict(list)
+        exit_gates: dict[str, list[int]] = defaultdict(list)
+        bus_gates: list[int] = []
+        for g in gates:
+            if g.role == "metro_entry":
+                entry_gates[g.place].append(g.index)
+            elif g.role == "metro_exit":
+                exit_gates[g.place].append(g.index)
+            else:
+                bus_gates.append(g.index)
+        stations = sorted(entry_gates)
+        n_trips = taps + 50  # ~1.55 taps a trip; trips that overlap one card's are dropped
+        starts = _day_profile(rng, n_trips, clock.start_ms)
+        cards = rng.integers(0, len(population), n_trips)
+        # Make sure every bad card kind shows up even in a small day.
+        bad = np.flatnonzero(population.kinds != 0)
+        if len(bad):
+            take = bad[: max(1, min(len(bad), n_trips // 8))]
+            cards[rng.choice(n_trips, size=len(take), replace=False)] = take
+        is_metro = rng.random(n_trips) < 0.58
+        a_idx = rng.integers(0, len(stations), n_trips)
+        b_off = rng.integers(1, max(2, len(stations)), n_trips)
+        pick = rng.random((n_trips, 4))
+        p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
+
+        # (time, card, gate, fault) rows; trips of one card never overlap in time.
+        rows: list[tuple[int, int, int, int]] = []
+        busy_until: dict[int, int] = {}
+        for t in np.argsort(starts, kind="stable"):
+            start, card = int(starts[t]), int(cards[t])
+            if busy_until.get(card, -1) > start:
+                continue
+            if is_metro[t] and len(stations) >= 2:
+                a = stations[a_idx[t]]
+                b = stations[(a_idx[t] + b_off[t]) % len(stations)]
+                if a == b:
+                    continue
+                km = network.distance_km(a, b)
+                end = start + int((km / 0.55 + 4 + 6 * pick[t, 0]) * 60_000)
+                gin = entry_gates[a][int(pick[t, 1] * len(entry_gates[a]))]
+                gout = exit_gates[b][int(pick[t, 2] * len(exit_gates[b]))]
+                trip = [(start, card, gin, FAULT_NONE), (end, card, gout, FAULT_NONE)]
+                again = entry_gates[a][int(pick[t, 3] * len(entry_gates[a]))]
+            else:
+                gin = bus_gates[int(pick[t, 1] * len(bus_gates))]
+                end = start + int((8 + 30 * pick[t, 0]) * 60_000)
+                trip = [(start, card, gin, FAULT_NONE)]
+                again = gin
+            # 90 minutes between a card's trips keeps every hop under the settlement's
+            # impossible-travel speed.
+            busy_until[card] = end + 90 * 60_000
+            rows.extend(trip)
+            u = rng.random(2)
+            if u[0] < p_pulled:
+                # Pulled off the reader mid-transaction; the rider taps again 2-6 s later.
+                lost = trip[int(u[1] * len(trip)) % len(trip)]
+                rows.append((lost[0] - 2000 - int(4000 * u[1]), card, lost[2], FAULT_PULLED))
+            if u[1] < p_passback:
+                rows.append((start + 20_000 + int(200_000 * u[0]), card, again, FAULT_PASSBACK))
+            if len(rows) >= taps:
+                break
+        rows.sort()
+        rows = rows[:taps]
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        time_ms = arr[:, 0].copy()
+        card_arr = arr[:, 1].astype(np.int32)
+        gate_arr = arr[:, 2].astype(np.int32)
+        fault = arr[:, 3].astype(np.uint8)
+        counter, expected = _ground_truth(
+            time_ms, card_arr, gate_arr, fault, population, gates, clock
+        )
+        return cls(time_ms, card_arr, gate_arr, counter, fault, expected)
+
+
+def _day_profile(rng: np.random.Generator, n: int, day_start_ms: int) -> npt.NDArray[np.int64]:
+    """Tap start times: peaks at 08:00 and 18:00 over a base load from 05:30 to 22:30."""
+    which = rng.random(n)
+    minutes = np.where(
+        which < 0.33,
+        rng.normal(8 * 60, 50, n),
+        np.where(which < 0.63, rng.normal(18 * 60, 65, n), rng.uniform(5.5 * 60, 22.5 * 60, n)),
+    )
+    minutes = np.clip(minutes, 5.5 * 60, 22.5 * 60)
+    return (day_start_ms + (minutes * 60_000).astype(np.int64)).astype(np.int64)
+
+
+_KIND_REASON = {
+    "forged": Reason.BAD_CREDENTIAL_SIGNATURE,
+    "expired": Reason.EXPIRED,
+    "other_region": Reason.WRONG_REGION,
+    "revoked_before": Reason.REVOKED,
+    "clone": Reason.CARD_AUTH_FAILED,
+}
+
+
+def _ground_truth(
+    time_ms: npt.NDArray[np.int64],
+    card: npt.NDArray[np.int32],
+    gate: npt.NDArray[np.int32],
+    fault: npt.NDArray[np.uint8],
+    population: Population,
+    gates: list[GatePlan],
+    clock: DayClock,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+    """Each tap's card counter before the tap and its expected decision (CARD-SPEC §7)."""
+    n = len(time_ms)
+    counter = np.zeros(n, dtype=np.uint32)
+    expected = np.zeros(n, dtype=np.uint8)
+    used: dict[int, int] = defaultdict(int)
+    last_ok: dict[tuple[str, int], int] = {}
+    kinds = population.kinds
+    gen2 = clock.revocation_gen2_ms
+    windows = {"metro_entry": clock.passback_metro_s * 1000, "bus": clock.passback_bus_s * 1000}
+    for i in range(n):
+        c, g, t = int(card[i]), gates[int(gate[i])], int(time_ms[i])
+        counter[i] = used[c]
+        if fault[i] == FAULT_PULLED:
+            # Removed when READ CREDENTIAL arrives: no authentication, no counter step.
+            expected[i] = Reason.UNREADABLE
+            continue
+        used[c] += 1
+        kind = CARD_KINDS[int(kinds[c])]
+        reason = _KIND_REASON.get(kind)
+        if reason is None and kind == "revoked_during" and t >= gen2:
+            reason = Reason.REVOKED
+        if reason is None and g.role in windows:
+            last = last_ok.get((g.place, c))
+            if last is not None and t - last < windows[g.role]:
+                reason = Reason.PASSBACK
+        if reason is None:
+            if g.role in windows:
+                last_ok[(g.place, c)] = t
+            expected[i] = ACCEPT_CODE
+        else:
+            expected[i] = int(reason)
+    return counter, expected
+
+
+def reimburse(
+    time_ms: npt.NDArray[np.int64],
+    card: npt.NDArray[np.int32],
+    gate: npt.NDArray[np.int32],
+    accepted: npt.NDArray[np.bool_],
+    gates: list[GatePlan],
+    network: Network,
+) -> dict[str, dict[str, int]]:
+    """Fen owed per operator and line for the accepted taps, by the stated rule.
+
+    Bus: the line's flat fare per boarding. Metro: each exit pairs with the card's latest
+    still-open entry and pays the distance-band fare between the two stations, counted
+    on the entry's line; an entry never closed pays the highest band, an exit with no
+    open entry the lowest (the fares file's ``[unpaired]`` rule).
+    """
+    owed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    open_entries: dict[int, list[GatePlan]] = defaultdict(list)
+    lowest = min(fen for _, fen in METRO_BANDS)
+    highest = max(fen for _, fen in METRO_BANDS)
+    for i in np.flatnonzero(accepted):  # taps are in time order
+        g, c = gates[int(gate[i])], int(card[i])
+        if g.role == "bus":
+            owed[g.operator][g.line] += network.bus_line(g.line).fare_fen
+        elif g.role == "metro_entry":
+            open_entries[c].append(g)
+        elif open_entries[c]:
+            entry = open_entries[c].pop()
+            owed[entry.operator][entry.line] += network.metro_fare(entry.place, g.place)
+        else:
+            owed[g.operator][g.line] += lowest
+    for entries in open_entries.values():
+        for g in entries:
+            owed[g.operator][g.line] += highest
+    return {op: dict(sorted(lines.items())) for op, lines in sorted(owed.items())}

@@ -1,0 +1,143 @@
+"""A small seeded day end to end through the real `farecore sim` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from conftest import SMALL, SimRun, run_sim
+
+FRAUD_KINDS = {
+    "expired": "EXPIRED",
+    "forged": "BAD_CREDENTIAL_SIGNATURE",
+    "clone": "CARD_AUTH_FAILED",
+    "other_region": "WRONG_REGION",
+    "revoked_before": "REVOKED",
+    "revoked_during": "REVOKED",
+    "passback": "PASSBACK",
+    "pulled": "UNREADABLE",
+}
+
+
+def test_run_succeeds_and_writes_summary(small_run: SimRun) -> None:
+    assert small_run.returncode == 0, small_run.stderr + small_run.stdout
+    s = small_run.summary
+    for key in (
+        "taps",
+        "wrong_decisions",
+        "decisions_by_reason",
+        "reimbursement_by_operator",
+        "expected_reimbursement_by_operator",
+        "taps_per_second",
+        "latency_us",
+    ):
+        assert key in s, key
+    assert s["taps"] == 2500
+    assert s["wrong_decisions"] == 0
+    assert sum(s["decisions_by_reason"].values()) == s["taps"]
+    assert 0 < s["latency_us"]["p50"] <= s["latency_us"]["p99"]
+    assert s["taps_per_second"] > 0
+    assert "OK: 0 wrong decisions" in small_run.stdout
+    for name in (
+        "keyring.json",
+        "fares.toml",
+        "terminals.csv",
+        "revocation/gen1.frt",
+        "revocation/gen2.frt",
+        "keys/issuer-1.pub",
+        "settlement",
+    ):
+        assert (small_run.out / name).exists(), name
+    assert len(list((small_run.out / "batches").glob("*.fcb"))) == 8
+    assert len(list((small_run.out / "gates").glob("gate-*.toml"))) == 8
+
+
+def test_confusion_table_catches_every_fraud_kind(small_run: SimRun) -> None:
+    s = small_run.summary
+    # Only the diagonal: every expected label was exactly what the engine decided.
+    for expected, row in s["confusion"].items():
+        assert set(row) == {expected}, (expected, row)
+    scenarios = s["scenarios"]
+    for kind, reason in FRAUD_KINDS.items():
+        sc = scenarios.get(kind)
+        assert sc is not None and sc["taps"] > 0, f"no {kind} taps in the day"
+        assert sc["wrong"] == 0
+        assert s["confusion"].get(reason, {}).get(reason, 0) > 0, reason
+        if kind == "revoked_during":
+            # Accepted before generation 2 is in force at 13:00, refused after it.
+            assert 0 < sc["denied"] <= sc["taps"]
+        else:
+            assert sc["denied"] == sc["taps"], kind
+    assert scenarios["normal"]["denied"] <= scenarios["normal"]["taps"] // 50
+    assert s["decisions_by_reason"]["ACCEPT"] > s["taps"] * 0.7
+
+
+def test_settlement_equals_ground_truth(small_run: SimRun) -> None:
+    s = small_run.summary
+    assert s["settlement_matches"] is True
+    assert s["reimbursement_by_operator"] == s["expected_reimbursement_by_operator"]
+    assert set(s["reimbursement_by_operator"]) >= {"qingdao-metro", "qingdao-bus"}
+    assert all(v > 0 for v in s["reimbursement_by_operator"].values())
+    # The settlement's own totals file says the same, line by line.
+    totals = list((small_run.out / "settlement").glob("*.csv"))
+    assert totals, "settlement wrote no CSV"
+    paid: dict[str, int] = {}
+    with totals[0].open() as f:
+        for row in csv.DictReader(f):
+            paid[row["operator"]] = paid.get(row["operator"], 0) + int(row["amount_fen"])
+    assert paid == s["expected_reimbursement_by_operator"]
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_settlement(
+    small_run: SimRun, small_run_again: SimRun
+) -> None:
+    assert small_run_again.returncode == 0, small_run_again.stderr
+    a, b = small_run.out, small_run_again.out
+    assert _digests(a / "settlement") == _digests(b / "settlement")
+    assert _digests(a / "batches") == _digests(b / "batches")
+    sa, sb = small_run.summary, small_run_again.summary
+    assert sa["decisions_by_reason"] == sb["decisions_by_reason"]
+    assert sa["confusion"] == sb["confusion"]
+
+
+def test_another_seed_gives_another_day(small_run: SimRun, tmp_path: Path) -> None:
+    other = run_sim(tmp_path / "run-c", "--seed", "8", *SMALL)
+    assert other.returncode == 0, other.stderr
+    assert _digests(small_run.out / "settlement") != _digests(other.out / "settlement")
+
+
+def test_refuses_a_used_run_directory(small_run: SimRun) -> None:
+    again = run_sim(small_run.out, "--seed", "7", *SMALL)
+    assert again.returncode == 2
+    assert "not empty" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
+    for args in (
+        ["--fraud-mix", "forged=lots"],
+        ["--fraud-mix", "ghosts=0.1"],
+        ["--gates", "2"],
+        ["--cards", "5"],
+        ["--fraud-mix", "forged=0.9"],
+    ):
+        r = run_sim(tmp_path / "x", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("farecore: error:"), r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "x").exists()
+
+
+def test_summary_is_plain_json(small_run: SimRun) -> None:
+    text = (small_run.out / "summary.json").read_text()
+    assert json.loads(text)["ok"] is True
