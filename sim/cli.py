@@ -21,8 +21,11 @@ fraud mix kinds (shares): per card expired, forged, clone, other_region,
 revoked_before, revoked_during; per tap passback, pulled.
 Example: --fraud-mix forged=0.01,pulled=0.02   or   --fraud-mix none
 
-The run directory gets keys/, keyring.json, revoked-gen*.csv, fares.toml, gates/,
-terminals.csv, work/journals/, batches/, settlement/, summary.json and two PNG plots.
+The run directory gets keys/, keyring.json, revocation/ (signed tables and their
+CSV), fares.toml, terminals.csv, gates/ (one gate config each), work/ (journals and
+passback stores), batches/, settlement/, summary.json and two PNG plots.
+Exit status: 0 all decisions and the money right, 1 a wrong decision or a settlement
+mismatch, 2 the run could not be done.
 """
 
 

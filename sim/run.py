@@ -68,6 +68,7 @@ class SimOptions:
     workers: int = 0  # 0: one per CPU
     lanes: int = 4  # gate threads per worker: one's fsync overlaps another's crypto
     group_commit_ms: float | None = None  # None: one commit per tap
+    transport_taps: int = 20  # with --reader pcsc: this many taps go through PC/SC
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -75,10 +76,12 @@ class SimOptions:
             raise ValueError("need --cards >= 100, --taps >= 10 and --gates >= 5")
         if self.workers < 0 or not 1 <= self.lanes <= 64:
             raise ValueError("--workers must be >= 0 and --lanes between 1 and 64")
-        if self.reader != "virtual":
+        if self.reader not in ("virtual", "pcsc"):
             raise ValueError(
-                f"--reader {self.reader}: only 'virtual' is wired into the simulator yet"
+                f"--reader {self.reader}: only 'virtual' and 'pcsc' are wired into the simulator"
             )
+        if self.transport_taps < 1:
+            raise ValueError("--transport-taps must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,48 @@ class _TapInput:
 _WORLD: _World | None = None  # set before fork; workers inherit it
 
 
+@dataclass(frozen=True, slots=True)
+class _Transport:
+    """The taps of one gate that go through a real transport instead of the virtual reader."""
+
+    gate: int
+    taps: frozenset[int]
+    port: int
+    reader_name: str
+
+
+_TRANSPORT: _Transport | None = None  # set before fork, like _WORLD
+
+
+class _PcscLink:
+    """One gate's PC/SC path: a vpcd card server and a pyscard reader through pcscd."""
+
+    def __init__(self, t: _Transport) -> None:
+        from readers.pcsc import PcscReader
+        from sim.vpcd import VpcdCardServer
+
+        self.server = VpcdCardServer(t.port).start()
+        self.reader = PcscReader(t.reader_name)
+        self.reader.open()
+
+    def tap(self, gate: Gate, card: Any) -> Any:
+        self.server.insert(card)
+        deadline = time.monotonic() + 10.0
+        channel = None
+        while channel is None and time.monotonic() < deadline:
+            channel = self.reader.wait_for_card(0.5)
+        if channel is None:
+            raise SimError("pcsc: the virtual card never appeared in the reader")
+        decision = gate.process(channel)
+        self.server.remove()
+        self.reader.wait_for_removal(5.0)
+        return decision
+
+    def close(self) -> None:
+        self.reader.close()
+        self.server.close()
+
+
 class _SimClock:
     """Simulated time for the passback store's monotonic clock (one boot: the day)."""
 
@@ -187,6 +232,7 @@ def _lane(
     gates: dict[int, tuple[Gate, VirtualReader, _TapInput]] = {}
     shared_cache: dict[bytes, object] = {}
     journals: list[Journal] = []
+    links: list[_PcscLink] = []
     with HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
         try:
             for g in sorted({int(x) for x in wl.gate[taps]}):
@@ -228,6 +274,10 @@ def _lane(
                 )
                 gates[g] = (gate, reader, tin)
             got, latency, gate_us = out["got"], out["latency_us"], out["gate_us"]
+            transport = _TRANSPORT if _TRANSPORT is not None and _TRANSPORT.gate in gates else None
+            if transport is not None:
+                link = _PcscLink(transport)
+                links.append(link)
             perf = time.perf_counter_ns
             switch = clock.revocation_gen2_ms
             for n, i in enumerate(taps):
@@ -245,15 +295,20 @@ def _lane(
                     int(wl.card[i]), int(wl.counter[i]), bool(wl.fault[i] == FAULT_PULLED)
                 )
                 t0 = perf()
-                decision = gate.process(reader.tap(card))
+                if transport is not None and int(i) in transport.taps:
+                    decision = link.tap(gate, card)
+                else:
+                    decision = gate.process(reader.tap(card))
+                    reader.remove()
                 gate_us[n] = (perf() - t0) / 1000
-                reader.remove()
                 got[n] = 0 if decision.reason is None else int(decision.reason)
                 latency[n] = decision.timings.total_us
                 if n % 64 == 63:
                     progress[slot] += 64
             progress[slot] += len(taps) % 64
         finally:
+            for link in links:
+                link.close()
             for j in journals:
                 j.close()
             for st in stores.values():
@@ -300,7 +355,7 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
 def _partition(world: _World, workers: int, lanes: int) -> list[list[np.ndarray]]:
     """Places (all gates of a station or bus) to workers and lanes, balanced by taps."""
     wl = world.workload
-    place_of = np.array([hash_place(g.place) for g in world.gates])
+    place_of = np.array([_hash_place(g.place) for g in world.gates])
     tap_place = place_of[wl.gate]
     counts = defaultdict(int)
     for p, c in zip(*np.unique(tap_place, return_counts=True), strict=True):
@@ -318,7 +373,7 @@ def _partition(world: _World, workers: int, lanes: int) -> list[list[np.ndarray]
     ]
 
 
-def hash_place(place: str) -> int:
+def _hash_place(place: str) -> int:
     return int.from_bytes(hashlib.sha256(place.encode()).digest()[:6], "big")
 
 
@@ -342,9 +397,31 @@ def _progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: f
         stream.write("\n")
 
 
+def _start_transport(world: _World, workdir: Path) -> Any:
+    """Start an isolated pcscd with vpcd; route the first taps of gate 0 through it."""
+    global _TRANSPORT
+    from sim.pcscd import PcscDaemon
+
+    daemon = PcscDaemon(workdir, isolated=None)
+    daemon.start()
+    os.environ.update(daemon.client_env)  # inherited by the forked workers
+    first = np.flatnonzero(world.workload.gate == 0)[: world.opts.transport_taps]
+    _TRANSPORT = _Transport(
+        0, frozenset(int(i) for i in first), daemon.port, daemon.reader_names[0]
+    )
+    return daemon
+
+
+def _stop_transport(daemon: Any) -> None:
+    global _TRANSPORT
+    _TRANSPORT = None
+    if daemon is not None:
+        daemon.stop()
+
+
 def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, Any]:
     """Run the day; return the summary (also written to RUNDIR/summary.json)."""
-    global _WORLD
+    global _WORLD, _TRANSPORT
     from sim.summary import build_summary, print_summary, write_plots
 
     out = opts.out
@@ -370,6 +447,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     ctx = mp.get_context("fork")
     progress = ctx.Array("q", workers * 64, lock=False)
     _WORLD = world
+    daemon = _start_transport(world, out / "work" / "pcscd") if opts.reader == "pcsc" else None
     t0 = time.perf_counter()
     procs = [
         ctx.Process(target=_worker, args=(k, parts[k], progress, work), daemon=True)
@@ -383,6 +461,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
         for p in procs:
             p.join()
         _WORLD = None
+        _stop_transport(daemon)
     wall = time.perf_counter() - t0
     failed = [k for k, p in enumerate(procs) if p.exitcode != 0]
     if failed:

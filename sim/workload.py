@@ -134,11 +134,13 @@ class Workload:
 
         # (time, card, gate, fault) rows; trips of one card never overlap in time.
         rows: list[tuple[int, int, int, int]] = []
-        busy_until: dict[int, int] = {}
-        for t in np.argsort(starts, kind="stable"):
+        busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        gap = 90 * 60_000  # between a card's trips: every hop stays under the
+        # settlement's impossible-travel speed.
+        # Trips are taken in random order (not time order) until the day is full, so a
+        # small day still spans the whole service day with its two peaks.
+        for t in rng.permutation(n_trips):
             start, card = int(starts[t]), int(cards[t])
-            if busy_until.get(card, -1) > start:
-                continue
             if is_metro[t] and len(stations) >= 2:
                 a = stations[a_idx[t]]
                 b = stations[(a_idx[t] + b_off[t]) % len(stations)]
@@ -155,9 +157,9 @@ class Workload:
                 end = start + int((8 + 30 * pick[t, 0]) * 60_000)
                 trip = [(start, card, gin, FAULT_NONE)]
                 again = gin
-            # 90 minutes between a card's trips keeps every hop under the settlement's
-            # impossible-travel speed.
-            busy_until[card] = end + 90 * 60_000
+            if any(start < e + gap and s0 < end + gap for s0, e in busy[card]):
+                continue
+            busy[card].append((start, end))
             rows.extend(trip)
             u = rng.random(2)
             if u[0] < p_pulled:

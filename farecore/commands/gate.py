@@ -49,7 +49,7 @@ def _revocation(cfg: GateConfig, stack: contextlib.ExitStack) -> RevocationSourc
     signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
     hot = HotRevocation(cfg.revocation_table, signer)
     stack.callback(hot.close)
-    return hot  # type: ignore[no-any-return]
+    return hot
 
 
 def _journal(cfg: GateConfig, stack: contextlib.ExitStack) -> tuple[RideLog | None, Any]:
@@ -83,7 +83,7 @@ def _passback(cfg: GateConfig, stack: contextlib.ExitStack) -> PassbackCheck:
     close = getattr(store, "close", None)
     if close is not None:
         stack.callback(close)
-    return store  # type: ignore[no-any-return]
+    return store
 
 
 def open_gate(

@@ -38,6 +38,7 @@ from farecore.revocation.format import (
     filter_bits_for,
     index_bits_for,
     layout_for,
+    slot_shift,
 )
 
 __all__ = ["BuildError", "TableSummary", "build_table"]
@@ -205,10 +206,10 @@ def build_table(
     layout = layout_for(n, index_bits, filter_bits)
     min_id = int(ids[0]) if n else 0
     max_id = int(ids[-1]) if n else 0
-    shift = max(0, (max_id - min_id).bit_length() - index_bits)
+    shift = slot_shift(min_id, max_id, index_bits)
     index = _kernels.build_index(ids, np.uint64(min_id), shift, layout.buckets)
     filt = np.zeros(layout.filter_bytes, dtype=np.uint8)
-    _kernels.build_filter(ids, 64 - filter_bits, filt)
+    _kernels.build_filter(ids, np.uint64(min_id), slot_shift(min_id, max_id, filter_bits), filt)
     digest = hashlib.sha256()
     for part in _sections(layout, ids, times, index, filt, codes):
         digest.update(part)

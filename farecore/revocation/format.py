@@ -31,6 +31,7 @@ __all__ = [
     "layout_for",
     "parse_header_unverified",
     "reason_code",
+    "slot_shift",
 ]
 
 MAGIC = b"FCREVTBL"
@@ -128,6 +129,11 @@ def layout_for(count: int, index_bits: int, filter_bits: int) -> Layout:
 def index_bits_for(count: int) -> int:
     """About four to eight ids per bucket, capped so the index stays small."""
     return max(1, min(MAX_INDEX_BITS, count.bit_length() - 3))
+
+
+def slot_shift(min_id: int, max_id: int, bits: int) -> int:
+    """The shift that maps ``key - min_id`` over [min_id, max_id] onto ``2**bits`` slots."""
+    return max(0, (max_id - min_id).bit_length() - bits)
 
 
 def filter_bits_for(count: int) -> int:

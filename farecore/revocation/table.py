@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,13 @@ from farecore.revocation.format import (
     Reason,
     layout_for,
     parse_header_unverified,
+    slot_shift,
 )
 
 __all__ = ["RevocationTable", "TableChanged"]
 
 _M64 = (1 << 64) - 1
-_MUL = _kernels.FILTER_MULTIPLIER
+_PARALLEL_CHECK_FROM = 200_000
 _CHUNK = 8 << 20
 _KNOWN_REASONS = np.zeros(256, dtype=np.uint8)
 _KNOWN_REASONS[[int(r) for r in Reason]] = 1
@@ -82,6 +85,7 @@ class RevocationTable:
         "_u_min",
         "identity",
         "ids",
+        "lookup",
         "path",
     )
 
@@ -89,6 +93,8 @@ class RevocationTable:
     path: Path
     identity: tuple[int, int, int, int]
     """(device, inode, size, mtime_ns) of the file as it was verified."""
+    lookup: Callable[[int], RevocationEntry | None]
+    """``lookup(card_id)``: the entry, or None (``RevocationSnapshot.lookup``)."""
 
     def __init__(self) -> None:
         raise TypeError("use RevocationTable.open(path, signer)")
@@ -137,9 +143,8 @@ class RevocationTable:
             raise TableRejected(f"{p}: truncated: {size} bytes, the header says {layout.end}")
         if size > layout.end:
             raise TableRejected(f"{p}: {size - layout.end} unexpected bytes after the body")
-        if header.count and (header.max_id - header.min_id) >> header.shift >= layout.buckets:
-            raise TableRejected(f"{p}: corrupt header: shift too small for the id range")
-        cls._check_body_hash(p, fd, header)
+        if header.shift != slot_shift(header.min_id, header.max_id, header.index_bits):
+            raise TableRejected(f"{p}: corrupt header: index shift does not fit the id range")
         try:
             mm = mmap.mmap(
                 fd,
@@ -151,7 +156,20 @@ class RevocationTable:
             raise TableRejected(f"{p}: cannot map: {exc}") from None
         table = object.__new__(cls)
         table._bind(p, mm, header, layout)
-        table._check_structure()
+        if header.count < _PARALLEL_CHECK_FROM:
+            cls._check_body_hash(p, fd, header)
+            table._check_structure()
+        else:
+            # Hashing and the structure walk both release the GIL: run them side by side.
+            problems: list[TableRejected] = []
+            walker = threading.Thread(target=table._check_structure, args=(problems,))
+            walker.start()
+            try:
+                cls._check_body_hash(p, fd, header)
+            finally:
+                walker.join()
+            if problems:
+                raise problems[0]
         after = os.fstat(fd)
         try:
             now_at_path = os.stat(p)
@@ -196,13 +214,14 @@ class RevocationTable:
         self._filter = filt
         self._filter_mv = memoryview(mm)[layout.filter : layout.filter + layout.filter_bytes]
         self._shift = header.shift
-        self._fshift = 64 - header.filter_bits
+        self._fshift = slot_shift(header.min_id, header.max_id, header.filter_bits)
         # An empty table gets an empty id range, so the range check answers every lookup.
         self._min, self._max = (header.min_id, header.max_id) if n else (1, 0)
         self._u_min = np.uint64(header.min_id)
         self._u_max = np.uint64(header.max_id)
+        self.lookup = self._make_lookup()
 
-    def _check_structure(self) -> None:
+    def _check_structure(self, problems: list[TableRejected] | None = None) -> None:
         problem, where = _kernels.verify_body(
             self.ids,
             self._revoked_at,
@@ -216,7 +235,10 @@ class RevocationTable:
             _KNOWN_REASONS,
         )
         if problem:
-            raise TableRejected(f"{self.path}: corrupt body: {_PROBLEMS[problem].format(where)}")
+            exc = TableRejected(f"{self.path}: corrupt body: {_PROBLEMS[problem].format(where)}")
+            if problems is None:
+                raise exc
+            problems.append(exc)
 
     # --- RevocationSnapshot ---------------------------------------------------------
 
@@ -228,19 +250,30 @@ class RevocationTable:
     def created_at(self) -> int:
         return self._header.created_at
 
-    def lookup(self, card_id: int) -> RevocationEntry | None:
-        """The entry for ``card_id``, or None. Most absent ids cost one filter probe."""
-        if card_id < self._min or card_id > self._max:
-            return None
-        h = ((card_id * _MUL) & _M64) >> self._fshift
-        if not (self._filter_mv[h >> 3] >> (h & 7)) & 1:
-            return None
-        pos = _kernels.find_one(
-            self.ids, self._index, self._u_min, self._u_max, self._shift, card_id
+    def _make_lookup(self) -> Callable[[int], RevocationEntry | None]:
+        # A closure over locals: the per-tap path pays no attribute lookups on self.
+        lo, hi, fshift, filt = self._min, self._max, self._fshift, self._filter_mv
+        find, entry = _kernels.find_one, RevocationEntry
+        ids, index, u_min, u_max, shift = (
+            self.ids,
+            self._index,
+            self._u_min,
+            self._u_max,
+            self._shift,
         )
-        if pos < 0:
+        revoked_at, reasons = self._revoked_at, self._reasons
+
+        def lookup(card_id: int) -> RevocationEntry | None:
+            """The entry for ``card_id``, or None. Most absent ids cost one bitmap probe."""
+            if lo <= card_id <= hi:
+                slot = (card_id - lo) >> fshift
+                if (filt[slot >> 3] >> (slot & 7)) & 1:
+                    pos = find(ids, index, u_min, u_max, shift, card_id)
+                    if pos >= 0:
+                        return entry(card_id, int(revoked_at[pos]), int(reasons[pos]))
             return None
-        return RevocationEntry(card_id, int(self._revoked_at[pos]), int(self._reasons[pos]))
+
+        return lookup
 
     # --- more than the protocol ---------------------------------------------------------
 

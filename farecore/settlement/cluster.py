@@ -15,6 +15,7 @@ Dask is an optional extra; without it the options say which extra to install.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,10 +29,18 @@ __all__ = ["DaskSettings", "dask_available", "map_on_dask", "settle_unit_on_work
 _EXTRA_HINT = "Dask is not installed: pip install 'farecore[dask]'"
 
 
+def _distributed() -> Any:
+    """The ``dask.distributed`` module, untyped on purpose: its stubs are partial."""
+    try:
+        return importlib.import_module("dask.distributed")
+    except ImportError:
+        raise ConfigError(_EXTRA_HINT) from None
+
+
 def dask_available() -> bool:
     try:
-        import dask.distributed  # noqa: F401
-    except ImportError:
+        _distributed()
+    except ConfigError:
         return False
     return True
 
@@ -43,9 +52,7 @@ def settle_unit_on_worker(path: str, cfg: UnitConfig) -> Partial:
     except SettlementError as exc:
         where = "this worker"
         with contextlib.suppress(Exception):
-            from dask.distributed import get_worker
-
-            where = f"worker {get_worker().address}"
+            where = f"worker {_distributed().get_worker().address}"
         raise SettlementError(
             f"{exc} (on {where}; batch paths must be readable from every worker, "
             "for example on a shared filesystem)"
@@ -78,13 +85,10 @@ class DaskSettings:
 
 @contextlib.contextmanager
 def _client(settings: DaskSettings) -> Iterator[Any]:
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise ConfigError(_EXTRA_HINT) from None
+    dd = _distributed()
     if settings.scheduler is not None:
         try:
-            client = Client(settings.scheduler, timeout="20s")
+            client = dd.Client(settings.scheduler, timeout="20s")
         except OSError as exc:
             raise SettlementError(
                 f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}"
@@ -92,14 +96,14 @@ def _client(settings: DaskSettings) -> Iterator[Any]:
         with client:
             yield client
         return
-    cluster = LocalCluster(
+    cluster = dd.LocalCluster(
         n_workers=settings.n_workers,
         threads_per_worker=settings.threads_per_worker,
         processes=True,
         dashboard_address=":0",
         silence_logs=50,
     )
-    with cluster, Client(cluster) as client:
+    with cluster, dd.Client(cluster) as client:
         yield client
 
 
@@ -107,8 +111,7 @@ def map_on_dask(settings: DaskSettings) -> MapUnits:
     """A ``MapUnits`` that runs each batch's unit as one Dask task."""
 
     def run(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
-        from dask.distributed import as_completed
-
+        dd = _distributed()
         with _client(settings) as client:
             link = getattr(client, "dashboard_link", "") or "(no dashboard)"
             if settings.on_ready is not None:
@@ -116,7 +119,7 @@ def map_on_dask(settings: DaskSettings) -> MapUnits:
             shared = client.scatter(cfg, broadcast=True)
             futures = client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
             try:
-                for future in as_completed(futures):
+                for future in dd.as_completed(futures):
                     yield future.result()
             finally:
                 client.cancel(futures)

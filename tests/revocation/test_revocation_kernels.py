@@ -44,7 +44,8 @@ class Arrays:
             self.ids, np.uint64(self.min_id), self.shift, 1 << self.bits
         )
         self.filt = np.zeros((1 << self.fbits) // 8, dtype=np.uint8)
-        _kernels.build_filter(self.ids, 64 - self.fbits, self.filt)
+        self.fshift = max(0, (self.max_id - self.min_id).bit_length() - self.fbits)
+        _kernels.build_filter(self.ids, np.uint64(self.min_id), self.fshift, self.filt)
 
     def one(self, key: int) -> int:
         return int(
@@ -67,7 +68,7 @@ class Arrays:
             np.uint64(self.min_id),
             np.uint64(self.max_id),
             self.shift,
-            64 - self.fbits,
+            self.fshift,
             np.array(keys, dtype=np.uint64),
             out,
         )
@@ -107,7 +108,7 @@ def test_verify_accepts_what_build_made(ids: set[int]) -> None:
         np.uint64(arrays.min_id),
         np.uint64(arrays.max_id),
         arrays.shift,
-        64 - arrays.fbits,
+        arrays.fshift,
         known,
     )
     assert tuple(problem) == (0, 0)

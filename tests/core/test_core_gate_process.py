@@ -1,0 +1,93 @@
+"""`farecore gate` as a real process: it starts from its TOML, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from farecore.journal import JournalReader
+from sim.issuer import Issuer
+
+
+def _config(tmp_path: Path, role: str = "metro_entry") -> Path:
+    Issuer.from_seed("gate-process").keyring().save(tmp_path / "keyring.json")
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(
+        f"""
+[terminal]
+id = 77
+operator = "qingdao-metro"
+line = "M3"
+place = "wusi-square"
+role = "{role}"
+
+[policy]
+regions = [370200]
+
+[keyring]
+path = "keyring.json"
+
+[journal]
+path = "journal.sqlite"
+
+[passback]
+window_s = 600
+store = "station.sqlite"
+"""
+    )
+    return cfg
+
+
+def test_gate_process_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while "ready" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "terminal 77 (metro_entry at wusi-square) ready" in line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "journal closed" in err
+    with JournalReader(tmp_path / "journal.sqlite") as journal:
+        assert journal.verify_chain() == 0
+    assert (tmp_path / "station.sqlite").exists()
+
+
+def test_gate_process_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, role="tram")
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "terminal.role must be one of bus, metro_entry, metro_exit" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_gate_process_names_a_missing_reader_adapter(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "nfc:usb", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "no reader adapter for 'nfc'" in r.stderr and "pcsc" in r.stderr

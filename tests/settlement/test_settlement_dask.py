@@ -1,0 +1,132 @@
+"""The settlement on Dask gives the same bytes as in-process and --jobs 2.
+
+Real parts: a LocalCluster of two worker processes with one thread each, real batch files
+(some tampered), a worker process killed with SIGKILL mid-run, a batch path that a worker
+cannot read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from settle_world import DAY, World, random_day
+
+from farecore.errors import SettlementError
+from farecore.settlement import find_batches, load_inputs, run_settlement
+from farecore.settlement.cluster import DaskSettings, map_on_dask
+
+distributed = pytest.importorskip("dask.distributed")
+
+OUTPUTS = ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
+
+
+def _world_with_tampering(world: World) -> list[str]:
+    random_day(world, n_cards=40, n_taps=300, seed=11)
+    exported = world.export()
+    # One byte flipped in a copy of a batch, and a batch ingested twice.
+    tampered = bytearray(exported[0].read_bytes())
+    tampered[len(tampered) // 2] ^= 0x01
+    (world.batches / "tampered.fcb").write_bytes(bytes(tampered))
+    (world.batches / "again").mkdir()
+    shutil.copy(exported[1], world.batches / "again" / exported[1].name)
+    return find_batches(world.batches)
+
+
+def _settle(world: World, out: Path, **kwargs: object) -> dict[str, bytes]:
+    inputs = load_inputs(
+        DAY, world.root / "terminals.csv", world.root / "keyring.json", world.root / "fares.toml"
+    )
+    run_settlement(inputs, find_batches(world.batches), out, **kwargs)  # type: ignore[arg-type]
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def cluster():  # type: ignore[no-untyped-def]
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as c:
+        yield c
+
+
+def test_dask_is_byte_identical_to_in_process_and_two_jobs(
+    world: World, tmp_path: Path, cluster: object
+) -> None:
+    _world_with_tampering(world)
+    in_process = _settle(world, tmp_path / "one")
+    two_jobs = _settle(world, tmp_path / "two", jobs=2)
+    on_dask = _settle(
+        world,
+        tmp_path / "dask",
+        map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),  # type: ignore[attr-defined]
+    )
+    assert in_process == two_jobs == on_dask
+    assert b"batch_rejected" in in_process["anomalies.json"]
+
+
+def test_a_local_cluster_started_for_the_run_gives_the_same_bytes(
+    world: World, tmp_path: Path
+) -> None:
+    _world_with_tampering(world)
+    links: list[str] = []
+    on_dask = _settle(
+        world,
+        tmp_path / "dask",
+        map_units=map_on_dask(DaskSettings(n_workers=2, on_ready=links.append)),
+    )
+    assert on_dask == _settle(world, tmp_path / "one")
+    assert links and links[0].startswith("http")
+
+
+def test_killing_a_worker_mid_run_changes_nothing(world: World, tmp_path: Path, cluster) -> None:  # type: ignore[no-untyped-def]
+    paths = _world_with_tampering(world)
+    # More units than workers, so that work is still queued when a worker dies.
+    for i in range(24):
+        copy = world.batches / f"copy-{i:02d}"
+        copy.mkdir()
+        shutil.copy(paths[i % len(paths)], copy / Path(paths[i % len(paths)]).name)
+    expected = _settle(world, tmp_path / "one")
+    client = distributed.Client(cluster.scheduler_address)
+    try:
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        killed: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            if done == 3 and not killed:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        on_dask = _settle(
+            world,
+            tmp_path / "dask",
+            map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
+            progress=progress,
+        )
+    finally:
+        client.close()
+    assert killed == [victim]
+    assert on_dask == expected
+
+
+def test_a_batch_a_worker_cannot_read_is_a_clear_error(
+    world: World, tmp_path: Path, cluster
+) -> None:  # type: ignore[no-untyped-def]
+    paths = _world_with_tampering(world)
+    inputs = load_inputs(
+        DAY, world.root / "terminals.csv", world.root / "keyring.json", world.root / "fares.toml"
+    )
+    os.unlink(paths[0])  # listed by the client, gone by the time the worker looks
+    with pytest.raises(SettlementError) as err:
+        run_settlement(
+            inputs,
+            paths,
+            tmp_path / "out",
+            map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
+        )
+    message = str(err.value)
+    assert paths[0] in message and "worker tcp://" in message and "shared filesystem" in message
+    assert not (tmp_path / "out" / "manifest.json").exists()
