@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -81,7 +80,9 @@ def searchsorted_hits(column: np.ndarray, queries: np.ndarray) -> int:
     return int(np.count_nonzero(column[np.minimum(pos, n - 1)] == queries))
 
 
-def batch_rates(table: RevocationTable, queries: np.ndarray, sub: int, rounds: int) -> dict[str, float]:
+def batch_rates(
+    table: RevocationTable, queries: np.ndarray, sub: int, rounds: int
+) -> dict[str, float]:
     """Lookups per second of the batch kernel and of searchsorted, interleaved."""
     kernel, base = [], []
     table.find_many(queries[:1000])  # compile/load before timing
@@ -143,8 +144,8 @@ def lmdb_single(ids: np.ndarray, queries: np.ndarray, directory: Path) -> float 
         return None
     env = lmdb.open(str(directory / "lmdb"), map_size=ids.nbytes * 8, writemap=True)
     with env.begin(write=True) as txn:
-        for x in ids.byteswap().tobytes() and ids:
-            txn.put(int(x).to_bytes(8, "big"), b"\x01")
+        for x in ids.tolist():
+            txn.put(x.to_bytes(8, "big"), b"\x01")
     keys = [int(q).to_bytes(8, "big") for q in queries]
     with env.begin() as txn:
         t0 = clock()
@@ -253,7 +254,9 @@ def csv_build_rate(directory: Path, n: int) -> float | None:
         {
             "card_id": pa.array(ids),
             "revoked_at": pa.array(np.full(n, 1_790_000_000, dtype=np.int64)),
-            "reason": pa.array(["lost", "stolen", "fraud", "other"] * (n // 4) + ["lost"] * (n % 4)),
+            "reason": pa.array(
+                ["lost", "stolen", "fraud", "other"] * (n // 4) + ["lost"] * (n % 4)
+            ),
         }
     )
     with open(src, "wb") as fh:
@@ -345,7 +348,13 @@ def main() -> None:
         rate = csv_build_rate(directory, 1_000_000 if args.quick else 10_000_000)
         metrics["csv_build_rows_per_s"] = None if rate is None else round(rate)
     goals = [
-        goal("batch 10M vs numpy.searchsorted", metrics["batch_10M_vs_searchsorted"], ">=", 20, "ratio"),
+        goal(
+            "batch 10M vs numpy.searchsorted",
+            metrics["batch_10M_vs_searchsorted"],
+            ">=",
+            20,
+            "ratio",
+        ),
         goal("single call vs python set (10M)", metrics["single_10M_vs_set"], "<=", 2, "ratio"),
         goal("open+verify+first lookup 10M", metrics["open_verify_first_10M_s"], "<", 1.0, "s"),
         goal("gate peak memory vs file size (50M)", memory_50m, "<=", 1.1, "ratio"),

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from farecore.crypto import Algorithm, PublicKey
+from farecore.crypto import PublicKey
 from farecore.errors import BadSignature, JournalError, MalformedFile
 from farecore.journal import (
     JournalReader,
@@ -331,8 +331,3 @@ def verify_batch(
         credentials=credentials,
         sha256=hashlib.sha256(data).digest(),
     )
-
-
-def algorithm_of(label: str) -> Algorithm:
-    """The algorithm named in a batch header (kept for tools that read headers)."""
-    return Algorithm.from_label(label)

@@ -58,7 +58,8 @@ def register(sub: Any) -> None:
         "--reader",
         default="virtual",
         choices=["virtual", "pcsc", "pn532"],
-        help="transport for the taps (default virtual; only virtual is wired in so far)",
+        help="virtual (default), or pcsc to push --transport-taps taps of one gate through a "
+        "real pcscd + vpcd (pn532 is not wired in yet)",
     )
     p.add_argument(
         "--fraud-mix",
@@ -68,6 +69,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
     p.add_argument("--lanes", type=int, default=4, help="gate threads per worker (default 4)")
+    p.add_argument(
+        "--transport-taps",
+        type=int,
+        default=20,
+        help="with --reader pcsc: how many taps go through the transport (default 20)",
+    )
     p.add_argument(
         "--group-commit-ms",
         type=float,
@@ -94,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             lanes=args.lanes,
             plots=not args.no_plots,
             group_commit_ms=args.group_commit_ms,
+            transport_taps=args.transport_taps,
         )
     except ValueError as exc:
         raise SimError(str(exc)) from None

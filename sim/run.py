@@ -412,6 +412,18 @@ def _start_transport(world: _World, workdir: Path) -> Any:
     return daemon
 
 
+def _transport_figures(reader: str, via: list[int], latency: np.ndarray) -> dict[str, Any]:
+    if not via:
+        return {"reader": "virtual", "taps": 0}
+    lat = latency[via]
+    return {
+        "reader": reader,
+        "taps": len(via),
+        "latency_p50_us": round(float(np.percentile(lat, 50)), 1),
+        "latency_p99_us": round(float(np.percentile(lat, 99)), 1),
+    }
+
+
 def _stop_transport(daemon: Any) -> None:
     global _TRANSPORT
     _TRANSPORT = None
@@ -441,6 +453,13 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
         file=stream,
         flush=True,
     )
+    if len(world.workload) < opts.taps:
+        print(
+            f"farecore sim: note: {opts.cards:,} cards can only make {len(world.workload):,} "
+            f"taps in a day (one card's trips are 90 min apart); use more --cards",
+            file=stream,
+            flush=True,
+        )
 
     workers = opts.workers or os.cpu_count() or 1
     parts = _partition(world, workers, opts.lanes)
@@ -448,6 +467,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     progress = ctx.Array("q", workers * 64, lock=False)
     _WORLD = world
     daemon = _start_transport(world, out / "work" / "pcscd") if opts.reader == "pcsc" else None
+    via = sorted(_TRANSPORT.taps) if _TRANSPORT is not None else []
     t0 = time.perf_counter()
     procs = [
         ctx.Process(target=_worker, args=(k, parts[k], progress, work), daemon=True)
@@ -516,7 +536,13 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
         wall,
         settled,
         expected_money,
-        {"setup_s": setup_s, "settle_s": settle_s, "workers": workers, "lanes": opts.lanes},
+        {
+            "setup_s": setup_s,
+            "settle_s": settle_s,
+            "workers": workers,
+            "lanes": opts.lanes,
+            "transport": _transport_figures(opts.reader, via, latency),
+        },
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if opts.plots:

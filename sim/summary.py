@@ -104,6 +104,12 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
         f"   decision p50 {s['latency_us']['p50']:.0f} us  p99 {s['latency_us']['p99']:.0f} us"
         f"   (with journal p50 {s['gate_latency_us']['p50']:.0f} us)\n"
     )
+    tr = s["engine"].get("transport", {})
+    if tr.get("taps"):
+        w(
+            f"  {tr['taps']} taps through {tr['reader']}: decision p50 {tr['latency_p50_us']:.0f} us"
+            f"  p99 {tr['latency_p99_us']:.0f} us\n"
+        )
     w("  expected -> got:\n")
     for exp, row in s["confusion"].items():
         cells = "  ".join(f"{g}={n:,}" for g, n in row.items())

@@ -118,7 +118,7 @@ class Workload:
             else:
                 bus_gates.append(g.index)
         stations = sorted(entry_gates)
-        n_trips = taps + 50  # ~1.55 taps a trip; trips that overlap one card's are dropped
+        n_trips = 2 * taps + 100  # ~1.6 taps a trip; trips overlapping one card's are dropped
         starts = _day_profile(rng, n_trips, clock.start_ms)
         cards = rng.integers(0, len(population), n_trips)
         # Make sure every bad card kind shows up even in a small day.

@@ -36,6 +36,14 @@ def register(sub: Any) -> None:
         type=Path,
         help="optional CSV card_id,revoked_at,reason: flag rides after revoked-at",
     )
+    p.add_argument(
+        "--revocation-table",
+        type=Path,
+        help="optional signed revocation table (.frt): flag rides after revoked-at",
+    )
+    p.add_argument(
+        "--revocation-signer", type=Path, help="public key (.pub) that signs --revocation-table"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_settle)
 
@@ -54,7 +62,15 @@ def _bar(done: int, total: int, started: float) -> None:
 
 def _settle(args: argparse.Namespace) -> int:
     day = parse_day(args.day)
-    inputs = load_inputs(day, args.terminals, args.keyring, args.fares, args.revocations)
+    inputs = load_inputs(
+        day,
+        args.terminals,
+        args.keyring,
+        args.fares,
+        args.revocations,
+        args.revocation_table,
+        args.revocation_signer,
+    )
     paths = find_batches(args.batches)
     started = time.monotonic()
     show = not args.quiet and sys.stderr.isatty()

@@ -18,14 +18,17 @@ everything here must also be correct as plain Python over numpy scalars.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit, uint64
 from numba.types import Array, Tuple, int64, uint8, void  # type: ignore[attr-defined]
 
 __all__ = [
-    "build_filter",
-    "build_index",
-    "find_many",
+    "build_filter",  # noqa: F822 (compiled on first use, see __getattr__)
+    "build_index",  # noqa: F822
+    "find_many",  # noqa: F822
     "find_one",
     "verify_body",
 ]
@@ -59,12 +62,7 @@ def find_one(ids, index, min_id, max_id, shift, key):  # type: ignore[no-untyped
     return -1
 
 
-@njit(
-    int64(_ids_t, _ids_t, _u8_t, uint64, uint64, int64, int64, _ids_t, _out_i64),
-    cache=True,
-    nogil=True,
-)
-def find_many(ids, index, filt, min_id, max_id, shift, filter_shift, keys, out):  # type: ignore[no-untyped-def]
+def _find_many(ids, index, filt, min_id, max_id, shift, filter_shift, keys, out):  # type: ignore[no-untyped-def]
     """Fill ``out[i]`` with the position of ``keys[i]`` or -1; return how many were found."""
     n = ids.shape[0]
     found = 0
@@ -93,8 +91,7 @@ def find_many(ids, index, filt, min_id, max_id, shift, filter_shift, keys, out):
     return found
 
 
-@njit(_new_u64(_ids_t, uint64, int64, int64), cache=True, nogil=True)
-def build_index(ids, min_id, shift, buckets):  # type: ignore[no-untyped-def]
+def _build_index(ids, min_id, shift, buckets):  # type: ignore[no-untyped-def]
     """``index[b]`` = number of ids whose bucket is below ``b``; ``buckets + 1`` entries."""
     index = np.empty(buckets + 1, dtype=np.uint64)
     ushift = np.uint64(shift)
@@ -110,8 +107,7 @@ def build_index(ids, min_id, shift, buckets):  # type: ignore[no-untyped-def]
     return index
 
 
-@njit(void(_ids_t, uint64, int64, _out_u8), cache=True, nogil=True)
-def build_filter(ids, min_id, filter_shift, filt):  # type: ignore[no-untyped-def]
+def _build_filter(ids, min_id, filter_shift, filt):  # type: ignore[no-untyped-def]
     """Set the bit of each id's slot in ``filt`` (zeroed by the caller)."""
     fshift = np.uint64(filter_shift)
     for i in range(ids.shape[0]):
@@ -162,3 +158,25 @@ def verify_body(ids, revoked_at, reasons, index, filt, min_id, max_id, shift, fi
             return 3, b
         b += 1
     return 0, 0
+
+
+# Compiled (or loaded from the cache) on first use, so a gate process, which never builds a
+# table and looks ids up one at a time, does not pay for these at import.
+_LAZY: dict[str, tuple[Any, Callable[..., Any]]] = {
+    "find_many": (
+        int64(_ids_t, _ids_t, _u8_t, uint64, uint64, int64, int64, _ids_t, _out_i64),
+        _find_many,
+    ),
+    "build_index": (_new_u64(_ids_t, uint64, int64, int64), _build_index),
+    "build_filter": (void(_ids_t, uint64, int64, _out_u8), _build_filter),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        signature, func = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    compiled = njit(signature, cache=True, nogil=True)(func)
+    globals()[name] = compiled
+    return compiled

@@ -137,8 +137,8 @@ def slot_shift(min_id: int, max_id: int, bits: int) -> int:
 
 
 def filter_bits_for(count: int) -> int:
-    """At least eight filter bits per id (a power of two, so the hash is a shift)."""
-    return max(6, (8 * count - 1).bit_length()) if count else 6
+    """16 to 32 bitmap slots per id (a power of two): at most one absent id in 16 passes."""
+    return max(6, (16 * count - 1).bit_length()) if count else 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,11 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from farecore.journal import Direction
 from farecore.settlement.anomalies import Anomaly
-from farecore.settlement.fares import FareTable
+from farecore.settlement.fares import FareTable, MetroFare
 from farecore.settlement.terminals import TerminalInfo
 from farecore.settlement.unit import Partial, Ride
 
@@ -35,9 +36,11 @@ class MergeOptions:
     revoked_at: Mapping[int, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class PricedRide:
-    """A paid tap record and the fare it carries (a paired metro entry carries 0)."""
+class PricedRide(NamedTuple):
+    """A paid tap record and the fare it carries (a paired metro entry carries 0).
+
+    A NamedTuple, like Ride, because there is one per paid tap.
+    """
 
     ride: Ride
     fare_fen: int
@@ -85,6 +88,7 @@ def merge(
     _travel_and_flags(rides, terminals, opts, anomalies)
     priced = _price(rides, day, fares, anomalies)
     totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    day_text = day.isoformat()
     entry_line = {(p.ride.terminal_id, p.ride.seq): p.ride.line for p in priced}
     for pr in priced:
         if pr.trip == "metro_entry":
@@ -93,7 +97,7 @@ def merge(
         if pr.trip == "metro_exit":
             # A metro trip is counted on the line where the rider entered.
             line = entry_line[(pr.paired_terminal_id, pr.paired_seq)]  # type: ignore[index]
-        key = (day.isoformat(), pr.ride.operator, line)
+        key = (day_text, pr.ride.operator, line)
         totals[key][0] += 1
         totals[key][1] += pr.fare_fen
     stats = {
@@ -152,29 +156,32 @@ def _continuity(good: list[Partial]) -> list[Anomaly]:
 
 
 def _dedupe(rides: list[Ride], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
-    groups: dict[tuple[int, int], list[Ride]] = defaultdict(list)
-    for r in rides:
-        groups[(r.terminal_id, r.seq)].append(r)
-    out: list[Ride] = []
+    first: dict[tuple[int, int], Ride] = {}
+    clashes: dict[tuple[int, int], dict[bytes, Ride]] = {}
     dropped = 0
-    for (tid, seq), group in sorted(groups.items()):
-        hashes = sorted({r.record_hash for r in group})
-        if len(hashes) == 1:
-            out.append(group[0])
-            dropped += len(group) - 1
-            continue
-        for h in hashes:
-            card = next(r.card_id for r in group if r.record_hash == h)
+    for r in rides:
+        key = (r.terminal_id, r.seq)
+        seen = first.get(key)
+        if seen is None:
+            first[key] = r
+        elif seen.record_hash == r.record_hash:
+            dropped += 1
+        else:
+            group = clashes.setdefault(key, {seen.record_hash: seen})
+            group.setdefault(r.record_hash, r)
+    for (tid, seq), group in sorted(clashes.items()):
+        del first[(tid, seq)]
+        for h in sorted(group):
             anomalies.append(
                 Anomaly(
                     "conflicting_duplicate",
                     terminal_id=tid,
                     seq=seq,
-                    card_id=card,
+                    card_id=group[h].card_id,
                     detail=f"record {h.hex()[:16]}",
                 )
             )
-    return out, dropped
+    return [first[k] for k in sorted(first)], dropped
 
 
 def _order(r: Ride) -> tuple[int, int, int]:
@@ -182,27 +189,34 @@ def _order(r: Ride) -> tuple[int, int, int]:
 
 
 def _reused_counters(rides: list[Ride], anomalies: list[Anomaly]) -> list[Ride]:
-    groups: dict[tuple[int, int], list[Ride]] = defaultdict(list)
+    first: dict[tuple[int, int], Ride] = {}
+    repeats: dict[tuple[int, int], list[Ride]] = {}
     for r in rides:
-        groups[(r.card_id, r.counter)].append(r)
-    keep: list[Ride] = []
-    for (card, counter), group in groups.items():
+        key = (r.card_id, r.counter)
+        seen = first.get(key)
+        if seen is None:
+            first[key] = r
+        else:
+            repeats.setdefault(key, [seen]).append(r)
+    if not repeats:
+        return rides  # already in (terminal, seq) order
+    dropped: set[tuple[int, int]] = set()
+    for (card, counter), group in repeats.items():
         group.sort(key=_order)
-        keep.append(group[0])
-        if len(group) > 1:
-            for i, r in enumerate(group):
-                anomalies.append(
-                    Anomaly(
-                        "reused_counter",
-                        terminal_id=r.terminal_id,
-                        seq=r.seq,
-                        card_id=card,
-                        detail=f"counter {counter} used {len(group)} times; "
-                        + ("paid (first use)" if i == 0 else "not paid"),
-                    )
+        for i, r in enumerate(group):
+            if i:
+                dropped.add((r.terminal_id, r.seq))
+            anomalies.append(
+                Anomaly(
+                    "reused_counter",
+                    terminal_id=r.terminal_id,
+                    seq=r.seq,
+                    card_id=card,
+                    detail=f"counter {counter} used {len(group)} times; "
+                    + ("paid (first use)" if i == 0 else "not paid"),
                 )
-    keep.sort(key=lambda r: (r.terminal_id, r.seq))
-    return keep
+            )
+    return [r for r in rides if (r.terminal_id, r.seq) not in dropped]
 
 
 def _travel_and_flags(
@@ -238,6 +252,8 @@ def _travel_and_flags(
     for card, seq_rides in by_card.items():
         seq_rides.sort(key=_order)
         for a, b in itertools.pairwise(seq_rides):
+            if a.terminal_id == b.terminal_id:
+                continue
             ta, tb = terminals.get(a.terminal_id), terminals.get(b.terminal_id)
             if ta is None or tb is None:
                 continue
@@ -256,14 +272,50 @@ def _travel_and_flags(
                 )
 
 
+class _DayFares:
+    """The fare table as of one day, with each lookup done once (a night has millions)."""
+
+    def __init__(self, fares: FareTable, day: dt.date) -> None:
+        self.fares = fares
+        self.day = day
+        self._bus: dict[tuple[str, str], int | None] = {}
+        self._metro: dict[str, MetroFare | None] = {}
+        self._unpaired: dict[tuple[str, str], int | None] = {}
+        self._stations: dict[tuple[str, str], int | None] = {}
+
+    def bus(self, operator: str, line: str) -> int | None:
+        key = (operator, line)
+        if key not in self._bus:
+            self._bus[key] = self.fares.bus_fare(operator, line, self.day)
+        return self._bus[key]
+
+    def metro(self, operator: str) -> MetroFare | None:
+        if operator not in self._metro:
+            self._metro[operator] = self.fares.metro_for(operator, self.day)
+        return self._metro[operator]
+
+    def unpaired(self, which: str, operator: str) -> int | None:
+        key = (which, operator)
+        if key not in self._unpaired:
+            self._unpaired[key] = self.fares.unpaired_fare(which, operator, self.day)
+        return self._unpaired[key]
+
+    def station_m(self, table: MetroFare, place: str) -> int | None:
+        key = (table.operator, place)
+        if key not in self._stations:
+            self._stations[key] = table.station_m(place)
+        return self._stations[key]
+
+
 def _price(
-    rides: list[Ride], day: dt.date, fares: FareTable, anomalies: list[Anomaly]
+    rides: list[Ride], day: dt.date, fare_table: FareTable, anomalies: list[Anomaly]
 ) -> list[PricedRide]:
+    fares = _DayFares(fare_table, day)
     out: list[PricedRide] = []
     metro: dict[int, list[Ride]] = defaultdict(list)
     for r in rides:
         if r.direction == Direction.BOARD:
-            fen = fares.bus_fare(r.operator, r.line, day)
+            fen = fares.bus(r.operator, r.line)
             if fen is None:
                 anomalies.append(_no_fare(r, "no bus fare for this line"))
             out.append(PricedRide(r, fen or 0, "bus"))
@@ -271,25 +323,23 @@ def _price(
             metro[r.card_id].append(r)
     for card_rides in metro.values():
         card_rides.sort(key=_order)
-        open_entries: list[Ride] = []
+        # Per operator, a stack of entries not yet matched: an exit takes the latest.
+        open_entries: dict[str, list[Ride]] = defaultdict(list)
         for r in card_rides:
+            stack = open_entries[r.operator]
             if r.direction == Direction.ENTRY:
-                open_entries.append(r)
+                stack.append(r)
                 continue
-            entry = next((e for e in reversed(open_entries) if e.operator == r.operator), None)
-            if entry is None:
-                out.append(
-                    PricedRide(r, _unpaired(fares, "exit", r, day, anomalies), "unpaired_exit")
-                )
+            if not stack:
+                out.append(PricedRide(r, _unpaired(fares, "exit", r, anomalies), "unpaired_exit"))
                 continue
-            open_entries.remove(entry)
-            fen = _trip_fare(fares, entry, r, day, anomalies)
+            entry = stack.pop()
+            fen = _trip_fare(fares, entry, r, anomalies)
             out.append(PricedRide(entry, 0, "metro_entry", r.terminal_id, r.seq))
             out.append(PricedRide(r, fen, "metro_exit", entry.terminal_id, entry.seq))
-        for e in open_entries:
-            out.append(
-                PricedRide(e, _unpaired(fares, "entry", e, day, anomalies), "unpaired_entry")
-            )
+        for stack in open_entries.values():
+            for e in stack:
+                out.append(PricedRide(e, _unpaired(fares, "entry", e, anomalies), "unpaired_entry"))
     return out
 
 
@@ -299,22 +349,20 @@ def _no_fare(r: Ride, detail: str) -> Anomaly:
     )
 
 
-def _unpaired(fares: FareTable, which: str, r: Ride, day: dt.date, anomalies: list[Anomaly]) -> int:
-    fen = fares.unpaired_fare(which, r.operator, day)
+def _unpaired(fares: _DayFares, which: str, r: Ride, anomalies: list[Anomaly]) -> int:
+    fen = fares.unpaired(which, r.operator)
     if fen is None:
         anomalies.append(_no_fare(r, f"no metro fare table for unpaired {which}"))
         return 0
     return fen
 
 
-def _trip_fare(
-    fares: FareTable, entry: Ride, exit_: Ride, day: dt.date, anomalies: list[Anomaly]
-) -> int:
-    table = fares.metro_for(exit_.operator, day)
+def _trip_fare(fares: _DayFares, entry: Ride, exit_: Ride, anomalies: list[Anomaly]) -> int:
+    table = fares.metro(exit_.operator)
     if table is None:
         anomalies.append(_no_fare(exit_, "no metro fare table"))
         return 0
-    a, b = table.station_m(entry.place), table.station_m(exit_.place)
+    a, b = fares.station_m(table, entry.place), fares.station_m(table, exit_.place)
     if a is None or b is None:
         anomalies.append(
             _no_fare(

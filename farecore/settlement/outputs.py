@@ -45,9 +45,10 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
         raise SettlementError(
             "writing rides.parquet needs pyarrow: pip install 'farecore[settle]'"
         ) from None
+    rides = [pr.ride for pr in s.rides]
     cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
+        name: [getattr(r, name) for r in rides]
+        for name in (
             "terminal_id",
             "seq",
             "time_ms",
@@ -56,35 +57,16 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
             "operator",
             "line",
             "place",
-            "direction",
-            "trip",
-            "fare_fen",
-            "paired_terminal_id",
-            "paired_seq",
-            "flags",
             "record_hash",
         )
     }
-    for pr in s.rides:
-        r = pr.ride
-        for name, value in (
-            ("terminal_id", r.terminal_id),
-            ("seq", r.seq),
-            ("time_ms", r.time_ms),
-            ("card_id", r.card_id),
-            ("counter", r.counter),
-            ("operator", r.operator),
-            ("line", r.line),
-            ("place", r.place),
-            ("direction", Direction(r.direction).name),
-            ("trip", pr.trip),
-            ("fare_fen", pr.fare_fen),
-            ("paired_terminal_id", pr.paired_terminal_id),
-            ("paired_seq", pr.paired_seq),
-            ("flags", ",".join(r.flags)),
-            ("record_hash", r.record_hash),
-        ):
-            cols[name].append(value)
+    names = {int(d): d.name for d in Direction}
+    cols["direction"] = [names[r.direction] for r in rides]
+    cols["flags"] = [",".join(r.flags) for r in rides]
+    cols["trip"] = [pr.trip for pr in s.rides]
+    cols["fare_fen"] = [pr.fare_fen for pr in s.rides]
+    cols["paired_terminal_id"] = [pr.paired_terminal_id for pr in s.rides]
+    cols["paired_seq"] = [pr.paired_seq for pr in s.rides]
     schema = pa.schema(
         [
             ("terminal_id", pa.uint64()),

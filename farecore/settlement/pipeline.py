@@ -13,8 +13,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial as bind
@@ -52,6 +51,8 @@ class SettlementInputs:
     fares: FareTable
     revoked_at: dict[int, int]
     settings: dict[str, str]  # input name -> SHA-256, for the manifest
+    # A verified revocation table (farecore.revocation), looked up per card at merge time.
+    revocation_lookup: Callable[[int], int | None] | None = None
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -87,6 +88,8 @@ def load_inputs(
     keyring: Path,
     fares: Path,
     revocations: Path | None = None,
+    revocation_table: Path | None = None,
+    revocation_signer: Path | None = None,
 ) -> SettlementInputs:
     raw_t, raw_k, raw_f = (
         _read(terminals, "terminals"),
@@ -108,6 +111,9 @@ def load_inputs(
         t_text, f_text = raw_t.decode(), raw_f.decode()
     except UnicodeDecodeError:
         raise MalformedFile("terminals or fares file is not UTF-8") from None
+    lookup = None
+    if revocation_table is not None:
+        lookup = _open_table(revocation_table, revocation_signer, settings)
     return SettlementInputs(
         day,
         parse_terminals(t_text, str(terminals)),
@@ -115,7 +121,28 @@ def load_inputs(
         parse_fares(f_text, str(fares)),
         revoked,
         settings,
+        lookup,
     )
+
+
+def _open_table(
+    path: Path, signer: Path | None, settings: dict[str, str]
+) -> Callable[[int], int | None]:
+    """Open and verify a signed revocation table; return card id -> revoked-at."""
+    if signer is None:
+        raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
+    from farecore.keys import load_public_key_file
+    from farecore.revocation import RevocationTable
+
+    table = RevocationTable.open(path, load_public_key_file(signer, role="revocation"))
+    raw = _read(path, "revocation table")
+    settings["revocation_table_sha256"] = hashlib.sha256(raw).hexdigest()
+
+    def revoked_at(card_id: int) -> int | None:
+        entry = table.lookup(card_id)
+        return None if entry is None else entry.revoked_at
+
+    return revoked_at
 
 
 def find_batches(directory: Path) -> list[str]:
@@ -160,17 +187,14 @@ def run_settlement(
         partials.append(p)
         if progress is not None:
             progress(i, len(paths))
-    opts = options or MergeOptions(revoked_at=inputs.revoked_at)
+    revoked = dict(inputs.revoked_at)
+    if inputs.revocation_lookup is not None:
+        for card in sorted({r.card_id for p in partials for r in p.rides}):
+            at = inputs.revocation_lookup(card)
+            if at is not None:
+                revoked[card] = min(at, revoked.get(card, at))
+    opts = options or MergeOptions(revoked_at=revoked)
     result = merge(partials, inputs.day, inputs.fares, inputs.terminals, opts)
     if out_dir is not None:
         write_outputs(result, out_dir, inputs.settings)
     return result
-
-
-def iter_partials(paths: Iterable[str], cfg: UnitConfig) -> Iterator[Partial]:
-    """Alias kept for engines that want a plain generator."""
-    return map_in_process(list(paths), cfg)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

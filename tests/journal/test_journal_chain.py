@@ -176,3 +176,14 @@ def test_any_byte_flip_changes_the_hash_or_fails(rec: JournalRecord, data: st.Da
     except MalformedFile:
         return
     assert back.hash != chain_hash(GENESIS_HASH, encode_record(rec))
+
+
+def test_corrupt_journal_file_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JournalError, match="garbage.sqlite"):
+        Journal.open(path, TERMINAL_ID)
+    with pytest.raises(JournalError, match="garbage.sqlite"):
+        JournalReader(path)
+    with pytest.raises(JournalError, match="no such journal"):
+        JournalReader(tmp_path / "missing.sqlite")

@@ -207,3 +207,50 @@ def test_verify_rejects_batch_with_unknown_terminal(world: World, tmp_path: Path
     files = settle(world, tmp_path / "out")
     assert kinds(files) == {"unknown_terminal"} and amount(files) == 0
     assert verify_batch(find_batches(world.batches)[0], None).terminal_id == 101
+
+
+def test_signed_revocation_table_flags_rides_after_revoked_at(world: World, tmp_path: Path) -> None:
+    import numpy as np
+
+    from farecore.keys import SigningKey, save_signing_key
+    from farecore.revocation import build_table
+    from sim.issuer import derive_key
+
+    world.tap(101, 1, day_ms(8))
+    world.tap(101, 2, day_ms(9))
+    world.export()
+    signer = SigningKey("revocation", 9, derive_key("settle-tests", "revocation"))
+    _, pub = save_signing_key(signer, tmp_path / "rev")
+    table = tmp_path / "rev.frt"
+    build_table(
+        np.array([2, 99], dtype=np.uint64),
+        np.array([day_ms(8) // 1000, 1]),
+        np.array([1, 1]),
+        signer,
+        5,
+        day_ms(0) // 1000,
+        table,
+    )
+    inputs = load_inputs(
+        DAY,
+        world.root / "terminals.csv",
+        world.root / "keyring.json",
+        world.root / "fares.toml",
+        None,
+        table,
+        pub,
+    )
+    result = run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
+    assert [(a.kind, a.card_id) for a in result.anomalies] == [("after_revocation", 2)]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "revocation_table_sha256" in manifest["inputs"]
+
+
+def test_garbage_and_empty_files_are_rejected_not_fatal(world: World, tmp_path: Path) -> None:
+    scripted_day(world)
+    (world.batches / "garbage.fcb").write_bytes(os.urandom(3000))
+    (world.batches / "empty.fcb").write_bytes(b"")
+    files = settle(world, tmp_path / "out")
+    rejected = [a for a in anomalies(files) if a["kind"] == "batch_rejected"]
+    assert len(rejected) == 2
+    assert amount(files) == 1500

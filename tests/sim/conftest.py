@@ -16,7 +16,7 @@ MIX = (
     "expired=0.02,forged=0.02,clone=0.02,other_region=0.02,"
     "revoked_before=0.02,revoked_during=0.03,passback=0.05,pulled=0.04"
 )
-SMALL = ["--cards", "600", "--taps", "2500", "--gates", "8", "--fraud-mix", MIX, "--no-plots"]
+SMALL = ["--cards", "1000", "--taps", "2500", "--gates", "8", "--fraud-mix", MIX, "--no-plots"]
 
 
 @dataclass(frozen=True)

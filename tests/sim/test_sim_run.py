@@ -141,3 +141,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
 def test_summary_is_plain_json(small_run: SimRun) -> None:
     text = (small_run.out / "summary.json").read_text()
     assert json.loads(text)["ok"] is True
+
+
+def test_a_share_of_taps_goes_through_a_real_pcscd(tmp_path: Path) -> None:
+    r = run_sim(
+        tmp_path / "pcsc", "--seed", "3", *SMALL, "--reader", "pcsc", "--transport-taps", "8"
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = r.summary
+    assert s["wrong_decisions"] == 0 and s["settlement_matches"]
+    transport = s["engine"]["transport"]
+    assert transport["reader"] == "pcsc" and transport["taps"] == 8
+    # A tap through pcscd + vpcd costs real socket round trips, unlike the virtual reader.
+    assert transport["latency_p50_us"] > s["latency_us"]["p50"]
+    assert "8 taps through pcsc" in r.stdout

@@ -1,0 +1,125 @@
+"""Tap latency through the real transports: PC/SC (pcscd + vpcd) and a PN532 on a pty.
+
+Each transport is timed from "card present" to the decision with ``run_tap``, the same
+call the gate makes. In the same run, interleaved tap by tap, the engine alone is timed
+through the in-process virtual reader on an identical card, so the transport's share of
+the latency is visible. The pcscd and the PN532 emulator are started here and stopped
+at the end.
+
+    python benchmarks/bench_readers.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import goal, p50, percentile, write_report
+
+from farecore.reader_port import CardChannel
+from farecore.tap import run_tap
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.issuer import Issuer
+
+NOW_MS = 1_796_083_200_000
+ISSUER = Issuer.from_seed("bench-readers")
+clock = time.perf_counter_ns
+
+
+def _validator() -> Validator:
+    return Validator(TerminalPolicy(1, frozenset({370200})), ISSUER.keyring())
+
+
+def _interleave(channel: CardChannel, taps: int) -> tuple[list[float], list[float], int]:
+    """Alternate a tap through ``channel`` and an engine-only tap; milliseconds each."""
+    transport_v, engine_v = _validator(), _validator()
+    engine = VirtualReader().tap(ISSUER.card(2))
+    run_tap(channel, transport_v, NOW_MS, os.urandom(16))
+    run_tap(engine, engine_v, NOW_MS, os.urandom(16))
+    via, alone, wrong = [], [], 0
+    for _ in range(taps):
+        t0 = clock()
+        decision = run_tap(channel, transport_v, NOW_MS, os.urandom(16))
+        t1 = clock()
+        run_tap(engine, engine_v, NOW_MS, os.urandom(16))
+        t2 = clock()
+        wrong += not decision.accepted
+        via.append((t1 - t0) / 1e6)
+        alone.append((t2 - t1) / 1e6)
+    return via, alone, wrong
+
+
+def measure_pcsc(taps: int) -> dict[str, Any]:
+    from readers.pcsc import PcscReader
+    from sim.pcscd import PcscDaemon
+    from sim.vpcd import VpcdCardServer
+
+    with PcscDaemon(isolated=None) as daemon:
+        os.environ.update(daemon.client_env)
+        with VpcdCardServer(daemon.port) as server:
+            server.insert(ISSUER.card(1))
+            with PcscReader(daemon.reader_names[0]) as reader:
+                channel = reader.wait_for_card(10.0)
+                if channel is None:
+                    raise RuntimeError("pcscd never saw the virtual card")
+                via, alone, wrong = _interleave(channel, taps)
+    return {"via": via, "alone": alone, "wrong": wrong}
+
+
+def measure_pn532(taps: int) -> dict[str, Any]:
+    import importlib
+
+    emulator = importlib.import_module("sim.pn532_emulator")
+    start: Callable[..., Any] = emulator.bench_session  # provided by the emulator module
+    with start(ISSUER.card(1)) as channel:
+        via, alone, wrong = _interleave(channel, taps)
+    return {"via": via, "alone": alone, "wrong": wrong}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer taps")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    args = parser.parse_args()
+    taps = 1000 if args.quick else 5000
+    metrics: dict[str, Any] = {"taps_per_transport": taps}
+    rows = []
+    goals = []
+    for name, measure in (("pcsc", measure_pcsc), ("pn532", measure_pn532)):
+        try:
+            got = measure(taps)
+        except Exception as exc:
+            print(f"{name}: not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+            metrics[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+            got = None
+        if got is not None:
+            metrics[f"{name}_p50_ms"] = p50(got["via"])
+            metrics[f"{name}_p99_ms"] = percentile(got["via"], 99)
+            metrics[f"{name}_engine_p50_ms"] = p50(got["alone"])
+            metrics[f"{name}_engine_p99_ms"] = percentile(got["alone"], 99)
+            metrics[f"{name}_transport_share_p50"] = 1 - p50(got["alone"]) / p50(got["via"])
+            metrics[f"{name}_wrong_decisions"] = got["wrong"]
+            rows.append(
+                (
+                    f"tap via {name} p50 / p99",
+                    f"{p50(got['via']):.2f}/{percentile(got['via'], 99):.2f} ms",
+                    f"{p50(got['alone']):.2f} ms",
+                    f"{p50(got['via']) / p50(got['alone']):.1f}",
+                    "p99 ≤ 30 ms",
+                )
+            )
+        value = metrics.get(f"{name}_p99_ms")
+        goals.append(goal(f"p99 via {name}", value, "<=", 30.0, "ms"))
+    write_report("readers", args.quick, metrics, goals, args.out, rows)
+
+
+if __name__ == "__main__":
+    main()
