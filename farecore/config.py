@@ -49,9 +49,10 @@ from typing import Any
 from farecore.errors import ConfigError
 from farecore.validator import ALL_CATEGORIES, TerminalPolicy
 
-__all__ = ["ROLES", "GateConfig", "load_gate_config"]
+__all__ = ["DEFAULT_MAX_AGE_S", "ROLES", "GateConfig", "load_gate_config"]
 
 ROLES = ("bus", "metro_entry", "metro_exit")
+DEFAULT_MAX_AGE_S = 172_800
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,9 @@ def load_gate_config(path: str | Path) -> GateConfig:
     command = _get(actuator, "actuator", "command", list, [])
     if not all(isinstance(c, str) for c in command):
         raise ConfigError("actuator.command must be a list of strings")
-    max_age = _get(revocation, "revocation", "max_age_s", int, None)
+    # With a table, a maximum age is always in force: 48 h by default (README explains why).
+    table = _get(revocation, "revocation", "table", str, None)
+    max_age = _get(revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if table else None)
     terminal_id = _get(term, "terminal", "id", int)
     if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
         raise ConfigError("terminal.id must be a uint64")
@@ -175,7 +178,7 @@ def load_gate_config(path: str | Path) -> GateConfig:
         regions=_int_set(policy, "policy", "regions", frozenset()),
         categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
         keyring=keyring_path,
-        revocation_table=rel(_get(revocation, "revocation", "table", str, None)),
+        revocation_table=rel(table),
         revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
         revocation_max_age_s=max_age,
         stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),

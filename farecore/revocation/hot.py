@@ -110,6 +110,9 @@ class HotRevocation:
             seen = _identity_of(self.path)
             if seen is None or seen == self._seen:
                 return False
+            if seen == self._table.identity:  # back to the file in force
+                self._seen = seen
+                return False
             try:
                 table = RevocationTable.open(self.path, self._signer)
             except TableChanged as exc:

@@ -132,10 +132,13 @@ def test_every_command_explains_itself(path: list[str], tmp_path: Path) -> None:
     assert len(r.stdout.splitlines()) >= 3
 
 
-def test_selftest_passes_on_this_machine(tmp_path: Path) -> None:
+def test_selftest_passes_its_known_answers_and_times_taps(tmp_path: Path) -> None:
     r = farecore("selftest", "--taps", "100", "--json", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
-    assert doc["fit"] is True
-    assert any("KAT" in c["name"] for c in doc["checks"])
+    known = [c for c in doc["checks"] if "time" not in c["name"]]
+    assert len(known) == 30 and all(c["passed"] for c in known), known
+    timing = next(c for c in doc["checks"] if "time" in c["name"])
+    # The timing verdict depends on the machine's load; the exit status must follow it.
+    assert r.returncode == (0 if timing["passed"] else 1)
+    assert doc["fit"] is timing["passed"]
     assert doc["figures"]["tap_p99_ms"] > 0

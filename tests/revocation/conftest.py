@@ -63,13 +63,3 @@ def keys() -> dict[str, SigningKey]:
 def writer() -> Callable[..., TableSummary]:
     """``writer(path, ids, generation, created_at=..., key=..., reason=...)``."""
     return write_table
-
-
-@pytest.fixture
-def make_table(tmp_path: Path) -> Callable[..., Path]:
-    def make(name: str, ids: Iterable[int], generation: int, **kw: object) -> Path:
-        path = tmp_path / name
-        write_table(path, ids, generation, **kw)  # type: ignore[arg-type]
-        return path
-
-    return make

@@ -124,7 +124,8 @@ def test_info_refuses_a_table_that_does_not_verify(
     rc, _, err = in_process(capsys, "revocation", "check", forged, "--signer", pub, "1")
     assert rc == 2 and "signature does not verify" in err
     damaged = tmp_path / "damaged.frt"
-    damaged.write_bytes(forged.read_bytes()[:-1])
+    writer(damaged, [1, 2, 3], 9)
+    damaged.write_bytes(damaged.read_bytes()[:-1])
     rc, _, err = in_process(capsys, "revocation", "info", damaged, "--signer", pub)
     assert rc == 2 and err.count("\n") == 1 and "truncated" in err
 
