@@ -1,14 +1,14 @@
 """PC/SC readers through pcscd, with pyscard: ``pcsc:`` and ``pcsc:NAME``.
 
-| capability        | support                                                         |
-|-------------------|-----------------------------------------------------------------|
-| reader selection  | "" = first reader; exact name; or a glob/regex watching every match |
-| card presence     | ``SCardGetStatusChange`` (pcscd polls; vpcd ~400 ms)            |
-| transmit          | short APDUs, T=0/T=1; 61xx (GET RESPONSE) and 6Cxx (re-send Le) |
-| transmit timeout  | yes (``transmit_timeout``, a worker thread owned by the reader) |
-| removal detection | state EMPTY/MUTE, or pcscd's event counter moved (a new card)   |
-| errors            | ReaderIOError (pcscd/reader trouble), CardIOError (the card)    |
-| recovery          | by itself, on the next call: see below                          |
+| capability        | support                                                          |
+|-------------------|------------------------------------------------------------------|
+| reader selection  | "" = first reader; exact name; glob/regex = every match watched  |
+| card presence     | ``SCardGetStatusChange`` (pcscd polls; vpcd ~400 ms)             |
+| transmit          | short APDUs, T=0/T=1; 61xx (GET RESPONSE) and 6Cxx (re-send Le)  |
+| timeouts          | ``transmit_timeout`` on transmit and connect (one worker thread) |
+| removal detection | state EMPTY/MUTE, or pcscd's event counter moved (a new card)    |
+| errors            | ReaderIOError (pcscd/reader trouble), CardIOError (the card)     |
+| recovery          | by itself, on the next call: see below                           |
 
 Recovery, with no restart of the caller (the cases of RECIPES.md):
 - card removed mid-transaction (empty response, ``0x80100016``): CardIOError, the handle
@@ -20,12 +20,14 @@ Recovery, with no restart of the caller (the cases of RECIPES.md):
   re-established on the next call, with exponential backoff between attempts.
 
 This module must never import ``sim`` and never start a thread that outlives
-:meth:`PcscReader.close`. Only ReaderIOError and CardIOError leave it.
+:meth:`PcscReader.close` (the one exception: a call pcscd never answers is abandoned,
+as a daemon thread, so the gate can go on). Only ReaderIOError and CardIOError leave it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import queue
 import re
@@ -65,6 +67,7 @@ _READER_LOST = frozenset(
 _STALE_HANDLE = frozenset({0x80100069, 0x80100068})  # SCARD_W_REMOVED_CARD, SCARD_W_RESET_CARD
 _PROTOCOLS = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
 _SHARE = {"shared": scard.SCARD_SHARE_SHARED, "exclusive": scard.SCARD_SHARE_EXCLUSIVE}
+_MAX_STUCK = 4  # abandoned calls still inside pcscd before we stop trying
 _MAX_RESPONSE_PARTS = 512  # a 61xx chain longer than this is a broken card
 
 
@@ -90,8 +93,8 @@ class _Worker:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event, list[Any]] | None]
         self._jobs = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="pcsc-transmit", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="pcsc-transmit", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -116,8 +119,8 @@ class _Worker:
 
     def stop(self, join: float = 0.5) -> None:
         self._jobs.put(None)
-        if self._thread is not threading.current_thread():
-            self._thread.join(join)
+        if join and self.thread is not threading.current_thread():
+            self.thread.join(join)
 
 
 class PcscChannel:
@@ -178,6 +181,7 @@ class PcscReader:
         self._backoff = backoff_initial
         self._retry_at = 0.0
         self._worker: _Worker | None = None
+        self._stuck: list[threading.Thread] = []  # workers abandoned inside pcscd calls
         self._lock = threading.Lock()  # only guards close() against a concurrent wait
 
     # -- Reader ------------------------------------------------------------------------
@@ -385,7 +389,12 @@ class PcscReader:
         for reader in slots:
             if not present(reader):
                 continue
-            hr, handle, protocol = scard.SCardConnect(ctx, reader, self._share, _PROTOCOLS)
+            try:
+                hr, handle, protocol = self._blocking(
+                    functools.partial(scard.SCardConnect, ctx, reader, self._share, _PROTOCOLS)
+                )
+            except TimeoutError:
+                raise _Retry(f"pcscd did not answer a connect to {reader!r}") from None
             code = _hr(hr)
             if code in _CONTEXT_LOST or code in _READER_LOST:
                 raise self._fail(hr, "cannot connect")
@@ -476,24 +485,33 @@ class PcscReader:
 
     def _raw_transmit(self, handle: int, apdu: bytes) -> tuple[int, list[int]]:
         protocol = self._protocol
+        try:
+            hr, response = self._blocking(lambda: scard.SCardTransmit(handle, protocol, list(apdu)))
+        except TimeoutError:
+            raise CardIOError(f"card did not answer within {self.transmit_timeout} s") from None
+        return hr, response
+
+    def _blocking(self, call: Callable[[], Any]) -> Any:
+        """Run a PC/SC call that pcscd may never answer (a hung driver) under the timeout."""
         if self.transmit_timeout is None:
-            hr, response = scard.SCardTransmit(handle, protocol, list(apdu))
-            return hr, response
+            return call()
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        if len(self._stuck) >= _MAX_STUCK:
+            # pcscd has not answered several abandoned calls: do not pile up more threads.
+            raise TimeoutError
         if self._worker is None:
             self._worker = _Worker()
         try:
-            hr, response = self._worker.call(
-                lambda: scard.SCardTransmit(handle, protocol, list(apdu)), self.transmit_timeout
-            )
+            return self._worker.call(call, self.transmit_timeout)
         except TimeoutError:
             # The stuck call holds the context's lock inside libpcsclite: abandon both
             # the thread and the context (never release it under the stuck call).
+            self._stuck.append(self._worker.thread)
             self._worker.stop(join=0)
             self._worker = None
             self._handle = None
             self._drop_context(release=False)
-            raise CardIOError(f"card did not answer within {self.transmit_timeout} s") from None
-        return hr, response
+            raise
 
     def _refresh_events(self) -> None:
         if self._ctx is None or self._reader is None:

@@ -1,28 +1,26 @@
-"""Sans-I/O codec for the PN532 high-speed-UART (HSU) frame.
+"""The PN532 HSU frame codec, sans-I/O: bytes in, frame events out; frames to bytes.
 
-Pure bytes in, events out, in the style of h11: feed whatever arrived with
-:meth:`FrameDecoder.receive_data` and pull :meth:`FrameDecoder.next_event` until it
-returns :data:`NEED_DATA`. Encoding is :func:`encode_frame`, :data:`ACK`, :data:`NACK`.
+Both ends of a serial PN532 link use it: the pyserial reader (host side, TFI ``D4``) and
+the emulated chip in ``sim/`` (TFI ``D5``). It follows h11's shape: feed whatever the
+line delivered to :meth:`FrameDecoder.receive_data`, then call
+:meth:`FrameDecoder.next_event` until it returns :data:`NEED_DATA`.
 
-Frame shapes (host → chip TFI ``D4``, chip → host ``D5``):
+Frames on the wire (all checksums are two's-complement sums to zero, modulo 256):
 
-| frame    | bytes                                                    |
-|----------|----------------------------------------------------------|
-| normal   | ``00 00 FF LEN LCS TFI PD… DCS 00``, LEN = 1 + len(PD) ≤ 255 |
-| extended | ``00 00 FF FF FF LENm LENl LCS TFI PD… DCS 00``           |
-| ACK      | ``00 00 FF 00 FF 00``                                     |
-| NACK     | ``00 00 FF FF 00 00``                                     |
-| error    | ``00 00 FF 01 FF 7F 81 00``                               |
+| kind      | bytes                                                  |
+|-----------|--------------------------------------------------------|
+| normal    | ``00 00 FF LEN LCS TFI PD0..PDn DCS 00`` (LEN = n + 2)  |
+| extended  | ``00 00 FF FF FF LENm LENl LCS TFI PD0..PDn DCS 00``    |
+| ACK       | ``00 00 FF 00 FF 00``                                  |
+| NACK      | ``00 00 FF FF 00 00``                                  |
+| error     | ``00 00 FF 01 FF 7F 81 00`` (the chip's "syntax error") |
 
-LCS makes the length bytes sum to 0 mod 256; DCS makes TFI + PD sum to 0 mod 256.
+The decoder resynchronises by itself: bytes before a ``00 00 FF`` preamble are dropped
+(and counted), and a header or body whose checksum fails is reported as
+:class:`BadFrame` and skipped, the search resuming just after its preamble. It never
+raises on input, and it never invents a frame whose bytes were not on the line.
 
-Resynchronisation: bytes before a ``00 00 FF`` start code are skipped; a candidate frame
-whose length checksum, data checksum or TFI is wrong produces one :class:`BadFrame` and
-the search restarts one byte after its start, so a good frame that follows is still
-found. A candidate longer than :data:`MAX_FRAME_DATA` is rejected at once, so garbage can
-never make the decoder wait for more than that many bytes.
-
-This module must never do I/O, sleep, read a clock or start a thread.
+This module must never touch a serial port, a thread or a clock.
 """
 
 from __future__ import annotations
@@ -33,9 +31,9 @@ from typing import Final
 __all__ = [
     "ACK",
     "ERROR_FRAME",
-    "MAX_FRAME_DATA",
     "NACK",
     "NEED_DATA",
+    "PREAMBLE",
     "TFI_FROM_CHIP",
     "TFI_TO_CHIP",
     "Ack",
@@ -49,162 +47,186 @@ __all__ = [
     "encode_frame",
 ]
 
-TFI_TO_CHIP: Final = 0xD4
-TFI_FROM_CHIP: Final = 0xD5
-_TFI_ERROR: Final = 0x7F
-# The chip's own limit is 264 bytes of TFI + PD; we allow more so the codec can be
-# tested on every extended length, but not so much that garbage stalls a reader.
-MAX_FRAME_DATA: Final = 1024
-
-START: Final = b"\x00\x00\xff"
+PREAMBLE: Final = b"\x00\x00\xff"
 ACK: Final = b"\x00\x00\xff\x00\xff\x00"
 NACK: Final = b"\x00\x00\xff\xff\x00\x00"
 ERROR_FRAME: Final = b"\x00\x00\xff\x01\xff\x7f\x81\x00"
-
-
-@dataclass(frozen=True, slots=True)
-class NeedData:
-    """Nothing complete in the buffer yet."""
-
-
-NEED_DATA: Final = NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The chip accepted a command (or, from the host, aborts the running one)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Nack:
-    """The other side asks for the last frame again."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorFrame:
-    """The chip's application-level error frame (syntax error in the command)."""
+TFI_TO_CHIP: Final = 0xD4
+TFI_FROM_CHIP: Final = 0xD5
+_TFI_ERROR: Final = 0x7F
+_VALID_TFI: Final = frozenset({TFI_TO_CHIP, TFI_FROM_CHIP})
+# A normal frame's LEN byte counts TFI + data, so it carries at most 254 data bytes
+# (LEN = FF with LCS = 01 stays distinct from the FF FF extended and FF 00 NACK markers).
+_NORMAL_MAX_DATA: Final = 254
+_EXTENDED_MAX_DATA: Final = 0xFFFF - 1
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """An information frame: ``tfi`` (D4 or D5) and its packet data (command code first)."""
+    """An information frame: its TFI (D4 to the chip, D5 from it) and its data.
+
+    ``data[0]`` is the command code (host → chip) or the response code (chip → host).
+    """
 
     tfi: int
     data: bytes
 
     def __post_init__(self) -> None:
-        if self.tfi not in (TFI_TO_CHIP, TFI_FROM_CHIP):
+        if self.tfi not in _VALID_TFI:
             raise ValueError(f"TFI must be D4 or D5, not {self.tfi:#04x}")
-        if not 1 <= len(self.data) + 1 <= MAX_FRAME_DATA:
-            raise ValueError(f"frame data of {len(self.data)} bytes is out of range")
+        if not isinstance(self.data, bytes):
+            raise TypeError("frame data must be bytes")
+        if not 1 <= len(self.data) <= _EXTENDED_MAX_DATA:
+            raise ValueError(f"frame data must be 1..{_EXTENDED_MAX_DATA} bytes")
 
     @property
     def code(self) -> int:
-        """The command or response code (first packet-data byte), or -1 if none."""
-        return self.data[0] if self.data else -1
+        return self.data[0]
+
+    @property
+    def params(self) -> bytes:
+        return self.data[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """``00 00 FF 00 FF 00``: the chip took the command (or, from the host: abort it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """``00 00 FF FF 00 00``: the host asks the chip to send its last response again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """The chip's syntax-error frame: it could not make sense of the last command."""
 
 
 @dataclass(frozen=True, slots=True)
 class BadFrame:
-    """A start code was followed by something that is not a valid frame."""
+    """A preamble was followed by a frame whose checksum (or TFI) is wrong; it was skipped."""
 
     reason: str
 
 
-Event = NeedData | Ack | Nack | ErrorFrame | Frame | BadFrame
+@dataclass(frozen=True, slots=True)
+class NeedData:
+    """No complete event is buffered: feed more bytes."""
 
 
-def _checksum(data: bytes | bytearray) -> int:
+NEED_DATA: Final = NeedData()
+Event = Frame | Ack | Nack | ErrorFrame | BadFrame | NeedData
+
+
+def _checksum(data: bytes | bytearray | memoryview) -> int:
     return -sum(data) & 0xFF
 
 
-def encode_frame(tfi: int, data: bytes) -> bytes:
-    """Encode one information frame; extended form only when TFI + data exceed 255 bytes."""
+def encode_frame(tfi: int, data: bytes, *, extended: bool | None = None) -> bytes:
+    """The wire bytes of an information frame carrying ``data`` (code ‖ parameters).
+
+    The normal form is used when ``data`` fits (≤ 254 bytes), the extended one otherwise;
+    pass ``extended=True`` to force it.
+    """
     frame = Frame(tfi, bytes(data))  # validates
     body = bytes([frame.tfi]) + frame.data
-    n = len(body)
-    if n <= 255:
-        head = START + bytes([n, _checksum(bytes([n]))])
-    else:
-        lengths = bytes([n >> 8, n & 0xFF])
-        head = START + b"\xff\xff" + lengths + bytes([_checksum(lengths)])
-    return head + body + bytes([_checksum(body), 0])
+    dcs = _checksum(body)
+    if extended is None:
+        extended = len(frame.data) > _NORMAL_MAX_DATA
+    if not extended:
+        length = len(body)
+        if len(frame.data) > _NORMAL_MAX_DATA:
+            raise ValueError("data too long for a normal frame")
+        return PREAMBLE + bytes([length, _checksum(bytes([length]))]) + body + bytes([dcs, 0])
+    hi, lo = divmod(len(body), 256)
+    lcs = _checksum(bytes([hi, lo]))
+    return PREAMBLE + bytes([0xFF, 0xFF, hi, lo, lcs]) + body + bytes([dcs, 0])
 
 
 class FrameDecoder:
-    """Incremental decoder: ``receive_data(bytes)`` then ``next_event()`` until NEED_DATA."""
+    """An incremental PN532 frame parser; one per direction of a link.
 
-    __slots__ = ("_buf", "bad_frames", "skipped_bytes")
+    ``discarded`` counts the non-zero bytes dropped while hunting for a preamble (zero
+    bytes are the wake-up, preamble and postamble padding every link carries).
+    """
+
+    __slots__ = ("_buffer", "discarded")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self.skipped_bytes = 0  # bytes dropped while hunting for a start code
-        self.bad_frames = 0
+        self._buffer = bytearray()
+        self.discarded = 0
 
     def receive_data(self, data: bytes) -> None:
-        self._buf += data
+        self._buffer += data
 
     def reset(self) -> None:
-        """Forget everything buffered (after a timeout or a reconnect)."""
-        self._buf.clear()
+        """Forget any partial frame (after a timeout, a reconnect, or a resend)."""
+        self.discarded += sum(1 for b in self._buffer if b)
+        self._buffer.clear()
 
     @property
-    def buffered(self) -> int:
-        return len(self._buf)
+    def pending(self) -> int:
+        """How many bytes are buffered but not yet decoded."""
+        return len(self._buffer)
 
-    def _bad(self, start: int, reason: str) -> BadFrame:
-        # Restart one byte past this start code so an overlapping good frame is found.
-        del self._buf[: start + 1]
-        self.bad_frames += 1
-        return BadFrame(reason)
+    def _drop(self, count: int) -> None:
+        self.discarded += sum(1 for b in self._buffer[:count] if b)
+        del self._buffer[:count]
 
     def next_event(self) -> Event:
-        buf = self._buf
-        start = buf.find(START)
+        buf = self._buffer
+        start = buf.find(PREAMBLE)
         if start < 0:
-            # Keep a possible partial start code at the tail.
+            # Keep a tail that may be the start of a preamble split across reads.
             keep = 2 if buf.endswith(b"\x00\x00") else 1 if buf.endswith(b"\x00") else 0
-            drop = len(buf) - keep
-            self.skipped_bytes += drop
-            del buf[:drop]
+            self._drop(len(buf) - keep)
             return NEED_DATA
         if start:
-            self.skipped_bytes += start
-            del buf[:start]
+            self._drop(start)
         if len(buf) < 5:
             return NEED_DATA
-        b3, b4 = buf[3], buf[4]
-        if b3 == 0x00 and b4 == 0xFF:
-            del buf[:5]
-            return Ack()
-        if b3 == 0xFF and b4 == 0x00:
-            del buf[:5]
-            return Nack()
-        if b3 == 0xFF and b4 == 0xFF:
+        length, lcs = buf[3], buf[4]
+        if length == 0x00 and lcs == 0xFF:
+            return self._consume(5, Ack())
+        if length == 0xFF and lcs == 0x00:
+            return self._consume(5, Nack())
+        if length == 0xFF and lcs == 0xFF:
             if len(buf) < 8:
                 return NEED_DATA
-            n = buf[5] << 8 | buf[6]
-            if (buf[5] + buf[6] + buf[7]) & 0xFF:
-                return self._bad(0, "extended length checksum (LCS) mismatch")
-            body_at = 8
+            hi, lo, lcs = buf[5], buf[6], buf[7]
+            if (hi + lo + lcs) & 0xFF:
+                return self._reject("extended length checksum")
+            length, head = hi << 8 | lo, 8
         else:
-            n = b3
-            if (b3 + b4) & 0xFF:
-                return self._bad(0, "length checksum (LCS) mismatch")
-            body_at = 5
-        if n == 0 or n > MAX_FRAME_DATA:
-            return self._bad(0, f"frame length {n} out of range")
-        end = body_at + n + 1  # body plus DCS; the 00 postamble is skipped later
+            if (length + lcs) & 0xFF:
+                return self._reject("length checksum")
+            head = 5
+        if length == 0:
+            return self._reject("empty extended frame")
+        end = head + length + 1  # the DCS
         if len(buf) < end:
             return NEED_DATA
-        body = bytes(buf[body_at : end - 1])
+        body = buf[head : end - 1]
         if (sum(body) + buf[end - 1]) & 0xFF:
-            return self._bad(0, "data checksum (DCS) mismatch")
+            return self._reject("data checksum")
         tfi = body[0]
-        if tfi == _TFI_ERROR and n == 1:
-            del buf[:end]
-            return ErrorFrame()
-        if tfi not in (TFI_TO_CHIP, TFI_FROM_CHIP):
-            return self._bad(0, f"unknown TFI {tfi:#04x}")
-        del buf[:end]
-        return Frame(tfi, body[1:])
+        if tfi == _TFI_ERROR and length == 1:
+            return self._consume(end, ErrorFrame())
+        if tfi not in _VALID_TFI:
+            return self._reject(f"unknown TFI {tfi:#04x}")
+        if length < 2:
+            return self._reject("frame without a command code")
+        return self._consume(end, Frame(tfi, bytes(body[1:])))
+
+    def _consume(self, count: int, event: Event) -> Event:
+        del self._buffer[:count]
+        # The postamble is optional on the wire; swallow it when it is already here.
+        if self._buffer[:1] == b"\x00" and self._buffer[:3] != PREAMBLE:
+            del self._buffer[:1]
+        return event
+
+    def _reject(self, reason: str) -> BadFrame:
+        # Skip only the preamble: the real next frame may start inside what we rejected.
+        del self._buffer[:3]
+        return BadFrame(reason)

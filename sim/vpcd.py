@@ -230,6 +230,12 @@ class VpcdCardServer:
                     if self._card is card:
                         self._card = None
                 raise _Dropped from None
+            if not response:
+                # vpcd waits forever for the payload of an empty frame, hanging pcscd's
+                # reader: a mute card is a dropped link instead (it reconnects later).
+                with self._changed:
+                    self._not_before = time.monotonic() + self.reconnect_delay
+                raise _Dropped
             self.apdus += 1
             sock.sendall(_LEN.pack(len(response)) + response)
 

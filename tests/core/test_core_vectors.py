@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VECTORS_PATH, vector_private_key
+from card_vectors import VECTORS_PATH, vector_private_key
 
 from farecore.apdu import READ_CREDENTIAL, SELECT_RONGJUN, internal_authenticate
 from farecore.credential import CredentialFields, build_credential, parse_unverified

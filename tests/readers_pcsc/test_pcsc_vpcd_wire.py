@@ -169,3 +169,22 @@ def test_insert_twice_is_refused_and_bad_port_rejected(vpcd: FakeVpcd) -> None:
             server.insert(ISSUER.card(7))
     with pytest.raises(ValueError):
         VpcdCardServer(0)
+
+
+def test_mute_card_drops_the_link_instead_of_an_empty_frame(vpcd: FakeVpcd) -> None:
+    """vpcd would wait forever for an empty frame's payload; the server closes instead."""
+
+    class Mute:
+        def power_on(self) -> None:
+            pass
+
+        def process_apdu(self, apdu: bytes) -> bytes:
+            return b""
+
+    with VpcdCardServer(vpcd.port, reconnect_delay=0.05) as server:
+        server.insert(Mute())
+        conn = vpcd.accept()
+        vpcd.send(SELECT)
+        assert conn.recv(10) == b""
+        vpcd.accept()  # still inserted: it comes back, and answers control bytes
+        assert vpcd.exchange(b"\x04") == CONTACTLESS_ATR

@@ -1,0 +1,289 @@
+"""A serial PN532 reader (HSU/UART, e.g. a USB-serial breakout): ``pn532:/dev/ttyUSB0``.
+
+| capability        | support                                                          |
+|-------------------|------------------------------------------------------------------|
+| transport         | pyserial, 115200 baud 8N1 (any path pyserial opens, ptys too)    |
+| cards             | ISO 14443-4 type A at 106 kbps, activated by the chip (auto RATS) |
+| APDUs             | InDataExchange; MI chaining both ways                            |
+| card presence     | polling InListPassiveTarget (``poll_interval`` s)                |
+| removal detection | Diagnose card-presence test, or a failed exchange                |
+| line faults       | garbage skipped, bad checksum → NACK, missing ACK → resend       |
+| port loss         | ReaderIOError, then reopened on the next call                    |
+| errors            | ReaderIOError (reader/line), CardIOError (card gone or mute)     |
+
+The frame codec is :mod:`readers.pn532_frames` (sans-I/O); this module owns the serial
+port and the command/ACK/response exchange around it. It must never import ``sim`` and
+never raise anything but ReaderIOError or CardIOError out of the Reader methods.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import serial
+
+from farecore.errors import CardIOError, ReaderIOError
+from readers.pn532_frames import (
+    NACK,
+    TFI_FROM_CHIP,
+    TFI_TO_CHIP,
+    Ack,
+    BadFrame,
+    ErrorFrame,
+    Frame,
+    FrameDecoder,
+    Nack,
+    NeedData,
+    encode_frame,
+)
+
+__all__ = ["Pn532Channel", "Pn532Reader", "Pn532ReaderFactory"]
+
+WAKE_UP = b"\x55\x55" + bytes(14)
+_MAX_CHUNK = 252  # command data per InDataExchange frame before MI chaining
+_CARD_GONE = {
+    0x01: "timeout",
+    0x02: "CRC error",
+    0x0B: "protocol error",
+    0x29: "released",
+    0x2B: "card gone",
+    0x27: "no target",
+}
+
+
+class _Timeout(Exception):
+    """Internal: nothing (valid) arrived in time."""
+
+
+class Pn532Channel:
+    """The channel to the card listed by one InListPassiveTarget; dead once it fails."""
+
+    __slots__ = ("_generation", "_reader", "_tg", "uid")
+
+    def __init__(self, reader: Pn532Reader, tg: int, uid: bytes, generation: int) -> None:
+        self._reader = reader
+        self._tg = tg
+        self.uid = uid
+        self._generation = generation
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if self._generation != self._reader._generation:
+            raise CardIOError("card is no longer the reader's target")
+        return self._reader._exchange(self._tg, apdu)
+
+
+class Pn532Reader:
+    """A PN532 on a serial line. Not thread-safe: one gate loop drives it."""
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        baudrate: int = 115200,
+        ack_timeout: float = 0.05,
+        response_timeout: float = 1.0,
+        retries: int = 3,
+        poll_interval: float = 0.02,
+    ) -> None:
+        if not port:
+            raise ReaderIOError("pn532 reader needs a serial device path, e.g. pn532:/dev/ttyUSB0")
+        self.name = f"pn532:{port}"
+        self.port = port
+        self.baudrate = baudrate
+        self.ack_timeout = ack_timeout
+        self.response_timeout = response_timeout
+        self.retries = retries
+        self.poll_interval = poll_interval
+        self._serial: serial.Serial | None = None
+        self._decoder = FrameDecoder()
+        self._wanted_open = False
+        self._generation = 0  # bumps on every new target and every reconnect
+        self._card_present = False
+        self.reconnects = 0
+        self.resends = 0
+        self.nacks_sent = 0
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def open(self) -> None:
+        self._wanted_open = True
+        self._connect()
+
+    def close(self) -> None:
+        self._wanted_open = False
+        self._disconnect()
+
+    def __enter__(self) -> Pn532Reader:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self) -> None:
+        if self._serial is not None:
+            return
+        try:
+            self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=1)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise ReaderIOError(f"{self.name}: cannot open serial port: {exc}") from None
+        self._decoder.reset()
+        self._generation += 1
+        self._card_present = False
+        try:
+            self._write(WAKE_UP)
+            self._command(0x14, b"\x01\x00\x01")  # SAM normal mode, no timeout, use IRQ
+            fw = self._command(0x02, b"")
+            if len(fw) < 2 or fw[0] != 0x32:
+                raise ReaderIOError(f"{self.name}: not a PN532 (firmware {fw.hex()})")
+            self._command(0x12, b"\x14")  # automatic RATS and ATR_RES
+            self._command(0x32, b"\x05\x00\x01\x00")  # one activation try per poll
+        except ReaderIOError:
+            self._disconnect()
+            raise
+
+    def _disconnect(self) -> None:
+        port, self._serial = self._serial, None
+        self._generation += 1
+        self._card_present = False
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def _port(self) -> serial.Serial:
+        if self._serial is None:
+            if not self._wanted_open:
+                raise ReaderIOError(f"{self.name}: reader is not open")
+            self._connect()
+            self.reconnects += 1
+        assert self._serial is not None
+        return self._serial
+
+    # -- line I/O -------------------------------------------------------------------
+
+    def _lost(self, exc: BaseException) -> ReaderIOError:
+        self._disconnect()
+        return ReaderIOError(f"{self.name}: serial line failed: {exc}")
+
+    def _write(self, data: bytes) -> None:
+        port = self._port()
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise self._lost(exc) from None
+
+    def _next_event(self, deadline: float) -> Ack | Nack | ErrorFrame | Frame | BadFrame:
+        port = self._port()
+        while True:
+            event = self._decoder.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Timeout
+            try:
+                port.timeout = left
+                chunk = port.read(max(1, port.in_waiting))
+            except (serial.SerialException, OSError, TypeError) as exc:
+                raise self._lost(exc) from None
+            self._decoder.receive_data(chunk)
+
+    def _command(self, code: int, params: bytes, timeout: float | None = None) -> bytes:
+        """Send one command; return the response packet data after the response code."""
+        frame = encode_frame(TFI_TO_CHIP, bytes([code]) + params)
+        want = code + 1
+        for _attempt in range(self.retries + 1):
+            self._decoder.reset()
+            self._write(frame)
+            try:
+                reply = self._await_reply(want, timeout)
+            except _Timeout:
+                self.resends += 1
+                continue
+            if reply is not None:
+                return reply
+        self._disconnect()  # the chip is lost; next call starts afresh
+        raise ReaderIOError(f"{self.name}: no answer to command {code:#04x}")
+
+    def _await_reply(self, want: int, timeout: float | None) -> bytes | None:
+        acked = False
+        deadline = time.monotonic() + self.ack_timeout
+        nacks = 0
+        while True:
+            event = self._next_event(deadline)
+            if isinstance(event, Ack) and not acked:
+                acked = True
+                deadline = time.monotonic() + (timeout or self.response_timeout)
+            elif isinstance(event, Frame) and event.tfi == TFI_FROM_CHIP and event.code == want:
+                return event.data[1:]  # a lost ACK does not matter once the reply is here
+            elif isinstance(event, ErrorFrame):
+                raise ReaderIOError(f"{self.name}: chip reports a syntax error")
+            elif isinstance(event, BadFrame) and acked and nacks < self.retries:
+                # A damaged reply: the chip sends it again on a NACK.
+                nacks += 1
+                self.nacks_sent += 1
+                self._write(NACK)
+                deadline = time.monotonic() + (timeout or self.response_timeout)
+            # anything else (stray frames, our own echo) is ignored
+
+    # -- the Reader protocol ---------------------------------------------------------
+
+    def wait_for_card(self, timeout: float) -> Pn532Channel | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self._command(0x4A, b"\x01\x00")
+            if data and data[0] >= 1 and len(data) >= 6:
+                tg, uid_len = data[1], data[5]
+                uid = bytes(data[6 : 6 + uid_len])
+                self._generation += 1
+                self._card_present = True
+                return Pn532Channel(self, tg, uid, self._generation)
+            if time.monotonic() + self.poll_interval > deadline:
+                return None
+            time.sleep(self.poll_interval)
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._card_present:
+                return True
+            data = self._command(0x00, b"\x06")  # Diagnose: card presence
+            if not data or data[0] != 0x00:
+                self._card_present = False
+                self._generation += 1
+                return True
+            if time.monotonic() + self.poll_interval > deadline:
+                return False
+            time.sleep(self.poll_interval)
+
+    def _exchange(self, tg: int, apdu: bytes) -> bytes:
+        chunks = [apdu[i : i + _MAX_CHUNK] for i in range(0, len(apdu), _MAX_CHUNK)] or [b""]
+        for more in chunks[:-1]:  # host-side MI chaining for long commands
+            self._check(self._command(0x40, bytes([tg | 0x40]) + more))
+        data = self._command(0x40, bytes([tg]) + chunks[-1])
+        status = self._check(data)
+        answer = bytearray(data[1:])
+        while status & 0x40:  # MI: the card has more to say
+            data = self._command(0x40, bytes([tg]))
+            status = self._check(data)
+            answer += data[1:]
+        return bytes(answer)
+
+    def _check(self, data: bytes) -> int:
+        if not data:
+            raise ReaderIOError(f"{self.name}: empty InDataExchange reply")
+        err = data[0] & 0x3F
+        if err:
+            self._card_present = False
+            self._generation += 1
+            what = _CARD_GONE.get(err, "error")
+            raise CardIOError(f"card did not answer: PN532 status {err:#04x} ({what})")
+        return data[0]
+
+
+def Pn532ReaderFactory(target: str, **options: Any) -> Pn532Reader:
+    """Entry point for ``pn532:DEVICE``; options go to :class:`Pn532Reader`."""
+    return Pn532Reader(target, **options)
