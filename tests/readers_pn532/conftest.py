@@ -31,6 +31,7 @@ class Deck:
     issuer: Issuer
     stranger: Issuer  # same key id, another key: its cards are forgeries
     revoked_id: int = 4242
+    now_ms: int = NOW_MS  # terminal time of every tap: all non-expired cards are valid
 
     expected: ClassVar[dict[str, str]] = {
         "good": "ACCEPT",
