@@ -25,6 +25,7 @@ import serial
 
 from farecore.errors import CardIOError, ReaderIOError
 from readers.pn532_frames import (
+    ACK,
     NACK,
     TFI_FROM_CHIP,
     TFI_TO_CHIP,
@@ -38,7 +39,10 @@ from readers.pn532_frames import (
     encode_frame,
 )
 
-__all__ = ["Pn532Channel", "Pn532Reader", "Pn532ReaderFactory"]
+__all__ = ["BAUD_RATES", "Pn532Channel", "Pn532Reader", "Pn532ReaderFactory"]
+
+# SetSerialBaudRate codes 0..8, in the chip's order.
+BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1288000)
 
 WAKE_UP = b"\x55\x55" + bytes(14)
 _MAX_CHUNK = 252  # command data per InDataExchange frame before MI chaining
@@ -81,7 +85,8 @@ class Pn532Reader:
         port: str,
         *,
         baudrate: int = 115200,
-        ack_timeout: float = 0.05,
+        speed: int | None = None,
+        ack_timeout: float = 0.1,
         response_timeout: float = 1.0,
         retries: int = 3,
         poll_interval: float = 0.02,
@@ -90,7 +95,10 @@ class Pn532Reader:
             raise ReaderIOError("pn532 reader needs a serial device path, e.g. pn532:/dev/ttyUSB0")
         self.name = f"pn532:{port}"
         self.port = port
+        if speed is not None and speed not in BAUD_RATES:
+            raise ReaderIOError(f"pn532 speed must be one of {BAUD_RATES}, not {speed}")
         self.baudrate = baudrate
+        self.speed = speed
         self.ack_timeout = ack_timeout
         self.response_timeout = response_timeout
         self.retries = retries
@@ -103,6 +111,7 @@ class Pn532Reader:
         self.reconnects = 0
         self.resends = 0
         self.nacks_sent = 0
+        self._stale = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -137,11 +146,25 @@ class Pn532Reader:
             fw = self._command(0x02, b"")
             if len(fw) < 2 or fw[0] != 0x32:
                 raise ReaderIOError(f"{self.name}: not a PN532 (firmware {fw.hex()})")
+            if self.speed is not None and self.speed != self.baudrate:
+                self._set_speed(self.speed)
             self._command(0x12, b"\x14")  # automatic RATS and ATR_RES
             self._command(0x32, b"\x05\x00\x01\x00")  # one activation try per poll
         except ReaderIOError:
             self._disconnect()
             raise
+
+    def _set_speed(self, speed: int) -> None:
+        # The chip answers at the old rate and switches after the host's ACK.
+        self._command(0x10, bytes([BAUD_RATES.index(speed)]))
+        self._write(ACK)
+        port = self._port()
+        try:
+            port.flush()
+            time.sleep(0.001)
+            port.baudrate = speed
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise self._lost(exc) from None
 
     def _disconnect(self) -> None:
         port, self._serial = self._serial, None
@@ -195,18 +218,35 @@ class Pn532Reader:
         """Send one command; return the response packet data after the response code."""
         frame = encode_frame(TFI_TO_CHIP, bytes([code]) + params)
         want = code + 1
-        for _attempt in range(self.retries + 1):
+        if self._stale:
+            self._drain()
+        for attempt in range(self.retries + 1):
             self._decoder.reset()
             self._write(frame)
             try:
                 reply = self._await_reply(want, timeout)
             except _Timeout:
                 self.resends += 1
+                self._write(ACK)  # abort whatever the chip may still be doing
                 continue
             if reply is not None:
+                # After a resend the chip may answer the first copy late; that stale
+                # reply must not pass for the answer to the next command.
+                self._stale = attempt > 0
                 return reply
         self._disconnect()  # the chip is lost; next call starts afresh
         raise ReaderIOError(f"{self.name}: no answer to command {code:#04x}")
+
+    def _drain(self) -> None:
+        """Swallow late replies to a command that was sent twice."""
+        self._stale = False
+        deadline = time.monotonic() + self.ack_timeout
+        try:
+            while True:
+                self._next_event(deadline)
+        except _Timeout:
+            pass
+        self._decoder.reset()
 
     def _await_reply(self, want: int, timeout: float | None) -> bytes | None:
         acked = False
@@ -285,5 +325,14 @@ class Pn532Reader:
 
 
 def Pn532ReaderFactory(target: str, **options: Any) -> Pn532Reader:
-    """Entry point for ``pn532:DEVICE``; options go to :class:`Pn532Reader`."""
-    return Pn532Reader(target, **options)
+    """Entry point for ``pn532:DEVICE[?speed=BAUD]``; options go to :class:`Pn532Reader`.
+
+    ``?speed=921600`` asks the chip for a faster line after the 115200-baud start.
+    """
+    path, sep, query = target.partition("?")
+    if sep:
+        key, _, value = query.partition("=")
+        if key != "speed" or not value.isdigit():
+            raise ReaderIOError(f"pn532: unknown option {query!r} (only speed=BAUD)")
+        options.setdefault("speed", int(value))
+    return Pn532Reader(path, **options)

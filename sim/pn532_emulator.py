@@ -22,12 +22,14 @@ import contextlib
 import os
 import select
 import threading
+import time
 import tty
 from collections.abc import Callable
 from types import TracebackType
 from typing import ClassVar, Protocol
 
 from farecore.errors import CardIOError
+from readers.pn532 import BAUD_RATES
 from readers.pn532_frames import (
     ACK,
     ERROR_FRAME,
@@ -57,14 +59,22 @@ class EmulatedCard(Protocol):
 class Pn532Emulator:
     """A PN532 behind a pty. Use as a context manager; ``path`` is what clients open."""
 
-    def __init__(self, link: str | None = None, *, max_data: int = 262) -> None:
+    def __init__(
+        self, link: str | None = None, *, max_data: int = 262, line_baud: int | None = None
+    ) -> None:
         """``link``: optional symlink kept pointing at the current pty (survives reopen).
 
         ``max_data``: most card-answer bytes per InDataExchange reply; smaller values
-        force MI chaining.
+        force MI chaining. ``line_baud``: if set, each reply is held back for the time
+        the command and the reply would take on a real UART at that rate (10 bits a
+        byte), so benchmarks can model a 115200-baud line; a pty itself is near-instant.
         """
         if not 1 <= max_data <= 262:
             raise ValueError("max_data must be 1..262")
+        if line_baud is not None and line_baud <= 0:
+            raise ValueError("line_baud must be positive")
+        self.line_baud = line_baud
+        self._initial_baud = line_baud
         self.link = link
         self.max_data = max_data
         self._lock = threading.RLock()
@@ -82,6 +92,7 @@ class Pn532Emulator:
         self._corrupt_next = False
         self._drop_next_ack = False
         self._swallow_next = False
+        self._delay_next = 0.0
         self.commands: list[int] = []  # command codes seen, for tests
         self._decoder = FrameDecoder()
         self._master = -1
@@ -189,6 +200,10 @@ class Pn532Emulator:
         """Ignore the next command entirely: no ACK, no reply (the host must resend)."""
         self._swallow_next = True
 
+    def delay_next_reply(self, seconds: float) -> None:
+        """Hold the ACK and reply to the next command back (a stalled chip or line)."""
+        self._delay_next = seconds
+
     # -- the I/O thread ------------------------------------------------------------
 
     def _run(self) -> None:
@@ -199,6 +214,7 @@ class Pn532Emulator:
                 self._decoder.reset()
                 with self._lock:
                     self._active = self._iso_dep = False
+                self.line_baud = self._initial_baud  # a fresh chip starts at 115200
                 self._open_pty()
                 self._reopen_done.set()
             try:
@@ -218,7 +234,7 @@ class Pn532Emulator:
                 if isinstance(event, Nack):
                     self._write(self._last_reply)
                 elif isinstance(event, Frame) and event.tfi == TFI_TO_CHIP and event.data:
-                    self._command(event.data)
+                    self._command(event.data, len(data))
                 # A host ACK aborts a command: nothing runs long enough here to abort.
                 # Bad frames are dropped silently, as libnfc expects no NACK.
 
@@ -226,7 +242,7 @@ class Pn532Emulator:
         with contextlib.suppress(OSError):
             os.write(self._master, data)
 
-    def _command(self, data: bytes) -> None:
+    def _command(self, data: bytes, wire_in: int) -> None:
         if self._swallow_next:
             self._swallow_next = False
             return
@@ -240,10 +256,21 @@ class Pn532Emulator:
         if self._corrupt_next and reply is not None:
             self._corrupt_next = False
             frame = frame[:-2] + bytes([frame[-2] ^ 0x5A]) + frame[-1:]
-        out = self._garbage + (b"" if self._drop_next_ack else ACK) + frame
-        self._garbage = b""
+        if self._delay_next:
+            time.sleep(self._delay_next)
+            self._delay_next = 0.0
+        ack = b"" if self._drop_next_ack else ACK
+        garbage, self._garbage = self._garbage, b""
         self._drop_next_ack = False
-        self._write(out)
+        if self.line_baud:
+            # The chip ACKs as soon as the command is in, and answers once the reply
+            # has crossed the line: model both transfer times.
+            time.sleep((wire_in + len(ack)) * 10 / self.line_baud)
+            self._write(garbage + ack)
+            time.sleep(len(frame) * 10 / self.line_baud)
+            self._write(frame)
+        else:
+            self._write(garbage + ack + frame)
 
     # -- command handlers: params in, reply packet data (code + 1 first) out ------------
 
@@ -362,6 +389,12 @@ class Pn532Emulator:
 
         return handler
 
+    def _set_baud_rate(self, p: bytes) -> bytes:
+        # A pty has no rate; only the modelled line speed changes.
+        if self.line_baud is not None and p and p[0] < len(BAUD_RATES):
+            self.line_baud = BAUD_RATES[p[0]]
+        return b"\x11"
+
     def _release(self, p: bytes) -> bytes:
         self._active = self._iso_dep = False
         return b"\x53\x00"
@@ -375,7 +408,7 @@ class Pn532Emulator:
         0x02: _firmware,
         0x06: _read_register,
         0x08: _write_register,
-        0x10: _simple(0x11),
+        0x10: _set_baud_rate,
         0x12: _set_parameters,
         0x14: _simple(0x15),
         0x16: _simple(0x17, b"\x00"),

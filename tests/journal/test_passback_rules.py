@@ -133,26 +133,32 @@ _GATE = textwrap.dedent(
 
 def test_two_gate_processes_share_one_station_store(tmp_path: Path) -> None:
     path = str(tmp_path / "station.sqlite")
+    started: list[subprocess.Popen[str]] = []
 
     def gate(first: int, count: int) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        p = subprocess.Popen(
             [sys.executable, "-c", _GATE, path, str(first), str(count), str(BASE_MS)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+        started.append(p)
+        return p
 
-    # Two gates record disjoint cards concurrently: no lock errors, nothing lost.
-    a, b = gate(1, 150), gate(1001, 150)
-    for p in (a, b):
+    def result(p: subprocess.Popen[str]) -> str:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
-        assert out.strip() == "0"
-    # A third gate process of the same station now refuses every one of those cards.
-    c = gate(1, 150)
-    out, err = c.communicate(timeout=60)
-    assert c.returncode == 0, err
-    assert out.strip() == "150"
-    d = gate(1001, 150)
-    out, _ = d.communicate(timeout=60)
-    assert out.strip() == "150"
+        return out.strip()
+
+    try:
+        # Two gates record disjoint cards concurrently: no lock errors, nothing lost.
+        a, b = gate(1, 150), gate(1001, 150)
+        assert result(a) == "0" and result(b) == "0"
+        # Other gate processes of the same station now refuse every one of those cards.
+        assert result(gate(1, 150)) == "150"
+        assert result(gate(1001, 150)) == "150"
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

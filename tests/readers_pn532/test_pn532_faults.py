@@ -129,3 +129,33 @@ def test_entry_point(deck: Any, emulator: Pn532Emulator) -> None:
         assert good_tap(reader, emulator, deck, 40) == "ACCEPT"
     finally:
         reader.close()
+
+
+def test_late_reply_after_resend_is_not_taken_for_the_next(
+    deck: Any, emulator: Pn532Emulator, reader: Pn532Reader
+) -> None:
+    # The chip stalls past the ACK timeout: the reader resends, and then both answers
+    # arrive. The second must not be read as the answer to the next command.
+    emulator.insert(deck.card("good", 41))
+    channel = reader.wait_for_card(2.0)
+    assert channel is not None
+    emulator.delay_next_reply(reader.ack_timeout * 1.5)
+    assert channel.transmit(SELECT) == b"\x01\x00\x90\x00"
+    assert reader.resends == 1
+    read = channel.transmit(bytes.fromhex("80B0000000"))
+    assert read[-2:] == b"\x90\x00" and len(read) > 100
+
+
+def test_faster_line_speed(deck: Any, tmp_path: Path) -> None:
+    with Pn532Emulator(str(tmp_path / "fast"), line_baud=115200) as emu:
+        reader = open_reader(f"pn532:{emu.path}?speed=921600")
+        reader.open()
+        try:
+            assert good_tap(reader, emu, deck, 42) == "ACCEPT"  # type: ignore[arg-type]
+        finally:
+            reader.close()
+        assert emu.line_baud == 921600
+    with pytest.raises(ReaderIOError, match="speed"):
+        open_reader("pn532:/dev/ttyUSB0?speed=12345")
+    with pytest.raises(ReaderIOError, match="unknown option"):
+        open_reader("pn532:/dev/ttyUSB0?baud=9600")
