@@ -195,6 +195,49 @@ ENGINES: dict[str, tuple[int, Callable[[], MapUnits | None]]] = {
 }
 
 
+def dask_engine(
+    cache: Path, out: Path, workers: int, threads: int
+) -> dict[str, float | int] | None:
+    """Settle on a fresh LocalCluster; report start time, throughput and peak memory."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        return None
+    from farecore.settlement.cluster import DaskSettings, map_on_dask
+
+    t0 = clock()
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=50,
+    )
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(workers)
+        start_s = (clock() - t0) / 1e9
+        mapper = map_on_dask(DaskSettings(scheduler=cluster.scheduler_address))
+        seconds, verified, _ = settle_once(cache, out, mapper, 1)
+
+        def peak_rss_kib() -> int:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        worker_peaks = client.run(peak_rss_kib)
+        scheduler_peak = client.run_on_scheduler(peak_rss_kib)
+    finally:
+        client.close()
+        cluster.close()
+    return {
+        "start_s": round(start_s, 3),
+        "rides_per_s": round(verified / seconds, 1),
+        "s": round(seconds, 3),
+        "peak_memory_mb": round((sum(worker_peaks.values()) + scheduler_peak) / 1024, 1),
+    }
+
+
 def durable_append(n: int, workdir: Path) -> tuple[list[float], list[float]]:
     """Interleaved: Journal.append vs write+fsync of the same-size record to a plain file."""
     issuer = Issuer.from_seed(SEED)
@@ -266,6 +309,19 @@ def main() -> int:
                 (tmp / name / f).read_bytes()
                 for f in ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
             )
+        # Dask: two worker processes of one thread (the CI shape), and one process of two
+        # threads, to choose threads or processes per worker by measurement.
+        for name, workers, threads in (("dask_2x1", 2, 1), ("dask_1x2", 1, 2)):
+            got = dask_engine(cache, tmp / name, workers, threads)
+            if got is None:
+                metrics[f"{name}_rides_per_s"] = None
+                continue
+            for key, value in got.items():
+                metrics[f"{name}_{key}"] = value
+            outputs[name] = b"".join(
+                (tmp / name / f).read_bytes()
+                for f in ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
+            )
         raw_after = raw_verify_per_s(n_raw)
         raw = (raw_before + raw_after) / 2
         metrics["raw_verify_per_s"] = round(raw, 1)
@@ -283,10 +339,15 @@ def main() -> int:
     jobs1 = metrics["jobs1_rides_per_s"] / raw
     scaling = metrics["jobs2_rides_per_s"] / metrics["jobs1_rides_per_s"]
     append_ratio = metrics["append_p50_us"] / metrics["raw_fsync_p50_us"]
+    dask_rate = metrics.get("dask_2x1_rides_per_s")
+    dask_ratio = None if dask_rate is None else round(dask_rate / (2 * raw), 3)
     goals = [
         goal("settle --jobs 1 vs raw verify bound", round(jobs1, 3), ">=", 0.8, "ratio"),
         goal("jobs 2 scaling", round(scaling, 3), ">=", 1.8, "ratio"),
         goal("append p50 vs raw fsync", round(append_ratio, 3), "<=", 1.2, "ratio"),
+        goal(
+            "dask 2-worker LocalCluster vs 2-core raw verify bound", dask_ratio, ">=", 0.8, "ratio"
+        ),
     ]
     rows = [
         (
@@ -318,6 +379,18 @@ def main() -> int:
             "-",
         ),
     ]
+    for name in ("dask_2x1", "dask_1x2"):
+        rate = metrics.get(f"{name}_rides_per_s")
+        if rate is not None:
+            rows.append(
+                (
+                    f"{name} (rides/s)",
+                    f"{rate:.0f}",
+                    f"{2 * raw:.0f}",
+                    f"{rate / (2 * raw):.2f}",
+                    ">= 0.8 of 2-core bound" if name == "dask_2x1" else "-",
+                )
+            )
     write_report("settlement", args.quick, metrics, goals, args.out, rows)
     return 0
 

@@ -218,8 +218,14 @@ class Pn532Emulator:
                 self._open_pty()
                 self._reopen_done.set()
             try:
-                ready, _, _ = select.select([self._master, self._wake_r], [], [], 0.5)
+                # A half frame that stops arriving is line noise: drop it after 50 ms,
+                # as the chip's own receive timeout would, so it cannot deafen us.
+                wait = 0.05 if self._decoder.pending else 0.5
+                ready, _, _ = select.select([self._master, self._wake_r], [], [], wait)
             except (OSError, ValueError):
+                continue
+            if not ready:
+                self._decoder.reset()
                 continue
             if self._wake_r in ready:
                 os.read(self._wake_r, 64)

@@ -10,7 +10,7 @@ from typing import Any
 
 from farecore.batch import parse_day
 from farecore.settlement.merge import Settlement
-from farecore.settlement.pipeline import find_batches, load_inputs, run_settlement
+from farecore.settlement.pipeline import MapUnits, find_batches, load_inputs, run_settlement
 
 __all__ = ["register"]
 
@@ -44,6 +44,25 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--revocation-signer", type=Path, help="public key (.pub) that signs --revocation-table"
     )
+    dask = p.add_argument_group(
+        "Dask (pip install 'farecore[dask]')",
+        "Run the per-batch verification on a Dask cluster instead; the outputs are the same "
+        "bytes. Batch paths must be readable from every worker (a shared filesystem).",
+    )
+    where = dask.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://HOST:8786"
+    )
+    where.add_argument(
+        "--dask-workers", type=int, metavar="N", help="start a local Dask cluster of N workers"
+    )
+    dask.add_argument(
+        "--dask-threads",
+        type=int,
+        default=1,
+        metavar="T",
+        help="threads per local worker (default 1; see docs/settlement-cluster.md)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_settle)
 
@@ -72,6 +91,18 @@ def _settle(args: argparse.Namespace) -> int:
         args.revocation_signer,
     )
     paths = find_batches(args.batches)
+    map_units: MapUnits | None = None
+    if args.scheduler is not None or args.dask_workers is not None:
+        from farecore.settlement.cluster import DaskSettings, map_on_dask, print_dashboard
+
+        map_units = map_on_dask(
+            DaskSettings(
+                scheduler=args.scheduler,
+                n_workers=args.dask_workers,
+                threads_per_worker=args.dask_threads,
+                on_ready=None if args.quiet else print_dashboard,
+            )
+        )
     started = time.monotonic()
     show = not args.quiet and sys.stderr.isatty()
     result = run_settlement(
@@ -79,6 +110,7 @@ def _settle(args: argparse.Namespace) -> int:
         paths,
         args.out,
         jobs=args.jobs,
+        map_units=map_units,
         progress=(lambda d, t: _bar(d, t, started)) if show else None,
     )
     if not args.quiet:

@@ -159,3 +159,15 @@ def test_faster_line_speed(deck: Any, tmp_path: Path) -> None:
         open_reader("pn532:/dev/ttyUSB0?speed=12345")
     with pytest.raises(ReaderIOError, match="unknown option"):
         open_reader("pn532:/dev/ttyUSB0?baud=9600")
+
+
+def test_noise_that_looks_like_a_long_frame_header(
+    deck: Any, emulator: Pn532Emulator, reader: Pn532Reader
+) -> None:
+    # An extended header announcing 4 KiB on both directions of the line: neither side
+    # may sit waiting for bytes that never come.
+    noise = b"\x00\x00\xff\xff\xff\x10\x00\xf0"
+    emulator.inject_garbage(noise)
+    port = reader._port()
+    port.write(noise)  # towards the chip, too
+    assert good_tap(reader, emulator, deck, 43) == "ACCEPT"

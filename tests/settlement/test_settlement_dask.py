@@ -130,3 +130,67 @@ def test_a_batch_a_worker_cannot_read_is_a_clear_error(
     message = str(err.value)
     assert paths[0] in message and "worker tcp://" in message and "shared filesystem" in message
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_on_a_local_cluster_matches_in_process(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _world_with_tampering(world)
+    common = [
+        sys.executable, "-m", "farecore", "settle", "--batches", str(world.batches),
+        "--terminals", str(world.root / "terminals.csv"),
+        "--keyring", str(world.root / "keyring.json"),
+        "--fares", str(world.root / "fares.toml"), "--day", DAY.isoformat(),
+    ]  # fmt: skip
+    plain = subprocess.run([*common, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    on_dask = subprocess.run(
+        [*common, "--out", str(tmp_path / "b"), "--dask-workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert on_dask.returncode == 0, on_dask.stderr
+    assert "Dask dashboard at http" in on_dask.stderr
+    for name in OUTPUTS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_without_dask_the_options_name_the_extra(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _world_with_tampering(world)
+    # A real interpreter in which importing dask fails, as on a machine without the extra.
+    code = (
+        "import sys; sys.modules['dask'] = None; sys.modules['dask.distributed'] = None\n"
+        "from farecore.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "settle",
+            "--batches",
+            str(world.batches),
+            "--terminals",
+            str(world.root / "terminals.csv"),
+            "--keyring",
+            str(world.root / "keyring.json"),
+            "--fares",
+            str(world.root / "fares.toml"),
+            "--day",
+            DAY.isoformat(),
+            "--out",
+            str(tmp_path / "x"),
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "pip install 'farecore[dask]'" in r.stderr and "Traceback" not in r.stderr
