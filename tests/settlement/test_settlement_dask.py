@@ -187,7 +187,7 @@ def test_without_dask_the_options_name_the_extra(world: World, tmp_path: Path) -
             str(tmp_path / "x"),
             "--scheduler",
             "tcp://127.0.0.1:1",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=120,
