@@ -74,13 +74,23 @@ def measure_pcsc(taps: int) -> dict[str, Any]:
     return {"via": via, "alone": alone, "wrong": wrong}
 
 
-def measure_pn532(taps: int) -> dict[str, Any]:
-    import importlib
+def measure_pn532(taps: int, line_baud: int | None = None) -> dict[str, Any]:
+    """Taps through the PN532 emulator on a pty; ``line_baud`` models a real UART."""
+    from readers.pn532 import Pn532Reader
+    from sim.pn532_emulator import Pn532Emulator
 
-    emulator = importlib.import_module("sim.pn532_emulator")
-    start: Callable[..., Any] = emulator.bench_session  # provided by the emulator module
-    with start(ISSUER.card(1)) as channel:
-        via, alone, wrong = _interleave(channel, taps)
+    with Pn532Emulator(line_baud=line_baud) as emulator:
+        emulator.insert(ISSUER.card(1))
+        speed = None if line_baud in (None, 115200) else line_baud
+        reader = Pn532Reader(emulator.path, speed=speed)
+        reader.open()
+        try:
+            channel = reader.wait_for_card(10.0)
+            if channel is None:
+                raise RuntimeError("the reader never listed the emulated card")
+            via, alone, wrong = _interleave(channel, taps)
+        finally:
+            reader.close()
     return {"via": via, "alone": alone, "wrong": wrong}
 
 
@@ -93,9 +103,18 @@ def main() -> None:
     metrics: dict[str, Any] = {"taps_per_transport": taps}
     rows = []
     goals = []
-    for name, measure in (("pcsc", measure_pcsc), ("pn532", measure_pn532)):
+    transports: list[tuple[str, Callable[[int], dict[str, Any]], bool]] = [
+        ("pcsc", measure_pcsc, True),
+        ("pn532", measure_pn532, True),
+        # A real PN532 sits on a UART: model the wire at the speed the reader switches to,
+        # and at the power-on 115200 baud (which alone costs ~29 ms per tap).
+        ("pn532_921600_baud", lambda n: measure_pn532(n, 921_600), False),
+        ("pn532_115200_baud", lambda n: measure_pn532(n, 115_200), False),
+    ]
+    for name, measure, has_goal in transports:
+        line_taps = taps if has_goal else max(200, taps // 5)
         try:
-            got = measure(taps)
+            got = measure(line_taps)
         except Exception as exc:
             print(f"{name}: not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
             metrics[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
@@ -113,11 +132,12 @@ def main() -> None:
                     f"{p50(got['via']):.2f}/{percentile(got['via'], 99):.2f} ms",
                     f"{p50(got['alone']):.2f} ms",
                     f"{p50(got['via']) / p50(got['alone']):.1f}",
-                    "p99 ≤ 30 ms",
+                    "p99 ≤ 30 ms" if has_goal else "(modelled UART)",
                 )
             )
-        value = metrics.get(f"{name}_p99_ms")
-        goals.append(goal(f"p99 via {name}", value, "<=", 30.0, "ms"))
+        if has_goal:
+            value = metrics.get(f"{name}_p99_ms")
+            goals.append(goal(f"p99 via {name}", value, "<=", 30.0, "ms"))
     write_report("readers", args.quick, metrics, goals, args.out, rows)
 
 

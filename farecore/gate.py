@@ -22,7 +22,7 @@ from typing import Any, Protocol, TextIO
 
 from farecore.checks import NO_PASSBACK, PassbackCheck
 from farecore.decision import Decision
-from farecore.errors import JournalError, ReaderError
+from farecore.errors import ReaderError
 from farecore.reader_port import CardChannel, Reader
 from farecore.tap import run_tap
 from farecore.validator import Validator
@@ -198,10 +198,7 @@ class Gate:
             backoff = 0.05
             if channel is None:
                 continue
-            try:
-                self.process(channel)
-            except JournalError:
-                raise
+            self.process(channel)  # a JournalError stops the gate: see the docstring
             served += 1
             self._await_removal(poll_s)
         return served
@@ -212,7 +209,8 @@ class Gate:
             try:
                 if self.reader.wait_for_removal(poll_s):
                     return
-            except ReaderError:
+            except ReaderError as exc:
+                self._note(f"reader failed while waiting for the card to leave: {exc}")
                 return
 
     def _note(self, message: str) -> None:

@@ -3,6 +3,7 @@
 | capability        | support                                                          |
 |-------------------|------------------------------------------------------------------|
 | transport         | pyserial, 115200 baud 8N1 (any path pyserial opens, ptys too)    |
+| line speed        | starts at 115200; ``?speed=921600`` → SetSerialBaudRate          |
 | cards             | ISO 14443-4 type A at 106 kbps, activated by the chip (auto RATS) |
 | APDUs             | InDataExchange; MI chaining both ways                            |
 | card presence     | polling InListPassiveTarget (``poll_interval`` s)                |
