@@ -77,12 +77,15 @@ class Validator:
         revocation: RevocationSource | None = None,
         passback: PassbackCheck = NO_PASSBACK,
         cache_size: int = 100_000,
+        cache: dict[bytes, object] | None = None,
     ) -> None:
+        """``cache``: a credential cache to share, e.g. among the gates of one station
+        controller that trust the same keyring. Never share it across keyrings."""
         self.policy = policy
         self.keyring = keyring
         self.revocation: RevocationSource = revocation or InMemoryRevocation()
         self.passback = passback
-        self._cache: dict[bytes, object] = {}
+        self._cache: dict[bytes, object] = {} if cache is None else cache
         self._cache_size = cache_size
 
     def _card_key(self, credential: Credential) -> tuple[object, Reason | None, str]:

@@ -45,6 +45,7 @@ from sim.deploy import DIRECTIONS, slug, write_city
 from sim.issuer import QINGDAO, Issuer, derive_key
 from sim.network import GatePlan, Network
 from sim.population import CardFactory, FraudMix, Population
+from sim.transport import PcscLink, Transport, start_pcsc, stop_pcsc, transport_figures
 from sim.workload import FAULT_PULLED, DayClock, Workload, reimburse
 
 __all__ = ["SimError", "SimOptions", "run_simulation"]
@@ -150,46 +151,7 @@ class _TapInput:
 _WORLD: _World | None = None  # set before fork; workers inherit it
 
 
-@dataclass(frozen=True, slots=True)
-class _Transport:
-    """The taps of one gate that go through a real transport instead of the virtual reader."""
-
-    gate: int
-    taps: frozenset[int]
-    port: int
-    reader_name: str
-
-
-_TRANSPORT: _Transport | None = None  # set before fork, like _WORLD
-
-
-class _PcscLink:
-    """One gate's PC/SC path: a vpcd card server and a pyscard reader through pcscd."""
-
-    def __init__(self, t: _Transport) -> None:
-        from readers.pcsc import PcscReader
-        from sim.vpcd import VpcdCardServer
-
-        self.server = VpcdCardServer(t.port).start()
-        self.reader = PcscReader(t.reader_name)
-        self.reader.open()
-
-    def tap(self, gate: Gate, card: Any) -> Any:
-        self.server.insert(card)
-        deadline = time.monotonic() + 10.0
-        channel = None
-        while channel is None and time.monotonic() < deadline:
-            channel = self.reader.wait_for_card(0.5)
-        if channel is None:
-            raise SimError("pcsc: the virtual card never appeared in the reader")
-        decision = gate.process(channel)
-        self.server.remove()
-        self.reader.wait_for_removal(5.0)
-        return decision
-
-    def close(self) -> None:
-        self.reader.close()
-        self.server.close()
+_TRANSPORT: Transport | None = None  # set before fork, like _WORLD
 
 
 class _SimClock:
@@ -232,7 +194,7 @@ def _lane(
     gates: dict[int, tuple[Gate, VirtualReader, _TapInput]] = {}
     shared_cache: dict[bytes, object] = {}
     journals: list[Journal] = []
-    links: list[_PcscLink] = []
+    links: list[PcscLink] = []
     with HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
         try:
             for g in sorted({int(x) for x in wl.gate[taps]}):
@@ -249,9 +211,8 @@ def _lane(
                         )
                     passback = stores[plan.place]
                 policy = TerminalPolicy(plan.terminal_id, frozenset({QINGDAO}))
-                validator = Validator(policy, keyring, revocation, passback)
                 # The gates of one station controller share their verified credentials.
-                validator._cache = shared_cache
+                validator = Validator(policy, keyring, revocation, passback, cache=shared_cache)
                 journal = Journal.open(
                     work / "journals" / f"journal-{plan.terminal_id}.sqlite",
                     plan.terminal_id,
@@ -276,7 +237,7 @@ def _lane(
             got, latency, gate_us = out["got"], out["latency_us"], out["gate_us"]
             transport = _TRANSPORT if _TRANSPORT is not None and _TRANSPORT.gate in gates else None
             if transport is not None:
-                link = _PcscLink(transport)
+                link = PcscLink(transport)
                 links.append(link)
             perf = time.perf_counter_ns
             switch = clock.revocation_gen2_ms
@@ -398,37 +359,17 @@ def _progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: f
 
 
 def _start_transport(world: _World, workdir: Path) -> Any:
-    """Start an isolated pcscd with vpcd; route the first taps of gate 0 through it."""
+    """Start pcscd; route the first taps of gate 0 through it (see sim.transport)."""
     global _TRANSPORT
-    from sim.pcscd import PcscDaemon
-
-    daemon = PcscDaemon(workdir, isolated=None)
-    daemon.start()
-    os.environ.update(daemon.client_env)  # inherited by the forked workers
     first = np.flatnonzero(world.workload.gate == 0)[: world.opts.transport_taps]
-    _TRANSPORT = _Transport(
-        0, frozenset(int(i) for i in first), daemon.port, daemon.reader_names[0]
-    )
+    daemon, _TRANSPORT = start_pcsc(workdir, 0, first)
     return daemon
-
-
-def _transport_figures(reader: str, via: list[int], latency: np.ndarray) -> dict[str, Any]:
-    if not via:
-        return {"reader": "virtual", "taps": 0}
-    lat = latency[via]
-    return {
-        "reader": reader,
-        "taps": len(via),
-        "latency_p50_us": round(float(np.percentile(lat, 50)), 1),
-        "latency_p99_us": round(float(np.percentile(lat, 99)), 1),
-    }
 
 
 def _stop_transport(daemon: Any) -> None:
     global _TRANSPORT
     _TRANSPORT = None
-    if daemon is not None:
-        daemon.stop()
+    stop_pcsc(daemon)
 
 
 def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, Any]:
@@ -541,7 +482,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "settle_s": settle_s,
             "workers": workers,
             "lanes": opts.lanes,
-            "transport": _transport_figures(opts.reader, via, latency),
+            "transport": transport_figures(opts.reader, via, latency),
         },
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

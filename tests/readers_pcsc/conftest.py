@@ -11,17 +11,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 from smartcard import scard
 
-from farecore.checks import InMemoryRevocation, RevocationEntry
-from farecore.crypto import Algorithm
-from farecore.validator import TerminalPolicy, Validator
 from readers.pcsc import PcscReader
-from sim.card import CardFaults, VirtualCard
+from sim.deck import Deck
 from sim.issuer import Issuer
 from sim.pcscd import PcscDaemon
 from sim.vpcd import VpcdCardServer
@@ -29,50 +24,6 @@ from sim.vpcd import VpcdCardServer
 NOW_MS = 1_796_083_200_000
 READER_00 = "Virtual PCD 00 00"
 READER_01 = "Virtual PCD 00 01"
-
-
-@dataclass(frozen=True)
-class Deck:
-    """Deterministic cards of every kind, and the decision a gate owes each kind."""
-
-    issuer: Issuer
-    stranger: Issuer  # same key id, another key: its cards are forgeries
-    revoked_id: int = 4242
-
-    expected: ClassVar[dict[str, str]] = {
-        "good": "ACCEPT",
-        "good_p256": "ACCEPT",
-        "forged": "BAD_CREDENTIAL_SIGNATURE",
-        "clone": "CARD_AUTH_FAILED",
-        "revoked": "REVOKED",
-        "expired": "EXPIRED",
-        "removed_select": "UNREADABLE",
-        "removed_read": "UNREADABLE",
-        "removed_auth": "UNREADABLE",
-    }
-
-    def card(self, kind: str, card_id: int) -> VirtualCard:
-        if kind == "good":
-            return self.issuer.card(card_id)
-        if kind == "good_p256":
-            return self.issuer.card(card_id, card_algorithm=Algorithm.P256)
-        if kind == "forged":
-            return self.stranger.card(card_id)
-        if kind == "clone":
-            return VirtualCard.clone(self.issuer.card(card_id))
-        if kind == "revoked":
-            return self.issuer.card(self.revoked_id)
-        if kind == "expired":
-            return self.issuer.card(card_id, valid_from=1_700_000_000, valid_until=1_790_000_000)
-        if kind.startswith("removed_"):
-            step = {"select": "select", "read": "read", "auth": "auth"}[kind[8:]]
-            return self.issuer.card(card_id, faults=CardFaults(remove_at=step))
-        raise ValueError(kind)
-
-    def validator(self) -> Validator:
-        revocation = InMemoryRevocation([RevocationEntry(self.revoked_id, 1_790_000_000, 2)], 1)
-        policy = TerminalPolicy(0xC1C1, frozenset({370200}))
-        return Validator(policy, self.issuer.keyring(), revocation)
 
 
 @pytest.fixture(scope="session")

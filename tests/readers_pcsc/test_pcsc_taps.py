@@ -8,10 +8,12 @@ from typing import Any
 from farecore.decision import Reason
 from farecore.tap import run_tap
 from readers.pcsc import PcscReader
+from sim.deck import Deck
 from sim.vpcd import VpcdCardServer
 
-PLAIN_KINDS = ["good", "good", "good_p256", "forged", "clone", "revoked", "expired"]
 REMOVED_KINDS = ["removed_select", "removed_read", "removed_auth"]
+# Every kind the deck knows, good cards twice as often.
+PLAIN_KINDS = ["good", *(k for k in sorted(Deck.expected) if k not in REMOVED_KINDS)]
 
 
 def _plan(seed: int, taps: int, removals: int) -> list[str]:
