@@ -58,8 +58,9 @@ def register(sub: Any) -> None:
         "--reader",
         default="virtual",
         choices=["virtual", "pcsc", "pn532"],
-        help="virtual (default), or pcsc to push --transport-taps taps of one gate through a "
-        "real pcscd + vpcd (pn532 is not wired in yet)",
+        help="virtual (default: in-process); pcsc pushes --transport-taps taps of one gate "
+        "through a private pcscd + vpcd, pn532 through an emulated PN532 on a pty read by the "
+        "serial PN532 reader; all other taps stay virtual",
     )
     p.add_argument(
         "--fraud-mix",
@@ -73,7 +74,7 @@ def register(sub: Any) -> None:
         "--transport-taps",
         type=int,
         default=20,
-        help="with --reader pcsc: how many taps go through the transport (default 20)",
+        help="with --reader pcsc or pn532: how many taps go through the transport (default 20)",
     )
     p.add_argument(
         "--group-commit-ms",

@@ -2,8 +2,10 @@
 
 Setup writes everything a real deployment has into the run directory: keys, keyring,
 revocation lists, fares, gate configurations. The day then runs through the real
-``Gate`` / ``Validator`` / ``run_tap`` path over virtual readers, in worker processes
-(each process hosts several stations, each gate has its own durable journal). Every
+``Gate`` / ``Validator`` / ``run_tap`` path over virtual readers (with ``--reader pcsc``
+or ``pn532`` a share of one gate's taps crosses a real transport, see ``sim.transport``),
+in worker processes (each process hosts several stations, each gate has its own durable
+journal). Every
 decision is compared with the workload's ground truth; the batches are exported and
 settled, and the money compared with the fare of every legitimate ride.
 
@@ -45,7 +47,15 @@ from sim.deploy import DIRECTIONS, slug, write_city
 from sim.issuer import QINGDAO, Issuer, derive_key
 from sim.network import GatePlan, Network
 from sim.population import CardFactory, FraudMix, Population
-from sim.transport import PcscLink, Transport, start_pcsc, stop_pcsc, transport_figures
+from sim.transport import (
+    TRANSPORTS,
+    Link,
+    Transport,
+    open_link,
+    start_transport,
+    stop_transport,
+    transport_figures,
+)
 from sim.workload import FAULT_PULLED, DayClock, Workload, reimburse
 
 __all__ = ["SimError", "SimOptions", "run_simulation"]
@@ -69,7 +79,7 @@ class SimOptions:
     workers: int = 0  # 0: one per CPU
     lanes: int = 4  # gate threads per worker: one's fsync overlaps another's crypto
     group_commit_ms: float | None = None  # None: one commit per tap
-    transport_taps: int = 20  # with --reader pcsc: this many taps go through PC/SC
+    transport_taps: int = 20  # with --reader pcsc/pn532: this many taps go through it
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -77,10 +87,8 @@ class SimOptions:
             raise ValueError("need --cards >= 100, --taps >= 10 and --gates >= 5")
         if self.workers < 0 or not 1 <= self.lanes <= 64:
             raise ValueError("--workers must be >= 0 and --lanes between 1 and 64")
-        if self.reader not in ("virtual", "pcsc"):
-            raise ValueError(
-                f"--reader {self.reader}: only 'virtual' and 'pcsc' are wired into the simulator"
-            )
+        if self.reader not in ("virtual", *TRANSPORTS):
+            raise ValueError(f"--reader {self.reader}: one of virtual, {', '.join(TRANSPORTS)}")
         if self.transport_taps < 1:
             raise ValueError("--transport-taps must be at least 1")
 
@@ -194,7 +202,7 @@ def _lane(
     gates: dict[int, tuple[Gate, VirtualReader, _TapInput]] = {}
     shared_cache: dict[bytes, object] = {}
     journals: list[Journal] = []
-    links: list[PcscLink] = []
+    links: list[Link] = []
     with HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
         try:
             for g in sorted({int(x) for x in wl.gate[taps]}):
@@ -237,7 +245,7 @@ def _lane(
             got, latency, gate_us = out["got"], out["latency_us"], out["gate_us"]
             transport = _TRANSPORT if _TRANSPORT is not None and _TRANSPORT.gate in gates else None
             if transport is not None:
-                link = PcscLink(transport)
+                link = open_link(transport)
                 links.append(link)
             perf = time.perf_counter_ns
             switch = clock.revocation_gen2_ms
@@ -359,17 +367,18 @@ def _progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: f
 
 
 def _start_transport(world: _World, workdir: Path) -> Any:
-    """Start pcscd; route the first taps of gate 0 through it (see sim.transport)."""
+    """Route the first taps of gate 0 through the chosen transport (see sim.transport);
+    return what has to be stopped after the tap phase (pcscd, or None for pn532)."""
     global _TRANSPORT
     first = np.flatnonzero(world.workload.gate == 0)[: world.opts.transport_taps]
-    daemon, _TRANSPORT = start_pcsc(workdir, 0, first)
+    daemon, _TRANSPORT = start_transport(world.opts.reader, workdir, 0, first)
     return daemon
 
 
 def _stop_transport(daemon: Any) -> None:
     global _TRANSPORT
     _TRANSPORT = None
-    stop_pcsc(daemon)
+    stop_transport(daemon)
 
 
 def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, Any]:
@@ -407,7 +416,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     ctx = mp.get_context("fork")
     progress = ctx.Array("q", workers * 64, lock=False)
     _WORLD = world
-    daemon = _start_transport(world, out / "work" / "pcscd") if opts.reader == "pcsc" else None
+    daemon = _start_transport(world, out / "work" / "pcscd") if opts.reader in TRANSPORTS else None
     via = sorted(_TRANSPORT.taps) if _TRANSPORT is not None else []
     t0 = time.perf_counter()
     procs = [
@@ -482,7 +491,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "settle_s": settle_s,
             "workers": workers,
             "lanes": opts.lanes,
-            "transport": transport_figures(opts.reader, via, latency),
+            "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
         },
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

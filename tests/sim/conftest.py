@@ -51,3 +51,27 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
 def small_run_again(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
     out = tmp_path_factory.mktemp("sim") / "run-b"
     return run_sim(out, "--seed", "7", *SMALL)
+
+
+# Seed 3 puts a pulled card, an expired card and a passback among the first 20 taps of
+# gate 0, so the transport carries denials (and a card leaving mid-tap), not only accepts.
+TRANSPORT_SEED = "3"
+PN532 = ["--reader", "pn532", "--transport-taps", "20"]
+
+
+@pytest.fixture(scope="session")
+def pn532_run(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
+    out = tmp_path_factory.mktemp("sim") / "pn532-a"
+    return run_sim(out, "--seed", TRANSPORT_SEED, *SMALL, *PN532)
+
+
+@pytest.fixture(scope="session")
+def pn532_run_again(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
+    out = tmp_path_factory.mktemp("sim") / "pn532-b"
+    return run_sim(out, "--seed", TRANSPORT_SEED, *SMALL, *PN532)
+
+
+@pytest.fixture(scope="session")
+def virtual_run_seed3(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
+    out = tmp_path_factory.mktemp("sim") / "virtual-3"
+    return run_sim(out, "--seed", TRANSPORT_SEED, *SMALL)
