@@ -27,9 +27,12 @@ from farecore.errors import BadSignature, JournalError, MalformedFile
 from farecore.journal import (
     JournalReader,
     JournalRecord,
+    RecordRow,
     credential_hash,
     decode_record,
+    decode_record_row,
     encode_record,
+    record_row,
 )
 from farecore.keys import PublicKeyFile, SigningKey
 
@@ -39,12 +42,14 @@ __all__ = [
     "QINGDAO_UTC_OFFSET_MIN",
     "Batch",
     "BatchRejected",
+    "BatchRows",
     "day_bounds_ms",
     "encode_batch",
     "export_batch",
     "parse_day",
     "peek_terminal_id",
     "verify_batch",
+    "verify_batch_rows",
 ]
 
 BATCH_MAGIC = b"FCBATCH1"
@@ -233,21 +238,23 @@ def peek_terminal_id(data: bytes) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def verify_batch(
-    source: str | os.PathLike[str] | bytes, terminal_key: PublicKeyFile | PublicKey | None
-) -> Batch:
-    """Parse and fully check a batch; raise BatchRejected or BadSignature naming the fault.
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A batch whose framing, header and signature checked; records not yet decoded."""
 
-    ``terminal_key`` None skips only the signature check (for inspecting a file whose
-    key is not at hand); the settlement always passes the key.
-    """
-    if isinstance(source, bytes):
-        data = source
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise BatchRejected(f"cannot read batch {source}: {exc.strerror}") from None
+    terminal_id: int
+    day: dt.date
+    utc_offset_min: int
+    first_seq: int
+    last_seq: int
+    prev_hash: bytes
+    tail_hash: bytes
+    key_id: int
+    credentials: dict[bytes, bytes]
+    bodies: list[bytes]
+
+
+def _open_batch(data: bytes, terminal_key: PublicKeyFile | PublicKey | None) -> _Opened:
     cur = _Cursor(data)
     if cur.take(len(BATCH_MAGIC), "magic") != BATCH_MAGIC:
         raise BatchRejected("not a farecore batch (bad magic)")
@@ -269,7 +276,7 @@ def verify_batch(
         cred = cur.take(cur.u16("credential length"), "credential")
         credentials[credential_hash(cred)] = cred
     n_records = cur.u32("record count")
-    bodies = [cur.take(cur.u32("record length"), "record") for _ in range(n_records)]
+    bodies = _bodies(cur, n_records)
     content_end = cur.pos
     sig = cur.take(cur.u16("signature length"), "signature")
     if cur.pos != len(data):
@@ -298,10 +305,61 @@ def verify_batch(
         )
     if not -14 * 60 <= offset <= 14 * 60:
         raise BatchRejected(f"batch utc_offset_min {offset} is out of range")
+    return _Opened(
+        terminal_id,
+        day,
+        offset,
+        first_seq,
+        last_seq,
+        prev_hash,
+        tail_hash,
+        key_id,
+        credentials,
+        bodies,
+    )
+
+
+def _bodies(cur: _Cursor, n_records: int) -> list[bytes]:
+    """The record bodies; the same checks and messages as ``_Cursor``, without a call each."""
+    data, pos, end = cur.data, cur.pos, len(cur.data)
+    out: list[bytes] = []
+    for _ in range(n_records):
+        if pos + 4 > end:
+            cur.pos = pos
+            cur.take(4, "record length")  # raises, with the cursor's message
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        pos += 4
+        if pos + n > end:
+            raise BatchRejected("batch is truncated in record")
+        out.append(data[pos : pos + n])
+        pos += n
+    cur.pos = pos
+    return out
+
+
+def _source_bytes(source: str | os.PathLike[str] | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise BatchRejected(f"cannot read batch {source}: {exc.strerror}") from None
+
+
+def verify_batch(
+    source: str | os.PathLike[str] | bytes, terminal_key: PublicKeyFile | PublicKey | None
+) -> Batch:
+    """Parse and fully check a batch; raise BatchRejected or BadSignature naming the fault.
+
+    ``terminal_key`` None skips only the signature check (for inspecting a file whose
+    key is not at hand); the settlement always passes the key.
+    """
+    data = _source_bytes(source)
+    b = _open_batch(data, terminal_key)
     records: list[JournalRecord] = []
-    prev = prev_hash
-    for i, body in enumerate(bodies):
-        expected_seq = first_seq + i
+    prev = b.prev_hash
+    for i, body in enumerate(b.bodies):
+        expected_seq = b.first_seq + i
         try:
             record = decode_record(body, prev)
         except MalformedFile as exc:
@@ -310,24 +368,84 @@ def verify_batch(
             raise BatchRejected(
                 f"record order broken: seq {record.seq} where {expected_seq} belongs"
             )
-        if record.terminal_id != terminal_id:
+        if record.terminal_id != b.terminal_id:
             raise BatchRejected(f"record {record.seq} names terminal {record.terminal_id}")
-        if record.credential_sha256 is not None and record.credential_sha256 not in credentials:
+        if record.credential_sha256 is not None and record.credential_sha256 not in b.credentials:
             raise BatchRejected(f"record {record.seq} refers to a credential not in the batch")
         records.append(record)
         prev = record.hash
-    if prev != tail_hash:
+    if prev != b.tail_hash:
         raise BatchRejected("hash chain does not reach the declared tail hash")
     return Batch(
-        terminal_id=terminal_id,
-        day=day,
-        utc_offset_min=offset,
-        first_seq=first_seq,
-        last_seq=last_seq,
-        prev_hash=prev_hash,
-        tail_hash=tail_hash,
-        key_id=key_id,
+        terminal_id=b.terminal_id,
+        day=b.day,
+        utc_offset_min=b.utc_offset_min,
+        first_seq=b.first_seq,
+        last_seq=b.last_seq,
+        prev_hash=b.prev_hash,
+        tail_hash=b.tail_hash,
+        key_id=b.key_id,
         records=tuple(records),
-        credentials=credentials,
+        credentials=b.credentials,
         sha256=hashlib.sha256(data).digest(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """A verified batch with its records as RecordRow tuples (see ``verify_batch_rows``)."""
+
+    terminal_id: int
+    day: dt.date
+    first_seq: int
+    last_seq: int
+    prev_hash: bytes
+    tail_hash: bytes
+    rows: list[RecordRow]
+    credentials: dict[bytes, bytes]
+
+    def __post_init__(self) -> None:
+        if self.last_seq - self.first_seq + 1 != len(self.rows):
+            raise ValueError("seq range and record count disagree")
+
+
+def verify_batch_rows(data: bytes, terminal_key: PublicKeyFile | PublicKey) -> BatchRows:
+    """``verify_batch`` for the settlement: the same checks, the same errors, plain rows.
+
+    Records are decoded straight into tuples. Any record the fast decoder is unsure of
+    sends the whole batch through ``verify_batch``, so a rejected batch is rejected with
+    exactly the message ``verify_batch`` gives, and an odd but valid one still verifies.
+    """
+    b = _open_batch(data, terminal_key)
+    rows: list[RecordRow] = []
+    append = rows.append
+    prev, seq, tid, creds = b.prev_hash, b.first_seq, b.terminal_id, b.credentials
+    for body in b.bodies:
+        row = decode_record_row(body, prev)
+        if (
+            row is None
+            or row[1] != seq
+            or row[0] != tid
+            or (row[9] is not None and row[9] not in creds)
+        ):
+            break
+        append(row)
+        prev = row[16]
+        seq += 1
+    else:
+        if prev == b.tail_hash:
+            return BatchRows(
+                tid, b.day, b.first_seq, b.last_seq, b.prev_hash, b.tail_hash, rows, creds
+            )
+    # The slow path raises the precise error (or, for a valid oddity, verifies it).
+    full = verify_batch(data, terminal_key)
+    return BatchRows(
+        full.terminal_id,
+        full.day,
+        full.first_seq,
+        full.last_seq,
+        full.prev_hash,
+        full.tail_hash,
+        [record_row(r) for r in full.records],
+        full.credentials,
     )

@@ -33,11 +33,14 @@ __all__ = [
     "Journal",
     "JournalReader",
     "JournalRecord",
+    "RecordRow",
     "TapContext",
     "chain_hash",
     "credential_hash",
     "decode_record",
+    "decode_record_row",
     "encode_record",
+    "record_row",
 ]
 
 GENESIS_HASH = b"\x00" * 32
@@ -50,6 +53,9 @@ _FIXED = struct.Struct(">QQqBBQIQ32s32s64s")
 _U16 = struct.Struct(">H")
 _HAS_CARD, _HAS_CRED, _HAS_COUNTER, _HAS_SIG, _HAS_GEN = 1, 2, 4, 8, 16
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
+_FIXED_UNPACK = _FIXED.unpack_from
+_FIXED_SIZE = _FIXED.size
+_sha256 = hashlib.sha256
 
 
 class Direction(enum.IntEnum):
@@ -242,6 +248,120 @@ def decode_record(body: bytes, prev_hash: bytes = GENESIS_HASH) -> JournalRecord
     ):
         raise MalformedFile("journal record is not in canonical form")
     return record
+
+
+# A decoded record as a plain tuple, in JournalRecord's field order without prev_hash:
+# (terminal_id, seq, time_ms, operator, line, place, direction, decision, card_id,
+#  credential_sha256, challenge, counter, card_signature, revocation_generation, flags,
+#  detail, hash). The settlement reads millions of records it has already authenticated
+# (the batch signature covers them), so it skips building and validating a dataclass each.
+RecordRow = tuple[
+    int,
+    int,
+    int,
+    str,
+    str,
+    str,
+    int,
+    str,
+    int | None,
+    bytes | None,
+    bytes,
+    int | None,
+    bytes | None,
+    int | None,
+    tuple[str, ...],
+    str,
+    bytes,
+]
+_FULL_PROOF = _HAS_CARD | _HAS_CRED | _HAS_COUNTER | _HAS_SIG
+
+
+def decode_record_row(body: bytes, prev_hash: bytes) -> RecordRow | None:
+    """``decode_record`` as a tuple, or None where ``decode_record`` might object.
+
+    It accepts exactly what ``decode_record`` accepts in canonical form and returns the
+    same values; on anything else (malformed, non-canonical, unknown direction, an
+    accepted record without its proof) it returns None, so the caller can run
+    ``decode_record`` for the precise error. It never raises on bad bytes.
+    """
+    try:
+        (tid, seq, time_ms, direction, presence, card_id, counter, gen, cred, chal, sig) = (
+            _FIXED_UNPACK(body)
+        )
+        pos = _FIXED_SIZE
+        end = len(body)
+        texts: list[str] = []
+        for _ in range(6):
+            stop = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+            if stop > end:
+                return None
+            texts.append(body[pos + 2 : stop].decode())
+            pos = stop
+    except (struct.error, IndexError, UnicodeDecodeError):
+        return None
+    if pos != end or presence & ~0x1F or seq < 1 or not 1 <= direction <= 3:
+        return None
+    operator, line, place, label, flags, detail = texts
+    if label == "ACCEPT" and presence & _FULL_PROOF != _FULL_PROOF:
+        return None
+    if (
+        (not presence & _HAS_CARD and card_id)
+        or (not presence & _HAS_CRED and cred != _NO_HASH)
+        or (not presence & _HAS_COUNTER and counter)
+        or (not presence & _HAS_SIG and sig != _NO_SIG)
+        or (not presence & _HAS_GEN and gen)
+    ):
+        return None
+    flag_tuple: tuple[str, ...] = ()
+    if flags:
+        parts = flags.split(",")
+        # Canonical flags are sorted and unique (what JournalRecord would make of them).
+        if parts != sorted(set(parts)):
+            return None
+        flag_tuple = tuple(parts)
+    return (
+        tid,
+        seq,
+        time_ms,
+        operator,
+        line,
+        place,
+        direction,
+        label,
+        card_id if presence & _HAS_CARD else None,
+        cred if presence & _HAS_CRED else None,
+        chal,
+        counter if presence & _HAS_COUNTER else None,
+        sig if presence & _HAS_SIG else None,
+        gen if presence & _HAS_GEN else None,
+        flag_tuple,
+        detail,
+        _sha256(_CHAIN_TAG + prev_hash + body).digest(),
+    )
+
+
+def record_row(r: JournalRecord) -> RecordRow:
+    """A JournalRecord as a RecordRow (the slow path's result in the fast path's shape)."""
+    return (
+        r.terminal_id,
+        r.seq,
+        r.time_ms,
+        r.operator,
+        r.line,
+        r.place,
+        int(r.direction),
+        r.decision,
+        r.card_id,
+        r.credential_sha256,
+        r.challenge,
+        r.counter,
+        r.card_signature,
+        r.revocation_generation,
+        r.flags,
+        r.detail,
+        r.hash,
+    )
 
 
 _SCHEMA = """

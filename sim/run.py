@@ -386,7 +386,8 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     global _WORLD, _TRANSPORT
     from sim.summary import build_summary, print_summary, write_plots
 
-    out = opts.out
+    # Absolute: pcscd is handed paths under it and does not resolve them from our cwd.
+    out = opts.out.absolute()
     if out.exists() and any(out.iterdir()):
         raise SimError(f"{out} exists and is not empty; choose a new --out directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,8 @@ TRANSPORTS = ("pcsc", "pn532")
 # UART (the PN532's HSU default), so the reported latency resembles a real breakout's
 # rather than a pty's, which is near-instant.
 PN532_LINE_BAUD = 115_200
+_PN532_ACK_S = 2.0
+_PN532_REPLY_S = 5.0
 _CARD_WAIT_S = 10.0
 _REMOVAL_WAIT_S = 5.0
 
@@ -129,7 +131,12 @@ class Pn532Link:
 
         self.emulator = Pn532Emulator(line_baud=PN532_LINE_BAUD).start()
         try:
-            self.reader = Pn532Reader(self.emulator.path)
+            # The emulator is a thread in this busy worker, not a chip that ACKs within a
+            # millisecond: a tight ACK timeout would only cause resends, and a resent
+            # InDataExchange runs the APDU on the card twice (its counter too).
+            self.reader = Pn532Reader(
+                self.emulator.path, ack_timeout=_PN532_ACK_S, response_timeout=_PN532_REPLY_S
+            )
             self.reader.open()
         except BaseException:
             self.emulator.close()

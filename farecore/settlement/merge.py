@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -83,13 +84,13 @@ def merge(
     anomalies: list[Anomaly] = [a for p in ordered for a in p.anomalies]
     good = [p for p in ordered if p.ok]
     anomalies += _continuity(good)
-    rides, dropped = _dedupe([r for p in good for r in p.rides], anomalies)
+    rides, dropped = _dedupe(good, anomalies)
     rides = _reused_counters(rides, anomalies)
     _travel_and_flags(rides, terminals, opts, anomalies)
     priced = _price(rides, day, fares, anomalies)
     totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     day_text = day.isoformat()
-    entry_line = {(p.ride.terminal_id, p.ride.seq): p.ride.line for p in priced}
+    entry_line = {(p.ride.terminal_id, p.ride.seq): p.ride.line for p in priced if p.trip == _ENTRY}
     for pr in priced:
         if pr.trip == "metro_entry":
             continue  # the paired exit carries the trip
@@ -114,7 +115,9 @@ def merge(
     return Settlement(
         day=day.isoformat(),
         inputs=tuple(k.hex() for k in sorted(unique)),
-        rides=tuple(sorted(priced, key=lambda pr: (pr.ride.terminal_id, pr.ride.seq))),
+        # Rides are unique by (terminal, seq) after the dedupe, so ordering by the whole
+        # Ride tuple (which starts with those two) is that order, at C speed.
+        rides=tuple(sorted(priced, key=_RIDE_OF)),
         totals=tuple(Total(d, o, ln, n, a) for (d, o, ln), (n, a) in sorted(totals.items())),
         anomalies=tuple(sorted(set(anomalies))),
         stats=stats,
@@ -155,7 +158,30 @@ def _continuity(good: list[Partial]) -> list[Anomaly]:
     return out
 
 
-def _dedupe(rides: list[Ride], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
+def _dedupe(good: list[Partial], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
+    """Rides unique by (terminal, seq), in that order; duplicates dropped, clashes named."""
+    by_terminal: dict[int, list[Partial]] = defaultdict(list)
+    for p in good:
+        by_terminal[p.terminal_id].append(p)
+    out: list[Ride] = []
+    dropped = 0
+    for _, parts in sorted(by_terminal.items()):
+        by_seq = sorted(parts, key=lambda p: (p.first_seq, p.last_seq))
+        # The usual night: one terminal's batches tile disjoint seq ranges, and a
+        # partial's rides are in seq order, so concatenating them is already sorted
+        # and unique. Only overlapping batches need the keyed comparison below, in the
+        # canonical (batch SHA-256) order, since which copy comes first counts there.
+        if all(a.last_seq < b.first_seq for a, b in itertools.pairwise(by_seq)):
+            for p in by_seq:
+                out += p.rides
+            continue
+        rides, n = _dedupe_rides([r for p in parts for r in p.rides], anomalies)
+        out += rides
+        dropped += n
+    return out, dropped
+
+
+def _dedupe_rides(rides: list[Ride], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
     first: dict[tuple[int, int], Ride] = {}
     clashes: dict[tuple[int, int], dict[bytes, Ride]] = {}
     dropped = 0
@@ -188,7 +214,18 @@ def _order(r: Ride) -> tuple[int, int, int]:
     return (r.time_ms, r.terminal_id, r.seq)
 
 
+# Ride fields by position (see Ride), as C-level key functions for the big sorts.
+_CARD_COUNTER = operator.itemgetter(3, 4)
+# Per card, in _order: the same sequence as grouping by card, then sorting by _order.
+_CARD_ORDER = operator.itemgetter(3, 2, 0, 1)
+_RIDE_OF = operator.itemgetter(0)
+_CARD = operator.itemgetter(3)
+_ENTRY = "metro_entry"
+
+
 def _reused_counters(rides: list[Ride], anomalies: list[Anomaly]) -> list[Ride]:
+    if len(set(map(_CARD_COUNTER, rides))) == len(rides):
+        return rides  # the usual night: no counter used twice
     first: dict[tuple[int, int], Ride] = {}
     repeats: dict[tuple[int, int], list[Ride]] = {}
     for r in rides:
@@ -225,21 +262,21 @@ def _travel_and_flags(
     opts: MergeOptions,
     anomalies: list[Anomaly],
 ) -> None:
-    by_card: dict[int, list[Ride]] = defaultdict(list)
+    revoked_at = opts.revoked_at
     for r in rides:
-        by_card[r.card_id].append(r)
-        revoked = opts.revoked_at.get(r.card_id)
-        if revoked is not None and r.time_ms >= revoked * 1000:
-            anomalies.append(
-                Anomaly(
-                    "after_revocation",
-                    terminal_id=r.terminal_id,
-                    seq=r.seq,
-                    card_id=r.card_id,
-                    detail=f"revoked at {revoked}",
+        if revoked_at:
+            revoked = revoked_at.get(r.card_id)
+            if revoked is not None and r.time_ms >= revoked * 1000:
+                anomalies.append(
+                    Anomaly(
+                        "after_revocation",
+                        terminal_id=r.terminal_id,
+                        seq=r.seq,
+                        card_id=r.card_id,
+                        detail=f"revoked at {revoked}",
+                    )
                 )
-            )
-        if "revocation_stale" in r.flags:
+        if r.flags and "revocation_stale" in r.flags:
             anomalies.append(
                 Anomaly(
                     "stale_table",
@@ -249,27 +286,40 @@ def _travel_and_flags(
                     detail=f"generation {r.revocation_generation}",
                 )
             )
-    for card, seq_rides in by_card.items():
-        seq_rides.sort(key=_order)
-        for a, b in itertools.pairwise(seq_rides):
-            if a.terminal_id == b.terminal_id:
-                continue
-            ta, tb = terminals.get(a.terminal_id), terminals.get(b.terminal_id)
-            if ta is None or tb is None:
-                continue
-            dist = math.isqrt((ta.x_m - tb.x_m) ** 2 + (ta.y_m - tb.y_m) ** 2)
-            dt_ms = b.time_ms - a.time_ms
-            # faster than max_speed_kmh: dist/dt_ms m/ms = dist*3600/dt_ms km/h
-            if dist >= opts.min_travel_m and dist * 3600 > opts.max_speed_kmh * dt_ms:
-                anomalies.append(
-                    Anomaly(
-                        "impossible_travel",
-                        terminal_id=b.terminal_id,
-                        seq=b.seq,
-                        card_id=card,
-                        detail=f"{dist} m in {dt_ms} ms after terminal {a.terminal_id} seq {a.seq}",
-                    )
+    if not _may_be_far(terminals, opts.min_travel_m):
+        return
+    # One sort by (card, time, terminal, seq) walks each card's rides in _order.
+    for a, b in itertools.pairwise(sorted(rides, key=_CARD_ORDER)):
+        if a.card_id != b.card_id or a.terminal_id == b.terminal_id:
+            continue
+        ta, tb = terminals.get(a.terminal_id), terminals.get(b.terminal_id)
+        if ta is None or tb is None:
+            continue
+        dist = math.isqrt((ta.x_m - tb.x_m) ** 2 + (ta.y_m - tb.y_m) ** 2)
+        dt_ms = b.time_ms - a.time_ms
+        # faster than max_speed_kmh: dist/dt_ms m/ms = dist*3600/dt_ms km/h
+        if dist >= opts.min_travel_m and dist * 3600 > opts.max_speed_kmh * dt_ms:
+            anomalies.append(
+                Anomaly(
+                    "impossible_travel",
+                    terminal_id=b.terminal_id,
+                    seq=b.seq,
+                    card_id=b.card_id,
+                    detail=f"{dist} m in {dt_ms} ms after terminal {a.terminal_id} seq {a.seq}",
                 )
+            )
+
+
+def _may_be_far(terminals: Mapping[int, TerminalInfo], min_travel_m: int) -> bool:
+    """False when no two terminals are ``min_travel_m`` apart (so no trip can be flagged).
+
+    Every distance between two terminals is at most their bounding box's diagonal.
+    """
+    if not terminals:
+        return False
+    xs = [t.x_m for t in terminals.values()]
+    ys = [t.y_m for t in terminals.values()]
+    return math.isqrt((max(xs) - min(xs)) ** 2 + (max(ys) - min(ys)) ** 2) >= min_travel_m
 
 
 class _DayFares:
@@ -312,17 +362,20 @@ def _price(
 ) -> list[PricedRide]:
     fares = _DayFares(fare_table, day)
     out: list[PricedRide] = []
-    metro: dict[int, list[Ride]] = defaultdict(list)
+    metro: list[Ride] = []
+    board = int(Direction.BOARD)
     for r in rides:
-        if r.direction == Direction.BOARD:
+        if r.direction == board:
             fen = fares.bus(r.operator, r.line)
             if fen is None:
                 anomalies.append(_no_fare(r, "no bus fare for this line"))
             out.append(PricedRide(r, fen or 0, "bus"))
         else:
-            metro[r.card_id].append(r)
-    for card_rides in metro.values():
-        card_rides.sort(key=_order)
+            metro.append(r)
+    # One sort by (card, time, terminal, seq), then each card's rides in _order.
+    metro.sort(key=_CARD_ORDER)
+    for _, group in itertools.groupby(metro, key=_CARD):
+        card_rides = list(group)
         # Per operator, a stack of entries not yet matched: an exit takes the latest.
         open_entries: dict[str, list[Ride]] = defaultdict(list)
         for r in card_rides:

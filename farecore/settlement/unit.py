@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from farecore.batch import peek_terminal_id, verify_batch
+from farecore.batch import peek_terminal_id, verify_batch_rows
 from farecore.credential import parse_unverified
 from farecore.crypto import PublicKey
 from farecore.errors import BadSignature, MalformedInput, SettlementError
-from farecore.journal import JournalRecord
+from farecore.journal import Direction
 from farecore.keys import Keyring
-from farecore.proof import challenge_fields, verify_card_signature, verify_credential
+from farecore.proof import verify_card_signature, verify_credential
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.terminals import TerminalInfo
 
@@ -85,10 +86,12 @@ class Partial:
 
 
 _KEYRINGS: dict[bytes, Keyring] = {}
-# (keyring bytes, credential SHA-256) -> (card id, card key) or why it failed. A pure
-# function of its key, so caching it per process changes no result, only the cost: each
+# keyring bytes -> credential SHA-256 -> (card id, card key) or why it failed. A pure
+# function of its keys, so caching it per process changes no result, only the cost: each
 # process verifies each card's credential once, however many batches it settles.
-_CARD_KEYS: dict[tuple[bytes, bytes], tuple[int, PublicKey] | str] = {}
+_CARD_KEYS: dict[bytes, dict[bytes, tuple[int, PublicKey] | str]] = {}
+# The challenge's terminal id and time (farecore.proof's challenge layout, nonce unread).
+_CHALLENGE_HEAD = struct.Struct(">QQ")
 _CARD_KEYS_MAX = 1_000_000
 
 
@@ -130,7 +133,7 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
             ),
         )
     try:
-        batch = verify_batch(data, info.key())
+        batch = verify_batch_rows(data, info.key())
     except (MalformedInput, BadSignature) as exc:
         return Partial(
             sha,
@@ -142,6 +145,7 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
                 ),
             ),
         )
+    rows = batch.rows
     common = dict(
         batch_sha256=sha,
         ok=True,
@@ -151,95 +155,119 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
         last_seq=batch.last_seq,
         prev_hash=batch.prev_hash,
         tail_hash=batch.tail_hash,
-        taps=len(batch.records),
-        denied=sum(1 for r in batch.records if not r.accepted),
+        taps=len(rows),
+        denied=sum(1 for r in rows if r[7] != "ACCEPT"),
     )
     if batch.day != cfg.day:
         return Partial(**common)  # type: ignore[arg-type]  # chain continuity only
     keyring = _keyring(cfg.keyring)
-    keys = _CARD_KEYS
-    if len(keys) > _CARD_KEYS_MAX:
-        keys.clear()
+    keys = _CARD_KEYS.get(cfg.keyring)
+    if keys is None or len(keys) > _CARD_KEYS_MAX:
+        keys = _CARD_KEYS[cfg.keyring] = {}
     rides: list[Ride] = []
     anomalies: list[Anomaly] = []
-    want = (info.operator, info.line, info.place, info.direction)
-    for r in batch.records:
-        if not r.accepted:
+    credentials = batch.credentials
+    new_ride = tuple.__new__
+    want = (info.operator, info.line, info.place, int(info.direction))
+    want_op, want_line, want_place, _ = want
+    # The batch signature authenticated every byte of these rows; what is left per ride
+    # is the proof of tap itself. Rows unpack straight into locals (no per-ride objects).
+    for (
+        tid,
+        seq,
+        time_ms,
+        operator,
+        line,
+        place,
+        direction,
+        label,
+        card_id,
+        cred_sha,
+        challenge,
+        counter,
+        signature,
+        generation,
+        flags,
+        _detail,
+        record_hash,
+    ) in rows:
+        if label != "ACCEPT":
             continue
-        if (r.operator, r.line, r.place, r.direction) != want:
+        if (operator, line, place, direction) != want:
             anomalies.append(
                 _flag(
                     "context_mismatch",
-                    r,
+                    tid,
+                    seq,
+                    card_id,
                     sha,
-                    f"{r.operator}/{r.line}/{r.place}/{r.direction.name}",
+                    f"{operator}/{line}/{place}/{Direction(direction).name}",
                 )
             )
             continue
-        problem = _check_proof(r, batch.credentials, keys, keyring, cfg.keyring)
+        assert card_id is not None and counter is not None and cred_sha is not None
+        entry = keys.get(cred_sha)
+        if entry is None:
+            entry = keys[cred_sha] = _card_key(credentials[cred_sha], keyring)
+        if isinstance(entry, str):
+            problem = entry
+        else:
+            cred_card, key = entry
+            problem = ""
+            if cred_card != card_id:
+                problem = f"credential is for card {cred_card}, record says {card_id}"
+            else:
+                ch_tid, ch_ms = _CHALLENGE_HEAD.unpack_from(challenge)
+                if ch_tid != tid or ch_ms != time_ms:
+                    problem = "challenge does not name this terminal and time"
+                else:
+                    assert signature is not None
+                    try:
+                        verify_card_signature(key, card_id, counter, challenge, signature)
+                    except BadSignature as exc:
+                        problem = f"card signature: {exc}"
         if problem:
-            anomalies.append(_flag("bad_proof", r, sha, problem))
+            anomalies.append(_flag("bad_proof", tid, seq, card_id, sha, problem))
             continue
-        assert r.card_id is not None and r.counter is not None
         rides.append(
-            Ride(
-                r.terminal_id,
-                r.seq,
-                r.time_ms,
-                r.card_id,
-                r.counter,
-                r.operator,
-                r.line,
-                r.place,
-                int(r.direction),
-                r.hash,
-                r.flags,
-                r.revocation_generation,
+            new_ride(
+                Ride,
+                (
+                    tid,
+                    seq,
+                    time_ms,
+                    card_id,
+                    counter,
+                    # Equal to the row's strings, but shared objects: a pickled partial
+                    # then stores each once (pickle memoises by identity), not per ride.
+                    want_op,
+                    want_line,
+                    want_place,
+                    direction,
+                    record_hash,
+                    flags,
+                    generation,
+                ),
             )
         )
     return Partial(**common, rides=tuple(rides), anomalies=tuple(anomalies))  # type: ignore[arg-type]
 
 
-def _flag(kind: str, r: JournalRecord, sha: bytes, detail: str) -> Anomaly:
+def _flag(kind: str, tid: int, seq: int, card_id: int | None, sha: bytes, detail: str) -> Anomaly:
     return Anomaly(
         kind,
-        terminal_id=r.terminal_id,
-        seq=r.seq,
-        card_id=r.card_id if r.card_id is not None else -1,
+        terminal_id=tid,
+        seq=seq,
+        card_id=card_id if card_id is not None else -1,
         batch=sha.hex(),
         detail=detail,
     )
 
 
-def _check_proof(
-    r: JournalRecord,
-    credentials: dict[bytes, bytes],
-    keys: dict[tuple[bytes, bytes], tuple[int, PublicKey] | str],
-    keyring: Keyring,
-    keyring_bytes: bytes,
-) -> str:
-    """'' when the proof verifies, else why not."""
-    assert r.credential_sha256 is not None
-    cache_key = (keyring_bytes, r.credential_sha256)
-    entry = keys.get(cache_key)
-    if entry is None:
-        try:
-            cred = parse_unverified(credentials[r.credential_sha256])
-            entry = (cred.card_id, verify_credential(cred, keyring))
-        except (MalformedInput, BadSignature) as exc:
-            entry = f"credential: {exc}"
-        keys[cache_key] = entry
-    if isinstance(entry, str):
-        return entry
-    card_id, key = entry
-    if card_id != r.card_id:
-        return f"credential is for card {card_id}, record says {r.card_id}"
-    tid, t_ms, _ = challenge_fields(r.challenge)
-    if tid != r.terminal_id or t_ms != r.time_ms:
-        return "challenge does not name this terminal and time"
-    assert r.counter is not None and r.card_signature is not None
+def _card_key(credential: bytes, keyring: Keyring) -> tuple[int, PublicKey] | str:
+    """(card id, card key) from a credential the issuer signed, or why not."""
     try:
-        verify_card_signature(key, card_id, r.counter, r.challenge, r.card_signature)
-    except BadSignature as exc:
-        return f"card signature: {exc}"
-    return ""
+        cred = parse_unverified(credential)
+        return (cred.card_id, verify_credential(cred, keyring))
+    except (MalformedInput, BadSignature) as exc:
+        return f"credential: {exc}"

@@ -2,43 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import pytest
-
-# Every fraud kind at a share high enough that a 2,500-tap day has several of each.
-MIX = (
-    "expired=0.02,forged=0.02,clone=0.02,other_region=0.02,"
-    "revoked_before=0.02,revoked_during=0.03,passback=0.05,pulled=0.04"
-)
-SMALL = ["--cards", "1000", "--taps", "2500", "--gates", "8", "--fraud-mix", MIX, "--no-plots"]
-
-
-@dataclass(frozen=True)
-class SimRun:
-    out: Path
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return json.loads((self.out / "summary.json").read_text())
-
-
-def run_sim(out: Path, *args: str, timeout: float = 240) -> SimRun:
-    proc = subprocess.run(
-        [sys.executable, "-m", "farecore", "sim", "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return SimRun(out, proc.returncode, proc.stdout, proc.stderr)
+from sim_support import SMALL, TRANSPORT_SEED, SimRun, run_sim
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +20,6 @@ def small_run_again(tmp_path_factory: pytest.TempPathFactory) -> SimRun:
 
 # Seed 3 puts a pulled card, an expired card and a passback among the first 20 taps of
 # gate 0, so the transport carries denials (and a card leaving mid-tap), not only accepts.
-TRANSPORT_SEED = "3"
 PN532 = ["--reader", "pn532", "--transport-taps", "20"]
 
 

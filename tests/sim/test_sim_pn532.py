@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, TRANSPORT_SEED, SimRun, run_sim
+from sim_support import SMALL, TRANSPORT_SEED, SimRun, run_sim
 
 from farecore.journal import JournalReader, JournalRecord
 from sim.transport import Transport

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from conftest import SMALL, SimRun, run_sim
+from sim_support import SMALL, SimRun, run_sim
 
 FRAUD_KINDS = {
     "expired": "EXPIRED",
@@ -144,8 +144,17 @@ def test_summary_is_plain_json(small_run: SimRun) -> None:
 
 
 def test_a_share_of_taps_goes_through_a_real_pcscd(tmp_path: Path) -> None:
+    # A relative --out: pcscd must still find its configuration under the run directory.
     r = run_sim(
-        tmp_path / "pcsc", "--seed", "3", *SMALL, "--reader", "pcsc", "--transport-taps", "8"
+        tmp_path / "pcsc",
+        "--seed",
+        "3",
+        *SMALL,
+        "--reader",
+        "pcsc",
+        "--transport-taps",
+        "8",
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr + r.stdout
     s = r.summary
