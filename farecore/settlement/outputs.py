@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +46,32 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
         raise SettlementError(
             "writing rides.parquet needs pyarrow: pip install 'farecore[settle]'"
         ) from None
-    rides = [pr.ride for pr in s.rides]
-    cols: dict[str, list[Any]] = {
-        name: [getattr(r, name) for r in rides]
-        for name in (
-            "terminal_id",
-            "seq",
-            "time_ms",
-            "card_id",
-            "counter",
-            "operator",
-            "line",
-            "place",
-            "record_hash",
-        )
-    }
-    names = {int(d): d.name for d in Direction}
-    cols["direction"] = [names[r.direction] for r in rides]
-    cols["flags"] = [",".join(r.flags) for r in rides]
-    cols["trip"] = [pr.trip for pr in s.rides]
-    cols["fare_fen"] = [pr.fare_fen for pr in s.rides]
-    cols["paired_terminal_id"] = [pr.paired_terminal_id for pr in s.rides]
-    cols["paired_seq"] = [pr.paired_seq for pr in s.rides]
+    # Columns by transposing the row tuples at C speed (zip(*rows)), not field by field.
+    names = (
+        "terminal_id",
+        "seq",
+        "time_ms",
+        "card_id",
+        "counter",
+        "operator",
+        "line",
+        "place",
+        "direction",
+        "record_hash",
+        "flags",
+        "revocation_generation",
+    )
+    priced = list(zip(*s.rides, strict=True)) if s.rides else [()] * 5
+    ride_cols = list(zip(*priced[0], strict=True)) if s.rides else [()] * len(names)
+    cols: dict[str, Sequence[Any]] = dict(zip(names, ride_cols, strict=True))
+    direction_name = {int(d): d.name for d in Direction}
+    cols["direction"] = [direction_name[d] for d in cols["direction"]]
+    cols["flags"] = [",".join(f) if f else "" for f in cols["flags"]]
+    del cols["revocation_generation"]
+    cols["trip"] = priced[2]
+    cols["fare_fen"] = priced[1]
+    cols["paired_terminal_id"] = priced[3]
+    cols["paired_seq"] = priced[4]
     schema = pa.schema(
         [
             ("terminal_id", pa.uint64()),
