@@ -105,19 +105,7 @@ class PassbackStore:
         if rule.scope == "terminal" and terminal_id is None:
             raise ConfigError("passback scope 'terminal' needs the terminal id")
         key = place if rule.scope == "place" else f"{place}#{terminal_id}"
-        try:
-            db = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            with db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
-                    "card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL, "
-                    "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
-                    "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
-                )
-        except sqlite3.Error as exc:
-            raise JournalError(f"{path}: cannot open the passback store: {exc}") from None
+        db = _open_store(path)
         return cls(db, rule, key, monotonic, boot if boot is not None else boot_id())
 
     def _elapsed_ms(self, wall_then: int, mono_then: int, boot_then: str, now_ms: int) -> int:
@@ -186,3 +174,39 @@ class PassbackStore:
 def _signed(card_id: int) -> int:
     # SQLite integers are signed 64-bit; card ids use the full uint64 range.
     return card_id - (1 << 64) if card_id >= 1 << 63 else card_id
+
+
+def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlite3.Connection:
+    """Connect and set up the station store, waiting while another gate holds it.
+
+    Several gate processes of a station open one store, often at the same moment.
+    Switching an SQLite file to WAL can answer "database is locked" at once, without
+    waiting on the busy timeout, so the set-up is retried for up to ``patience_s``.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    while True:
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(path, timeout=patience_s, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            with db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
+                    "card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL, "
+                    "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
+                    "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
+                )
+            return db
+        except sqlite3.OperationalError as exc:
+            if db is not None:
+                db.close()
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise JournalError(f"{path}: cannot open the passback store: {exc}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise JournalError(f"{path}: cannot open the passback store: {exc}") from None
