@@ -26,6 +26,7 @@ from types import TracebackType
 
 from farecore.decision import Decision
 from farecore.errors import JournalError, MalformedFile
+from farecore.walfile import reserve_wal
 
 __all__ = [
     "GENESIS_HASH",
@@ -402,6 +403,7 @@ class Journal:
         self._committer: threading.Thread | None = None
         try:
             self._init_meta()
+            reserve_wal(self._db, path)
             row = self._db.execute(
                 "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
             ).fetchone()
@@ -541,14 +543,23 @@ class Journal:
             rows.append((seq, decision.time_ms, _sql_int(decision.card_id), body, own))
             out.append(draft)
             head = own
+        db = self._db
         try:
-            with self._db:  # one transaction: commit is the fsync that makes it durable
-                if creds:
-                    self._db.executemany("INSERT OR IGNORE INTO credentials VALUES (?, ?)", creds)
-                if len(rows) == 1:
-                    self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows[0])
-                else:
-                    self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+            # One transaction whose commit is the sync that makes it durable. A lone
+            # record of a known card is one autocommit statement: no separate BEGIN.
+            if len(rows) == 1 and not creds:
+                db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows[0])
+            else:
+                db.execute("BEGIN")
+                try:
+                    if creds:
+                        db.executemany("INSERT OR IGNORE INTO credentials VALUES (?, ?)", creds)
+                    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot write the journal: {exc}") from None
         self._seq, self._head = seq, head
@@ -586,7 +597,8 @@ def _sql_int(value: int | None) -> int | None:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
+        # Autocommit: ``_write`` opens and commits its own transactions.
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Small pages and no secondary index: a commit writes fewer WAL bytes before its
         # fsync, which is most of what an append costs. The nightly export scans instead.
         db.execute("PRAGMA page_size=1024")

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from farecore.errors import ConfigError, JournalError
+from farecore.walfile import reserve_wal
 
 __all__ = ["SCOPES", "PassbackRule", "PassbackStore", "boot_id", "monotonic_ms"]
 
@@ -198,6 +199,7 @@ def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlit
                     "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
                     "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
                 )
+            reserve_wal(db, path)
             return db
         except sqlite3.OperationalError as exc:
             if db is not None:

@@ -69,6 +69,8 @@ def wait_field(reader_name: str, *, present: bool = False, timeout: float = 3.0)
                 state = states[0][1]
                 if bool(state & scard.SCARD_STATE_PRESENT) == present:
                     return
+            elif hr & 0xFFFFFFFF != scard.SCARD_E_TIMEOUT & 0xFFFFFFFF:
+                time.sleep(0.05)  # pcscd busy or the reader not listed yet
         raise AssertionError(f"{reader_name}: pcscd never saw present={present} in {timeout} s")
     finally:
         scard.SCardReleaseContext(ctx)

@@ -4,7 +4,9 @@ pcscd sees an insertion or a removal only at its next presence poll (~400 ms), a
 gate waits for each card to leave. So the gate watches both vpcd slots
 (``pcsc:Virtual PCD 00 0?``) and the test alternates them: as soon as the gate's JSON
 line for one card arrives, that card is pulled and the next goes into the other slot,
-which pcscd has already seen empty. Halfway, pcscd is SIGKILLed and restarted; the
+once pcscd itself reports that slot empty (a loaded machine can delay pcscd's poll past
+the card server's reconnect pause, and a card that physically left is gone at once for a
+real reader, never "still present" to a new tap). Halfway, pcscd is SIGKILLed and restarted; the
 same gate process must carry on.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +35,20 @@ def test_gate_process_mixed_taps_with_pcscd_restart(
     pcscd: PcscDaemon,
     card_server: VpcdCardServer,
     card_server_01: VpcdCardServer,
+    field: Callable[..., None],
     tmp_path: Path,
 ) -> None:
     config = write_gate_config(deck, tmp_path, 51001, "pcsc-gate")
     with gate_process("pcsc:Virtual PCD 00 0?", config, {**os.environ, **pcscd.client_env}) as gate:
-        _serve_plan(deck, pcscd, (card_server, card_server_01), gate)
+        _serve_plan(deck, pcscd, (card_server, card_server_01), gate, field)
 
 
 def _serve_plan(
-    deck: Any, pcscd: PcscDaemon, servers: tuple[VpcdCardServer, ...], gate: Any
+    deck: Any,
+    pcscd: PcscDaemon,
+    servers: tuple[VpcdCardServer, ...],
+    gate: Any,
+    field: Callable[..., None],
 ) -> None:
     rng = random.Random(51)
     plan = [rng.choice(KINDS) for _ in range(TAPS - 6)] + REMOVED * 2
@@ -59,8 +67,10 @@ def _serve_plan(
             wrong.append((i, kind, entry))
         servers[i % 2].remove()
         if i + 1 < len(plan):
-            # The other slot's last card left before the gate served this one, so
-            # pcscd already sees it empty: the new card cannot be confused with it.
+            # The other slot's last card left before the gate served this one; wait
+            # until pcscd has polled and seen it go, so the new card is never confused
+            # with it.
+            field(SLOTS[(i + 1) % 2], present=False)
             servers[(i + 1) % 2].insert(cards[i + 1])
         if i + 1 == restart_at:
             pcscd.kill()
