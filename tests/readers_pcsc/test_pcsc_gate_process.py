@@ -76,7 +76,10 @@ def _serve_plan(
             pcscd.kill()
             time.sleep(0.3)
             pcscd.start()
-    assert wrong == []
+    assert wrong == [], "\n".join(
+        [f"tap {i} ({kind}): {entry}" for i, kind, entry in wrong]
+        + ["gate stderr:", gate.err.read_text()[-3000:]]
+    )
     assert len(plan) >= 200 or TAPS < 200
     assert gate.proc.poll() is None, "the gate must still be running"
     assert "reader unavailable" in gate.err.read_text()  # it saw pcscd go, and carried on

@@ -175,3 +175,36 @@ def test_close_from_another_thread_wakes_a_waiter(pcscd: PcscDaemon, card_server
     assert time.monotonic() - start < 3
     threads = [t.name for t in threading.enumerate()]
     assert "pcsc-transmit" not in threads
+
+
+
+def test_card_that_left_unseen_is_unreadable_then_the_next_card_is_served(
+    deck: Any,
+    pcscd: PcscDaemon,
+    reader: PcscReader,
+    now_ms: int,
+    field: Callable[..., None],
+) -> None:
+    """pcscd still shows the old card (its poll has not run yet) while a new one waits.
+
+    The first APDU fails (0x80100016) and nothing was read, so the tap is UNREADABLE.
+    vpcd hands pcscd the waiting card at the same poll that drops the old one, so pcscd
+    reports no removal: the rider lifts the card and taps again, and that tap is served.
+    """
+    validator = deck.validator()
+    field(READER_00, present=False)
+    with VpcdCardServer(pcscd.port, reconnect_delay=0.0) as server:
+        server.insert(deck.card("good", card_id=107))
+        channel = reader.wait_for_card(5)
+        assert channel is not None
+        # The card leaves and the next one is in the field before pcscd polls again.
+        server.remove()
+        server.insert(deck.card("good", card_id=108))
+        decision = run_tap(channel, validator, now_ms, bytes(16))
+        assert decision.reason is Reason.UNREADABLE and decision.card_id is None
+        server.remove()
+        field(READER_00, present=False)
+        server.insert(deck.card("good", card_id=108))
+        assert reader.wait_for_removal(3)
+        decision = _tap(reader, validator, now_ms)
+    assert decision.accepted and decision.card_id == 108
