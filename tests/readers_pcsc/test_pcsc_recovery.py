@@ -177,7 +177,6 @@ def test_close_from_another_thread_wakes_a_waiter(pcscd: PcscDaemon, card_server
     assert "pcsc-transmit" not in threads
 
 
-
 def test_card_that_left_unseen_is_unreadable_then_the_next_card_is_served(
     deck: Any,
     pcscd: PcscDaemon,
