@@ -190,6 +190,9 @@ def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlit
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(path, timeout=patience_s, check_same_thread=False)
+            # Small pages: a passback row is tiny, and a commit writes (and syncs) whole
+            # pages into the WAL. Takes effect only when the file is created.
+            db.execute("PRAGMA page_size=1024")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             with db:

@@ -55,7 +55,9 @@ def _serve_plan(
     rng.shuffle(plan)
     cards = [deck.card(kind, card_id=20_000 + i) for i, kind in enumerate(plan)]
     wrong: list[tuple[int, str, Any]] = []
+    logs: list[str] = []  # pcscd's log from the insertion to the decision of each wrong tap
     restart_at = TAPS // 2
+    mark = _log_size(pcscd)
     servers[0].insert(cards[0])
     for i, kind in enumerate(plan):
         entry = gate.next_decision(timeout=20 if i == restart_at else 5)
@@ -65,12 +67,14 @@ def _serve_plan(
         identified = kind not in ("removed_select", "removed_read")
         if got != want or (identified and entry["card_id"] != cards[i].card_id):
             wrong.append((i, kind, entry))
+            logs.append(f"tap {i}:\n" + pcscd._log_since(mark).decode("utf-8", "replace")[-4000:])
         servers[i % 2].remove()
         if i + 1 < len(plan):
             # The other slot's last card left before the gate served this one; wait
             # until pcscd has polled and seen it go, so the new card is never confused
             # with it.
             field(SLOTS[(i + 1) % 2], present=False)
+            mark = _log_size(pcscd)
             servers[(i + 1) % 2].insert(cards[i + 1])
         if i + 1 == restart_at:
             pcscd.kill()
@@ -78,8 +82,15 @@ def _serve_plan(
             pcscd.start()
     assert wrong == [], "\n".join(
         [f"tap {i} ({kind}): {entry}" for i, kind, entry in wrong]
-        + ["gate stderr:", gate.err.read_text()[-3000:]]
+        + ["gate stderr:", gate.err.read_text()[-3000:], "pcscd log:", *logs]
     )
     assert len(plan) >= 200 or TAPS < 200
     assert gate.proc.poll() is None, "the gate must still be running"
     assert "reader unavailable" in gate.err.read_text()  # it saw pcscd go, and carried on
+
+
+def _log_size(pcscd: PcscDaemon) -> int:
+    try:
+        return pcscd.log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
