@@ -254,7 +254,7 @@ class PcscReader:
             while True:
                 try:
                     state = self._state(ctx, reader, _TIMEOUT_NOW)
-                    if self._card_gone(state):
+                    if self._card_gone(state) and not self._still_ours(state):
                         self._disconnect()
                         return True
                     remaining = deadline - time.monotonic()
@@ -367,6 +367,28 @@ class PcscReader:
         if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
             return True
         return self._events >= 0 and (state >> 16) != self._events
+
+    def _still_ours(self, state: int) -> bool:
+        """The event counter moved while a card is present: is it still the card we hold?
+
+        pcscd's counter can move without a removal (seen right after a card was powered
+        up). Taking that for a removal would let the gate serve the same card twice. Our
+        handle is the authority: pcscd invalidates it when its card leaves, so a handle
+        that still answers ``SCardStatus`` means the same card is still in the field.
+        """
+        if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
+            return False
+        handle = self._handle
+        if handle is None:
+            return False
+        try:
+            hr = scard.SCardStatus(handle)[0]
+        except Exception:  # pyscard misbehaving: do not claim the card is ours
+            return False
+        if _hr(hr) != _SUCCESS:
+            return False
+        self._events = state >> 16
+        return True
 
     def _try_card(self, deadline: float) -> PcscChannel | None:
         ctx = self._context()

@@ -18,6 +18,7 @@ the socket at once. It never connects anywhere but the host it was given (127.0.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import socket
 import struct
@@ -71,6 +72,9 @@ class VpcdCardServer:
         self.reconnect_delay = reconnect_delay
         self.retry_interval = retry_interval
         self.apdus = 0  # C-APDUs answered, for tests and benchmarks
+        # The last few things that happened on the link (monotonic time, what), so a
+        # test that sees a failed exchange can say which side ended it.
+        self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=64)
         self._card: VpcdCard | None = None
         self._sock: socket.socket | None = None
         self._not_before = 0.0
@@ -90,6 +94,7 @@ class VpcdCardServer:
 
     def insert(self, card: VpcdCard) -> None:
         """Put ``card`` in the (empty) field; it connects to vpcd as soon as it can."""
+        self._note("insert")
         with self._changed:
             if self._card is not None:
                 raise ValueError("a card is already in the field: remove() it or swap() it")
@@ -98,6 +103,7 @@ class VpcdCardServer:
 
     def remove(self) -> None:
         """Take the card out of the field (its socket closes at once)."""
+        self._note("remove")
         with self._changed:
             self._card = None
             self._shutdown_locked()
@@ -188,10 +194,13 @@ class VpcdCardServer:
                     continue
                 self._sock = sock
                 self._changed.notify_all()
+            self._note("connected")
             try:
                 self._serve(sock)
-            except (_Dropped, OSError):
-                pass
+            except _Dropped:
+                self._note("link closed")
+            except OSError as exc:
+                self._note(f"link failed: {exc}")
             finally:
                 with self._changed:
                     self._sock = None
@@ -207,12 +216,17 @@ class VpcdCardServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
+    def _note(self, what: str) -> None:
+        self.events.append((time.monotonic(), what))
+
     def _serve(self, sock: socket.socket) -> None:
         while True:
             (length,) = _LEN.unpack(_recv_exact(sock, 2))
             payload = _recv_exact(sock, length)
             card = self._card
+            self._note(f"got {payload[:5].hex()} ({length} bytes)")
             if card is None:
+                self._note("no card in the field: link dropped")
                 raise _Dropped
             if length == 1:
                 control = payload[0]

@@ -67,7 +67,11 @@ def _serve_plan(
         identified = kind not in ("removed_select", "removed_read")
         if got != want or (identified and entry["card_id"] != cards[i].card_id):
             wrong.append((i, kind, entry))
-            logs.append(f"tap {i}:\n" + pcscd._log_since(mark).decode("utf-8", "replace")[-4000:])
+            logs.append(f"tap {i}:\n" + pcscd._log_since(mark).decode("utf-8", "replace")[-20000:])
+            t0 = time.monotonic()
+            for n, server in enumerate(servers):
+                logs.append(f"card server {n}:")
+                logs += [f"  {t - t0:+.3f} s {what}" for t, what in server.events]
         servers[i % 2].remove()
         if i + 1 < len(plan):
             # The other slot's last card left before the gate served this one; wait
