@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -45,10 +46,15 @@ def dask_available() -> bool:
     return True
 
 
-def settle_unit_on_worker(path: str, cfg: UnitConfig) -> Partial:
-    """``settle_unit``, with the worker's address in any error it raises."""
+def settle_unit_on_worker(path: str, cfg: UnitConfig) -> bytes:
+    """``settle_unit``, pickled, with the worker's address in any error it raises.
+
+    The partial is pickled here, in the task's own thread, and travels as plain bytes:
+    left to Dask, the worker's event-loop thread would walk thousands of ride tuples
+    while the next task computes, and the two would fight over the GIL.
+    """
     try:
-        return settle_unit(path, cfg)
+        return pickle.dumps(settle_unit(path, cfg), protocol=pickle.HIGHEST_PROTOCOL)
     except SettlementError as exc:
         where = "this worker"
         with contextlib.suppress(Exception):
@@ -120,7 +126,8 @@ def map_on_dask(settings: DaskSettings) -> MapUnits:
             futures = client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
             try:
                 for future in dd.as_completed(futures):
-                    yield future.result()
+                    partial: Partial = pickle.loads(future.result())
+                    yield partial
             finally:
                 client.cancel(futures)
 

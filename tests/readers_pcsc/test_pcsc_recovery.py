@@ -154,7 +154,7 @@ def test_transmit_timeout_then_recovery(
         assert channel is not None
         start = time.monotonic()
         decision = run_tap(channel, validator, now_ms, bytes(16))
-        assert time.monotonic() - start < 0.9
+        assert time.monotonic() - start < 1.0  # the card answers only after 1.0 s
         assert decision.reason is Reason.UNREADABLE
         assert "did not answer" in decision.detail
         card.faults.delay_s = 0.0

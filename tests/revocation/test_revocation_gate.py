@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from farecore.keys import PublicKeyFile
-from farecore.revocation import HotRevocation
+from farecore.revocation import HotRevocation, RevocationTable
 from farecore.tap import run_tap
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
@@ -90,7 +92,10 @@ def test_staleness_policy_through_the_validator(
 
 
 def test_taps_through_100_swaps(
-    tmp_path: Path, writer: Callable[..., Any], signer: PublicKeyFile
+    tmp_path: Path,
+    writer: Callable[..., Any],
+    signer: PublicKeyFile,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "table.frt"
     writer(path, revoked_in(1), 1, created_at=NOW_S)
@@ -98,8 +103,16 @@ def test_taps_through_100_swaps(
     reader = VirtualReader()
     done = threading.Event()
     errors: list[str] = []
+    # Which threads open (and so verify) a table while the taps run.
+    verified_on: list[int] = []
+    open_table = RevocationTable.open
+
+    def recording_open(*args: Any, **kwargs: Any) -> RevocationTable:
+        verified_on.append(threading.get_ident())
+        return open_table(*args, **kwargs)
 
     with HotRevocation(path, signer, poll_interval_s=0.002) as hot:
+        monkeypatch.setattr(RevocationTable, "open", staticmethod(recording_open))
         validator = Validator(POLICY, ISSUER.keyring(), hot)
 
         def publisher() -> None:
@@ -118,15 +131,12 @@ def test_taps_through_100_swaps(
         thread = threading.Thread(target=publisher)
         thread.start()
         decisions = []
-        slowest = 0.0
         i = 0
         try:
             while not done.is_set():
                 card_id = CARD_IDS[i % len(CARD_IDS)]
                 before = hot.generation
-                t0 = time.perf_counter()
                 decision = tap(reader, validator, cards[card_id])
-                slowest = max(slowest, time.perf_counter() - t0)
                 after = hot.generation
                 decisions.append((card_id, before, after, decision))
                 i += 1
@@ -144,5 +154,7 @@ def test_taps_through_100_swaps(
         generations_seen.add(generation)
     assert len(decisions) >= 100
     assert len(generations_seen) >= 20
-    # No tap waited for a swap: a verification of a table never sits on the tap path.
-    assert slowest < 0.25, slowest
+    # No tap waited for a swap: every table was verified on the reload thread, never on
+    # the thread that ran the taps. (How long a tap takes is measured in benchmarks/.)
+    assert len(verified_on) >= 100
+    assert threading.get_ident() not in verified_on
