@@ -200,19 +200,13 @@ def dask_engine(
 ) -> dict[str, float | int] | None:
     """Settle on a fresh LocalCluster; report start time, throughput and peak memory."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError:
         return None
-    from farecore.settlement.cluster import DaskSettings, map_on_dask
+    from farecore.settlement.cluster import DaskSettings, map_on_dask, start_local_cluster
 
     t0 = clock()
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=50,
-    )
+    cluster = start_local_cluster(workers, threads)
     client = Client(cluster)
     try:
         client.wait_for_workers(workers)

@@ -7,7 +7,7 @@ files. See docs/settlement.md.
 
 from farecore.settlement.anomalies import KINDS, Anomaly
 from farecore.settlement.fares import FareTable, parse_fares
-from farecore.settlement.merge import MergeOptions, PricedRide, Settlement, Total, merge
+from farecore.settlement.merge import MergeOptions, PricedRides, Rides, Settlement, Total, merge
 from farecore.settlement.outputs import write_outputs
 from farecore.settlement.pipeline import (
     SettlementInputs,
@@ -18,7 +18,7 @@ from farecore.settlement.pipeline import (
     run_settlement,
 )
 from farecore.settlement.terminals import TerminalInfo, format_terminals, parse_terminals
-from farecore.settlement.unit import Partial, Ride, UnitConfig, settle_unit
+from farecore.settlement.unit import Partial, RideColumns, UnitConfig, settle_unit
 
 __all__ = [
     "KINDS",
@@ -26,8 +26,9 @@ __all__ = [
     "FareTable",
     "MergeOptions",
     "Partial",
-    "PricedRide",
-    "Ride",
+    "PricedRides",
+    "RideColumns",
+    "Rides",
     "Settlement",
     "SettlementInputs",
     "TerminalInfo",

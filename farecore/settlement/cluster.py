@@ -25,7 +25,14 @@ from farecore.errors import ConfigError, SettlementError
 from farecore.settlement.pipeline import MapUnits
 from farecore.settlement.unit import Partial, UnitConfig, settle_unit
 
-__all__ = ["DaskSettings", "dask_available", "map_on_dask", "settle_unit_on_worker"]
+__all__ = [
+    "WORKER_CONFIG",
+    "DaskSettings",
+    "dask_available",
+    "map_on_dask",
+    "settle_unit_on_worker",
+    "start_local_cluster",
+]
 
 _EXTRA_HINT = "Dask is not installed: pip install 'farecore[dask]'"
 
@@ -102,15 +109,32 @@ def _client(settings: DaskSettings) -> Iterator[Any]:
         with client:
             yield client
         return
-    cluster = dd.LocalCluster(
-        n_workers=settings.n_workers,
-        threads_per_worker=settings.threads_per_worker,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=50,
-    )
-    with cluster, dd.Client(cluster) as client:
+    assert settings.n_workers is not None
+    with (
+        start_local_cluster(settings.n_workers, settings.threads_per_worker) as cluster,
+        dd.Client(cluster) as client,
+    ):
         yield client
+
+
+# Worker settings for a settlement: Dask's sampling profiler wakes every 10 ms in each
+# worker to walk every thread's stack, which costs a CPU-bound unit about 3 % (measured:
+# 143 -> 139 µs of worker CPU per ride). A settlement does not need it.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def start_local_cluster(n_workers: int, threads_per_worker: int = 1) -> Any:
+    """A LocalCluster of worker processes for one big machine, set up for settling."""
+    dd = _distributed()
+    dask = importlib.import_module("dask")
+    with dask.config.set(WORKER_CONFIG):  # the nannies hand this config to their workers
+        return dd.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=50,
+        )
 
 
 def map_on_dask(settings: DaskSettings) -> MapUnits:

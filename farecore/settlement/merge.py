@@ -6,6 +6,11 @@ change a byte of the result. Then: chain continuity between batches, ride-level
 deduplication and conflicts, reused counters, impossible travel, revocation and stale
 table flags, metro entry/exit pairing and pricing. This module must never verify
 signatures (the units did) nor use floats for money.
+
+Rides are held column by column (numpy arrays of integers), because a night has
+millions: whole-night steps (sorting, the usual-night checks) run on arrays, and only
+what needs a decision ride by ride (metro pairing, and the rare anomaly) runs in Python,
+always on exact integers.
 """
 
 from __future__ import annotations
@@ -13,19 +18,24 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+
+import numpy as np
 
 from farecore.journal import Direction
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable, MetroFare
 from farecore.settlement.terminals import TerminalInfo
-from farecore.settlement.unit import Partial, Ride
+from farecore.settlement.unit import Partial
 
-__all__ = ["MergeOptions", "PricedRide", "Settlement", "Total", "merge"]
+__all__ = ["TRIPS", "MergeOptions", "PricedRides", "Rides", "Settlement", "Total", "merge"]
+
+# What a paid record is (PricedRides.trip holds the index): a metro entry paired with
+# its exit carries 0, and the exit the trip's fare.
+TRIPS = ("bus", "metro_entry", "metro_exit", "unpaired_entry", "unpaired_exit")
+_BUS, _METRO_ENTRY, _METRO_EXIT, _UNPAIRED_ENTRY, _UNPAIRED_EXIT = range(len(TRIPS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +47,72 @@ class MergeOptions:
     revoked_at: Mapping[int, int] = field(default_factory=dict)
 
 
-class PricedRide(NamedTuple):
-    """A paid tap record and the fare it carries (a paired metro entry carries 0).
+Context = tuple[str, str, str, int]  # operator, line, place, direction
 
-    A NamedTuple, like Ride, because there is one per paid tap.
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rides:
+    """Verified rides, one row each, column by column.
+
+    ``context`` indexes ``contexts`` (a terminal's operator, line, place, direction);
+    ``record_hash`` has one 32-byte row per ride; ``flagged`` maps the row of each ride
+    that carries flags to (flags, revocation generation).
     """
 
-    ride: Ride
-    fare_fen: int
-    trip: str  # bus | metro_entry | metro_exit | unpaired_entry | unpaired_exit
-    paired_terminal_id: int | None = None
-    paired_seq: int | None = None
+    contexts: tuple[Context, ...]
+    context: np.ndarray  # int32
+    terminal_id: np.ndarray  # uint64
+    seq: np.ndarray  # uint64
+    time_ms: np.ndarray  # int64
+    card_id: np.ndarray  # uint64
+    counter: np.ndarray  # int64
+    record_hash: np.ndarray  # uint8, shape (n, 32)
+    flagged: dict[int, tuple[tuple[str, ...], int | None]]
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def take(self, rows: np.ndarray) -> Rides:
+        """The rides at ``rows``, in that order (each row at most once)."""
+        flagged = self.flagged
+        moved = [(new, old) for new, old in enumerate(rows.tolist()) if old in flagged]
+        return Rides(
+            self.contexts,
+            self.context[rows],
+            self.terminal_id[rows],
+            self.seq[rows],
+            self.time_ms[rows],
+            self.card_id[rows],
+            self.counter[rows],
+            self.record_hash[rows],
+            {new: flagged[old] for new, old in moved} if flagged else {},
+        )
+
+    def by_card(self) -> np.ndarray:
+        """Row order by (card, time, terminal, seq): each card's rides in time order.
+
+        Rows are unique by (terminal, seq), so the order has no ties.
+        """
+        return np.lexsort((self.seq, self.terminal_id, self.time_ms, self.card_id))
+
+    def where(self, row: int) -> tuple[int, int, int]:
+        """(terminal id, seq, card id) of one row, as Python integers, to name it."""
+        return int(self.terminal_id[row]), int(self.seq[row]), int(self.card_id[row])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PricedRides:
+    """The paid rides (in terminal, seq order) and what each carries."""
+
+    rides: Rides
+    fare_fen: np.ndarray  # int64
+    trip: np.ndarray  # int8, index into TRIPS
+    paired: np.ndarray  # bool: a metro entry or exit with its other half
+    paired_terminal_id: np.ndarray  # uint64, 0 where not paired
+    paired_seq: np.ndarray  # uint64, 0 where not paired
+
+    def __len__(self) -> int:
+        return len(self.rides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +128,7 @@ class Total:
 class Settlement:
     day: str
     inputs: tuple[str, ...]  # unique batch SHA-256s, hex, sorted
-    rides: tuple[PricedRide, ...]
+    rides: PricedRides
     totals: tuple[Total, ...]
     anomalies: tuple[Anomaly, ...]
     stats: dict[str, int]
@@ -84,41 +149,33 @@ def merge(
     anomalies: list[Anomaly] = [a for p in ordered for a in p.anomalies]
     good = [p for p in ordered if p.ok]
     anomalies += _continuity(good)
-    rides, dropped = _dedupe(good, anomalies)
-    rides = _reused_counters(rides, anomalies)
-    _travel_and_flags(rides, terminals, opts, anomalies)
-    priced = _price(rides, day, fares, anomalies)
-    totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    pool, starts = _pool(good)
+    kept, dropped = _dedupe(good, starts, pool, anomalies)
+    rides = pool.take(kept)
+    first_uses = _reused_counters(rides, anomalies)
+    if first_uses is not None:
+        rides = rides.take(first_uses)
+    _flags(rides, opts, anomalies)
+    by_card = rides.by_card()
+    _travel(rides, by_card, terminals, opts, anomalies)
+    priced, by_line = _price(rides, by_card, day, fares, anomalies)
     day_text = day.isoformat()
-    entry_line = {(p.ride.terminal_id, p.ride.seq): p.ride.line for p in priced if p.trip == _ENTRY}
-    for pr in priced:
-        if pr.trip == "metro_entry":
-            continue  # the paired exit carries the trip
-        line = pr.ride.line
-        if pr.trip == "metro_exit":
-            # A metro trip is counted on the line where the rider entered.
-            line = entry_line[(pr.paired_terminal_id, pr.paired_seq)]  # type: ignore[index]
-        key = (day_text, pr.ride.operator, line)
-        totals[key][0] += 1
-        totals[key][1] += pr.fare_fen
     stats = {
         "batches": len(ordered),
         "batches_rejected": sum(1 for p in ordered if not p.ok),
-        "taps": sum(p.taps for p in good if p.day == day.isoformat()),
-        "denied_taps": sum(p.denied for p in good if p.day == day.isoformat()),
-        "rides_verified": sum(len(p.rides) for p in good),
+        "taps": sum(p.taps for p in good if p.day == day_text),
+        "denied_taps": sum(p.denied for p in good if p.day == day_text),
+        "rides_verified": len(pool),
         "duplicates_dropped": dropped,
         "rides_paid": len(priced),
-        "amount_fen": sum(pr.fare_fen for pr in priced),
+        "amount_fen": int(priced.fare_fen.sum()),
         "anomalies": len(anomalies),
     }
     return Settlement(
-        day=day.isoformat(),
+        day=day_text,
         inputs=tuple(k.hex() for k in sorted(unique)),
-        # Rides are unique by (terminal, seq) after the dedupe, so ordering by the whole
-        # Ride tuple (which starts with those two) is that order, at C speed.
-        rides=tuple(sorted(priced, key=_RIDE_OF)),
-        totals=tuple(Total(d, o, ln, n, a) for (d, o, ln), (n, a) in sorted(totals.items())),
+        rides=priced,
+        totals=tuple(Total(day_text, o, ln, n, a) for (o, ln), (n, a) in sorted(by_line.items())),
         anomalies=tuple(sorted(set(anomalies))),
         stats=stats,
     )
@@ -158,156 +215,246 @@ def _continuity(good: list[Partial]) -> list[Anomaly]:
     return out
 
 
-def _dedupe(good: list[Partial], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
-    """Rides unique by (terminal, seq), in that order; duplicates dropped, clashes named."""
-    by_terminal: dict[int, list[Partial]] = defaultdict(list)
+def _pool(good: list[Partial]) -> tuple[Rides, list[int]]:
+    """Every partial's rides in one table, in ``good`` order; and where each one starts."""
+    contexts: dict[Context, int] = {}
+    starts: list[int] = []
+    context, tids, flagged = [], [], {}
+    n = 0
     for p in good:
-        by_terminal[p.terminal_id].append(p)
-    out: list[Ride] = []
+        r = p.rides
+        starts.append(n)
+        if not len(r):
+            continue
+        code = contexts.setdefault((r.operator, r.line, r.place, r.direction), len(contexts))
+        context.append(np.full(len(r), code, dtype=np.int32))
+        tids.append(np.full(len(r), p.terminal_id, dtype=np.uint64))
+        for row, flags, generation in r.flagged:
+            flagged[n + row] = (flags, generation)
+        n += len(r)
+    parts = [p.rides for p in good]
+
+    def joined(name: str, dtype: type) -> np.ndarray:
+        columns = [getattr(r, name) for r in parts]
+        return np.concatenate(columns).astype(dtype, copy=False) if columns else np.zeros(0, dtype)
+
+    hashes = np.frombuffer(b"".join(r.record_hash for r in parts), dtype=np.uint8)
+    pool = Rides(
+        tuple(contexts),
+        np.concatenate(context) if context else np.zeros(0, np.int32),
+        np.concatenate(tids) if tids else np.zeros(0, np.uint64),
+        joined("seq", np.uint64),
+        joined("time_ms", np.int64),
+        joined("card_id", np.uint64),
+        joined("counter", np.int64),
+        hashes.reshape(-1, 32),
+        flagged,
+    )
+    return pool, starts
+
+
+def _dedupe(
+    good: list[Partial], starts: list[int], pool: Rides, anomalies: list[Anomaly]
+) -> tuple[np.ndarray, int]:
+    """Pool rows unique by (terminal, seq), in that order; duplicates dropped, clashes named."""
+    by_terminal: dict[int, list[int]] = defaultdict(list)
+    for k, p in enumerate(good):
+        by_terminal[p.terminal_id].append(k)
+    pieces: list[np.ndarray] = []
     dropped = 0
-    for _, parts in sorted(by_terminal.items()):
-        by_seq = sorted(parts, key=lambda p: (p.first_seq, p.last_seq))
+    for tid, ks in sorted(by_terminal.items()):
+        rows = [np.arange(starts[k], starts[k] + len(good[k].rides)) for k in ks]
+        by_seq = sorted(range(len(ks)), key=lambda i: (good[ks[i]].first_seq, good[ks[i]].last_seq))
         # The usual night: one terminal's batches tile disjoint seq ranges, and a
         # partial's rides are in seq order, so concatenating them is already sorted
         # and unique. Only overlapping batches need the keyed comparison below, in the
         # canonical (batch SHA-256) order, since which copy comes first counts there.
-        if all(a.last_seq < b.first_seq for a, b in itertools.pairwise(by_seq)):
-            for p in by_seq:
-                out += p.rides
+        ranges = [(good[ks[i]].first_seq, good[ks[i]].last_seq) for i in by_seq]
+        if all(a[1] < b[0] for a, b in itertools.pairwise(ranges)):
+            pieces += [rows[i] for i in by_seq]
             continue
-        rides, n = _dedupe_rides([r for p in parts for r in p.rides], anomalies)
-        out += rides
+        unique, n = _dedupe_rows(tid, np.concatenate(rows).tolist(), pool, anomalies)
+        pieces.append(unique)
         dropped += n
-    return out, dropped
+    if not pieces:
+        return np.zeros(0, dtype=np.int64), 0
+    return np.concatenate(pieces), dropped
 
 
-def _dedupe_rides(rides: list[Ride], anomalies: list[Anomaly]) -> tuple[list[Ride], int]:
-    first: dict[tuple[int, int], Ride] = {}
-    clashes: dict[tuple[int, int], dict[bytes, Ride]] = {}
+def _dedupe_rows(
+    tid: int, rows: list[int], pool: Rides, anomalies: list[Anomaly]
+) -> tuple[np.ndarray, int]:
+    """One terminal's rows (canonical order) unique by seq; same record twice is dropped,
+    different records under one seq are both withheld and named."""
+    first: dict[int, int] = {}
+    clashes: dict[int, dict[bytes, int]] = {}
     dropped = 0
-    for r in rides:
-        key = (r.terminal_id, r.seq)
-        seen = first.get(key)
+    record = pool.record_hash
+    for row, seq in zip(rows, pool.seq[rows].tolist(), strict=True):
+        seen = first.get(seq)
         if seen is None:
-            first[key] = r
-        elif seen.record_hash == r.record_hash:
+            first[seq] = row
+        elif record[seen].tobytes() == record[row].tobytes():
             dropped += 1
         else:
-            group = clashes.setdefault(key, {seen.record_hash: seen})
-            group.setdefault(r.record_hash, r)
-    for (tid, seq), group in sorted(clashes.items()):
-        del first[(tid, seq)]
+            group = clashes.setdefault(seq, {record[seen].tobytes(): seen})
+            group.setdefault(record[row].tobytes(), row)
+    for seq, group in sorted(clashes.items()):
+        del first[seq]
         for h in sorted(group):
             anomalies.append(
                 Anomaly(
                     "conflicting_duplicate",
                     terminal_id=tid,
                     seq=seq,
-                    card_id=group[h].card_id,
+                    card_id=int(pool.card_id[group[h]]),
                     detail=f"record {h.hex()[:16]}",
                 )
             )
-    return [first[k] for k in sorted(first)], dropped
+    return np.array([first[k] for k in sorted(first)], dtype=np.int64), dropped
 
 
-def _order(r: Ride) -> tuple[int, int, int]:
-    return (r.time_ms, r.terminal_id, r.seq)
-
-
-# Ride fields by position (see Ride), as C-level key functions for the big sorts.
-_CARD_COUNTER = operator.itemgetter(3, 4)
-# Per card, in _order: the same sequence as grouping by card, then sorting by _order.
-_CARD_ORDER = operator.itemgetter(3, 2, 0, 1)
-_RIDE_OF = operator.itemgetter(0)
-_CARD = operator.itemgetter(3)
-_ENTRY = "metro_entry"
-
-
-def _reused_counters(rides: list[Ride], anomalies: list[Anomaly]) -> list[Ride]:
-    if len(set(map(_CARD_COUNTER, rides))) == len(rides):
-        return rides  # the usual night: no counter used twice
-    first: dict[tuple[int, int], Ride] = {}
-    repeats: dict[tuple[int, int], list[Ride]] = {}
-    for r in rides:
-        key = (r.card_id, r.counter)
+def _reused_counters(rides: Rides, anomalies: list[Anomaly]) -> np.ndarray | None:
+    """Rows to keep when a card counter was used twice (only its first use is paid), or
+    None when no counter was (the usual night)."""
+    o = np.lexsort((rides.counter, rides.card_id))
+    card, counter = rides.card_id[o], rides.counter[o]
+    if not np.any((card[1:] == card[:-1]) & (counter[1:] == counter[:-1])):
+        return None
+    first: dict[tuple[int, int], int] = {}
+    repeats: dict[tuple[int, int], list[int]] = {}
+    keys = zip(rides.card_id.tolist(), rides.counter.tolist(), strict=True)
+    for row, key in enumerate(keys):
         seen = first.get(key)
         if seen is None:
-            first[key] = r
+            first[key] = row
         else:
-            repeats.setdefault(key, [seen]).append(r)
-    if not repeats:
-        return rides  # already in (terminal, seq) order
-    dropped: set[tuple[int, int]] = set()
-    for (card, counter), group in repeats.items():
-        group.sort(key=_order)
-        for i, r in enumerate(group):
-            if i:
-                dropped.add((r.terminal_id, r.seq))
+            repeats.setdefault(key, [seen]).append(row)
+    time_ms, tids, seqs = rides.time_ms, rides.terminal_id, rides.seq
+    dropped: set[int] = set()
+    for (card_id, count), group in repeats.items():
+        group.sort(key=lambda i: (int(time_ms[i]), int(tids[i]), int(seqs[i])))
+        for k, row in enumerate(group):
+            if k:
+                dropped.add(row)
+            tid, seq, _ = rides.where(row)
             anomalies.append(
                 Anomaly(
                     "reused_counter",
-                    terminal_id=r.terminal_id,
-                    seq=r.seq,
-                    card_id=card,
-                    detail=f"counter {counter} used {len(group)} times; "
-                    + ("paid (first use)" if i == 0 else "not paid"),
+                    terminal_id=tid,
+                    seq=seq,
+                    card_id=card_id,
+                    detail=f"counter {count} used {len(group)} times; "
+                    + ("paid (first use)" if k == 0 else "not paid"),
                 )
             )
-    return [r for r in rides if (r.terminal_id, r.seq) not in dropped]
+    return np.array([i for i in range(len(rides)) if i not in dropped], dtype=np.int64)
 
 
-def _travel_and_flags(
-    rides: list[Ride],
+def _flags(rides: Rides, opts: MergeOptions, anomalies: list[Anomaly]) -> None:
+    """Rides after their card's revocation, and rides under a stale table."""
+    revoked_at = {c: at for c, at in opts.revoked_at.items() if 0 <= c < 1 << 64}
+    if revoked_at and len(rides):
+        revoked_cards = np.array(sorted(revoked_at), dtype=np.uint64)
+        pos = np.searchsorted(revoked_cards, rides.card_id)
+        hit = revoked_cards[np.minimum(pos, len(revoked_cards) - 1)] == rides.card_id
+        for row in np.flatnonzero(hit).tolist():
+            tid, seq, card_id = rides.where(row)
+            revoked = revoked_at[card_id]
+            if int(rides.time_ms[row]) >= revoked * 1000:
+                anomalies.append(
+                    Anomaly(
+                        "after_revocation",
+                        terminal_id=tid,
+                        seq=seq,
+                        card_id=card_id,
+                        detail=f"revoked at {revoked}",
+                    )
+                )
+    for row, (flags, generation) in rides.flagged.items():
+        if "revocation_stale" in flags:
+            tid, seq, card_id = rides.where(row)
+            anomalies.append(
+                Anomaly(
+                    "stale_table",
+                    terminal_id=tid,
+                    seq=seq,
+                    card_id=card_id,
+                    detail=f"generation {generation}",
+                )
+            )
+
+
+# Above this many metres a squared distance could leave int64: use the exact Python path.
+_ARRAY_COORD_LIMIT = 1 << 30
+
+
+def _travel(
+    rides: Rides,
+    by_card: np.ndarray,
     terminals: Mapping[int, TerminalInfo],
     opts: MergeOptions,
     anomalies: list[Anomaly],
 ) -> None:
-    revoked_at = opts.revoked_at
-    for r in rides:
-        if revoked_at:
-            revoked = revoked_at.get(r.card_id)
-            if revoked is not None and r.time_ms >= revoked * 1000:
-                anomalies.append(
-                    Anomaly(
-                        "after_revocation",
-                        terminal_id=r.terminal_id,
-                        seq=r.seq,
-                        card_id=r.card_id,
-                        detail=f"revoked at {revoked}",
-                    )
-                )
-        if r.flags and "revocation_stale" in r.flags:
-            anomalies.append(
-                Anomaly(
-                    "stale_table",
-                    terminal_id=r.terminal_id,
-                    seq=r.seq,
-                    card_id=r.card_id,
-                    detail=f"generation {r.revocation_generation}",
-                )
-            )
-    if not _may_be_far(terminals, opts.min_travel_m):
+    """Flag a card seen at two places further apart than it could travel in between.
+
+    Consecutive rides of a card (in time order) are compared. Arrays pick the pairs that
+    may be too fast, with a margin that only lets more pairs through; each of those is
+    then decided exactly, in integers, by ``_travel_check``.
+    """
+    if not _may_be_far(terminals, opts.min_travel_m) or len(rides) < 2:
         return
-    # One sort by (card, time, terminal, seq) walks each card's rides in _order.
-    for a, b in itertools.pairwise(sorted(rides, key=_CARD_ORDER)):
-        if a.card_id != b.card_id or a.terminal_id == b.terminal_id:
-            continue
-        ta, tb = terminals.get(a.terminal_id), terminals.get(b.terminal_id)
-        if ta is None or tb is None:
-            continue
-        dist = math.isqrt((ta.x_m - tb.x_m) ** 2 + (ta.y_m - tb.y_m) ** 2)
-        dt_ms = b.time_ms - a.time_ms
-        # faster than max_speed_kmh: dist/dt_ms m/ms = dist*3600/dt_ms km/h
-        if dist >= opts.min_travel_m and dist * 3600 > opts.max_speed_kmh * dt_ms:
-            anomalies.append(
-                Anomaly(
-                    "impossible_travel",
-                    terminal_id=b.terminal_id,
-                    seq=b.seq,
-                    card_id=b.card_id,
-                    detail=f"{dist} m in {dt_ms} ms after terminal {a.terminal_id} seq {a.seq}",
-                )
+    o = by_card
+    card, tid, tms = rides.card_id[o], rides.terminal_id[o], rides.time_ms[o]
+    maybe = (card[1:] == card[:-1]) & (tid[1:] != tid[:-1])
+    if all(
+        abs(t.x_m) <= _ARRAY_COORD_LIMIT and abs(t.y_m) <= _ARRAY_COORD_LIMIT
+        for t in terminals.values()
+    ):
+        ids, where = np.unique(tid, return_inverse=True)
+        known = np.zeros(len(ids), dtype=bool)
+        xs = np.zeros(len(ids), dtype=np.float64)
+        ys = np.zeros(len(ids), dtype=np.float64)
+        for k, t in enumerate(ids.tolist()):
+            info = terminals.get(t)
+            if info is not None:
+                known[k], xs[k], ys[k] = True, info.x_m, info.y_m
+        ok, x, y = known[where], xs[where], ys[where]
+        # math.isqrt(d2) <= sqrt(d2) <= hypot(dx, dy) + 1: "+ 1" never drops a true pair.
+        reach = np.hypot(x[1:] - x[:-1], y[1:] - y[:-1]) + 1.0
+        elapsed = (tms[1:] - tms[:-1]).astype(np.float64)
+        maybe &= ok[1:] & ok[:-1] & (reach >= opts.min_travel_m)
+        maybe &= reach * 3600.0 > opts.max_speed_kmh * elapsed
+    for j in np.flatnonzero(maybe).tolist():
+        _travel_check(rides, int(o[j]), int(o[j + 1]), terminals, opts, anomalies)
+
+
+def _travel_check(
+    rides: Rides,
+    a: int,
+    b: int,
+    terminals: Mapping[int, TerminalInfo],
+    opts: MergeOptions,
+    anomalies: list[Anomaly],
+) -> None:
+    """The exact test for two consecutive rides ``a``, ``b`` of one card."""
+    (ta_id, a_seq, _), (tb_id, b_seq, card_id) = rides.where(a), rides.where(b)
+    ta, tb = terminals.get(ta_id), terminals.get(tb_id)
+    if ta is None or tb is None or ta_id == tb_id:
+        return
+    dist = math.isqrt((ta.x_m - tb.x_m) ** 2 + (ta.y_m - tb.y_m) ** 2)
+    dt_ms = int(rides.time_ms[b]) - int(rides.time_ms[a])
+    # faster than max_speed_kmh: dist/dt_ms m/ms = dist*3600/dt_ms km/h
+    if dist >= opts.min_travel_m and dist * 3600 > opts.max_speed_kmh * dt_ms:
+        anomalies.append(
+            Anomaly(
+                "impossible_travel",
+                terminal_id=tb_id,
+                seq=b_seq,
+                card_id=card_id,
+                detail=f"{dist} m in {dt_ms} ms after terminal {ta_id} seq {a_seq}",
             )
+        )
 
 
 def _may_be_far(terminals: Mapping[int, TerminalInfo], min_travel_m: int) -> bool:
@@ -358,69 +505,137 @@ class _DayFares:
 
 
 def _price(
-    rides: list[Ride], day: dt.date, fare_table: FareTable, anomalies: list[Anomaly]
-) -> list[PricedRide]:
+    rides: Rides, by_card: np.ndarray, day: dt.date, fare_table: FareTable, anomalies: list[Anomaly]
+) -> tuple[PricedRides, dict[tuple[str, str], list[int]]]:
+    """Each ride priced; and (operator, line) -> [rides, fen].
+
+    A bus boarding pays its line's fare. Metro rides are walked per card in time order:
+    per operator, an exit takes the latest open entry and pays the trip, counted on the
+    entry's line (the entry itself carries 0); an exit with no open entry and an entry
+    never closed pay the unpaired fares.
+    """
     fares = _DayFares(fare_table, day)
-    out: list[PricedRide] = []
-    metro: list[Ride] = []
+    n = len(rides)
+    fare = np.zeros(n, dtype=np.int64)
+    trip = np.zeros(n, dtype=np.int8)
+    paired = np.zeros(n, dtype=bool)
+    paired_tid = np.zeros(n, dtype=np.uint64)
+    paired_seq = np.zeros(n, dtype=np.uint64)
+    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    contexts = rides.contexts
     board = int(Direction.BOARD)
-    for r in rides:
-        if r.direction == board:
-            fen = fares.bus(r.operator, r.line)
-            if fen is None:
-                anomalies.append(_no_fare(r, "no bus fare for this line"))
-            out.append(PricedRide(r, fen or 0, "bus"))
+    is_bus_context = np.array([c[3] == board for c in contexts] + [False], dtype=bool)
+    is_bus = is_bus_context[rides.context]
+    for code, (op, line, _, direction) in enumerate(contexts):
+        if direction != board:
+            continue
+        rows = np.flatnonzero(rides.context == code)
+        fen = fares.bus(op, line)
+        if fen is None:
+            for row in rows.tolist():
+                anomalies.append(_no_fare(rides, row, "no bus fare for this line"))
+        fare[rows] = fen or 0
+        total = totals[(op, line)]
+        total[0] += len(rows)
+        total[1] += (fen or 0) * len(rows)
+    # Fares of trips already priced without a problem, by (operator, entry, exit place).
+    trips: dict[tuple[str, str, str], int] = {}
+    entry = int(Direction.ENTRY)
+    # Per operator, a stack of entry rows not yet matched.
+    open_entries: dict[str, list[int]] = defaultdict(list)
+    metro = by_card[~is_bus[by_card]]
+    tids, seqs = rides.terminal_id.tolist(), rides.seq.tolist()
+    card: int | None = None
+    for row, card_id, code in zip(
+        metro.tolist(), rides.card_id[metro].tolist(), rides.context[metro].tolist(), strict=True
+    ):
+        if card_id != card:
+            _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
+            card = card_id
+        op, line, place, direction = contexts[code]
+        stack = open_entries[op]
+        if direction == entry:
+            stack.append(row)
+            continue
+        if not stack:
+            fen = _unpaired(fares, "exit", rides, row, anomalies)
+            trip[row] = _UNPAIRED_EXIT
+            total = totals[(op, line)]
         else:
-            metro.append(r)
-    # One sort by (card, time, terminal, seq), then each card's rides in _order.
-    metro.sort(key=_CARD_ORDER)
-    for _, group in itertools.groupby(metro, key=_CARD):
-        card_rides = list(group)
-        # Per operator, a stack of entries not yet matched: an exit takes the latest.
-        open_entries: dict[str, list[Ride]] = defaultdict(list)
-        for r in card_rides:
-            stack = open_entries[r.operator]
-            if r.direction == Direction.ENTRY:
-                stack.append(r)
-                continue
-            if not stack:
-                out.append(PricedRide(r, _unpaired(fares, "exit", r, anomalies), "unpaired_exit"))
-                continue
-            entry = stack.pop()
-            fen = _trip_fare(fares, entry, r, anomalies)
-            out.append(PricedRide(entry, 0, "metro_entry", r.terminal_id, r.seq))
-            out.append(PricedRide(r, fen, "metro_exit", entry.terminal_id, entry.seq))
-        for stack in open_entries.values():
-            for e in stack:
-                out.append(PricedRide(e, _unpaired(fares, "entry", e, anomalies), "unpaired_entry"))
-    return out
+            e = stack.pop()
+            _, e_line, e_place, _ = contexts[int(rides.context[e])]
+            key = (op, e_place, place)
+            fen = trips.get(key, -1)
+            if fen < 0:
+                before = len(anomalies)
+                fen = _trip_fare(fares, op, e_place, place, rides, row, anomalies)
+                if len(anomalies) == before:
+                    trips[key] = fen
+            trip[e], trip[row] = _METRO_ENTRY, _METRO_EXIT
+            paired[e] = paired[row] = True
+            paired_tid[e], paired_seq[e] = tids[row], seqs[row]
+            paired_tid[row], paired_seq[row] = tids[e], seqs[e]
+            total = totals[(op, e_line)]  # a trip counts on the line entered
+        fare[row] = fen
+        total[0] += 1
+        total[1] += fen
+    _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
+    return PricedRides(rides, fare, trip, paired, paired_tid, paired_seq), totals
 
 
-def _no_fare(r: Ride, detail: str) -> Anomaly:
-    return Anomaly(
-        "no_fare", terminal_id=r.terminal_id, seq=r.seq, card_id=r.card_id, detail=detail
-    )
+def _close_unpaired(
+    rides: Rides,
+    open_entries: dict[str, list[int]],
+    fares: _DayFares,
+    fare: np.ndarray,
+    trip: np.ndarray,
+    totals: dict[tuple[str, str], list[int]],
+    anomalies: list[Anomaly],
+) -> None:
+    """Price one card's entries that no exit closed, and forget them."""
+    for stack in open_entries.values():
+        for row in stack:
+            op, line, _, _ = rides.contexts[int(rides.context[row])]
+            fen = _unpaired(fares, "entry", rides, row, anomalies)
+            fare[row] = fen
+            trip[row] = _UNPAIRED_ENTRY
+            total = totals[(op, line)]
+            total[0] += 1
+            total[1] += fen
+    open_entries.clear()
 
 
-def _unpaired(fares: _DayFares, which: str, r: Ride, anomalies: list[Anomaly]) -> int:
-    fen = fares.unpaired(which, r.operator)
+def _no_fare(rides: Rides, row: int, detail: str) -> Anomaly:
+    tid, seq, card_id = rides.where(row)
+    return Anomaly("no_fare", terminal_id=tid, seq=seq, card_id=card_id, detail=detail)
+
+
+def _unpaired(
+    fares: _DayFares, which: str, rides: Rides, row: int, anomalies: list[Anomaly]
+) -> int:
+    fen = fares.unpaired(which, rides.contexts[int(rides.context[row])][0])
     if fen is None:
-        anomalies.append(_no_fare(r, f"no metro fare table for unpaired {which}"))
+        anomalies.append(_no_fare(rides, row, f"no metro fare table for unpaired {which}"))
         return 0
     return fen
 
 
-def _trip_fare(fares: _DayFares, entry: Ride, exit_: Ride, anomalies: list[Anomaly]) -> int:
-    table = fares.metro(exit_.operator)
+def _trip_fare(
+    fares: _DayFares,
+    operator: str,
+    entry_place: str,
+    exit_place: str,
+    rides: Rides,
+    exit_row: int,
+    anomalies: list[Anomaly],
+) -> int:
+    table = fares.metro(operator)
     if table is None:
-        anomalies.append(_no_fare(exit_, "no metro fare table"))
+        anomalies.append(_no_fare(rides, exit_row, "no metro fare table"))
         return 0
-    a, b = fares.station_m(table, entry.place), fares.station_m(table, exit_.place)
+    a, b = fares.station_m(table, entry_place), fares.station_m(table, exit_place)
     if a is None or b is None:
-        anomalies.append(
-            _no_fare(
-                exit_, f"station {entry.place if a is None else exit_.place} not in the fare table"
-            )
-        )
+        missing = entry_place if a is None else exit_place
+        anomalies.append(_no_fare(rides, exit_row, f"station {missing} not in the fare table"))
         return 0
     return int(table.fare_for(abs(a - b)))

@@ -12,15 +12,16 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from farecore.atomicfile import write_atomic
 from farecore.errors import SettlementError
 from farecore.journal import Direction
 from farecore.settlement.anomalies import KINDS
-from farecore.settlement.merge import Settlement
+from farecore.settlement.merge import TRIPS, Settlement
 
 __all__ = ["MANIFEST_FORMAT", "OUTPUT_NAMES", "rides_parquet_bytes", "write_outputs"]
 
@@ -46,32 +47,37 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
         raise SettlementError(
             "writing rides.parquet needs pyarrow: pip install 'farecore[settle]'"
         ) from None
-    # Columns by transposing the row tuples at C speed (zip(*rows)), not field by field.
-    names = (
-        "terminal_id",
-        "seq",
-        "time_ms",
-        "card_id",
-        "counter",
-        "operator",
-        "line",
-        "place",
-        "direction",
-        "record_hash",
-        "flags",
-        "revocation_generation",
-    )
-    priced = list(zip(*s.rides, strict=True)) if s.rides else [()] * 5
-    ride_cols = list(zip(*priced[0], strict=True)) if s.rides else [()] * len(names)
-    cols: dict[str, Sequence[Any]] = dict(zip(names, ride_cols, strict=True))
-    direction_name = {int(d): d.name for d in Direction}
-    cols["direction"] = [direction_name[d] for d in cols["direction"]]
-    cols["flags"] = [",".join(f) if f else "" for f in cols["flags"]]
-    del cols["revocation_generation"]
-    cols["trip"] = priced[2]
-    cols["fare_fen"] = priced[1]
-    cols["paired_terminal_id"] = priced[3]
-    cols["paired_seq"] = priced[4]
+    priced = s.rides
+    rides = priced.rides
+    contexts = rides.contexts
+
+    def per_ride(values: list[str]) -> Any:
+        # One string per context, taken for every ride by its context code.
+        return pa.array(values, type=pa.string()).take(pa.array(rides.context))
+
+    flags = [""] * len(rides)
+    for row, (words, _) in rides.flagged.items():
+        flags[row] = ",".join(words)
+    no_pair = ~priced.paired
+    cols: dict[str, Any] = {
+        "terminal_id": rides.terminal_id,
+        "seq": rides.seq,
+        "time_ms": rides.time_ms,
+        "card_id": rides.card_id,
+        "counter": rides.counter.astype(np.uint32),
+        "operator": per_ride([c[0] for c in contexts]),
+        "line": per_ride([c[1] for c in contexts]),
+        "place": per_ride([c[2] for c in contexts]),
+        "direction": per_ride([Direction(c[3]).name for c in contexts]),
+        "trip": pa.array(list(TRIPS), type=pa.string()).take(pa.array(priced.trip)),
+        "fare_fen": priced.fare_fen,
+        "paired_terminal_id": pa.array(priced.paired_terminal_id, mask=no_pair),
+        "paired_seq": pa.array(priced.paired_seq, mask=no_pair),
+        "flags": pa.array(flags, type=pa.string()),
+        "record_hash": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(32), len(rides), [None, pa.py_buffer(rides.record_hash.tobytes())]
+        ),
+    }
     schema = pa.schema(
         [
             ("terminal_id", pa.uint64()),

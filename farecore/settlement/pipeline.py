@@ -9,8 +9,10 @@ and may show progress, but must never let the engine change the result.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import gc
 import hashlib
 import io
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial as bind
 from pathlib import Path
+
+import numpy as np
 
 from farecore.errors import MalformedFile, SettlementError
 from farecore.keys import Keyring
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 BATCH_SUFFIX = ".fcb"
+_NO_CARDS = np.zeros(0, dtype=np.uint64)
 MapUnits = Callable[[Sequence[str], UnitConfig], Iterator[Partial]]
 
 
@@ -182,14 +187,50 @@ def run_settlement(
         inputs.day, tuple(inputs.terminals[k] for k in sorted(inputs.terminals)), inputs.keyring
     )
     mapper = map_units or (map_in_process if jobs == 1 else map_with_processes(jobs))
+    with _without_cycle_collector():
+        return _settle(inputs, paths, cfg, mapper, out_dir, options, progress)
+
+
+@contextlib.contextmanager
+def _without_cycle_collector() -> Iterator[None]:
+    """Keep Python's cycle collector off the night's rides while they are gathered and merged.
+
+    A night is millions of small tuples, none of them in a reference cycle (reference
+    counting frees them all), but the collector would walk every live one again and
+    again as more are created: measured on a million rides, the merge took twice and the
+    Parquet file three times as long with it. Each partial is frozen as it arrives (the
+    collector then skips it, while an engine's own cyclic garbage is still collected),
+    and the collector is off during the merge, which runs no engine.
+    """
+    was_enabled = gc.isenabled()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _settle(
+    inputs: SettlementInputs,
+    paths: Sequence[str],
+    cfg: UnitConfig,
+    mapper: MapUnits,
+    out_dir: Path | None,
+    options: MergeOptions | None,
+    progress: Callable[[int, int], None] | None,
+) -> Settlement:
     partials: list[Partial] = []
     for i, p in enumerate(mapper(paths, cfg), 1):
         partials.append(p)
+        gc.freeze()
         if progress is not None:
             progress(i, len(paths))
+    gc.disable()
     revoked = dict(inputs.revoked_at)
     if inputs.revocation_lookup is not None:
-        for card in sorted({r.card_id for p in partials for r in p.rides}):
+        cards = np.unique(np.concatenate([p.rides.card_id for p in partials] or [_NO_CARDS]))
+        for card in cards.tolist():
             at = inputs.revocation_lookup(card)
             if at is not None:
                 revoked[card] = min(at, revoked.get(card, at))
