@@ -67,6 +67,56 @@ def nights(draw: st.DrawFn, coord: int) -> tuple[Rides, dict[int, TerminalInfo]]
     return rides, terminals
 
 
+@st.composite
+def edge_nights(draw: st.DrawFn) -> tuple[Rides, dict[int, TerminalInfo], MergeOptions]:
+    """Nights whose distances sit on the travel check's edges (min distance and speed)."""
+    coords = draw(
+        st.lists(
+            st.tuples(st.integers(-50_000, 50_000), st.integers(-50_000, 50_000)),
+            min_size=2,
+            max_size=len(TIDS),
+        )
+    )
+    tids = TIDS[: len(coords)]
+    dists = [
+        math.isqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2)
+        for a, b in itertools.combinations(coords, 2)
+    ]
+    kmh = draw(st.integers(1, 300))
+    opts = MergeOptions(
+        max_speed_kmh=kmh, min_travel_m=draw(st.sampled_from(dists)) + draw(st.integers(-1, 1))
+    )
+    # Time steps on the speed edge of every distance: dist * 3600 == kmh * step, +- 1 ms.
+    steps = sorted({max(0, d * 3600 // kmh + e) for d in dists for e in (-1, 0, 1)})
+    terminals = {
+        t: TerminalInfo(t, "op", "L", f"P{t}", Direction.BOARD, Algorithm.ED25519, bytes(32), x, y)
+        for t, (x, y) in zip(tids, coords, strict=True)
+    }
+    next_seq = dict.fromkeys(tids, 1)
+    rows = []
+    for card in (7, 8):
+        t = draw(st.integers(0, 10_000))
+        for _ in range(draw(st.integers(0, 8))):
+            tid = draw(st.sampled_from(tids))
+            rows.append((tid, next_seq[tid], t, card))
+            next_seq[tid] += 1
+            t += draw(st.sampled_from(steps))
+    rows.sort()
+    n = len(rows)
+    rides = Rides(
+        (("op", "L", "P", int(Direction.BOARD)),),
+        np.zeros(n, dtype=np.int32),
+        np.array([r[0] for r in rows], dtype=np.uint64),
+        np.array([r[1] for r in rows], dtype=np.uint64),
+        np.array([r[2] for r in rows], dtype=np.int64),
+        np.array([r[3] for r in rows], dtype=np.uint64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros((n, 32), dtype=np.uint8),
+        {},
+    )
+    return rides, terminals, opts
+
+
 def travel_oracle(
     rides: Rides, terminals: dict[int, TerminalInfo], opts: MergeOptions
 ) -> set[tuple[int, int, int, str]]:
@@ -101,6 +151,15 @@ def test_travel_arrays_equal_the_integer_oracle(night, min_m: int, kmh: int) -> 
     found: list[Anomaly] = []
     _travel(rides, rides.by_card(), terminals, opts, found)
     assert len(found) == len(_got(found))
+    assert _got(found) == travel_oracle(rides, terminals, opts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(edge_nights())
+def test_travel_arrays_on_the_edges_equal_the_integer_oracle(night) -> None:  # type: ignore[no-untyped-def]
+    rides, terminals, opts = night
+    found: list[Anomaly] = []
+    _travel(rides, rides.by_card(), terminals, opts, found)
     assert _got(found) == travel_oracle(rides, terminals, opts)
 
 
