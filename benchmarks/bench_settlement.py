@@ -215,6 +215,15 @@ def dask_engine(
         seconds, verified, _ = settle_once(cache, out, mapper, 1)
 
         def peak_rss_kib() -> int:
+            # VmHWM, not ru_maxrss: a spawned worker's ru_maxrss starts at its parent's
+            # resident size at fork time (Linux keeps it across exec), VmHWM at zero.
+            try:
+                with open("/proc/self/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            return int(line.split()[1])
+            except OSError:
+                pass
             import resource
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
