@@ -61,6 +61,10 @@ class _Timeout(Exception):
     """Internal: nothing (valid) arrived in time."""
 
 
+class _Rejected(Exception):
+    """Internal: the chip answered with an error frame (it could not parse our frame)."""
+
+
 class Pn532Channel:
     """The channel to the card listed by one InListPassiveTarget; dead once it fails."""
 
@@ -221,6 +225,7 @@ class Pn532Reader:
         want = code + 1
         if self._stale:
             self._drain()
+        rejected = False
         for attempt in range(self.retries + 1):
             self._decoder.reset()
             self._write(frame)
@@ -230,12 +235,20 @@ class Pn532Reader:
                 self.resends += 1
                 self._write(ACK)  # abort whatever the chip may still be doing
                 continue
+            except _Rejected:
+                # The chip dropped a frame it could not parse (line noise on the way
+                # in); the command was not run, so sending it again is safe.
+                self.resends += 1
+                rejected = True
+                continue
             if reply is not None:
                 # After a resend the chip may answer the first copy late; that stale
                 # reply must not pass for the answer to the next command.
                 self._stale = attempt > 0
                 return reply
         self._disconnect()  # the chip is lost; next call starts afresh
+        if rejected:
+            raise ReaderIOError(f"{self.name}: chip reports a syntax error in command {code:#04x}")
         raise ReaderIOError(f"{self.name}: no answer to command {code:#04x}")
 
     def _drain(self) -> None:
@@ -261,7 +274,7 @@ class Pn532Reader:
             elif isinstance(event, Frame) and event.tfi == TFI_FROM_CHIP and event.code == want:
                 return event.data[1:]  # a lost ACK does not matter once the reply is here
             elif isinstance(event, ErrorFrame):
-                raise ReaderIOError(f"{self.name}: chip reports a syntax error")
+                raise _Rejected
             elif isinstance(event, BadFrame) and acked and nacks < self.retries:
                 # A damaged reply: the chip sends it again on a NACK.
                 nacks += 1

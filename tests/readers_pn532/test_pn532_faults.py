@@ -17,6 +17,7 @@ from farecore.errors import CardIOError, ReaderIOError
 from farecore.reader_port import open_reader
 from farecore.tap import run_tap
 from readers.pn532 import Pn532Reader
+from readers.pn532_frames import ERROR_FRAME
 from sim.card import CardFaults
 from sim.pn532_emulator import Pn532Emulator
 
@@ -42,6 +43,17 @@ def test_arbitrary_garbage_on_the_line(
 ) -> None:
     emulator.inject_garbage(junk)
     assert good_tap(reader, emulator, deck, 31) == "ACCEPT"
+
+
+def test_an_error_frame_makes_the_reader_send_the_command_again(
+    deck: Any, emulator: Pn532Emulator, reader: Pn532Reader
+) -> None:
+    # What a chip answers when line noise garbled the command on its way in (hypothesis
+    # found this: the noise itself can spell an error frame). The command was not run.
+    before = reader.resends
+    emulator.inject_garbage(ERROR_FRAME)
+    assert good_tap(reader, emulator, deck, 30) == "ACCEPT"
+    assert reader.resends == before + 1
 
 
 def test_bad_checksum_is_nacked_and_resent(
