@@ -7,7 +7,7 @@ files. See docs/settlement.md.
 
 from farecore.settlement.anomalies import KINDS, Anomaly
 from farecore.settlement.fares import FareTable, parse_fares
-from farecore.settlement.merge import MergeOptions, PricedRides, Rides, Settlement, Total, merge
+from farecore.settlement.merge import MergeOptions, Settlement, Total, merge
 from farecore.settlement.outputs import write_outputs
 from farecore.settlement.pipeline import (
     SettlementInputs,
@@ -17,6 +17,7 @@ from farecore.settlement.pipeline import (
     map_with_processes,
     run_settlement,
 )
+from farecore.settlement.rides import PricedRides, Rides
 from farecore.settlement.terminals import TerminalInfo, format_terminals, parse_terminals
 from farecore.settlement.unit import Partial, RideColumns, UnitConfig, settle_unit
 

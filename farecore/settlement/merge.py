@@ -4,13 +4,9 @@ Partials are first put in a canonical order (by batch SHA-256) and exact duplica
 dropped, so neither the order in which workers finished nor a batch ingested twice can
 change a byte of the result. Then: chain continuity between batches, ride-level
 deduplication and conflicts, reused counters, impossible travel, revocation and stale
-table flags, metro entry/exit pairing and pricing. This module must never verify
-signatures (the units did) nor use floats for money.
-
-Rides are held column by column (numpy arrays of integers), because a night has
-millions: whole-night steps (sorting, the usual-night checks) run on arrays, and only
-what needs a decision ride by ride (metro pairing, and the rare anomaly) runs in Python,
-always on exact integers.
+table flags, then metro entry/exit pairing and pricing (``pricing``). Rides are columns
+(``rides.Rides``). This module must never verify signatures (the units did) nor use
+floats for money.
 """
 
 from __future__ import annotations
@@ -24,18 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from farecore.journal import Direction
 from farecore.settlement.anomalies import Anomaly
-from farecore.settlement.fares import FareTable, MetroFare
+from farecore.settlement.fares import FareTable
+from farecore.settlement.pricing import price
+from farecore.settlement.rides import Context, PricedRides, Rides
 from farecore.settlement.terminals import TerminalInfo
 from farecore.settlement.unit import Partial
 
-__all__ = ["TRIPS", "MergeOptions", "PricedRides", "Rides", "Settlement", "Total", "merge"]
-
-# What a paid record is (PricedRides.trip holds the index): a metro entry paired with
-# its exit carries 0, and the exit the trip's fare.
-TRIPS = ("bus", "metro_entry", "metro_exit", "unpaired_entry", "unpaired_exit")
-_BUS, _METRO_ENTRY, _METRO_EXIT, _UNPAIRED_ENTRY, _UNPAIRED_EXIT = range(len(TRIPS))
+__all__ = ["MergeOptions", "Settlement", "Total", "merge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,74 +37,6 @@ class MergeOptions:
     max_speed_kmh: int = 120
     min_travel_m: int = 2000
     revoked_at: Mapping[int, int] = field(default_factory=dict)
-
-
-Context = tuple[str, str, str, int]  # operator, line, place, direction
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Rides:
-    """Verified rides, one row each, column by column.
-
-    ``context`` indexes ``contexts`` (a terminal's operator, line, place, direction);
-    ``record_hash`` has one 32-byte row per ride; ``flagged`` maps the row of each ride
-    that carries flags to (flags, revocation generation).
-    """
-
-    contexts: tuple[Context, ...]
-    context: np.ndarray  # int32
-    terminal_id: np.ndarray  # uint64
-    seq: np.ndarray  # uint64
-    time_ms: np.ndarray  # int64
-    card_id: np.ndarray  # uint64
-    counter: np.ndarray  # int64
-    record_hash: np.ndarray  # uint8, shape (n, 32)
-    flagged: dict[int, tuple[tuple[str, ...], int | None]]
-
-    def __len__(self) -> int:
-        return len(self.seq)
-
-    def take(self, rows: np.ndarray) -> Rides:
-        """The rides at ``rows``, in that order (each row at most once)."""
-        flagged = self.flagged
-        moved = [(new, old) for new, old in enumerate(rows.tolist()) if old in flagged]
-        return Rides(
-            self.contexts,
-            self.context[rows],
-            self.terminal_id[rows],
-            self.seq[rows],
-            self.time_ms[rows],
-            self.card_id[rows],
-            self.counter[rows],
-            self.record_hash[rows],
-            {new: flagged[old] for new, old in moved} if flagged else {},
-        )
-
-    def by_card(self) -> np.ndarray:
-        """Row order by (card, time, terminal, seq): each card's rides in time order.
-
-        Rows are unique by (terminal, seq), so the order has no ties.
-        """
-        return np.lexsort((self.seq, self.terminal_id, self.time_ms, self.card_id))
-
-    def where(self, row: int) -> tuple[int, int, int]:
-        """(terminal id, seq, card id) of one row, as Python integers, to name it."""
-        return int(self.terminal_id[row]), int(self.seq[row]), int(self.card_id[row])
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class PricedRides:
-    """The paid rides (in terminal, seq order) and what each carries."""
-
-    rides: Rides
-    fare_fen: np.ndarray  # int64
-    trip: np.ndarray  # int8, index into TRIPS
-    paired: np.ndarray  # bool: a metro entry or exit with its other half
-    paired_terminal_id: np.ndarray  # uint64, 0 where not paired
-    paired_seq: np.ndarray  # uint64, 0 where not paired
-
-    def __len__(self) -> int:
-        return len(self.rides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +82,7 @@ def merge(
     _flags(rides, opts, anomalies)
     by_card = rides.by_card()
     _travel(rides, by_card, terminals, opts, anomalies)
-    priced, by_line = _price(rides, by_card, day, fares, anomalies)
+    priced, by_line = price(rides, by_card, day, fares, anomalies)
     day_text = day.isoformat()
     stats = {
         "batches": len(ordered),
@@ -467,175 +391,3 @@ def _may_be_far(terminals: Mapping[int, TerminalInfo], min_travel_m: int) -> boo
     xs = [t.x_m for t in terminals.values()]
     ys = [t.y_m for t in terminals.values()]
     return math.isqrt((max(xs) - min(xs)) ** 2 + (max(ys) - min(ys)) ** 2) >= min_travel_m
-
-
-class _DayFares:
-    """The fare table as of one day, with each lookup done once (a night has millions)."""
-
-    def __init__(self, fares: FareTable, day: dt.date) -> None:
-        self.fares = fares
-        self.day = day
-        self._bus: dict[tuple[str, str], int | None] = {}
-        self._metro: dict[str, MetroFare | None] = {}
-        self._unpaired: dict[tuple[str, str], int | None] = {}
-        self._stations: dict[tuple[str, str], int | None] = {}
-
-    def bus(self, operator: str, line: str) -> int | None:
-        key = (operator, line)
-        if key not in self._bus:
-            self._bus[key] = self.fares.bus_fare(operator, line, self.day)
-        return self._bus[key]
-
-    def metro(self, operator: str) -> MetroFare | None:
-        if operator not in self._metro:
-            self._metro[operator] = self.fares.metro_for(operator, self.day)
-        return self._metro[operator]
-
-    def unpaired(self, which: str, operator: str) -> int | None:
-        key = (which, operator)
-        if key not in self._unpaired:
-            self._unpaired[key] = self.fares.unpaired_fare(which, operator, self.day)
-        return self._unpaired[key]
-
-    def station_m(self, table: MetroFare, place: str) -> int | None:
-        key = (table.operator, place)
-        if key not in self._stations:
-            self._stations[key] = table.station_m(place)
-        return self._stations[key]
-
-
-def _price(
-    rides: Rides, by_card: np.ndarray, day: dt.date, fare_table: FareTable, anomalies: list[Anomaly]
-) -> tuple[PricedRides, dict[tuple[str, str], list[int]]]:
-    """Each ride priced; and (operator, line) -> [rides, fen].
-
-    A bus boarding pays its line's fare. Metro rides are walked per card in time order:
-    per operator, an exit takes the latest open entry and pays the trip, counted on the
-    entry's line (the entry itself carries 0); an exit with no open entry and an entry
-    never closed pay the unpaired fares.
-    """
-    fares = _DayFares(fare_table, day)
-    n = len(rides)
-    fare = np.zeros(n, dtype=np.int64)
-    trip = np.zeros(n, dtype=np.int8)
-    paired = np.zeros(n, dtype=bool)
-    paired_tid = np.zeros(n, dtype=np.uint64)
-    paired_seq = np.zeros(n, dtype=np.uint64)
-    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    contexts = rides.contexts
-    board = int(Direction.BOARD)
-    is_bus_context = np.array([c[3] == board for c in contexts] + [False], dtype=bool)
-    is_bus = is_bus_context[rides.context]
-    for code, (op, line, _, direction) in enumerate(contexts):
-        if direction != board:
-            continue
-        rows = np.flatnonzero(rides.context == code)
-        fen = fares.bus(op, line)
-        if fen is None:
-            for row in rows.tolist():
-                anomalies.append(_no_fare(rides, row, "no bus fare for this line"))
-        fare[rows] = fen or 0
-        total = totals[(op, line)]
-        total[0] += len(rows)
-        total[1] += (fen or 0) * len(rows)
-    # Fares of trips already priced without a problem, by (operator, entry, exit place).
-    trips: dict[tuple[str, str, str], int] = {}
-    entry = int(Direction.ENTRY)
-    # Per operator, a stack of entry rows not yet matched.
-    open_entries: dict[str, list[int]] = defaultdict(list)
-    metro = by_card[~is_bus[by_card]]
-    tids, seqs = rides.terminal_id.tolist(), rides.seq.tolist()
-    card: int | None = None
-    for row, card_id, code in zip(
-        metro.tolist(), rides.card_id[metro].tolist(), rides.context[metro].tolist(), strict=True
-    ):
-        if card_id != card:
-            _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
-            card = card_id
-        op, line, place, direction = contexts[code]
-        stack = open_entries[op]
-        if direction == entry:
-            stack.append(row)
-            continue
-        if not stack:
-            fen = _unpaired(fares, "exit", rides, row, anomalies)
-            trip[row] = _UNPAIRED_EXIT
-            total = totals[(op, line)]
-        else:
-            e = stack.pop()
-            _, e_line, e_place, _ = contexts[int(rides.context[e])]
-            key = (op, e_place, place)
-            fen = trips.get(key, -1)
-            if fen < 0:
-                before = len(anomalies)
-                fen = _trip_fare(fares, op, e_place, place, rides, row, anomalies)
-                if len(anomalies) == before:
-                    trips[key] = fen
-            trip[e], trip[row] = _METRO_ENTRY, _METRO_EXIT
-            paired[e] = paired[row] = True
-            paired_tid[e], paired_seq[e] = tids[row], seqs[row]
-            paired_tid[row], paired_seq[row] = tids[e], seqs[e]
-            total = totals[(op, e_line)]  # a trip counts on the line entered
-        fare[row] = fen
-        total[0] += 1
-        total[1] += fen
-    _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
-    return PricedRides(rides, fare, trip, paired, paired_tid, paired_seq), totals
-
-
-def _close_unpaired(
-    rides: Rides,
-    open_entries: dict[str, list[int]],
-    fares: _DayFares,
-    fare: np.ndarray,
-    trip: np.ndarray,
-    totals: dict[tuple[str, str], list[int]],
-    anomalies: list[Anomaly],
-) -> None:
-    """Price one card's entries that no exit closed, and forget them."""
-    for stack in open_entries.values():
-        for row in stack:
-            op, line, _, _ = rides.contexts[int(rides.context[row])]
-            fen = _unpaired(fares, "entry", rides, row, anomalies)
-            fare[row] = fen
-            trip[row] = _UNPAIRED_ENTRY
-            total = totals[(op, line)]
-            total[0] += 1
-            total[1] += fen
-    open_entries.clear()
-
-
-def _no_fare(rides: Rides, row: int, detail: str) -> Anomaly:
-    tid, seq, card_id = rides.where(row)
-    return Anomaly("no_fare", terminal_id=tid, seq=seq, card_id=card_id, detail=detail)
-
-
-def _unpaired(
-    fares: _DayFares, which: str, rides: Rides, row: int, anomalies: list[Anomaly]
-) -> int:
-    fen = fares.unpaired(which, rides.contexts[int(rides.context[row])][0])
-    if fen is None:
-        anomalies.append(_no_fare(rides, row, f"no metro fare table for unpaired {which}"))
-        return 0
-    return fen
-
-
-def _trip_fare(
-    fares: _DayFares,
-    operator: str,
-    entry_place: str,
-    exit_place: str,
-    rides: Rides,
-    exit_row: int,
-    anomalies: list[Anomaly],
-) -> int:
-    table = fares.metro(operator)
-    if table is None:
-        anomalies.append(_no_fare(rides, exit_row, "no metro fare table"))
-        return 0
-    a, b = fares.station_m(table, entry_place), fares.station_m(table, exit_place)
-    if a is None or b is None:
-        missing = entry_place if a is None else exit_place
-        anomalies.append(_no_fare(rides, exit_row, f"station {missing} not in the fare table"))
-        return 0
-    return int(table.fare_for(abs(a - b)))

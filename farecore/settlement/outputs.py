@@ -21,7 +21,8 @@ from farecore.atomicfile import write_atomic
 from farecore.errors import SettlementError
 from farecore.journal import Direction
 from farecore.settlement.anomalies import KINDS
-from farecore.settlement.merge import TRIPS, Settlement
+from farecore.settlement.merge import Settlement
+from farecore.settlement.rides import TRIPS
 
 __all__ = ["MANIFEST_FORMAT", "OUTPUT_NAMES", "rides_parquet_bytes", "write_outputs"]
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from farecore.crypto import Algorithm
 from farecore.journal import Direction
 from farecore.settlement.anomalies import Anomaly
-from farecore.settlement.merge import MergeOptions, Rides, _reused_counters, _travel
+from farecore.settlement.merge import MergeOptions, _reused_counters, _travel
+from farecore.settlement.rides import Rides
 from farecore.settlement.terminals import TerminalInfo
 
 TIDS = (1, 2, 3, 4, 5)
