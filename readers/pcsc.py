@@ -29,7 +29,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
-import queue
 import re
 import threading
 import time
@@ -39,88 +38,28 @@ from typing import Any
 from smartcard import scard  # type: ignore[import-untyped]
 
 from farecore.errors import CardIOError, ConfigError, ReaderIOError
+from readers.pcsc_calls import (
+    CONTEXT_LOST,
+    MAX_RESPONSE_PARTS,
+    MAX_STUCK,
+    PROTOCOLS,
+    READER_LOST,
+    SHARE,
+    STALE_HANDLE,
+    SUCCESS,
+    TIMEOUT,
+    CallThread,
+    code_of,
+    describe,
+)
 
 __all__ = ["PcscChannel", "PcscReader", "PcscReaderFactory"]
 
 log = logging.getLogger(__name__)
 
-_SUCCESS = 0
-_TIMEOUT = 0x8010000A
-# The daemon or our context is gone: drop the context and establish a new one.
-_CONTEXT_LOST = frozenset(
-    {
-        0x80100001,  # SCARD_F_INTERNAL_ERROR
-        0x80100003,  # SCARD_E_INVALID_HANDLE
-        0x8010001D,  # SCARD_E_NO_SERVICE
-        0x8010001E,  # SCARD_E_SERVICE_STOPPED
-    }
-)
-# The reader went away (unplugged): find it again.
-_READER_LOST = frozenset(
-    {
-        0x80100009,  # SCARD_E_UNKNOWN_READER
-        0x80100017,  # SCARD_E_READER_UNAVAILABLE
-        0x8010002E,  # SCARD_E_NO_READERS_AVAILABLE
-    }
-)
-# The handle points at a card that pcscd saw leave, or that someone reset.
-_STALE_HANDLE = frozenset({0x80100069, 0x80100068})  # SCARD_W_REMOVED_CARD, SCARD_W_RESET_CARD
-_PROTOCOLS = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
-_SHARE = {"shared": scard.SCARD_SHARE_SHARED, "exclusive": scard.SCARD_SHARE_EXCLUSIVE}
-_MAX_STUCK = 4  # abandoned calls still inside pcscd before we stop trying
-_MAX_RESPONSE_PARTS = 512  # a 61xx chain longer than this is a broken card
-
-
-def _hr(value: int) -> int:
-    return value & 0xFFFFFFFF
-
-
-def _message(hresult: int) -> str:
-    try:
-        text = str(scard.SCardGetErrorMessage(hresult)).strip().rstrip(".")
-    except Exception:  # a message is a nicety; it must never raise
-        text = "PC/SC error"
-    return f"{text} (0x{_hr(hresult):08X})"
-
 
 class _Retry(Exception):
     """pcscd or the reader is unavailable right now; the caller retries until its timeout."""
-
-
-class _Worker:
-    """One thread that runs blocking PC/SC calls so the caller can stop waiting."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event, list[Any]] | None]
-        self._jobs = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="pcsc-transmit", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            call, done, box = job
-            try:
-                box.append((True, call()))
-            except BaseException as exc:  # handed back to the caller, who re-raises it
-                box.append((False, exc))
-            done.set()
-
-    def call(self, call: Callable[[], Any], timeout: float) -> Any:
-        """Run ``call``; raise TimeoutError if it takes longer than ``timeout``."""
-        done = threading.Event()
-        box: list[Any] = []
-        self._jobs.put((call, done, box))
-        if not done.wait(timeout):
-            raise TimeoutError
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
-
-    def stop(self, join: float = 0.5) -> None:
-        self._jobs.put(None)
-        if join and self.thread is not threading.current_thread():
-            self.thread.join(join)
 
 
 class PcscChannel:
@@ -153,7 +92,7 @@ class PcscReader:
         backoff_max: float = 1.0,
         poll_interval: float = 0.25,
     ) -> None:
-        if share not in _SHARE:
+        if share not in SHARE:
             raise ConfigError(f"share must be 'shared' or 'exclusive', not {share!r}")
         if transmit_timeout is not None and transmit_timeout <= 0:
             raise ConfigError("transmit_timeout must be positive (or None for no timeout)")
@@ -162,7 +101,7 @@ class PcscReader:
         self.target = target
         self.name = target or "pcsc"
         self.transmit_timeout = transmit_timeout
-        self._share = _SHARE[share]
+        self._share = SHARE[share]
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._poll = poll_interval
@@ -180,7 +119,7 @@ class PcscReader:
         self._generation = 0
         self._backoff = backoff_initial
         self._retry_at = 0.0
-        self._worker: _Worker | None = None
+        self._worker: CallThread | None = None
         self._stuck: list[threading.Thread] = []  # workers abandoned inside pcscd calls
         self._lock = threading.Lock()  # only guards close() against a concurrent wait
 
@@ -253,7 +192,7 @@ class PcscReader:
                 return True
             while True:
                 try:
-                    state = self._state(ctx, reader, _TIMEOUT_NOW)
+                    state = self._state(ctx, reader, _NOW)
                     if self._card_gone(state) and not self._still_ours(state):
                         self._disconnect()
                         return True
@@ -280,10 +219,10 @@ class PcscReader:
         if now < self._retry_at:
             raise _Retry("pcscd unavailable; next attempt in %.2f s" % (self._retry_at - now))
         hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-        if _hr(hr) != _SUCCESS:
+        if code_of(hr) != SUCCESS:
             self._retry_at = now + self._backoff
             self._backoff = min(self._backoff * 2, self._backoff_max)
-            raise _Retry(f"cannot reach pcscd: {_message(hr)}")
+            raise _Retry(f"cannot reach pcscd: {describe(hr)}")
         if self._backoff != self._backoff_initial:
             log.info("pcsc: context re-established")
         self._ctx = int(ctx)
@@ -303,12 +242,12 @@ class PcscReader:
 
     def _fail(self, hresult: int, what: str) -> _Retry:
         """Forget what ``hresult`` says is dead; the error to retry with."""
-        code = _hr(hresult)
-        if code in _CONTEXT_LOST:
+        code = code_of(hresult)
+        if code in CONTEXT_LOST:
             self._drop_context(release=True)
-        elif code in _READER_LOST:
+        elif code in READER_LOST:
             self._forget_reader()
-        return _Retry(f"{what}: {_message(hresult)}")
+        return _Retry(f"{what}: {describe(hresult)}")
 
     def _matches(self, name: str) -> bool:
         if not self.target or name == self.target:
@@ -322,9 +261,9 @@ class PcscReader:
         if self._slots:
             return self._slots
         hr, names = scard.SCardListReaders(ctx, [])
-        if _hr(hr) not in (_SUCCESS, 0x8010002E):
+        if code_of(hr) not in (SUCCESS, 0x8010002E):
             raise self._fail(hr, "cannot list readers")
-        names = [str(n) for n in names] if _hr(hr) == _SUCCESS else []
+        names = [str(n) for n in names] if code_of(hr) == SUCCESS else []
         found = [n for n in names if self._matches(n)]
         if not found:
             raise _Retry(f"no reader matches {self.target!r} (have: {', '.join(names) or 'none'})")
@@ -342,10 +281,10 @@ class PcscReader:
         # re-insertion between two calls still counts as a change.
         query = [(r, scard.SCARD_STATE_UNAWARE if known is None else known[r]) for r in readers]
         hr, states = scard.SCardGetStatusChange(ctx, ms, query)
-        code = _hr(hr)
-        if code == _TIMEOUT:
+        code = code_of(hr)
+        if code == TIMEOUT:
             return dict(known) if known is not None else dict.fromkeys(readers, 0)
-        if code != _SUCCESS:
+        if code != SUCCESS:
             raise self._fail(hr, "cannot read reader state")
         out = {str(name): int(state) for name, state, _atr in states}
         for name, state in out.items():
@@ -385,7 +324,7 @@ class PcscReader:
             hr = scard.SCardStatus(handle)[0]
         except Exception:  # pyscard misbehaving: do not claim the card is ours
             return False
-        if _hr(hr) != _SUCCESS:
+        if code_of(hr) != SUCCESS:
             return False
         self._events = state >> 16
         return True
@@ -393,7 +332,7 @@ class PcscReader:
     def _try_card(self, deadline: float) -> PcscChannel | None:
         ctx = self._context()
         slots = self._find_slots(ctx)
-        states = self._states(ctx, slots, _TIMEOUT_NOW)
+        states = self._states(ctx, slots, _NOW)
 
         def present(name: str) -> bool:
             state = states[name]
@@ -413,14 +352,14 @@ class PcscReader:
                 continue
             try:
                 hr, handle, protocol = self._blocking(
-                    functools.partial(scard.SCardConnect, ctx, reader, self._share, _PROTOCOLS)
+                    functools.partial(scard.SCardConnect, ctx, reader, self._share, PROTOCOLS)
                 )
             except TimeoutError:
                 raise _Retry(f"pcscd did not answer a connect to {reader!r}") from None
-            code = _hr(hr)
-            if code in _CONTEXT_LOST or code in _READER_LOST:
+            code = code_of(hr)
+            if code in CONTEXT_LOST or code in READER_LOST:
                 raise self._fail(hr, "cannot connect")
-            if code != _SUCCESS:
+            if code != SUCCESS:
                 continue  # the card left (or is mute) between the state and the connect
             self._reader = self.name = reader
             self._handle, self._protocol, self._events = handle, protocol, states[reader] >> 16
@@ -465,7 +404,7 @@ class PcscReader:
             return response
         # 61xx: more data waits; fetch it with GET RESPONSE until the chain ends.
         data = bytearray(response[:-2])
-        for _ in range(_MAX_RESPONSE_PARTS):
+        for _ in range(MAX_RESPONSE_PARTS):
             part = self._exchange(bytes([apdu[0] & 0x03, 0xC0, 0, 0, response[-1]]), first=False)
             data += part[:-2]
             response = part
@@ -479,31 +418,31 @@ class PcscReader:
         if handle is None:
             raise CardIOError("card is no longer connected")
         hr, response = self._raw_transmit(handle, apdu)
-        code = _hr(hr)
-        if code in _STALE_HANDLE and first:
+        code = code_of(hr)
+        if code in STALE_HANDLE and first:
             # pcscd saw a removal/reset since we connected, and nothing of this
             # transaction went to the old card: reconnect and talk to the card now there.
             rhr, protocol = scard.SCardReconnect(
-                handle, self._share, _PROTOCOLS, scard.SCARD_LEAVE_CARD
+                handle, self._share, PROTOCOLS, scard.SCARD_LEAVE_CARD
             )
-            if _hr(rhr) == _SUCCESS:
+            if code_of(rhr) == SUCCESS:
                 log.info("pcsc: stale handle on %s, reconnected", self.name)
                 self._protocol = protocol
                 self._refresh_events()
                 hr, response = self._raw_transmit(handle, apdu)
-                code = _hr(hr)
-        if code == _SUCCESS and len(response) >= 2:
+                code = code_of(hr)
+        if code == SUCCESS and len(response) >= 2:
             return bytes(response)
-        if code in _CONTEXT_LOST:
+        if code in CONTEXT_LOST:
             self._drop_context(release=True)
-            raise ReaderIOError(f"pcscd lost during transmit: {_message(hr)}")
-        if code in _READER_LOST:
+            raise ReaderIOError(f"pcscd lost during transmit: {describe(hr)}")
+        if code in READER_LOST:
             self._forget_reader()
-            raise ReaderIOError(f"reader lost during transmit: {_message(hr)}")
+            raise ReaderIOError(f"reader lost during transmit: {describe(hr)}")
         self._disconnect()
-        if code == _SUCCESS:
+        if code == SUCCESS:
             raise CardIOError("card returned no valid response (removed mid-APDU?)")
-        raise CardIOError(f"transmit failed: {_message(hr)}")
+        raise CardIOError(f"transmit failed: {describe(hr)}")
 
     def _raw_transmit(self, handle: int, apdu: bytes) -> tuple[int, list[int]]:
         protocol = self._protocol
@@ -518,11 +457,11 @@ class PcscReader:
         if self.transmit_timeout is None:
             return call()
         self._stuck = [t for t in self._stuck if t.is_alive()]
-        if len(self._stuck) >= _MAX_STUCK:
+        if len(self._stuck) >= MAX_STUCK:
             # pcscd has not answered several abandoned calls: do not pile up more threads.
             raise TimeoutError
         if self._worker is None:
-            self._worker = _Worker()
+            self._worker = CallThread()
         try:
             return self._worker.call(call, self.transmit_timeout)
         except TimeoutError:
@@ -539,13 +478,13 @@ class PcscReader:
         if self._ctx is None or self._reader is None:
             return
         try:
-            state = self._state(self._ctx, self._reader, _TIMEOUT_NOW)
+            state = self._state(self._ctx, self._reader, _NOW)
         except _Retry:
             return
         self._events = state >> 16
 
 
-_TIMEOUT_NOW = 0.0
+_NOW = 0.0
 
 
 def _has_le(apdu: bytes) -> bool:
