@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import json
 import multiprocessing as mp
-import multiprocessing.connection as mp_connection
 import os
 import sys
 import threading
@@ -347,28 +346,6 @@ def _hash_place(place: str) -> int:
     return int.from_bytes(hashlib.sha256(place.encode()).digest()[:6], "big")
 
 
-def _progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: float) -> None:
-    tty = stream.isatty()
-    last_line = 0.0
-    while any(p.is_alive() for p in procs):
-        # Wake at the display interval, or at once when a worker ends: the tap phase's
-        # wall clock (and so taps/s) must not include a polling sleep.
-        mp_connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.25)
-        done = sum(progress[:])
-        elapsed = time.perf_counter() - t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"taps {done:>9,}/{total:,} ({100 * done / max(1, total):5.1f} %)  {rate:8,.0f} taps/s  {elapsed:6.1f} s"
-        if tty:
-            stream.write("\r" + text)
-            stream.flush()
-        elif elapsed - last_line >= 5.0:
-            stream.write(text + "\n")
-            stream.flush()
-            last_line = elapsed
-    if tty:
-        stream.write("\n")
-
-
 def _start_transport(world: _World, workdir: Path) -> Any:
     """Route the first taps of gate 0 through the chosen transport (see sim.transport);
     return what has to be stopped after the tap phase (pcscd, or None for pn532)."""
@@ -387,7 +364,7 @@ def _stop_transport(daemon: Any) -> None:
 def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, Any]:
     """Run the day; return the summary (also written to RUNDIR/summary.json)."""
     global _WORLD, _TRANSPORT
-    from sim.summary import build_summary, print_summary, write_plots
+    from sim.summary import build_summary, print_summary, show_progress, write_plots
 
     # Absolute: pcscd is handed paths under it and does not resolve them from our cwd.
     out = opts.out.absolute()
@@ -430,7 +407,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     for p in procs:
         p.start()
     try:
-        _progress(progress, len(world.workload), procs, stream, t0)
+        show_progress(progress, len(world.workload), procs, stream, t0)
     finally:
         for p in procs:
             p.join()

@@ -1,12 +1,14 @@
 """What a simulated day proved: the confusion table, the money, the speed, and the plots.
 
 It turns the raw per-tap results (expected and got codes, latencies) and the settlement
-totals into ``summary.json``, a one-screen text report and two PNG plots. It must never
-change a verdict: a wrong decision or a money mismatch is counted here, not excused.
+totals into ``summary.json``, a one-screen text report and two PNG plots, and shows the
+live progress line while the day runs. It must never change a verdict: a wrong decision or a money mismatch is counted here, not excused.
 """
 
 from __future__ import annotations
 
+import multiprocessing.connection as mp_connection
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -19,7 +21,7 @@ from sim.workload import FAULT_PASSBACK, FAULT_PULLED, label_name
 if TYPE_CHECKING:
     from sim.run import _World
 
-__all__ = ["build_summary", "print_summary", "write_plots"]
+__all__ = ["build_summary", "print_summary", "show_progress", "write_plots"]
 
 
 def _fraud_kinds(world: _World) -> npt.NDArray[np.object_]:
@@ -169,3 +171,26 @@ def write_plots(out_dir: Any, world: _World, latency_us: npt.NDArray[np.float64]
     fig.tight_layout()
     fig.savefig(out_dir / "latency_histogram.png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+
+
+def show_progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t0: float) -> None:
+    """A live line of taps done and taps/s while the worker processes run."""
+    tty = stream.isatty()
+    last_line = 0.0
+    while any(p.is_alive() for p in procs):
+        # Wake at the display interval, or at once when a worker ends: the tap phase's
+        # wall clock (and so taps/s) must not include a polling sleep.
+        mp_connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.25)
+        done = sum(progress[:])
+        elapsed = time.perf_counter() - t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"taps {done:>9,}/{total:,} ({100 * done / max(1, total):5.1f} %)  {rate:8,.0f} taps/s  {elapsed:6.1f} s"
+        if tty:
+            stream.write("\r" + text)
+            stream.flush()
+        elif elapsed - last_line >= 5.0:
+            stream.write(text + "\n")
+            stream.flush()
+            last_line = elapsed
+    if tty:
+        stream.write("\n")
