@@ -116,3 +116,29 @@ def test_cli_settle_summary_and_errors(
     (world.root / "fares.toml").write_text("[[bus]]\noperator = 1\n")
     proc = subprocess.run([sys.executable, "-m", "farecore", *args], capture_output=True, text=True)
     assert proc.returncode == 2 and "fares.toml" in proc.stderr
+
+
+def test_the_cycle_collector_is_back_as_it_was_after_a_run(world: World, tmp_path: Path) -> None:
+    # The settlement pauses Python's cycle collector and freezes partials while it runs
+    # (pipeline._without_cycle_collector); a run, even a failed one, must undo both.
+    import gc
+
+    from farecore.errors import SettlementError
+
+    scripted_day(world)
+    inputs = load_inputs(
+        DAY, world.root / "terminals.csv", world.root / "keyring.json", world.root / "fares.toml"
+    )
+    assert gc.isenabled()
+    run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    paths = [*find_batches(world.batches), str(tmp_path / "missing.fcb")]
+    with pytest.raises(SettlementError, match="missing.fcb"):
+        run_settlement(inputs, paths, None)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        run_settlement(inputs, find_batches(world.batches), None)
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
