@@ -59,7 +59,7 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
     flags = [""] * len(rides)
     for row, (words, _) in rides.flagged.items():
         flags[row] = ",".join(words)
-    no_pair = ~priced.paired
+    no_pair = ~priced.paired()
     cols: dict[str, Any] = {
         "terminal_id": rides.terminal_id,
         "seq": rides.seq,

@@ -77,7 +77,6 @@ def price(
     n = len(rides)
     fare = np.zeros(n, dtype=np.int64)
     trip = np.zeros(n, dtype=np.int8)
-    paired = np.zeros(n, dtype=bool)
     paired_tid = np.zeros(n, dtype=np.uint64)
     paired_seq = np.zeros(n, dtype=np.uint64)
     totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -131,7 +130,6 @@ def price(
                 if len(anomalies) == before:
                     trips[key] = fen
             trip[e], trip[row] = METRO_ENTRY, METRO_EXIT
-            paired[e] = paired[row] = True
             paired_tid[e], paired_seq[e] = tids[row], seqs[row]
             paired_tid[row], paired_seq[row] = tids[e], seqs[e]
             total = totals[(op, e_line)]  # a trip counts on the line entered
@@ -139,7 +137,7 @@ def price(
         total[0] += 1
         total[1] += fen
     _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
-    return PricedRides(rides, fare, trip, paired, paired_tid, paired_seq), totals
+    return PricedRides(rides, fare, trip, paired_tid, paired_seq), totals
 
 
 def _close_unpaired(

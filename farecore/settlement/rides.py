@@ -57,7 +57,10 @@ class Rides:
     def take(self, rows: np.ndarray) -> Rides:
         """The rides at ``rows``, in that order (each row at most once)."""
         flagged = self.flagged
-        moved = [(new, old) for new, old in enumerate(rows.tolist()) if old in flagged]
+        moved: dict[int, tuple[tuple[str, ...], int | None]] = {}
+        if flagged:  # few rows carry flags: find where they went, not each row's fate
+            marked = np.isin(rows, np.fromiter(flagged, dtype=np.int64, count=len(flagged)))
+            moved = {new: flagged[int(rows[new])] for new in np.flatnonzero(marked).tolist()}
         return Rides(
             self.contexts,
             self.context[rows],
@@ -67,7 +70,7 @@ class Rides:
             self.card_id[rows],
             self.counter[rows],
             self.record_hash[rows],
-            {new: flagged[old] for new, old in moved} if flagged else {},
+            moved,
         )
 
     def by_card(self) -> np.ndarray:
@@ -89,9 +92,12 @@ class PricedRides:
     rides: Rides
     fare_fen: np.ndarray  # int64
     trip: np.ndarray  # int8, index into TRIPS
-    paired: np.ndarray  # bool: a metro entry or exit with its other half
     paired_terminal_id: np.ndarray  # uint64, 0 where not paired
     paired_seq: np.ndarray  # uint64, 0 where not paired
 
     def __len__(self) -> int:
         return len(self.rides)
+
+    def paired(self) -> np.ndarray:
+        """Which rows are a metro entry or exit with its other half (bool)."""
+        return np.isin(self.trip, (METRO_ENTRY, METRO_EXIT))
