@@ -151,8 +151,12 @@ def export_batch(
     day: dt.date,
     key: SigningKey,
     utc_offset_min: int = QINGDAO_UTC_OFFSET_MIN,
+    terminal_id: int | None = None,
 ) -> bytes:
     """The signed batch of ``day`` from a journal, after checking its chain.
+
+    ``terminal_id`` names the terminal to export from a station journal (which holds
+    several); for a terminal's own journal it may be left out.
 
     The day's records are seq ``cut(day) … cut(day+1)-1``, where ``cut(d)`` is the first
     seq timed at or after ``d`` starts: contiguous and gap-free by design, and a record
@@ -161,7 +165,7 @@ def export_batch(
     if key.role != "terminal":
         raise JournalError(f"batches are signed with a terminal key, not a {key.role} key")
     start, end = day_bounds_ms(day, utc_offset_min)
-    with JournalReader(journal_path) as reader:
+    with JournalReader(journal_path, terminal_id) as reader:
         first = reader.first_seq_from(start)
         last = max(reader.first_seq_from(end) - 1, first - 1)
         prev = reader.hash_of(first - 1)

@@ -157,19 +157,47 @@ class Gate:
 
     def process(self, channel: CardChannel) -> Decision:
         """One tap on a card already in the field: decide, journal, record, signal."""
+        commit = getattr(self.journal, "commit", None)
+        if commit is not None:
+            # A station journal: the ride and its lockout become durable in one commit.
+            decision = self.stage(channel)
+            commit()
+            self.complete(decision)
+            return decision
         now = self._clock_ms()
         decision = run_tap(channel, self.validator, now, self._nonce())
         if self.journal is not None:
             self.journal.append(decision, self.context)  # durable before the gate opens
         if decision.accepted and decision.card_id is not None:
             self.passback.record(decision.card_id, now)
+        self.complete(decision)
+        return decision
+
+    def stage(self, channel: CardChannel) -> Decision:
+        """Decide a tap and write its ride into a station journal's open group, without
+        signalling: ``farecore.station.StationController`` commits the group and then
+        calls ``complete``. The journal must be a ``StationTerminal`` and the passback
+        state the station's own (``PassbackStore.in_station``), so that the ride and its
+        lockout become durable in the same commit."""
+        journal = self.journal
+        stage = getattr(journal, "stage", None)
+        if stage is None:
+            raise TypeError("Gate.stage needs a station journal (farecore.station)")
+        now = self._clock_ms()
+        decision = run_tap(channel, self.validator, now, self._nonce())
+        stage(decision, self.context)
+        if decision.accepted and decision.card_id is not None:
+            self.passback.record(decision.card_id, now)
+        return decision
+
+    def complete(self, decision: Decision) -> None:
+        """Signal a decision whose ride is durable: open or refuse, and log it."""
         if self.actuator is not None:
             self.actuator.signal(decision)
         if self.log is not None:
             self.log.write(decision_json(decision, self.place, self.role) + "\n")
             self.log.flush()
         self.taps += 1
-        return decision
 
     def stop(self) -> None:
         """Ask the loop to finish after the current tap (safe from a signal handler)."""

@@ -40,6 +40,7 @@ from farecore.walfile import reserve_wal
 
 __all__ = [
     "GENESIS_HASH",
+    "STATION_FORMAT",
     "Direction",
     "Journal",
     "JournalReader",
@@ -50,6 +51,7 @@ __all__ = [
     "credential_hash",
     "decode_record",
     "decode_record_row",
+    "draft_records",
     "encode_record",
     "record_row",
 ]
@@ -198,42 +200,9 @@ class Journal:
                 p.done.set()
 
     def _write(self, taps: list[tuple[Decision, TapContext]]) -> list[JournalRecord]:
-        seq, head = self._seq, self._head
-        out: list[JournalRecord] = []
-        rows = []
-        creds = []
-        for decision, ctx in taps:
-            seq += 1
-            cred_hash = None
-            if decision.credential is not None:
-                cred_hash = credential_hash(decision.credential)
-                if cred_hash not in self._known:
-                    creds.append((cred_hash, decision.credential))
-            draft = JournalRecord(
-                terminal_id=self.terminal_id,
-                seq=seq,
-                time_ms=decision.time_ms,
-                operator=ctx.operator,
-                line=ctx.line,
-                place=ctx.place,
-                direction=ctx.direction,
-                decision=decision.label,
-                card_id=decision.card_id,
-                credential_sha256=cred_hash,
-                challenge=decision.challenge,
-                counter=decision.counter,
-                card_signature=decision.card_signature,
-                revocation_generation=decision.revocation_generation,
-                flags=tuple(decision.flags),
-                detail=decision.detail[:1000],
-                prev_hash=head,
-            )
-            body = encode_record(draft)
-            own = chain_hash(head, body)
-            object.__setattr__(draft, "hash", own)
-            rows.append((seq, decision.time_ms, _sql_int(decision.card_id), body, own))
-            out.append(draft)
-            head = own
+        out, rows, creds, seq, head = draft_records(
+            self.terminal_id, self._seq, self._head, taps, self._known
+        )
         db = self._db
         try:
             # One transaction whose commit is the sync that makes it durable. A lone
@@ -281,6 +250,59 @@ class Journal:
         self.close()
 
 
+def draft_records(
+    terminal_id: int,
+    seq: int,
+    head: bytes,
+    taps: list[tuple[Decision, TapContext]],
+    known: dict[bytes, None],
+) -> tuple[
+    list[JournalRecord],
+    list[tuple[int, int, int | None, bytes, bytes]],
+    list[tuple[bytes, bytes]],
+    int,
+    bytes,
+]:
+    """Chain ``taps`` onto a terminal's (seq, head): the records, their SQL rows, the
+    credentials not in ``known`` yet, and the new (seq, head). Writes nothing."""
+    out: list[JournalRecord] = []
+    rows = []
+    creds = []
+    for decision, ctx in taps:
+        seq += 1
+        cred_hash = None
+        if decision.credential is not None:
+            cred_hash = credential_hash(decision.credential)
+            if cred_hash not in known:
+                creds.append((cred_hash, decision.credential))
+        draft = JournalRecord(
+            terminal_id=terminal_id,
+            seq=seq,
+            time_ms=decision.time_ms,
+            operator=ctx.operator,
+            line=ctx.line,
+            place=ctx.place,
+            direction=ctx.direction,
+            decision=decision.label,
+            card_id=decision.card_id,
+            credential_sha256=cred_hash,
+            challenge=decision.challenge,
+            counter=decision.counter,
+            card_signature=decision.card_signature,
+            revocation_generation=decision.revocation_generation,
+            flags=tuple(decision.flags),
+            detail=decision.detail[:1000],
+            prev_hash=head,
+        )
+        body = encode_record(draft)
+        own = chain_hash(head, body)
+        object.__setattr__(draft, "hash", own)
+        rows.append((seq, decision.time_ms, _sql_int(decision.card_id), body, own))
+        out.append(draft)
+        head = own
+    return out, rows, creds, seq, head
+
+
 def _sql_int(value: int | None) -> int | None:
     # SQLite integers are signed 64-bit; card ids use the full uint64 range.
     return value - (1 << 64) if value is not None and value >= 1 << 63 else value
@@ -301,38 +323,95 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class JournalReader:
-    """Read-only access to a journal file: records by seq, credentials, chain check."""
+STATION_FORMAT = "farecore-station-journal/1"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class JournalReader:
+    """Read-only access to a journal file: records by seq, credentials, chain check.
+
+    A station journal (``farecore.station``) holds several terminals; name the one to
+    read with ``terminal_id``. For a terminal's own journal it is optional and checked.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], terminal_id: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise JournalError(f"{self.path}: no such journal")
         try:
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            row = self._db.execute("SELECT value FROM meta WHERE key='terminal_id'").fetchone()
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            station = meta.get("format") == STATION_FORMAT
+            held = (
+                [int(r[0]) for r in self._db.execute("SELECT terminal_id FROM terminals")]
+                if station
+                else []
+            )
         except sqlite3.Error as exc:
+            self._db.close()
             raise JournalError(f"{self.path}: not a farecore journal: {exc}") from None
-        if row is None:
+        # Every query names the terminal in a station file; in a terminal's file the
+        # condition is empty and the arguments too.
+        self._where: str = ""
+        self._args: tuple[int, ...] = ()
+        if station:
+            if terminal_id is None or terminal_id not in held:
+                self._db.close()
+                which = "name one" if terminal_id is None else f"not {terminal_id}"
+                raise JournalError(
+                    f"{self.path} is a station journal of terminals "
+                    f"{', '.join(map(str, sorted(held)))}; {which}"
+                )
+            self.terminal_id = terminal_id
+            self._where, self._args = "terminal_id = ? AND ", (terminal_id,)
+        elif "terminal_id" not in meta:
+            self._db.close()
             raise JournalError(f"{self.path}: not a farecore journal (no terminal id)")
-        self.terminal_id = int(row[0])
+        else:
+            self.terminal_id = int(meta["terminal_id"])
+            if terminal_id is not None and terminal_id != self.terminal_id:
+                self._db.close()
+                raise JournalError(
+                    f"{self.path} is the journal of terminal {self.terminal_id}, not {terminal_id}"
+                )
+
+    @staticmethod
+    def terminals_in(path: str | os.PathLike[str]) -> list[int]:
+        """The terminal ids a journal file holds (one, or a station's several)."""
+        try:
+            db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("format") == STATION_FORMAT:
+                return [int(r[0]) for r in db.execute("SELECT terminal_id FROM terminals")]
+            if "terminal_id" in meta:
+                return [int(meta["terminal_id"])]
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: not a farecore journal: {exc}") from None
+        finally:
+            db.close()
+        raise JournalError(f"{path}: not a farecore journal (no terminal id)")
 
     def close(self) -> None:
         self._db.close()
 
     def first_seq_from(self, time_ms: int) -> int:
         """The lowest seq timed at or after ``time_ms``; one past the last if none is."""
-        row = self._db.execute("SELECT MIN(seq) FROM records WHERE time_ms >= ?", (time_ms,))
+        w, a = self._where, self._args
+        row = self._db.execute(f"SELECT MIN(seq) FROM records WHERE {w}time_ms >= ?", (*a, time_ms))
         value = row.fetchone()[0]
         if value is not None:
             return int(value)
-        last = self._db.execute("SELECT MAX(seq) FROM records").fetchone()[0]
+        last = self._db.execute(f"SELECT MAX(seq) FROM records WHERE {w}seq > 0", a).fetchone()[0]
         return int(last or 0) + 1
 
     def hash_of(self, seq: int) -> bytes:
         if seq == 0:
             return GENESIS_HASH
-        row = self._db.execute("SELECT hash FROM records WHERE seq = ?", (seq,)).fetchone()
+        row = self._db.execute(
+            f"SELECT hash FROM records WHERE {self._where}seq = ?", (*self._args, seq)
+        ).fetchone()
         if row is None:
             raise JournalError(f"{self.path}: record {seq} is missing")
         return bytes(row[0])
@@ -345,8 +424,9 @@ class JournalReader:
         prev = self.hash_of(first - 1)
         expected = first
         cur = self._db.execute(
-            "SELECT seq, body, hash FROM records WHERE seq >= ? AND seq <= ? ORDER BY seq",
-            (first, last if last is not None else _MAX_SEQ),
+            f"SELECT seq, body, hash FROM records WHERE {self._where}seq >= ? AND seq <= ? "
+            "ORDER BY seq",
+            (*self._args, first, last if last is not None else _MAX_SEQ),
         )
         for seq, body, own in cur:
             if seq != expected:

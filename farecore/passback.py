@@ -20,11 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from farecore.errors import ConfigError, JournalError
 from farecore.walfile import reserve_wal
 
-__all__ = ["SCOPES", "PassbackRule", "PassbackStore", "boot_id", "monotonic_ms"]
+if TYPE_CHECKING:
+    from farecore.station import StationJournal
+
+__all__ = ["PASSBACK_TABLE", "SCOPES", "PassbackRule", "PassbackStore", "boot_id", "monotonic_ms"]
+
+PASSBACK_TABLE = (
+    "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
+    "card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL, "
+    "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
+    "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
+)
+_SELECT = "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?"
+_UPSERT = "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)"
+_PRUNE = "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)"
 
 SCOPES = ("place", "terminal")
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -73,13 +87,15 @@ class PassbackStore:
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: sqlite3.Connection | None,
         rule: PassbackRule,
         key: str,
         clock: Callable[[], int],
         boot: str,
+        station: StationJournal | None = None,
     ) -> None:
         self._db = db
+        self._station = station
         self.rule = rule
         self.key = key
         self._clock = clock
@@ -103,11 +119,29 @@ class PassbackStore:
         ``monotonic`` and ``boot`` are injectable so tests can play clocks; the defaults
         read the system's monotonic clock and boot id.
         """
-        if rule.scope == "terminal" and terminal_id is None:
-            raise ConfigError("passback scope 'terminal' needs the terminal id")
-        key = place if rule.scope == "place" else f"{place}#{terminal_id}"
+        key = _state_key(rule, place, terminal_id)
         db = _open_store(path)
         return cls(db, rule, key, monotonic, boot if boot is not None else boot_id())
+
+    @classmethod
+    def in_station(
+        cls,
+        station: StationJournal,
+        rule: PassbackRule,
+        place: str,
+        *,
+        terminal_id: int | None = None,
+        monotonic: Callable[[], int] = monotonic_ms,
+        boot: str | None = None,
+    ) -> PassbackStore:
+        """The state of ``place`` inside a station controller's journal file.
+
+        ``record`` then writes into the station's open group, so the ride and its
+        lockout become durable in the same commit (``farecore.station``); ``refuses``
+        already sees a ride staged in that group.
+        """
+        key = _state_key(rule, place, terminal_id)
+        return cls(None, rule, key, monotonic, boot if boot is not None else boot_id(), station)
 
     def _elapsed_ms(self, wall_then: int, mono_then: int, boot_then: str, now_ms: int) -> int:
         """Real time since the stored ride, or -1 when it cannot be trusted."""
@@ -120,45 +154,53 @@ class PassbackStore:
 
     def refuses(self, card_id: int, now_ms: int) -> bool:
         """True when ``card_id`` rode here less than the window ago (reads only)."""
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?",
-                    (self.key, _signed(card_id)),
-                ).fetchone()
-            except sqlite3.Error:
-                return False  # a passback store we cannot read must not block free rides
+        args = (self.key, _signed(card_id))
+        try:
+            if self._station is not None:
+                rows = self._station.execute(_SELECT, args)
+                row = rows[0] if rows else None
+            else:
+                with self._lock:
+                    assert self._db is not None
+                    row = self._db.execute(_SELECT, args).fetchone()
+        except (sqlite3.Error, JournalError):
+            return False  # a passback store we cannot read must not block free rides
         if row is None:
             return False
         elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
         return 0 <= elapsed < self.rule.window_s * 1000
 
     def record(self, card_id: int, now_ms: int) -> None:
-        """Remember that ``card_id`` rode here now (after the journal has the ride)."""
+        """Remember that ``card_id`` rode here now (after the journal has the ride; in a
+        station file, in the same group as the ride)."""
+        row = (self.key, _signed(card_id), now_ms, self._clock(), self._boot)
+        if self._station is not None:
+            self._station.execute(_UPSERT, row)
+            self._writes += 1
+            if self._writes % 1000 == 0:
+                self._station.execute(_PRUNE, self._prune_args(now_ms))
+            return
         with self._lock:
+            assert self._db is not None
             try:
                 with self._db:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)",
-                        (self.key, _signed(card_id), now_ms, self._clock(), self._boot),
-                    )
+                    self._db.execute(_UPSERT, row)
                     self._writes += 1
                     if self._writes % 1000 == 0:
-                        self._prune(now_ms)
+                        self._db.execute(_PRUNE, self._prune_args(now_ms))
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot record passback state: {exc}") from None
 
-    def _prune(self, now_ms: int) -> None:
+    def _prune_args(self, now_ms: int) -> tuple[str, int, str, int]:
         # Rows older than the window plus skew on both clocks can never refuse again.
         horizon = (self.rule.window_s + self.rule.max_skew_s) * 1000
-        self._db.execute(
-            "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)",
-            (self.key, now_ms - horizon, self._boot, self._clock() - horizon),
-        )
+        return (self.key, now_ms - horizon, self._boot, self._clock() - horizon)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the store's file (a station's state closes with the station journal)."""
+        if self._db is not None:
+            with self._lock:
+                self._db.close()
 
     def __enter__(self) -> PassbackStore:
         return self
@@ -170,6 +212,12 @@ class PassbackStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _state_key(rule: PassbackRule, place: str, terminal_id: int | None) -> str:
+    if rule.scope == "terminal" and terminal_id is None:
+        raise ConfigError("passback scope 'terminal' needs the terminal id")
+    return place if rule.scope == "place" else f"{place}#{terminal_id}"
 
 
 def _signed(card_id: int) -> int:
@@ -196,12 +244,7 @@ def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlit
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             with db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
-                    "card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL, "
-                    "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
-                    "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
-                )
+                db.execute(PASSBACK_TABLE)
             reserve_wal(db, path)
             return db
         except sqlite3.OperationalError as exc:

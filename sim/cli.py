@@ -69,7 +69,12 @@ def register(sub: Any) -> None:
         help="override the default fraud and fault shares",
     )
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
-    p.add_argument("--lanes", type=int, default=4, help="gate threads per worker (default 4)")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="station controllers per worker, each a thread with its own journal (default 1)",
+    )
     p.add_argument(
         "--transport-taps",
         type=int,
@@ -77,10 +82,10 @@ def register(sub: Any) -> None:
         help="with --reader pcsc or pn532: how many taps go through the transport (default 20)",
     )
     p.add_argument(
-        "--group-commit-ms",
-        type=float,
-        default=None,
-        help="journal group-commit window (default: one commit per tap)",
+        "--max-group",
+        type=int,
+        default=32,
+        help="most taps one station-journal commit makes durable (default 32; 1: a commit per tap)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=_run)
@@ -101,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             lanes=args.lanes,
             plots=not args.no_plots,
-            group_commit_ms=args.group_commit_ms,
+            max_group=args.max_group,
             transport_taps=args.transport_taps,
         )
     except ValueError as exc:

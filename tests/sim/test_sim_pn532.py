@@ -27,14 +27,13 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
-def _records(run: SimRun) -> dict[str, list[JournalRecord]]:
-    out: dict[str, list[JournalRecord]] = {}
-    for path in sorted((run.out / "work" / "journals").glob("journal-*.sqlite")):
-        reader = JournalReader(path)
-        try:
-            out[path.name] = list(reader.records())
-        finally:
-            reader.close()
+def _records(run: SimRun) -> dict[int, list[JournalRecord]]:
+    """Every terminal's chain, read from the station journals of the run."""
+    out: dict[int, list[JournalRecord]] = {}
+    for path in sorted((run.out / "work" / "journals").glob("station-*.sqlite")):
+        for tid in JournalReader.terminals_in(path):
+            with JournalReader(path, tid) as reader:
+                out[tid] = list(reader.records())
     return out
 
 
