@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
     exp.add_argument("--journal", required=True, type=Path, help="the terminal's journal file")
     exp.add_argument("--day", required=True, help="service day, YYYY-MM-DD")
     exp.add_argument("--key", required=True, type=Path, help="terminal private key (.key)")
+    exp.add_argument(
+        "--terminal",
+        type=int,
+        help="the terminal to export from a station journal (which holds several)",
+    )
     exp.add_argument("--out", required=True, type=Path, help="batch file to write (.fcb)")
     exp.add_argument(
         "--tz", default="+08:00", help="UTC offset that defines the service day (default +08:00)"
@@ -68,6 +73,7 @@ def register(sub: Any) -> None:
         description="Read-only: verify every record's link and that no seq is missing.",
     )
     chk.add_argument("journal", type=Path)
+    chk.add_argument("--terminal", type=int, help="the terminal to check in a station journal")
     chk.set_defaults(func=_check)
 
 
@@ -75,7 +81,7 @@ def _export(args: argparse.Namespace) -> int:
     key = load_private_key(args.key, role="terminal")
     day = parse_day(args.day)
     offset = parse_utc_offset(args.tz) if args.tz else QINGDAO_UTC_OFFSET_MIN
-    data = export_batch(args.journal, day, key, offset)
+    data = export_batch(args.journal, day, key, offset, args.terminal)
     batch = verify_batch(data, key.public())
     write_atomic(args.out, data)
     print(
@@ -102,7 +108,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    with JournalReader(args.journal) as reader:
+    with JournalReader(args.journal, args.terminal) as reader:
         n = reader.verify_chain()
         print(f"{args.journal}: terminal {reader.terminal_id}, {n} records, chain OK")
     return 0

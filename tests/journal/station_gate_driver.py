@@ -1,0 +1,73 @@
+"""A station controller for the crash test: three gates, one station journal, group commit.
+
+Usage: python station_gate_driver.py STATION_JOURNAL MAX_GROUP
+
+Prints ``READY <records so far>`` once open, then ``OPEN <terminal> <time_ms> <card>``
+for each accepted ride, from the gate's actuator, which the controller signals only
+after the commit that holds the ride returned. Runs until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from journal_support import BASE_MS, CTX
+
+from farecore.decision import Decision
+from farecore.gate import Gate
+from farecore.passback import PassbackRule, PassbackStore
+from farecore.station import StationController, StationJournal
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.issuer import Issuer
+
+STATION_TERMINALS = (5101, 5102, 5103)
+
+
+class PrintOpen:
+    def signal(self, decision: Decision) -> None:
+        if decision.accepted:
+            print(f"OPEN {decision.terminal_id} {decision.time_ms} {decision.card_id}", flush=True)
+
+
+def main() -> None:
+    path, max_group = sys.argv[1], int(sys.argv[2])
+    issuer = Issuer.from_seed("journal-tests")
+    station = StationJournal.open(path, STATION_TERMINALS)
+    store = PassbackStore.in_station(station, PassbackRule(window_s=60), CTX.place)
+    clock = {"now": 0}
+    gates = []
+    for tid in STATION_TERMINALS:
+        validator = Validator(
+            TerminalPolicy(tid, frozenset({370200})), issuer.keyring(), passback=store
+        )
+        reader = VirtualReader()
+        gate = Gate(
+            reader,
+            validator,
+            journal=station.terminal(tid),
+            context=CTX,
+            passback=store,
+            actuator=PrintOpen(),
+            clock_ms=lambda: clock["now"],
+        )
+        gates.append((gate, reader))
+    controller = StationController(station, max_group)
+    i = sum(station.head(t)[0] for t in STATION_TERMINALS)
+    print(f"READY {i}", flush=True)
+    cards = {}
+    while True:
+        card_id = i % 500 + 1
+        card = cards.get(card_id) or cards.setdefault(card_id, issuer.card(card_id))
+        clock["now"] = BASE_MS + i * 1000
+        gate, reader = gates[(i * 7 // 3) % 3]
+        controller.tap(gate, reader.tap(card))
+        reader.remove()
+        i += 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The station journal: several terminals' chains in one file, made durable in groups."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from journal_support import BASE_MS, CTX
+from station_gate_driver import STATION_TERMINALS
+
+from farecore.batch import export_batch, verify_batch
+from farecore.cli import main
+from farecore.decision import Decision, Reason
+from farecore.errors import JournalError
+from farecore.gate import Gate
+from farecore.journal import Journal, JournalReader
+from farecore.keys import SigningKey, save_signing_key
+from farecore.passback import PassbackRule, PassbackStore
+from farecore.station import StationController, StationJournal
+from farecore.tap import run_tap
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.card import VirtualCard
+from sim.issuer import Issuer, derive_key
+
+DAY = dt.date(2026, 3, 2)
+DRIVER = Path(__file__).with_name("station_gate_driver.py")
+T1, T2, T3 = STATION_TERMINALS
+
+Tapper = Callable[[int, int, int], Decision]
+
+
+@pytest.fixture
+def tap(issuer: Issuer) -> Tapper:
+    """tap(terminal, card_id, now_ms) -> a real decision of that terminal."""
+    validators = {
+        t: Validator(TerminalPolicy(t, frozenset({370200})), issuer.keyring())
+        for t in STATION_TERMINALS
+    }
+    reader = VirtualReader()
+    cards: dict[int, VirtualCard] = {}
+
+    def run(terminal: int, card_id: int, now_ms: int) -> Decision:
+        card = cards.get(card_id) or cards.setdefault(card_id, issuer.card(card_id))
+        nonce = (terminal * 1_000_003 + now_ms).to_bytes(16, "big")
+        decision = run_tap(reader.tap(card), validators[terminal], now_ms, nonce)
+        reader.remove()
+        return decision
+
+    return run
+
+
+def _key(tid: int) -> SigningKey:
+    return SigningKey("terminal", tid, derive_key("station-tests", f"terminal-{tid}"))
+
+
+def test_batches_are_the_bytes_a_terminal_journal_gives(tmp_path: Path, tap: Tapper) -> None:
+    # The same decisions, journaled per terminal and through one station file in groups
+    # of every size, export to byte-identical signed batches.
+    decisions = [
+        (t, tap(t, i % 9 + 1, BASE_MS + i * 45_000))
+        for i, t in enumerate(random.Random(5).choices(STATION_TERMINALS, k=60))
+    ]
+    singles = {t: Journal.open(tmp_path / f"t{t}.sqlite", t) for t in STATION_TERMINALS}
+    with StationJournal.open(tmp_path / "station.sqlite", STATION_TERMINALS) as station:
+        group = 0
+        for n, (t, d) in enumerate(decisions):
+            singles[t].append(d, CTX)
+            station.stage(t, d, CTX)
+            group += 1
+            if group == n % 5 + 1:
+                station.commit()
+                group = 0
+        station.commit()
+    for j in singles.values():
+        j.close()
+    for t in STATION_TERMINALS:
+        mine = export_batch(tmp_path / "station.sqlite", DAY, _key(t), terminal_id=t)
+        alone = export_batch(tmp_path / f"t{t}.sqlite", DAY, _key(t))
+        assert mine == alone
+        assert verify_batch(mine, _key(t).public()).terminal_id == t
+
+
+def test_reopen_continues_every_chain(tmp_path: Path, tap: Tapper) -> None:
+    path = tmp_path / "station.sqlite"
+    with StationJournal.open(path, (T1, T2)) as s:
+        for i in range(5):
+            s.stage(T1 if i % 2 else T2, tap(T1 if i % 2 else T2, 3, BASE_MS + i * 1000), CTX)
+        s.commit()
+    # A terminal added at reopen starts its own chain; the others continue theirs.
+    with StationJournal.open(path, (T1, T2, T3)) as s:
+        assert [s.head(t)[0] for t in (T1, T2, T3)] == [2, 3, 0]
+        record = s.stage(T1, tap(T1, 4, BASE_MS + 10_000), CTX)
+        assert record.seq == 3
+        s.commit()
+    for t, n in ((T1, 3), (T2, 3), (T3, 0)):
+        with JournalReader(path, t) as r:
+            assert r.verify_chain() == n
+    assert JournalReader.terminals_in(path) == [T1, T2, T3]
+
+
+def test_a_failed_statement_rolls_back_the_whole_group(tmp_path: Path, tap: Tapper) -> None:
+    path = tmp_path / "station.sqlite"
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        s.stage(T1, tap(T1, 1, BASE_MS), CTX)
+        s.commit()
+        store = PassbackStore.in_station(s, PassbackRule(window_s=60), CTX.place)
+        s.stage(T1, tap(T1, 2, BASE_MS + 1000), CTX)
+        s.stage(T2, tap(T2, 3, BASE_MS + 2000), CTX)
+        store.record(3, BASE_MS + 2000)
+        assert store.refuses(3, BASE_MS + 3000)  # a staged ride already locks out
+        with pytest.raises(JournalError, match="cannot write the station state"):
+            s.execute("INSERT INTO no_such_table VALUES (?)", (1,))
+        assert s.staged == 0 and s.head(T1)[0] == 1 and s.head(T2)[0] == 0
+        assert not store.refuses(3, BASE_MS + 3000)  # the lockout went with its ride
+        s.commit()  # nothing left to commit
+        again = s.stage(T2, tap(T2, 3, BASE_MS + 4000), CTX)
+        assert again.seq == 1
+        s.commit()
+    with JournalReader(path, T1) as r:
+        assert r.verify_chain() == 1
+    with JournalReader(path, T2) as r:
+        assert [rec.time_ms for rec in r.records()] == [BASE_MS + 4000]
+
+
+def test_what_is_staged_and_not_committed_is_not_durable(tmp_path: Path, tap: Tapper) -> None:
+    path = tmp_path / "station.sqlite"
+    s = StationJournal.open(path, STATION_TERMINALS)
+    s.stage(T1, tap(T1, 1, BASE_MS), CTX)
+    s.commit()
+    s.stage(T1, tap(T1, 2, BASE_MS + 1000), CTX)
+    s.close()  # the open group's gates never opened: it is rolled back
+    with JournalReader(path, T1) as r:
+        assert r.verify_chain() == 1
+
+
+def test_readers_and_exports_must_name_a_terminal_of_the_station(
+    tmp_path: Path, tap: Tapper
+) -> None:
+    path = tmp_path / "station.sqlite"
+    with StationJournal.open(path, (T1, T2)) as s:
+        s.stage(T1, tap(T1, 1, BASE_MS), CTX)
+        s.commit()
+    with pytest.raises(JournalError, match=f"station journal of terminals {T1}, {T2}; name one"):
+        JournalReader(path)
+    with pytest.raises(JournalError, match=f"not {T3}"):
+        export_batch(path, DAY, _key(T3), terminal_id=T3)
+    Journal.open(tmp_path / "own.sqlite", T1).close()
+    with pytest.raises(JournalError, match="not a station journal"):
+        StationJournal.open(tmp_path / "own.sqlite", (T1,))
+    with pytest.raises(JournalError, match=f"is the journal of terminal {T1}, not {T2}"):
+        JournalReader(tmp_path / "own.sqlite", T2)
+    with pytest.raises(JournalError, match="not in the station journal"):
+        StationJournal.open(path, (T1,)).terminal(999)
+
+
+def test_cli_exports_one_terminal_of_a_station(
+    tmp_path: Path, tap: Tapper, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "station.sqlite"
+    with StationJournal.open(path, (T1, T2)) as s:
+        for i in range(4):
+            s.stage(T2, tap(T2, i + 1, BASE_MS + i * 1000), CTX)
+        s.commit()
+    save_signing_key(_key(T2), tmp_path / "t2")
+    out = tmp_path / "t2.fcb"
+    args = ["journal", "export", "--journal", str(path), "--day", str(DAY)]
+    assert main([*args, "--key", str(tmp_path / "t2.key"), "--out", str(out)]) == 2
+    assert "name one" in capsys.readouterr().err
+    assert (
+        main([*args, "--key", str(tmp_path / "t2.key"), "--out", str(out), "--terminal", str(T2)])
+        == 0
+    )
+    assert len(verify_batch(out, _key(T2).public()).records) == 4
+    assert main(["journal", "check", str(path), "--terminal", str(T2)]) == 0
+    assert f"terminal {T2}, 4 records, chain OK" in capsys.readouterr().out
+
+
+class _Gates:
+    """Three gates on one station journal, each with an actuator that notes its opens."""
+
+    def __init__(self, path: Path, issuer: Issuer, max_group: int) -> None:
+        self.station = StationJournal.open(path, STATION_TERMINALS)
+        self.opened: list[tuple[int, int]] = []
+        self.clock = BASE_MS
+        store = PassbackStore.in_station(self.station, PassbackRule(window_s=60), CTX.place)
+        self.gates: list[tuple[Gate, VirtualReader]] = []
+        for tid in STATION_TERMINALS:
+            reader = VirtualReader()
+            validator = Validator(
+                TerminalPolicy(tid, frozenset({370200})), issuer.keyring(), passback=store
+            )
+            gate = Gate(
+                reader,
+                validator,
+                journal=self.station.terminal(tid),
+                context=CTX,
+                passback=store,
+                actuator=self,
+                clock_ms=lambda: self.clock,
+            )
+            self.gates.append((gate, reader))
+        self.controller = StationController(self.station, max_group)
+        self.cards: dict[int, VirtualCard] = {}
+        self.issuer = issuer
+
+    def signal(self, decision: Decision) -> None:
+        self.opened.append((decision.terminal_id, decision.time_ms))
+
+    def tap(self, g: int, card_id: int) -> Decision:
+        self.clock += 1000
+        card = self.cards.get(card_id) or self.cards.setdefault(card_id, self.issuer.card(card_id))
+        gate, reader = self.gates[g]
+        decision = self.controller.tap(gate, reader.tap(card))
+        reader.remove()
+        return decision
+
+
+def test_controller_opens_gates_only_after_their_group_commits(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    g = _Gates(tmp_path / "station.sqlite", issuer, max_group=8)
+    g.tap(0, 1)
+    g.tap(1, 2)
+    assert g.opened == [] and g.station.staged == 2
+    g.tap(0, 3)  # gate 0 serves one rider at a time: its first ride is made durable first
+    assert [t for t, _ in g.opened] == [T1, T2] and g.station.staged == 1
+    # A passback attempt in the same group is refused: the staged ride already counts.
+    assert g.tap(2, 3).label == "PASSBACK"
+    assert g.controller.flush() == 2
+    assert len(g.opened) == 4 and g.controller.groups == 2
+    g.station.close()
+
+
+def test_controller_group_never_exceeds_max_group(tmp_path: Path, issuer: Issuer) -> None:
+    g = _Gates(tmp_path / "station.sqlite", issuer, max_group=2)
+    for i in range(9):
+        g.tap(i % 3, 100 + i)
+        assert g.station.staged <= 2
+    g.controller.flush()
+    assert g.controller.grouped_taps == 9 and g.controller.groups == 5
+    g.station.close()
+
+
+def test_a_gate_on_its_own_commits_each_tap(tmp_path: Path, issuer: Issuer) -> None:
+    g = _Gates(tmp_path / "station.sqlite", issuer, max_group=8)
+    gate, reader = g.gates[1]
+    decision = gate.process(reader.tap(issuer.card(7)))
+    reader.remove()
+    assert decision.accepted and g.opened == [(T2, g.clock)] and g.station.staged == 0
+    g.station.close()
+    with JournalReader(tmp_path / "station.sqlite", T2) as r:
+        assert r.verify_chain() == 1
+
+
+@settings(
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+class StationMachine(RuleBasedStateMachine):
+    """Random stages, commits, failures and reopens against a model of what is durable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = (
+            Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"station-sm-{os.getpid()}-{id(self)}"
+        )
+        self.dir.mkdir(parents=True)
+        self.path = self.dir / "station.sqlite"
+        self.station = StationJournal.open(self.path, STATION_TERMINALS)
+        self.durable = dict.fromkeys(STATION_TERMINALS, 0)
+        self.staged = dict.fromkeys(STATION_TERMINALS, 0)
+        self.clock = BASE_MS
+
+    def _decision(self, tid: int) -> Decision:
+        self.clock += 1000
+        return Decision(False, Reason.UNREADABLE, tid, self.clock, bytes(32), detail="model tap")
+
+    @rule(t=st.sampled_from(STATION_TERMINALS))
+    def stage(self, t: int) -> None:
+        record = self.station.stage(t, self._decision(t), CTX)
+        self.staged[t] += 1
+        assert record.seq == self.durable[t] + self.staged[t]
+
+    @rule()
+    def commit(self) -> None:
+        self.station.commit()
+        for t in STATION_TERMINALS:
+            self.durable[t] += self.staged[t]
+            self.staged[t] = 0
+
+    @rule()
+    def fail(self) -> None:
+        with pytest.raises(JournalError):
+            self.station.execute("INSERT INTO passback VALUES (NULL, NULL, 0, 0, '')", ())
+        self.staged = dict.fromkeys(STATION_TERMINALS, 0)
+
+    @rule()
+    def reopen(self) -> None:
+        self.station.close()
+        self.staged = dict.fromkeys(STATION_TERMINALS, 0)
+        self.station = StationJournal.open(self.path, STATION_TERMINALS)
+
+    @invariant()
+    def heads_match_the_model(self) -> None:
+        for t in STATION_TERMINALS:
+            assert self.station.head(t)[0] == self.durable[t] + self.staged[t]
+
+    def teardown(self) -> None:
+        self.station.close()
+        for t in STATION_TERMINALS:
+            with JournalReader(self.path, t) as r:
+                assert r.verify_chain() == self.durable[t]
+        for p in self.dir.iterdir():
+            p.unlink()
+        self.dir.rmdir()
+
+
+def test_station_state_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_TMP", str(tmp_path))
+    StationMachine.TestCase().runTest()
+
+
+def _run_and_kill(path: Path, rng: random.Random) -> tuple[int, list[tuple[int, int, int]]]:
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(path), str(rng.choice([2, 3, 8]))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    opened: list[tuple[int, int, int]] = []
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        assert ready and ready[0] == "READY", ready
+        target = rng.randint(1, 40)
+        while len(opened) < target:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            opened.append(tuple(int(x) for x in line.split()[1:]))  # type: ignore[misc]
+        time.sleep(rng.random() * 0.02)  # mid-group as often as between groups
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        for ln in proc.stdout.read().splitlines():
+            if ln:
+                opened.append(tuple(int(x) for x in ln.split()[1:]))  # type: ignore[misc]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return int(ready[1]), opened
+
+
+def test_sigkill_loses_no_opened_ride_and_no_lockout(tmp_path: Path) -> None:
+    rng = random.Random(20261130)
+    path = tmp_path / "station.sqlite"
+    opened: list[tuple[int, int, int]] = []
+    last = 0
+    for _ in range(8):
+        start, got = _run_and_kill(path, rng)
+        assert start >= last  # a restarted controller continues, never rewinds
+        opened += got
+        last = 0
+        for t in STATION_TERMINALS:
+            with JournalReader(path, t) as r:
+                last += r.verify_chain()  # every chain links and no seq is missing
+    rides: dict[tuple[int, int], int | None] = {}
+    for t in STATION_TERMINALS:
+        with JournalReader(path, t) as r:
+            for rec in r.records():
+                if rec.accepted:
+                    rides[(t, rec.time_ms)] = rec.card_id
+    for t, time_ms, card in opened:
+        assert rides.get((t, time_ms)) == card, f"opened ride at {t} {time_ms} was lost"
+    # Each opened ride's lockout is durable with it (a later ride may have replaced it).
+    db = sqlite3.connect(path)
+    stored = dict(db.execute("SELECT card_id, wall_ms FROM passback").fetchall())
+    db.close()
+    for _, time_ms, card in opened:
+        assert stored.get(card, -1) >= time_ms
+    assert len(opened) >= 8
