@@ -28,7 +28,16 @@ from farecore.walfile import reserve_wal
 if TYPE_CHECKING:
     from farecore.station import StationJournal
 
-__all__ = ["PASSBACK_TABLE", "SCOPES", "PassbackRule", "PassbackStore", "boot_id", "monotonic_ms"]
+__all__ = [
+    "PASSBACK_PRUNE",
+    "PASSBACK_TABLE",
+    "PASSBACK_UPSERT",
+    "SCOPES",
+    "PassbackRule",
+    "PassbackStore",
+    "boot_id",
+    "monotonic_ms",
+]
 
 PASSBACK_TABLE = (
     "CREATE TABLE IF NOT EXISTS passback (place TEXT NOT NULL, "
@@ -36,9 +45,11 @@ PASSBACK_TABLE = (
     "mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, "
     "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
 )
+PASSBACK_UPSERT = "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)"
+PASSBACK_PRUNE = "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)"
 _SELECT = "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?"
-_UPSERT = "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)"
-_PRUNE = "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)"
+_UPSERT = PASSBACK_UPSERT
+_PRUNE = PASSBACK_PRUNE
 
 SCOPES = ("place", "terminal")
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -136,9 +147,10 @@ class PassbackStore:
     ) -> PassbackStore:
         """The state of ``place`` inside a station controller's journal file.
 
-        ``record`` then writes into the station's open group, so the ride and its
-        lockout become durable in the same commit (``farecore.station``); ``refuses``
-        already sees a ride staged in that group.
+        ``record`` then joins the station's open group, so the ride and its lockout
+        become durable in the same commit (``farecore.station``); ``refuses`` reads the
+        controller's copy of the state, which already holds a ride staged in that group.
+        Only the controller writes a station file, so its copy is the whole truth.
         """
         key = _state_key(rule, place, terminal_id)
         return cls(None, rule, key, monotonic, boot if boot is not None else boot_id(), station)
@@ -155,16 +167,15 @@ class PassbackStore:
     def refuses(self, card_id: int, now_ms: int) -> bool:
         """True when ``card_id`` rode here less than the window ago (reads only)."""
         args = (self.key, _signed(card_id))
-        try:
-            if self._station is not None:
-                rows = self._station.execute(_SELECT, args)
-                row = rows[0] if rows else None
-            else:
-                with self._lock:
-                    assert self._db is not None
+        if self._station is not None:
+            row = self._station.passback_get(args)
+        else:
+            with self._lock:
+                assert self._db is not None
+                try:
                     row = self._db.execute(_SELECT, args).fetchone()
-        except (sqlite3.Error, JournalError):
-            return False  # a passback store we cannot read must not block free rides
+                except sqlite3.Error:
+                    return False  # a store we cannot read must not block free rides
         if row is None:
             return False
         elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
@@ -175,10 +186,10 @@ class PassbackStore:
         station file, in the same group as the ride)."""
         row = (self.key, _signed(card_id), now_ms, self._clock(), self._boot)
         if self._station is not None:
-            self._station.execute(_UPSERT, row)
+            self._station.passback_put(row)
             self._writes += 1
             if self._writes % 1000 == 0:
-                self._station.execute(_PRUNE, self._prune_args(now_ms))
+                self._station.passback_prune(self._prune_args(now_ms))
             return
         with self._lock:
             assert self._db is not None

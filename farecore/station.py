@@ -2,23 +2,29 @@
 
 A terminal's own journal (``farecore.journal.Journal``) pays one synced commit per tap,
 because a single gate has one tap in flight. A station controller that drives several
-gates can do better: each gate's ride goes into one open transaction as its decision is
-made, with the place's passback state in the same file, and one commit makes the whole
-group durable. Only then do the gates of the group open (``StationController.flush``).
-A failed commit opens none of them and leaves nothing half-written: the group is rolled
-back and the chains continue from the last durable record.
+gates can do better. Each gate's ride is chained and staged in memory as its decision is
+made, with the lockout it causes at its place; one transaction then writes the group and
+one synced commit makes it durable. Only after that commit do the gates of the group
+open (``StationController``). The commit runs on a committer thread, so the controller
+decides the next group's taps while the disk syncs the last one.
+
+A failed commit opens none of its gates, nor any gate staged after it: the station
+journal refuses all further work until it is reopened, and a reopen continues every
+chain from its last durable record.
 
 Every terminal keeps its own gap-free sequence and hash chain inside the file, so a
 terminal's daily batch (``farecore.batch.export_batch`` with ``terminal_id``) is the same
-bytes whether its rides were journaled alone or with its neighbours.
+bytes whether its rides were journaled alone or with its neighbours. Only the controller
+writes the file; its in-memory copy of the passback state is therefore complete.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,13 +32,13 @@ from typing import Any
 from farecore.decision import Decision
 from farecore.errors import JournalError
 from farecore.journal import GENESIS_HASH, STATION_FORMAT, TapContext, draft_records
-from farecore.passback import PASSBACK_TABLE
+from farecore.passback import PASSBACK_PRUNE, PASSBACK_TABLE, PASSBACK_UPSERT
 from farecore.records import JournalRecord
 from farecore.walfile import reserve_wal
 
-__all__ = ["STATION_FORMAT", "StationController", "StationJournal", "StationTerminal"]
+__all__ = ["STATION_FORMAT", "Commit", "StationController", "StationJournal", "StationTerminal"]
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS terminals (terminal_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS credentials (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
@@ -45,38 +51,83 @@ CREATE TABLE IF NOT EXISTS records (
     hash BLOB NOT NULL,
     UNIQUE (terminal_id, seq)
 );
+{PASSBACK_TABLE};
 """
-# The passback state of the controller's places lives in the same file, so a ride and
-# the lockout it causes become durable in the same commit.
-_SCHEMA += PASSBACK_TABLE + ";\n"
+
+_Row = tuple[Any, ...]
+PassbackRow = tuple[int, int, str]  # wall_ms, mono_ms, boot
+
+
+class _Group:
+    """What one commit writes: records, new credentials, passback writes, in order."""
+
+    __slots__ = ("credentials", "passback", "records", "taps")
+
+    def __init__(self) -> None:
+        self.records: list[_Row] = []
+        self.credentials: list[tuple[bytes, bytes]] = []
+        self.passback: list[tuple[str, _Row]] = []  # (statement, args), order kept
+        self.taps = 0
+
+
+class Commit:
+    """A group's commit, running or done; ``wait`` returns once it is durable."""
+
+    __slots__ = ("_done", "_error", "taps")
+
+    def __init__(self, taps: int) -> None:
+        self.taps = taps
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        """Block until the group is durable; raise JournalError if its commit failed."""
+        self._done.wait()
+        if self._error is not None:
+            raise JournalError(str(self._error)) from self._error
 
 
 class StationJournal:
     """One file, several terminals' chains, one synced commit per group of taps.
 
-    Thread-safe: every statement runs under one lock. Records staged since the last
-    commit are visible to this connection's reads (the passback check sees a ride the
-    moment it is staged) and durable only once ``commit`` returns.
+    ``stage`` and the passback methods are for the controller's thread; ``begin_commit``
+    hands the staged group to the committer thread; ``commit`` waits for it.
     """
 
     def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         self.path = path
         self._db = db
-        self._lock = threading.RLock()
         self._closed = False
+        self._failed: str | None = None
         self._heads: dict[int, tuple[int, bytes]] = {}
-        self._durable: dict[int, tuple[int, bytes]] = {}
         self._known: dict[bytes, None] = {}
-        self._staged_known: list[bytes] = []
-        self._staged = 0
+        self._passback: dict[tuple[str, int], PassbackRow] = {}
+        self._group = _Group()
+        self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], terminal_ids: Iterable[int]) -> StationJournal:
         """Open or create the station file; a reopen continues every terminal's chain."""
         path = Path(path)
-        db = _connect(path)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{path}: cannot open the station journal: {exc}") from None
         journal = cls(path, db)
         try:
+            db.execute("PRAGMA page_size=1024")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
             with db:
                 db.executescript(_SCHEMA)
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -94,13 +145,14 @@ class StationJournal:
                     (tid,),
                 ).fetchone()
                 journal._heads[tid] = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+            for place, card, wall, mono, boot in db.execute("SELECT * FROM passback"):
+                journal._passback[(place, card)] = (wall, mono, boot)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise JournalError(f"{path}: cannot read the station journal: {exc}") from None
         except BaseException:
             db.close()
             raise
-        journal._durable = dict(journal._heads)
         return journal
 
     @property
@@ -109,8 +161,8 @@ class StationJournal:
 
     @property
     def staged(self) -> int:
-        """Taps written since the last commit (not durable yet)."""
-        return self._staged
+        """Taps staged since the last ``begin_commit`` (not durable yet)."""
+        return self._group.taps
 
     def head(self, terminal_id: int) -> tuple[int, bytes]:
         """(last seq, its hash) of a terminal, counting staged records."""
@@ -123,96 +175,117 @@ class StationJournal:
         return StationTerminal(self, terminal_id)
 
     def stage(self, terminal_id: int, decision: Decision, ctx: TapContext) -> JournalRecord:
-        """Write one tap into the open group; durable only after ``commit``."""
+        """Chain one tap onto its terminal in the open group; durable only once the
+        group's commit is."""
+        self._check_usable()
         if decision.terminal_id != terminal_id:
             raise JournalError(
                 f"decision of terminal {decision.terminal_id} in the chain of {terminal_id}"
             )
-        with self._lock:
-            self._check_open()
-            try:
-                seq, head = self._heads[terminal_id]
-            except KeyError:
-                raise JournalError(f"terminal {terminal_id} is not in {self.path}") from None
-            out, rows, creds, seq, head = draft_records(
-                terminal_id, seq, head, [(decision, ctx)], self._known
-            )
-            db = self._db
-            try:
-                if not db.in_transaction:
-                    db.execute("BEGIN")
-                if creds:
-                    db.executemany("INSERT OR IGNORE INTO credentials VALUES (?, ?)", creds)
-                db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", (terminal_id, *rows[0]))
-            except sqlite3.Error as exc:
-                self._abandon()
-                raise JournalError(f"{self.path}: cannot write the journal: {exc}") from None
-            self._heads[terminal_id] = (seq, head)
-            for c, _ in creds:
-                self._known[c] = None
-                self._staged_known.append(c)
-            self._staged += 1
-            return out[0]
+        try:
+            seq, head = self._heads[terminal_id]
+        except KeyError:
+            raise JournalError(f"terminal {terminal_id} is not in {self.path}") from None
+        out, rows, creds, seq, head = draft_records(
+            terminal_id, seq, head, [(decision, ctx)], self._known
+        )
+        group = self._group
+        group.records.append((terminal_id, *rows[0]))
+        for c in creds:
+            group.credentials.append(c)
+            self._known[c[0]] = None
+        group.taps += 1
+        self._heads[terminal_id] = (seq, head)
+        return out[0]
 
-    def execute(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """Run one statement inside the open group (the passback store's writes and
-        reads); a write becomes durable with the group's commit."""
-        with self._lock:
-            self._check_open()
-            db = self._db
-            try:
-                if not db.in_transaction and not sql.lstrip().upper().startswith("SELECT"):
-                    db.execute("BEGIN")
-                return db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                if sql.lstrip().upper().startswith("SELECT"):
-                    raise
-                self._abandon()
-                raise JournalError(f"{self.path}: cannot write the station state: {exc}") from None
+    def passback_get(self, key: tuple[str, int]) -> PassbackRow | None:
+        """The last ride of (place, card) at this station, staged ones included."""
+        return self._passback.get(key)
+
+    def passback_put(self, row: _Row) -> None:
+        """Record a ride's lockout (place, card, wall, mono, boot) in the open group."""
+        self._check_usable()
+        self._passback[(row[0], row[1])] = (row[2], row[3], row[4])
+        self._group.passback.append((PASSBACK_UPSERT, row))
+
+    def passback_prune(self, args: tuple[str, int, str, int]) -> None:
+        """Forget a place's rides that can no longer refuse (same rule as the store's)."""
+        self._check_usable()
+        place, wall_before, boot, mono_before = args
+        for (p, card), (wall, mono, b) in list(self._passback.items()):
+            if p == place and wall < wall_before and (b != boot or mono < mono_before):
+                del self._passback[(p, card)]
+        self._group.passback.append((PASSBACK_PRUNE, args))
+
+    def begin_commit(self) -> Commit:
+        """Hand the open group to the committer thread and start a new one.
+
+        Groups commit in the order they were begun. Staging may go on at once; the
+        gates of the group may open only after ``Commit.wait`` returns.
+        """
+        self._check_usable()
+        group, self._group = self._group, _Group()
+        done = Commit(group.taps)
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_loop, name="station-committer", daemon=True
+            )
+            self._committer.start()
+        self._queue.put((group, done))
+        return done
 
     def commit(self) -> None:
-        """Make every staged record durable (one synced commit). Raises JournalError,
-        after rolling the whole group back, when the commit fails."""
-        with self._lock:
-            self._check_open()
-            if not self._db.in_transaction:
-                self._staged = 0
-                return
+        """Make everything staged durable; return once it is (raises JournalError)."""
+        self.begin_commit().wait()
+
+    def _commit_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            group, done = item
+            if self._failed is not None:
+                done._finish(JournalError(self._failed))
+                continue
             try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._abandon()
-                raise JournalError(f"{self.path}: cannot commit the journal: {exc}") from None
-            self._durable = dict(self._heads)
-            self._staged_known.clear()
-            self._staged = 0
+                self._write(group)
+            except Exception as exc:  # any failure: no gate of this group may open
+                self._failed = f"{self.path}: cannot commit the station journal: {exc}"
+                done._finish(JournalError(self._failed))
+                continue
+            done._finish(None)
 
-    def _abandon(self) -> None:
-        # The group never became durable: forget it, chains go on from the last commit.
+    def _write(self, group: _Group) -> None:
+        if not group.records and not group.passback:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        self._heads = dict(self._durable)
-        for c in self._staged_known:
-            self._known.pop(c, None)
-        self._staged_known.clear()
-        self._staged = 0
+            if group.credentials:
+                db.executemany("INSERT OR IGNORE INTO credentials VALUES (?, ?)", group.credentials)
+            if group.records:
+                db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", group.records)
+            for statement, args in group.passback:
+                db.execute(statement, args)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
-    def _check_open(self) -> None:
+    def _check_usable(self) -> None:
         if self._closed:
             raise JournalError("the station journal is closed")
+        if self._failed is not None:
+            raise JournalError(f"{self._failed}; reopen the station journal to go on")
 
     def close(self) -> None:
-        """Close; a group still staged is rolled back (its gates never opened)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._db.in_transaction:
-                self._abandon()
-            self._db.close()
+        """Wait for the commit in flight, then close. A group still staged is dropped:
+        its gates never opened."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            self._queue.put(None)
+            self._committer.join()
+        self._db.close()
 
     def __enter__(self) -> StationJournal:
         return self
@@ -252,60 +325,95 @@ class StationTerminal:
         """The station journal belongs to the controller, which closes it."""
 
 
+Opened = Callable[[list[tuple[Any, Decision]]], None]
+
+
 class StationController:
     """Runs the taps of several gates with group commit over one station journal.
 
-    ``tap`` decides a tap and stages its ride; the gate opens (its actuator is signalled)
-    at the next ``flush``, once the ride is durable. A flush happens before a gate would
-    take a second tap while its first is not durable yet (a gate serves one rider at a
-    time), when ``max_group`` taps are waiting, or when the caller asks.
+    ``tap`` decides a tap and stages its ride. A gate opens (its ``Gate.complete`` is
+    called) only once the commit holding its ride is durable, and it takes its next
+    rider only after that. The waiting group is handed to the committer when a gate of
+    it has a new rider (``send``), when ``max_group`` taps wait, or on ``flush``; while
+    it commits, the gates outside it go on deciding the next group. ``opened`` is told
+    each group's gates as they open.
     """
 
-    def __init__(self, journal: StationJournal, max_group: int = 32) -> None:
+    def __init__(
+        self,
+        journal: StationJournal,
+        max_group: int = 32,
+        opened: Opened | None = None,
+    ) -> None:
         if not 1 <= max_group <= 10_000:
             raise ValueError("max_group must be between 1 and 10000")
         self.journal = journal
         self.max_group = max_group
+        self._opened = opened
         self._waiting: dict[Any, Decision] = {}
+        self._committing: tuple[Commit, dict[Any, Decision]] | None = None
         self.groups = 0
         self.grouped_taps = 0
 
-    def must_flush_before(self, gate: Any) -> bool:
-        """True when ``tap(gate, …)`` would first have to flush the waiting group."""
-        return gate in self._waiting or len(self._waiting) >= self.max_group
+    def busy(self, gate: Any) -> bool:
+        """True while ``gate``'s last ride is not durable yet (its gate still shut)."""
+        committing = self._committing
+        return gate in self._waiting or (committing is not None and gate in committing[1])
+
+    def waiting(self, gate: Any) -> bool:
+        """True when ``gate``'s last ride is in the group not yet handed to the committer."""
+        return gate in self._waiting
 
     def tap(self, gate: Any, channel: Any) -> Decision:
         """Decide a tap at ``gate`` (a ``farecore.gate.Gate`` on this station's journal)
-        and stage its ride; the gate is signalled at the flush."""
-        if self.must_flush_before(gate):
-            self.flush()
+        and stage its ride; the gate is signalled once the ride is durable. A busy gate
+        first waits for its last ride."""
+        if gate in self._waiting or len(self._waiting) >= self.max_group:
+            self.send()
+        if self._committing is not None and gate in self._committing[1]:
+            self._finish()
         decision: Decision = gate.stage(channel)
         self._waiting[gate] = decision
         return decision
 
-    def flush(self) -> int:
-        """Commit the waiting group, then open (signal) its gates; return its size.
+    def poll(self) -> int:
+        """Open the gates of a commit that is done, without waiting; return how many."""
+        committing = self._committing
+        if committing is not None and committing[0].done:
+            return self._finish()
+        return 0
 
-        Raises JournalError when the commit fails: none of the group's gates opens.
+    def send(self) -> None:
+        """Hand the waiting group to the committer. One commit is in flight at a time:
+        the one before is waited for (and its gates opened) first."""
+        self._finish()
+        if self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            self._committing = (self.journal.begin_commit(), waiting)
+
+    def finish(self) -> int:
+        """Wait for the commit in flight, open its gates; return how many opened."""
+        return self._finish()
+
+    def flush(self) -> int:
+        """Commit everything waiting and open its gates; return how many opened.
+
+        Raises JournalError when a commit fails: none of those gates opens.
         """
-        if not self._waiting:
+        opened = self._finish()
+        self.send()
+        return opened + self._finish()
+
+    def _finish(self) -> int:
+        if self._committing is None:
             return 0
-        waiting, self._waiting = self._waiting, {}
-        self.journal.commit()
-        for gate, decision in waiting.items():
+        commit, gates = self._committing
+        self._committing = None
+        commit.wait()
+        for gate, decision in gates.items():
             gate.complete(decision)
         self.groups += 1
-        self.grouped_taps += len(waiting)
-        return len(waiting)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA page_size=1024")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-    except sqlite3.Error as exc:
-        raise JournalError(f"{path}: cannot open the station journal: {exc}") from None
-    return db
+        self.grouped_taps += len(gates)
+        if self._opened is not None:
+            self._opened(list(gates.items()))
+        return len(gates)

@@ -34,6 +34,7 @@ import numpy as np
 
 from farecore.batch import export_batch
 from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
+from farecore.decision import Decision
 from farecore.errors import FarecoreError
 from farecore.gate import Gate
 from farecore.journal import JournalReader, TapContext
@@ -219,7 +220,6 @@ def _lane(
         work / "journals" / f"station-{lane_id}.sqlite",
         [world.gates[g].terminal_id for g in lane_gates],
     )
-    controller = StationController(station, opts.max_group)
     with station, HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
         try:
             for g in lane_gates:
@@ -260,47 +260,46 @@ def _lane(
                 links.append(link)
             perf = time.perf_counter_ns
             switch = clock.revocation_gen2_ms
-            waiting: list[tuple[int, int]] = []  # (n, start ns) of taps in the open group
+            started: dict[int, tuple[int, int]] = {}  # id(decision) -> (n, start ns)
 
-            def flush() -> None:
-                controller.flush()
+            def opened(group: list[tuple[Any, Decision]]) -> None:
                 end = perf()
-                for n, t0 in waiting:
+                for _, decision in group:
+                    n, t0 = started.pop(id(decision))
                     gate_us[n] = (end - t0) / 1000
-                waiting.clear()
 
+            controller = StationController(station, opts.max_group, opened=opened)
             out["span_ns"][0] = perf()
-            for n, i in enumerate(taps):
+            for n, i in enumerate(taps.tolist()):
                 gate, reader, tin = gates[int(wl.gate[i])]
-                if controller.must_flush_before(gate):
-                    flush()
                 tin.now_ms = sim_clock.now_ms = int(wl.time_ms[i])
                 if not published and tin.now_ms >= switch:
-                    flush()  # the rides decided under generation 1 are durable first
+                    controller.flush()  # the rides decided under generation 1 durable first
                     staged = in_force.with_suffix(".staged")
                     os.link(work.parent / "revocation" / "gen2.frt", staged)
                     os.replace(staged, in_force)
                     if not revocation.poll():
                         raise SimError(f"lane {lane_id}: generation 2 was not taken into force")
                     published = True
-                tin.nonce = hashlib.sha256(seed + int(i).to_bytes(8, "big")).digest()[:16]
+                tin.nonce = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()[:16]
                 card = factory.card(
                     int(wl.card[i]), int(wl.counter[i]), bool(wl.fault[i] == FAULT_PULLED)
                 )
                 t0 = perf()
-                if transport is not None and int(i) in transport.taps:
-                    flush()
+                if transport is not None and i in transport.taps:
+                    controller.flush()
                     decision = link.tap(gate, card)  # gate.process: its own commit
                     gate_us[n] = (perf() - t0) / 1000
                 else:
+                    # Staged now; the gate opens once the commit holding the ride returns.
                     decision = controller.tap(gate, reader.tap(card))
                     reader.remove()
-                    waiting.append((n, t0))
+                    started[id(decision)] = (n, t0)
                 got[n] = 0 if decision.reason is None else int(decision.reason)
                 latency[n] = decision.timings.total_us
                 if n % 64 == 63:
                     progress[slot] += 64
-            flush()
+            controller.flush()
             out["span_ns"][1] = perf()
             out["groups"][:] = (controller.groups, controller.grouped_taps)
             progress[slot] += len(taps) % 64

@@ -111,28 +111,58 @@ def test_reopen_continues_every_chain(tmp_path: Path, tap: Tapper) -> None:
     assert JournalReader.terminals_in(path) == [T1, T2, T3]
 
 
-def test_a_failed_statement_rolls_back_the_whole_group(tmp_path: Path, tap: Tapper) -> None:
+def _refuse_writes(station: StationJournal, table: str) -> None:
+    """Make the file refuse inserts into ``table``, as a failing disk would refuse the group."""
+
+    def authorize(action: int, arg1: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_INSERT and arg1 == table:
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    station._db.set_authorizer(authorize)
+
+
+def test_a_failed_commit_opens_nothing_and_stops_the_station(tmp_path: Path, tap: Tapper) -> None:
     path = tmp_path / "station.sqlite"
+    s = StationJournal.open(path, STATION_TERMINALS)
+    s.stage(T1, tap(T1, 1, BASE_MS), CTX)
+    s.commit()
+    store = PassbackStore.in_station(s, PassbackRule(window_s=60), CTX.place)
+    s.stage(T1, tap(T1, 2, BASE_MS + 1000), CTX)
+    s.stage(T2, tap(T2, 3, BASE_MS + 2000), CTX)
+    store.record(3, BASE_MS + 2000)
+    assert store.refuses(3, BASE_MS + 3000)  # a staged ride already locks out
+    _refuse_writes(s, "records")
+    with pytest.raises(JournalError, match="cannot commit the station journal"):
+        s.commit()
+    with pytest.raises(JournalError, match="reopen the station journal"):
+        s.stage(T3, tap(T3, 4, BASE_MS + 4000), CTX)
+    s.close()
+    # Reopened: every chain goes on from its last durable record, and the lockout of
+    # the ride that never became durable is gone with it.
     with StationJournal.open(path, STATION_TERMINALS) as s:
-        s.stage(T1, tap(T1, 1, BASE_MS), CTX)
-        s.commit()
+        assert [s.head(t)[0] for t in STATION_TERMINALS] == [1, 0, 0]
         store = PassbackStore.in_station(s, PassbackRule(window_s=60), CTX.place)
-        s.stage(T1, tap(T1, 2, BASE_MS + 1000), CTX)
-        s.stage(T2, tap(T2, 3, BASE_MS + 2000), CTX)
-        store.record(3, BASE_MS + 2000)
-        assert store.refuses(3, BASE_MS + 3000)  # a staged ride already locks out
-        with pytest.raises(JournalError, match="cannot write the station state"):
-            s.execute("INSERT INTO no_such_table VALUES (?)", (1,))
-        assert s.staged == 0 and s.head(T1)[0] == 1 and s.head(T2)[0] == 0
-        assert not store.refuses(3, BASE_MS + 3000)  # the lockout went with its ride
-        s.commit()  # nothing left to commit
-        again = s.stage(T2, tap(T2, 3, BASE_MS + 4000), CTX)
-        assert again.seq == 1
+        assert not store.refuses(3, BASE_MS + 3000)
+        assert s.stage(T2, tap(T2, 3, BASE_MS + 5000), CTX).seq == 1
         s.commit()
-    with JournalReader(path, T1) as r:
-        assert r.verify_chain() == 1
     with JournalReader(path, T2) as r:
-        assert [rec.time_ms for rec in r.records()] == [BASE_MS + 4000]
+        assert [rec.time_ms for rec in r.records()] == [BASE_MS + 5000]
+
+
+def test_lockouts_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "station.sqlite"
+    rule = PassbackRule(window_s=60)
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: 5_000, boot="b").record(
+            9, BASE_MS
+        )
+        s.commit()
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        store = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: 30_000, boot="b")
+        assert store.refuses(9, BASE_MS + 25_000)
+        later = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: 70_000, boot="b")
+        assert not later.refuses(9, BASE_MS + 65_000)
 
 
 def test_what_is_staged_and_not_committed_is_not_durable(tmp_path: Path, tap: Tapper) -> None:
@@ -235,12 +265,27 @@ def test_controller_opens_gates_only_after_their_group_commits(
     g.tap(0, 1)
     g.tap(1, 2)
     assert g.opened == [] and g.station.staged == 2
-    g.tap(0, 3)  # gate 0 serves one rider at a time: its first ride is made durable first
+    # Gate 0 serves one rider at a time: its first ride is made durable, and the gate
+    # opened, before its next rider's tap is decided.
+    g.tap(0, 3)
     assert [t for t, _ in g.opened] == [T1, T2] and g.station.staged == 1
     # A passback attempt in the same group is refused: the staged ride already counts.
     assert g.tap(2, 3).label == "PASSBACK"
     assert g.controller.flush() == 2
-    assert len(g.opened) == 4 and g.controller.groups == 2
+    assert [t for t, _ in g.opened] == [T1, T2, T1, T3] and g.controller.groups == 2
+    g.station.close()
+
+
+def test_the_next_group_fills_while_one_commits(tmp_path: Path, issuer: Issuer) -> None:
+    g = _Gates(tmp_path / "station.sqlite", issuer, max_group=8)
+    g.tap(0, 1)
+    g.controller.send()  # handed to the committer; gate 0 stays shut until it is durable
+    assert g.controller.busy(g.gates[0][0]) and not g.controller.waiting(g.gates[0][0])
+    g.tap(1, 2)  # another gate does not wait for that commit
+    assert g.station.staged == 1
+    g.controller.finish()
+    assert g.opened[:1] == [(T1, BASE_MS + 1000)] and not g.controller.busy(g.gates[0][0])
+    assert g.controller.flush() == 1 and len(g.opened) == 2
     g.station.close()
 
 
@@ -303,11 +348,14 @@ class StationMachine(RuleBasedStateMachine):
             self.durable[t] += self.staged[t]
             self.staged[t] = 0
 
-    @rule()
-    def fail(self) -> None:
+    @rule(t=st.sampled_from(STATION_TERMINALS))
+    def fail(self, t: int) -> None:
+        # A group the disk refuses: nothing of it lands, and the station must reopen.
+        self.station.stage(t, self._decision(t), CTX)
+        _refuse_writes(self.station, "records")
         with pytest.raises(JournalError):
-            self.station.execute("INSERT INTO passback VALUES (NULL, NULL, 0, 0, '')", ())
-        self.staged = dict.fromkeys(STATION_TERMINALS, 0)
+            self.station.commit()
+        self.reopen()
 
     @rule()
     def reopen(self) -> None:
