@@ -235,8 +235,22 @@ class StationJournal:
         return done
 
     def commit(self) -> None:
-        """Make everything staged durable; return once it is (raises JournalError)."""
-        self.begin_commit().wait()
+        """Make everything staged durable; return once it is (raises JournalError).
+
+        Written on the calling thread: nothing to hand over when the caller waits anyway.
+        A commit still in flight on the committer thread is waited for first.
+        """
+        self._check_usable()
+        group, self._group = self._group, _Group()
+        if self._committer is not None:
+            self._queue.put((_Group(), barrier := Commit(0)))
+            barrier._done.wait()  # everything handed over before is written
+        self._check_usable()
+        try:
+            self._write(group)
+        except Exception as exc:
+            self._failed = f"{self.path}: cannot commit the station journal: {exc}"
+            raise JournalError(self._failed) from exc
 
     def _commit_loop(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -368,7 +382,9 @@ class StationController:
         """Decide a tap at ``gate`` (a ``farecore.gate.Gate`` on this station's journal)
         and stage its ride; the gate is signalled once the ride is durable. A busy gate
         first waits for its last ride."""
-        if gate in self._waiting or len(self._waiting) >= self.max_group:
+        if gate in self._waiting:
+            self._commit_here()  # its last rider's ride must be durable first
+        elif len(self._waiting) >= self.max_group:
             self.send()
         if self._committing is not None and gate in self._committing[1]:
             self._finish()
@@ -391,6 +407,14 @@ class StationController:
             waiting, self._waiting = self._waiting, {}
             self._committing = (self.journal.begin_commit(), waiting)
 
+    def _commit_here(self) -> None:
+        # The caller waits for this group anyway: commit it on this thread.
+        self._finish()
+        if self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            self.journal.commit()
+            self._open(waiting)
+
     def finish(self) -> int:
         """Wait for the commit in flight, open its gates; return how many opened."""
         return self._finish()
@@ -401,8 +425,9 @@ class StationController:
         Raises JournalError when a commit fails: none of those gates opens.
         """
         opened = self._finish()
-        self.send()
-        return opened + self._finish()
+        waiting = len(self._waiting)
+        self._commit_here()
+        return opened + waiting
 
     def _finish(self) -> int:
         if self._committing is None:
@@ -410,6 +435,9 @@ class StationController:
         commit, gates = self._committing
         self._committing = None
         commit.wait()
+        return self._open(gates)
+
+    def _open(self, gates: dict[Any, Decision]) -> int:
         for gate, decision in gates.items():
             gate.complete(decision)
         self.groups += 1

@@ -68,7 +68,15 @@ class _Verdict:
 class Validator:
     """Decides taps for one terminal. Not thread-safe: one validator per gate loop."""
 
-    __slots__ = ("_cache", "_cache_size", "keyring", "passback", "policy", "revocation")
+    __slots__ = (
+        "_cache",
+        "_cache_size",
+        "issuer_checks",
+        "keyring",
+        "passback",
+        "policy",
+        "revocation",
+    )
 
     def __init__(
         self,
@@ -87,6 +95,7 @@ class Validator:
         self.passback = passback
         self._cache: dict[bytes, object] = {} if cache is None else cache
         self._cache_size = cache_size
+        self.issuer_checks = 0  # issuer signatures verified (credentials not in the cache)
 
     def _card_key(self, credential: Credential) -> tuple[object, Reason | None, str]:
         """Issuer checks, cached by exact credential bytes once they pass."""
@@ -97,6 +106,7 @@ class Validator:
         issuer = self.keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
         if issuer is None:
             return None, Reason.UNKNOWN_ISSUER_KEY, f"issuer key id {f.issuer_key_id} not usable"
+        self.issuer_checks += 1
         try:
             issuer.verify(credential.issuer_signature, credential.signed_message)
         except BadSignature as exc:

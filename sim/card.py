@@ -81,18 +81,23 @@ class VirtualCard:
         counter: int = 0,
         faults: CardFaults | None = None,
         uid: bytes | None = None,
+        card_id: int | None = None,
     ) -> None:
         self.credential = bytes(credential)
         self.key = key
         self.counter = counter
         self.faults = faults or CardFaults()
         self.selected = False
-        # The card id is read from the credential when it parses; a garbage credential
-        # (for fault tests) still gets a stable id from its bytes.
-        try:
-            self._card_id = parse_unverified(self.credential).card_id
-        except ValueError:
-            self._card_id = int.from_bytes(self.credential[6:14].ljust(8, b"\0"), "big")
+        # The card id is read from the credential when it parses (unless the maker of
+        # many cards already knows it); a garbage credential (for fault tests) still
+        # gets a stable id from its bytes.
+        if card_id is not None:
+            self._card_id = card_id
+        else:
+            try:
+                self._card_id = parse_unverified(self.credential).card_id
+            except ValueError:
+                self._card_id = int.from_bytes(self.credential[6:14].ljust(8, b"\0"), "big")
         self.uid = uid if uid is not None else self._card_id.to_bytes(8, "big")[-4:]
 
     @property

@@ -198,5 +198,11 @@ class CardFactory:
 
     def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
         credential, key = self.material(index)
-        faults = CardFaults(remove_at="read") if pulled else None
-        return VirtualCard(credential, key, counter=counter, faults=faults)
+        faults = _PULLED if pulled else _NO_FAULTS
+        card_id = int(self._pop.card_ids[index])
+        return VirtualCard(credential, key, counter=counter, faults=faults, card_id=card_id)
+
+
+# Shared by the factory's cards, which never change their faults.
+_NO_FAULTS = CardFaults()
+_PULLED = CardFaults(remove_at="read")

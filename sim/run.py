@@ -301,7 +301,11 @@ def _lane(
                     progress[slot] += 64
             controller.flush()
             out["span_ns"][1] = perf()
-            out["groups"][:] = (controller.groups, controller.grouped_taps)
+            out["groups"][:] = (
+                controller.groups,
+                controller.grouped_taps,
+                sum(gate.validator.issuer_checks for gate, _, _ in gates.values()),
+            )
             progress[slot] += len(taps) % 64
         finally:
             for link in links:
@@ -320,7 +324,8 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
             "latency_us": np.zeros(len(t)),
             "gate_us": np.zeros(len(t)),
             "span_ns": np.zeros(2, dtype=np.int64),  # first tap starts, last tap durable
-            "groups": np.zeros(2, dtype=np.int64),  # commits, taps they made durable
+            # commits, taps they made durable, issuer signatures verified
+            "groups": np.zeros(3, dtype=np.int64),
         }
         for t in lanes
     ]
@@ -455,7 +460,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     got = np.zeros(n, dtype=np.uint8)
     latency = np.zeros(n)
     gate_us = np.zeros(n)
-    spans, groups = [], np.zeros(2, dtype=np.int64)
+    spans, groups = [], np.zeros(3, dtype=np.int64)
     for k in range(workers):
         with np.load(work / f"worker-{k}.npz") as z:
             got[z["taps"]] = z["got"]
@@ -518,6 +523,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "start_s": round(run_s - wall, 2),
             "commits": int(groups[0]),
             "taps_per_commit": round(float(groups[1]) / max(int(groups[0]), 1), 2),
+            "issuer_checks_per_tap": round(float(groups[2]) / max(n, 1), 3),
             "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
         },
     )
