@@ -11,8 +11,12 @@ import enum
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from farecore.errors import MalformedFile
+
+if TYPE_CHECKING:
+    from farecore.decision import Decision
 
 __all__ = [
     "GENESIS_HASH",
@@ -25,6 +29,7 @@ __all__ = [
     "decode_record",
     "decode_record_row",
     "encode_record",
+    "encode_tap",
     "record_row",
 ]
 
@@ -169,6 +174,57 @@ def encode_record(r: JournalRecord) -> bytes:
         )
     ]
     for text in (r.operator, r.line, r.place, r.decision, ",".join(r.flags), r.detail):
+        _put_str(parts, text)
+    return b"".join(parts)
+
+
+_CONTEXT_TEXT: dict[TapContext, bytes] = {}
+
+
+def encode_tap(
+    terminal_id: int, seq: int, decision: Decision, ctx: TapContext, cred_hash: bytes | None
+) -> bytes:
+    """``encode_record`` of the record a fresh tap makes, without building the record.
+
+    The station journal's hot path; a property test holds it to ``encode_record``.
+    """
+    if not 0 <= terminal_id <= _U64_MAX or not 1 <= seq <= _U64_MAX:
+        raise ValueError("terminal id must be a uint64 and seq a positive uint64")
+    card_id, counter = decision.card_id, decision.counter
+    signature, generation = decision.card_signature, decision.revocation_generation
+    if len(decision.challenge) != 32 or (signature is not None and len(signature) != 64):
+        raise ValueError("challenge is 32 bytes and a card signature 64")
+    presence = (
+        (_HAS_CARD if card_id is not None else 0)
+        | (_HAS_CRED if cred_hash is not None else 0)
+        | (_HAS_COUNTER if counter is not None else 0)
+        | (_HAS_SIG if signature is not None else 0)
+        | (_HAS_GEN if generation is not None else 0)
+    )
+    place = _CONTEXT_TEXT.get(ctx)
+    if place is None:
+        parts: list[bytes] = []
+        for text in (ctx.operator, ctx.line, ctx.place):
+            _put_str(parts, text)
+        place = _CONTEXT_TEXT.setdefault(ctx, b"".join(parts))
+    parts = [
+        _FIXED.pack(
+            terminal_id,
+            seq,
+            decision.time_ms,
+            int(ctx.direction),
+            presence,
+            card_id or 0,
+            counter or 0,
+            generation or 0,
+            cred_hash or _NO_HASH,
+            decision.challenge,
+            signature or _NO_SIG,
+        ),
+        place,
+    ]
+    flags = decision.flags
+    for text in (decision.label, ",".join(sorted(flags)) if flags else "", decision.detail[:1000]):
         _put_str(parts, text)
     return b"".join(parts)
 

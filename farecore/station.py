@@ -31,9 +31,9 @@ from typing import Any
 
 from farecore.decision import Decision
 from farecore.errors import JournalError
-from farecore.journal import GENESIS_HASH, STATION_FORMAT, TapContext, draft_records
+from farecore.journal import GENESIS_HASH, STATION_FORMAT, TapContext
 from farecore.passback import PASSBACK_PRUNE, PASSBACK_TABLE, PASSBACK_UPSERT
-from farecore.records import JournalRecord
+from farecore.records import chain_hash, credential_hash, encode_tap
 from farecore.walfile import reserve_wal
 
 __all__ = ["STATION_FORMAT", "Commit", "StationController", "StationJournal", "StationTerminal"]
@@ -174,9 +174,9 @@ class StationJournal:
             raise JournalError(f"terminal {terminal_id} is not in the station journal {self.path}")
         return StationTerminal(self, terminal_id)
 
-    def stage(self, terminal_id: int, decision: Decision, ctx: TapContext) -> JournalRecord:
-        """Chain one tap onto its terminal in the open group; durable only once the
-        group's commit is."""
+    def stage(self, terminal_id: int, decision: Decision, ctx: TapContext) -> int:
+        """Chain one tap onto its terminal in the open group; return its seq. Durable
+        only once the group's commit is."""
         self._check_usable()
         if decision.terminal_id != terminal_id:
             raise JournalError(
@@ -186,17 +186,24 @@ class StationJournal:
             seq, head = self._heads[terminal_id]
         except KeyError:
             raise JournalError(f"terminal {terminal_id} is not in {self.path}") from None
-        out, rows, creds, seq, head = draft_records(
-            terminal_id, seq, head, [(decision, ctx)], self._known
-        )
+        seq += 1
         group = self._group
-        group.records.append((terminal_id, *rows[0]))
-        for c in creds:
-            group.credentials.append(c)
-            self._known[c[0]] = None
+        credential = decision.credential
+        cred_hash = None
+        if credential is not None:
+            cred_hash = credential_hash(credential)
+            if cred_hash not in self._known:
+                group.credentials.append((cred_hash, credential))
+                self._known[cred_hash] = None
+        body = encode_tap(terminal_id, seq, decision, ctx, cred_hash)
+        own = chain_hash(head, body)
+        card_id = decision.card_id
+        if card_id is not None and card_id >= 1 << 63:
+            card_id -= 1 << 64  # SQLite integers are signed 64-bit
+        group.records.append((terminal_id, seq, decision.time_ms, card_id, body, own))
         group.taps += 1
-        self._heads[terminal_id] = (seq, head)
-        return out[0]
+        self._heads[terminal_id] = (seq, own)
+        return seq
 
     def passback_get(self, key: tuple[str, int]) -> PassbackRow | None:
         """The last ride of (place, card) at this station, staged ones included."""
@@ -322,14 +329,14 @@ class StationTerminal:
         self.station = station
         self.terminal_id = terminal_id
 
-    def stage(self, decision: Decision, ctx: TapContext) -> JournalRecord:
+    def stage(self, decision: Decision, ctx: TapContext) -> int:
         return self.station.stage(self.terminal_id, decision, ctx)
 
-    def append(self, decision: Decision, ctx: TapContext) -> JournalRecord:
+    def append(self, decision: Decision, ctx: TapContext) -> int:
         """Stage and commit at once: durable on return (a gate run on its own)."""
-        record = self.stage(decision, ctx)
+        seq = self.stage(decision, ctx)
         self.station.commit()
-        return record
+        return seq
 
     def commit(self) -> None:
         """Commit the station's open group (this gate's staged ride with it)."""
@@ -342,15 +349,29 @@ class StationTerminal:
 Opened = Callable[[list[tuple[Any, Decision]]], None]
 
 
+class _Batch:
+    """Taps of one group, in the order they were staged, and the set of their gates."""
+
+    __slots__ = ("gates", "taps")
+
+    def __init__(self) -> None:
+        self.taps: list[tuple[Any, Decision]] = []
+        self.gates: set[Any] = set()
+
+
 class StationController:
     """Runs the taps of several gates with group commit over one station journal.
 
     ``tap`` decides a tap and stages its ride. A gate opens (its ``Gate.complete`` is
-    called) only once the commit holding its ride is durable, and it takes its next
-    rider only after that. The waiting group is handed to the committer when a gate of
-    it has a new rider (``send``), when ``max_group`` taps wait, or on ``flush``; while
-    it commits, the gates outside it go on deciding the next group. ``opened`` is told
-    each group's gates as they open.
+    called) only once the commit holding its ride is durable, and gates open in the
+    order their taps were decided. The waiting group is handed to the committer when
+    ``max_group`` taps wait (``send``), or on ``flush``; while it commits, the next group
+    is decided. ``opened`` is told each group's taps as their gates open.
+
+    ``one_rider_per_gate`` (the default, for real time): a gate whose last ride is not
+    durable yet takes no new tap; its last group is committed first. A simulator that
+    runs a day faster than real time may turn it off: in the simulated day a gate's
+    next rider comes seconds after the last, long after the last commit returned.
     """
 
     def __init__(
@@ -358,60 +379,59 @@ class StationController:
         journal: StationJournal,
         max_group: int = 32,
         opened: Opened | None = None,
+        *,
+        one_rider_per_gate: bool = True,
     ) -> None:
         if not 1 <= max_group <= 10_000:
             raise ValueError("max_group must be between 1 and 10000")
         self.journal = journal
         self.max_group = max_group
+        self.one_rider_per_gate = one_rider_per_gate
         self._opened = opened
-        self._waiting: dict[Any, Decision] = {}
-        self._committing: tuple[Commit, dict[Any, Decision]] | None = None
+        self._waiting = _Batch()
+        self._committing: tuple[Commit, _Batch] | None = None
         self.groups = 0
         self.grouped_taps = 0
 
     def busy(self, gate: Any) -> bool:
         """True while ``gate``'s last ride is not durable yet (its gate still shut)."""
         committing = self._committing
-        return gate in self._waiting or (committing is not None and gate in committing[1])
-
-    def waiting(self, gate: Any) -> bool:
-        """True when ``gate``'s last ride is in the group not yet handed to the committer."""
-        return gate in self._waiting
+        return gate in self._waiting.gates or (
+            committing is not None and gate in committing[1].gates
+        )
 
     def tap(self, gate: Any, channel: Any) -> Decision:
         """Decide a tap at ``gate`` (a ``farecore.gate.Gate`` on this station's journal)
-        and stage its ride; the gate is signalled once the ride is durable. A busy gate
-        first waits for its last ride."""
-        if gate in self._waiting:
+        and stage its ride; the gate is signalled once the ride is durable."""
+        waiting = self._waiting
+        if self.one_rider_per_gate and gate in waiting.gates:
             self._commit_here()  # its last rider's ride must be durable first
-        elif len(self._waiting) >= self.max_group:
+        elif len(waiting.taps) >= self.max_group:
             self.send()
-        if self._committing is not None and gate in self._committing[1]:
+        committing = self._committing
+        if committing is not None and (
+            committing[0].done or (self.one_rider_per_gate and gate in committing[1].gates)
+        ):
             self._finish()
         decision: Decision = gate.stage(channel)
-        self._waiting[gate] = decision
+        waiting = self._waiting
+        waiting.taps.append((gate, decision))
+        waiting.gates.add(gate)
         return decision
-
-    def poll(self) -> int:
-        """Open the gates of a commit that is done, without waiting; return how many."""
-        committing = self._committing
-        if committing is not None and committing[0].done:
-            return self._finish()
-        return 0
 
     def send(self) -> None:
         """Hand the waiting group to the committer. One commit is in flight at a time:
         the one before is waited for (and its gates opened) first."""
         self._finish()
-        if self._waiting:
-            waiting, self._waiting = self._waiting, {}
+        if self._waiting.taps:
+            waiting, self._waiting = self._waiting, _Batch()
             self._committing = (self.journal.begin_commit(), waiting)
 
     def _commit_here(self) -> None:
         # The caller waits for this group anyway: commit it on this thread.
         self._finish()
-        if self._waiting:
-            waiting, self._waiting = self._waiting, {}
+        if self._waiting.taps:
+            waiting, self._waiting = self._waiting, _Batch()
             self.journal.commit()
             self._open(waiting)
 
@@ -425,23 +445,23 @@ class StationController:
         Raises JournalError when a commit fails: none of those gates opens.
         """
         opened = self._finish()
-        waiting = len(self._waiting)
+        waiting = len(self._waiting.taps)
         self._commit_here()
         return opened + waiting
 
     def _finish(self) -> int:
         if self._committing is None:
             return 0
-        commit, gates = self._committing
+        commit, batch = self._committing
         self._committing = None
         commit.wait()
-        return self._open(gates)
+        return self._open(batch)
 
-    def _open(self, gates: dict[Any, Decision]) -> int:
-        for gate, decision in gates.items():
+    def _open(self, batch: _Batch) -> int:
+        for gate, decision in batch.taps:
             gate.complete(decision)
         self.groups += 1
-        self.grouped_taps += len(gates)
+        self.grouped_taps += len(batch.taps)
         if self._opened is not None:
-            self._opened(list(gates.items()))
-        return len(gates)
+            self._opened(batch.taps)
+        return len(batch.taps)
