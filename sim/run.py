@@ -275,10 +275,20 @@ def _lane(
             controller = StationController(
                 station, opts.max_group, opened=opened, one_rider_per_gate=False
             )
+            # Plain lists: indexing numpy arrays one scalar at a time is slow.
+            columns = zip(
+                taps.tolist(),
+                wl.gate[taps].tolist(),
+                wl.time_ms[taps].tolist(),
+                wl.card[taps].tolist(),
+                wl.counter[taps].tolist(),
+                (wl.fault[taps] == FAULT_PULLED).tolist(),
+                strict=True,
+            )
             out["span_ns"][0] = perf()
-            for n, i in enumerate(taps.tolist()):
-                gate, reader, tin = gates[int(wl.gate[i])]
-                tin.now_ms = sim_clock.now_ms = int(wl.time_ms[i])
+            for n, (i, g, now_ms, card_index, counter, pulled) in enumerate(columns):
+                gate, reader, tin = gates[g]
+                tin.now_ms = sim_clock.now_ms = now_ms
                 if not published and tin.now_ms >= switch:
                     controller.flush()  # the rides decided under generation 1 durable first
                     staged = in_force.with_suffix(".staged")
@@ -288,9 +298,7 @@ def _lane(
                         raise SimError(f"lane {lane_id}: generation 2 was not taken into force")
                     published = True
                 tin.nonce = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()[:16]
-                card = factory.card(
-                    int(wl.card[i]), int(wl.counter[i]), bool(wl.fault[i] == FAULT_PULLED)
-                )
+                card = factory.card(card_index, counter, pulled)
                 t0 = perf()
                 if transport is not None and i in transport.taps:
                     controller.flush()
