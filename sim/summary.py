@@ -177,14 +177,24 @@ def show_progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t
     """A live line of taps done and taps/s while the worker processes run."""
     tty = stream.isatty()
     last_line = 0.0
+    first_tap: float | None = None  # when taps were first seen: the rate counts from there
     while any(p.is_alive() for p in procs):
         # Wake at the display interval, or at once when a worker ends: the tap phase's
         # wall clock (and so taps/s) must not include a polling sleep.
         mp_connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.25)
         done = sum(progress[:])
-        elapsed = time.perf_counter() - t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"taps {done:>9,}/{total:,} ({100 * done / max(1, total):5.1f} %)  {rate:8,.0f} taps/s  {elapsed:6.1f} s"
+        now = time.perf_counter()
+        elapsed = now - t0
+        if done and first_tap is None:
+            first_tap = now
+        if first_tap is None:
+            text = f"workers starting (making the cards they will meet)  {elapsed:6.1f} s"
+        else:
+            rate = done / (now - first_tap) if now > first_tap else 0.0
+            text = (
+                f"taps {done:>9,}/{total:,} ({100 * done / max(1, total):5.1f} %)  "
+                f"{rate:8,.0f} taps/s  {elapsed:6.1f} s"
+            )
         if tty:
             stream.write("\r" + text)
             stream.flush()
