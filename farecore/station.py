@@ -111,6 +111,7 @@ class StationJournal:
         self._known: dict[bytes, None] = {}
         self._passback: dict[tuple[str, int], PassbackRow] = {}
         self._group = _Group()
+        self._last: Commit | None = None  # the last group handed to the committer
         self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
 
@@ -232,7 +233,7 @@ class StationJournal:
         """
         self._check_usable()
         group, self._group = self._group, _Group()
-        done = Commit(group.taps)
+        done = self._last = Commit(group.taps)
         if self._committer is None:
             self._committer = threading.Thread(
                 target=self._commit_loop, name="station-committer", daemon=True
@@ -249,9 +250,8 @@ class StationJournal:
         """
         self._check_usable()
         group, self._group = self._group, _Group()
-        if self._committer is not None:
-            self._queue.put((_Group(), barrier := Commit(0)))
-            barrier._done.wait()  # everything handed over before is written
+        if self._last is not None:
+            self._last._done.wait()  # groups handed over before are written first
         self._check_usable()
         try:
             self._write(group)
