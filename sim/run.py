@@ -206,7 +206,8 @@ def _lane(
     )
     # The population's cards exist before the day: their keys and credentials are made
     # here, outside the timed taps (a real gate never pays for issuing a card).
-    for c in np.unique(wl.card[taps]):
+    met = np.unique(wl.card[taps])
+    for c in met:
         factory.material(int(c))
     seed = opts.seed.to_bytes(8, "big")
     windows = {"metro_entry": clock.passback_metro_s, "bus": clock.passback_bus_s}
@@ -236,8 +237,16 @@ def _lane(
                         )
                     passback = stores[plan.place]
                 policy = TerminalPolicy(plan.terminal_id, frozenset({QINGDAO}))
-                # The gates of one station controller share their verified credentials.
-                validator = Validator(policy, keyring, revocation, passback, cache=shared_cache)
+                # The gates of one station controller share their verified credentials,
+                # in a cache sized for every card the controller meets in the day.
+                validator = Validator(
+                    policy,
+                    keyring,
+                    revocation,
+                    passback,
+                    cache_size=max(100_000, len(met)),
+                    cache=shared_cache,
+                )
                 tin = _TapInput()
                 reader = VirtualReader(f"gate-{plan.terminal_id}")
                 reader.open()
