@@ -48,8 +48,6 @@ PASSBACK_TABLE = (
 PASSBACK_UPSERT = "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)"
 PASSBACK_PRUNE = "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)"
 _SELECT = "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?"
-_UPSERT = PASSBACK_UPSERT
-_PRUNE = PASSBACK_PRUNE
 
 SCOPES = ("place", "terminal")
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -195,10 +193,10 @@ class PassbackStore:
             assert self._db is not None
             try:
                 with self._db:
-                    self._db.execute(_UPSERT, row)
+                    self._db.execute(PASSBACK_UPSERT, row)
                     self._writes += 1
                     if self._writes % 1000 == 0:
-                        self._db.execute(_PRUNE, self._prune_args(now_ms))
+                        self._db.execute(PASSBACK_PRUNE, self._prune_args(now_ms))
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot record passback state: {exc}") from None
 

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 _Row = tuple[Any, ...]
+_KNOWN_MAX = 1_000_000  # credentials remembered as already in the file
 PassbackRow = tuple[int, int, str]  # wall_ms, mono_ms, boot
 
 
@@ -125,17 +126,20 @@ class StationJournal:
             raise JournalError(f"{path}: cannot open the station journal: {exc}") from None
         journal = cls(path, db)
         try:
+            # Another kind of file is refused before anything is written to it.
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            meta = dict(db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+            if tables and meta.get("format") != STATION_FORMAT:
+                what = meta.get("format", "not a farecore file")
+                raise JournalError(f"{path} is not a station journal ({what})")
             db.execute("PRAGMA page_size=1024")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
             with db:
-                db.executescript(_SCHEMA)
-                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
                 if not meta:
                     db.execute("INSERT INTO meta VALUES ('format', ?)", (STATION_FORMAT,))
-                elif meta.get("format") != STATION_FORMAT:
-                    raise JournalError(f"{path} is not a station journal ({meta.get('format')})")
                 db.executemany(
                     "INSERT OR IGNORE INTO terminals VALUES (?)", [(t,) for t in terminal_ids]
                 )
@@ -195,6 +199,8 @@ class StationJournal:
             cred_hash = credential_hash(credential)
             if cred_hash not in self._known:
                 group.credentials.append((cred_hash, credential))
+                if len(self._known) >= _KNOWN_MAX:
+                    self._known.clear()  # only saves statements: INSERT OR IGNORE is safe
                 self._known[cred_hash] = None
         body = encode_tap(terminal_id, seq, decision, ctx, cred_hash)
         own = chain_hash(head, body)

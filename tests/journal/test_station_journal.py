@@ -188,8 +188,13 @@ def test_readers_and_exports_must_name_a_terminal_of_the_station(
     with pytest.raises(JournalError, match=f"not {T3}"):
         export_batch(path, DAY, _key(T3), terminal_id=T3)
     Journal.open(tmp_path / "own.sqlite", T1).close()
+    before = (tmp_path / "own.sqlite").read_bytes()
     with pytest.raises(JournalError, match="not a station journal"):
         StationJournal.open(tmp_path / "own.sqlite", (T1,))
+    assert (tmp_path / "own.sqlite").read_bytes() == before  # left as it was
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(JournalError, match="cannot read the station journal"):
+        StationJournal.open(tmp_path / "junk.sqlite", (T1,))
     with pytest.raises(JournalError, match=f"is the journal of terminal {T1}, not {T2}"):
         JournalReader(tmp_path / "own.sqlite", T2)
     with pytest.raises(JournalError, match="not in the station journal"):
