@@ -110,6 +110,29 @@ def test_same_seed_gives_byte_identical_settlement(
     assert sa["confusion"] == sb["confusion"]
 
 
+def test_group_size_and_controller_layout_change_no_byte(small_run: SimRun, tmp_path: Path) -> None:
+    # A commit per tap, one worker split into two station controllers: other groups,
+    # other station files, yet the same decisions and the same batches and settlement.
+    other = run_sim(
+        tmp_path / "run-g",
+        "--seed",
+        "7",
+        *SMALL,
+        "--max-group",
+        "1",
+        "--workers",
+        "1",
+        "--lanes",
+        "2",
+    )
+    assert other.returncode == 0, other.stderr + other.stdout
+    assert other.summary["engine"]["taps_per_commit"] == 1.0
+    assert small_run.summary["engine"]["taps_per_commit"] > 4
+    assert _digests(small_run.out / "batches") == _digests(other.out / "batches")
+    assert _digests(small_run.out / "settlement") == _digests(other.out / "settlement")
+    assert small_run.summary["confusion"] == other.summary["confusion"]
+
+
 def test_another_seed_gives_another_day(small_run: SimRun, tmp_path: Path) -> None:
     other = run_sim(tmp_path / "run-c", "--seed", "8", *SMALL)
     assert other.returncode == 0, other.stderr
