@@ -118,14 +118,40 @@ def encode_batch(
 ) -> bytes:
     """Serialise and sign. ``records`` must be ``first_seq…`` in order, chaining."""
     tail = records[-1].hash if records else prev_hash
+    return _sign_batch(
+        [encode_record(r) for r in records],
+        tail,
+        credentials,
+        terminal_id=terminal_id,
+        day=day,
+        utc_offset_min=utc_offset_min,
+        first_seq=first_seq,
+        prev_hash=prev_hash,
+        key=key,
+    )
+
+
+def _sign_batch(
+    bodies: list[bytes],
+    tail: bytes,
+    credentials: dict[bytes, bytes],
+    *,
+    terminal_id: int,
+    day: dt.date,
+    utc_offset_min: int,
+    first_seq: int,
+    prev_hash: bytes,
+    key: SigningKey,
+) -> bytes:
+    # The batch from the records' own bytes (as the journal stores them).
     header = {
         "format": BATCH_FORMAT,
         "terminal_id": terminal_id,
         "day": day.isoformat(),
         "utc_offset_min": utc_offset_min,
         "first_seq": first_seq,
-        "last_seq": first_seq + len(records) - 1,
-        "count": len(records),
+        "last_seq": first_seq + len(bodies) - 1,
+        "count": len(bodies),
         "prev_hash": prev_hash.hex(),
         "tail_hash": tail.hex(),
         "key_id": key.key_id,
@@ -137,9 +163,8 @@ def encode_batch(
     for sha in sorted(credentials):
         data = credentials[sha]
         parts += [_U16.pack(len(data)), data]
-    parts.append(_U32.pack(len(records)))
-    for r in records:
-        body = encode_record(r)
+    parts.append(_U32.pack(len(bodies)))
+    for body in bodies:
         parts += [_U32.pack(len(body)), body]
     content = b"".join(parts)
     signature = key.sign(BATCH_SIGNING_TAG + content)
@@ -169,13 +194,11 @@ def export_batch(
         first = reader.first_seq_from(start)
         last = max(reader.first_seq_from(end) - 1, first - 1)
         prev = reader.hash_of(first - 1)
-        records = list(reader.records(first, last)) if last >= first else []
-        credentials: dict[bytes, bytes] = {}
-        for r in records:
-            if r.credential_sha256 is not None and r.credential_sha256 not in credentials:
-                credentials[r.credential_sha256] = reader.credential(r.credential_sha256)
-        return encode_batch(
-            records,
+        chain = list(reader.rows(first, last)) if last >= first else []
+        credentials = reader.credentials(row[9] for row, _ in chain if row[9] is not None)
+        return _sign_batch(
+            [body for _, body in chain],
+            chain[-1][0][-1] if chain else prev,
             credentials,
             terminal_id=reader.terminal_id,
             day=day,

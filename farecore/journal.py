@@ -16,10 +16,11 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from farecore.decision import Decision
 from farecore.errors import JournalError, MalformedFile
@@ -250,6 +251,21 @@ class Journal:
         self.close()
 
 
+_T = TypeVar("_T")
+
+
+def _as_record(body: bytes, prev: bytes) -> tuple[JournalRecord, int, int, bytes]:
+    r = decode_record(body, prev)
+    return r, r.terminal_id, r.seq, r.hash
+
+
+def _as_row(body: bytes, prev: bytes) -> tuple[RecordRow, int, int, bytes]:
+    row = decode_record_row(body, prev)
+    if row is None:  # the precise error, or the rare record the fast path leaves alone
+        row = record_row(decode_record(body, prev))
+    return row, row[0], row[1], row[-1]
+
+
 def draft_records(
     terminal_id: int,
     seq: int,
@@ -421,6 +437,26 @@ class JournalReader:
 
         Raises JournalError on a gap, a broken link or a record that does not parse.
         """
+        for record, _ in self.records_with_bodies(first, last):
+            yield record
+
+    def records_with_bodies(
+        self, first: int = 1, last: int | None = None
+    ) -> Iterator[tuple[JournalRecord, bytes]]:
+        """``records`` with each record's stored bytes (what a batch carries)."""
+        return self._checked(first, last, _as_record)
+
+    def rows(self, first: int = 1, last: int | None = None) -> Iterator[tuple[RecordRow, bytes]]:
+        """``records`` as the settlement's row tuples, with each record's stored bytes:
+        the same checks, without building record objects (the nightly export)."""
+        return self._checked(first, last, _as_row)
+
+    def _checked(
+        self,
+        first: int,
+        last: int | None,
+        decode: Callable[[bytes, bytes], tuple[_T, int, int, bytes]],
+    ) -> Iterator[tuple[_T, bytes]]:
         prev = self.hash_of(first - 1)
         expected = first
         cur = self._db.execute(
@@ -428,32 +464,46 @@ class JournalReader:
             "ORDER BY seq",
             (*self._args, first, last if last is not None else _MAX_SEQ),
         )
-        for seq, body, own in cur:
+        for seq, stored, own in cur:
             if seq != expected:
                 raise JournalError(f"{self.path}: sequence gap: {expected} missing")
+            body = bytes(stored)
             try:
-                record = decode_record(bytes(body), prev)
+                item, terminal_id, own_seq, own_hash = decode(body, prev)
             except MalformedFile as exc:
                 raise JournalError(f"{self.path}: record {seq}: {exc}") from None
-            if record.hash != bytes(own) or record.seq != seq:
+            if own_hash != bytes(own) or own_seq != seq:
                 raise JournalError(f"{self.path}: record {seq} breaks the hash chain")
-            if record.terminal_id != self.terminal_id:
+            if terminal_id != self.terminal_id:
                 raise JournalError(f"{self.path}: record {seq} names another terminal")
-            yield record
-            prev = record.hash
+            yield item, body
+            prev = own_hash
             expected += 1
         if last is not None and expected != last + 1:
             raise JournalError(f"{self.path}: sequence gap: {expected} missing")
 
     def credential(self, sha256: bytes) -> bytes:
-        row = self._db.execute("SELECT data FROM credentials WHERE sha256 = ?", (sha256,))
-        found = row.fetchone()
-        if found is None:
-            raise JournalError(f"{self.path}: credential {sha256.hex()[:16]}… is missing")
-        data = bytes(found[0])
-        if credential_hash(data) != sha256:
-            raise JournalError(f"{self.path}: credential {sha256.hex()[:16]}… is corrupt")
-        return data
+        return self.credentials([sha256])[sha256]
+
+    def credentials(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The credentials with these SHA-256s, each checked against its hash."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT sha256, data FROM credentials WHERE sha256 IN ({marks})", chunk
+            )
+            for sha, data in rows:
+                found[bytes(sha)] = bytes(data)
+        for sha in wanted:
+            data = found.get(sha)
+            if data is None:
+                raise JournalError(f"{self.path}: credential {sha.hex()[:16]}… is missing")
+            if credential_hash(data) != sha:
+                raise JournalError(f"{self.path}: credential {sha.hex()[:16]}… is corrupt")
+        return found
 
     def verify_chain(self) -> int:
         """Walk the whole chain; return the number of records or raise JournalError."""

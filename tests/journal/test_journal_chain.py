@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from journal_support import BASE_MS, CTX, TERMINAL_ID
 
+from farecore.batch import export_batch
 from farecore.decision import Decision
 from farecore.errors import JournalError, MalformedFile
 from farecore.journal import (
@@ -26,6 +28,8 @@ from farecore.journal import (
     decode_record,
     encode_record,
 )
+from farecore.keys import SigningKey
+from sim.issuer import derive_key
 
 
 def test_appends_chain_and_reopen_continues(
@@ -85,6 +89,16 @@ def test_tampered_journal_is_detected(
         db.execute("UPDATE records SET body=? WHERE seq=2", (bytes(body),))
     with JournalReader(path) as r, pytest.raises(JournalError, match="record 2"):
         r.verify_chain()
+    # The export reads the same chain by its faster path and refuses it the same way,
+    # whether the damage still parses or not.
+    key = SigningKey("terminal", TERMINAL_ID, derive_key("journal-tests", "terminal"))
+    day = dt.date(2026, 3, 2)
+    with pytest.raises(JournalError, match="record 2 breaks the hash chain"):
+        export_batch(path, day, key)
+    with db:
+        db.execute("UPDATE records SET body=? WHERE seq=2", (bytes(body[:-3]),))
+    with pytest.raises(JournalError, match="record 2"):
+        export_batch(path, day, key)
     with db:
         db.execute("DELETE FROM records WHERE seq=3")
     with JournalReader(path) as r, pytest.raises(JournalError):
