@@ -369,6 +369,11 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
         for t in threads:
             t.join()
     if errors:
+        if isinstance(errors[0], FarecoreError):
+            # A failure the engine names (a journal that cannot commit, a table that
+            # does not verify): one line for the operator, not a traceback.
+            print(f"farecore sim: worker {k}: {errors[0]}", file=sys.stderr, flush=True)
+            sys.exit(3)
         raise errors[0]
     np.savez(
         work_dir / f"worker-{k}.npz",

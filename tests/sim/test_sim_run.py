@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from sim_support import SMALL, SimRun, run_sim
 
 FRAUD_KINDS = {
@@ -187,3 +188,26 @@ def test_a_share_of_taps_goes_through_a_real_pcscd(tmp_path: Path) -> None:
     # A tap through pcscd + vpcd costs real socket round trips, unlike the virtual reader.
     assert transport["latency_p50_us"] > s["latency_us"]["p50"]
     assert "8 taps through pcsc" in r.stdout
+
+
+def test_a_journal_that_cannot_commit_stops_the_day_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The disk refuses every commit: no gate may open, the workers stop with the
+    # engine's own words, and the run fails as a run (not with a traceback).
+    import io
+    import sqlite3
+
+    from farecore.station import StationJournal
+    from sim.run import SimError, SimOptions, run_simulation
+
+    def refuse(self: StationJournal, group: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(StationJournal, "_write", refuse)
+    opts = SimOptions(out=tmp_path / "run", cards=300, taps=400, gates=5, workers=1, plots=False)
+    with pytest.raises(SimError, match="failed"):
+        run_simulation(opts, stream=io.StringIO())
+    err = capfd.readouterr().err
+    assert "cannot commit the station journal: disk I/O error" in err
+    assert "Traceback" not in err
