@@ -106,7 +106,14 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
         f"   decision p50 {s['latency_us']['p50']:.0f} us  p99 {s['latency_us']['p99']:.0f} us"
         f"   (with journal p50 {s['gate_latency_us']['p50']:.0f} us)\n"
     )
-    tr = s["engine"].get("transport", {})
+    e = s["engine"]
+    if "commits" in e:
+        w(
+            f"  {e['commits']:,} journal commits ({e['taps_per_commit']:.1f} taps each), "
+            f"{e['issuer_checks_per_tap']:.2f} issuer checks per tap, "
+            f"workers started in {e['start_s']:.1f} s\n"
+        )
+    tr = e.get("transport", {})
     if tr.get("taps"):
         w(
             f"  {tr['taps']} taps through {tr['reader']}: decision p50 {tr['latency_p50_us']:.0f} us"
