@@ -37,7 +37,7 @@ from farecore.records import (
     encode_record,
     record_row,
 )
-from farecore.walfile import reserve_wal
+from farecore.walfile import make_durable, reserve_wal
 
 __all__ = [
     "GENESIS_HASH",
@@ -330,9 +330,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Small pages and no secondary index: a commit writes fewer WAL bytes before its
         # fsync, which is most of what an append costs. The nightly export scans instead.
-        db.execute("PRAGMA page_size=1024")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        make_durable(db)
         db.execute("PRAGMA busy_timeout=5000")
     except sqlite3.Error as exc:
         raise JournalError(f"{path}: cannot open the journal: {exc}") from None
@@ -437,14 +435,8 @@ class JournalReader:
 
         Raises JournalError on a gap, a broken link or a record that does not parse.
         """
-        for record, _ in self.records_with_bodies(first, last):
+        for record, _ in self._checked(first, last, _as_record):
             yield record
-
-    def records_with_bodies(
-        self, first: int = 1, last: int | None = None
-    ) -> Iterator[tuple[JournalRecord, bytes]]:
-        """``records`` with each record's stored bytes (what a batch carries)."""
-        return self._checked(first, last, _as_record)
 
     def rows(self, first: int = 1, last: int | None = None) -> Iterator[tuple[RecordRow, bytes]]:
         """``records`` as the settlement's row tuples, with each record's stored bytes:

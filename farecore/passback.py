@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from farecore.errors import ConfigError, JournalError
-from farecore.walfile import reserve_wal
+from farecore.walfile import make_durable, reserve_wal
 
 if TYPE_CHECKING:
     from farecore.station import StationJournal
@@ -247,11 +247,7 @@ def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlit
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(path, timeout=patience_s, check_same_thread=False)
-            # Small pages: a passback row is tiny, and a commit writes (and syncs) whole
-            # pages into the WAL. Takes effect only when the file is created.
-            db.execute("PRAGMA page_size=1024")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            make_durable(db)
             with db:
                 db.execute(PASSBACK_TABLE)
             reserve_wal(db, path)

@@ -34,7 +34,7 @@ from farecore.errors import JournalError
 from farecore.journal import GENESIS_HASH, STATION_FORMAT, TapContext
 from farecore.passback import PASSBACK_PRUNE, PASSBACK_TABLE, PASSBACK_UPSERT
 from farecore.records import chain_hash, credential_hash, encode_tap
-from farecore.walfile import reserve_wal
+from farecore.walfile import make_durable, reserve_wal
 
 __all__ = ["STATION_FORMAT", "Commit", "StationController", "StationJournal", "StationTerminal"]
 
@@ -132,9 +132,7 @@ class StationJournal:
             if tables and meta.get("format") != STATION_FORMAT:
                 what = meta.get("format", "not a farecore file")
                 raise JournalError(f"{path} is not a station journal ({what})")
-            db.execute("PRAGMA page_size=1024")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            make_durable(db)
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
             with db:
@@ -159,10 +157,6 @@ class StationJournal:
             db.close()
             raise
         return journal
-
-    @property
-    def terminal_ids(self) -> list[int]:
-        return sorted(self._heads)
 
     @property
     def staged(self) -> int:

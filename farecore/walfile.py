@@ -22,7 +22,17 @@ import os
 import sqlite3
 from pathlib import Path
 
-__all__ = ["WAL_CHECKPOINT_PAGES", "reserve_wal", "wal_reserve_bytes"]
+__all__ = ["WAL_CHECKPOINT_PAGES", "make_durable", "reserve_wal", "wal_reserve_bytes"]
+
+
+def make_durable(db: sqlite3.Connection) -> None:
+    """The settings of every farecore file that must not lose a commit: WAL, every
+    commit synced, and small pages (a commit writes, and syncs, whole pages). The page
+    size takes effect only when the file is created."""
+    db.execute("PRAGMA page_size=1024")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+
 
 # Pages a commit may leave in the WAL before SQLite checkpoints it (SQLite's default).
 WAL_CHECKPOINT_PAGES = 1000

@@ -338,8 +338,8 @@ def _lane(
 def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> None:
     world = _WORLD
     assert world is not None
-    # Lanes spend most of their time waiting for fsync; hand the GIL over quickly when
-    # a commit returns so the waiting lane does not sit out a whole 5 ms switch interval.
+    # With several lanes (threads), hand the GIL over quickly when a lane's commit
+    # returns, so that lane does not sit out a whole 5 ms switch interval.
     sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
     results = [
         {
