@@ -12,7 +12,7 @@ state: the gate records a ride there only after the journal has it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from farecore.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
 from farecore.credential import Credential
@@ -58,11 +58,12 @@ class TerminalPolicy:
             raise ValueError("revocation_max_age_s must be positive")
 
 
-@dataclass(slots=True)
-class _Verdict:
-    reason: Reason | None = None
-    detail: str = ""
-    flags: set[str] = field(default_factory=set)
+_NO_FLAGS: frozenset[str] = frozenset()
+_STALE_FLAGS = frozenset({"revocation_stale"})
+_NO_TIMINGS = Timings()
+
+# What the checks found: (reason or None, detail, flags, revocation generation consulted).
+_Verdict = tuple[Reason | None, str, frozenset[str], int | None]
 
 
 class Validator:
@@ -130,30 +131,28 @@ class Validator:
     ) -> Decision:
         """Turn one transaction's result into a Decision. Never raises for card data."""
         cred = result.credential
-        counter = result.counter
-        signature = result.signature
-        generation: int | None = None
-        verdict = _Verdict()
+        verdict: _Verdict
         if result.outcome is Outcome.UNREADABLE or cred is None:
-            verdict.reason, verdict.detail = Reason.UNREADABLE, result.detail
+            verdict = (Reason.UNREADABLE, result.detail, _NO_FLAGS, None)
         elif result.outcome is Outcome.BLOCKED:
-            verdict.reason, verdict.detail = Reason.CARD_BLOCKED, result.detail
+            verdict = (Reason.CARD_BLOCKED, result.detail, _NO_FLAGS, None)
         else:
-            generation = self._check(cred, counter, signature, challenge, now_ms, verdict)
+            verdict = self._check(cred, result.counter, result.signature, challenge, now_ms)
+        reason, detail, flags, generation = verdict
         return Decision(
-            accepted=verdict.reason is None,
-            reason=verdict.reason,
+            accepted=reason is None,
+            reason=reason,
             terminal_id=self.policy.terminal_id,
             time_ms=now_ms,
             challenge=challenge,
             card_id=cred.card_id if cred is not None else None,
             credential=cred.raw if cred is not None else None,
-            counter=counter,
-            card_signature=signature,
+            counter=result.counter,
+            card_signature=result.signature,
             revocation_generation=generation,
-            flags=frozenset(verdict.flags),
-            detail=verdict.detail,
-            timings=timings if timings is not None else Timings(),
+            flags=flags,
+            detail=detail,
+            timings=timings if timings is not None else _NO_TIMINGS,
         )
 
     def _check(
@@ -163,52 +162,43 @@ class Validator:
         signature: bytes | None,
         challenge: bytes,
         now_ms: int,
-        verdict: _Verdict,
-    ) -> int | None:
-        """Run checks 3 to 10 in order; fill ``verdict``; return the generation consulted."""
+    ) -> _Verdict:
+        """Run checks 3 to 10 in order; the first failure is the verdict."""
         key, reason, detail = self._card_key(cred)
         if reason is not None:
-            verdict.reason, verdict.detail = reason, detail
-            return None
+            return (reason, detail, _NO_FLAGS, None)
         f = cred.fields
         policy = self.policy
         if now_ms < f.valid_from * 1000:
-            verdict.reason = Reason.NOT_YET_VALID
-            return None
+            return (Reason.NOT_YET_VALID, "", _NO_FLAGS, None)
         if now_ms >= f.valid_until * 1000:
-            verdict.reason = Reason.EXPIRED
-            return None
+            return (Reason.EXPIRED, "", _NO_FLAGS, None)
         if f.region not in policy.accepted_regions:
-            verdict.reason, verdict.detail = Reason.WRONG_REGION, f"region {f.region}"
-            return None
+            return (Reason.WRONG_REGION, f"region {f.region}", _NO_FLAGS, None)
         if f.category not in policy.accepted_categories:
-            verdict.reason, verdict.detail = Reason.CATEGORY_NOT_ACCEPTED, f"category {f.category}"
-            return None
+            return (Reason.CATEGORY_NOT_ACCEPTED, f"category {f.category}", _NO_FLAGS, None)
         snapshot = self.revocation.snapshot()
         generation = snapshot.generation
         entry = snapshot.lookup(f.card_id)
         if entry is not None:
-            verdict.reason = Reason.REVOKED
-            verdict.detail = f"revoked at {entry.revoked_at}, reason {entry.reason}"
-            return generation
+            detail = f"revoked at {entry.revoked_at}, reason {entry.reason}"
+            return (Reason.REVOKED, detail, _NO_FLAGS, generation)
+        flags = _NO_FLAGS
         max_age = policy.revocation_max_age_s
         if max_age is not None and now_ms - snapshot.created_at * 1000 > max_age * 1000:
             if policy.stale_policy == "closed":
-                verdict.reason = Reason.REVOCATION_STALE
-                verdict.detail = f"revocation generation {generation} is older than {max_age} s"
-                return generation
-            verdict.flags.add("revocation_stale")
+                detail = f"revocation generation {generation} is older than {max_age} s"
+                return (Reason.REVOCATION_STALE, detail, _NO_FLAGS, generation)
+            flags = _STALE_FLAGS
         if key is _NO_CARD_KEY or counter is None or signature is None:
-            verdict.reason, verdict.detail = Reason.CARD_AUTH_FAILED, "card key unusable"
-            return generation
+            return (Reason.CARD_AUTH_FAILED, "card key unusable", flags, generation)
         try:
             verify_card_signature(key, f.card_id, counter, challenge, signature)  # type: ignore[arg-type]
         except BadSignature as exc:
-            verdict.reason, verdict.detail = Reason.CARD_AUTH_FAILED, str(exc)
-            return generation
+            return (Reason.CARD_AUTH_FAILED, str(exc), flags, generation)
         if self.passback.refuses(f.card_id, now_ms):
-            verdict.reason = Reason.PASSBACK
-        return generation
+            return (Reason.PASSBACK, "", flags, generation)
+        return (None, "", flags, generation)
 
     def forget_cached_credentials(self) -> None:
         """Drop the credential cache (after the keyring changed)."""

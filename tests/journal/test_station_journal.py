@@ -165,6 +165,36 @@ def test_lockouts_survive_a_reopen(tmp_path: Path) -> None:
         assert not later.refuses(9, BASE_MS + 65_000)
 
 
+def test_a_group_larger_than_one_statement_and_ordered_lockouts(
+    tmp_path: Path, tap: Tapper
+) -> None:
+    """A group is written with multi-row statements in chunks; every row lands, and the
+    lockouts keep their order around a prune (the file ends as the in-memory copy)."""
+    path = tmp_path / "station.sqlite"
+    rule = PassbackRule(window_s=60, max_skew_s=0)
+    decisions = [tap(T1, 100 + i % 7, BASE_MS + i) for i in range(600)]
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        for d in decisions:
+            s.stage(T1, d, CTX)
+        clock = iter(range(0, 10_000_000, 1000))
+        store = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: next(clock))
+        store.record(50, BASE_MS)  # long gone by the prune
+        for i in range(998):  # the 1000th write prunes what is older than the window
+            store.record(1 + i % 3, BASE_MS + i * 1000)
+        store.record(1, BASE_MS + 999_000)  # after the prune: card 1 rode last, now
+        store.record(2, BASE_MS + 999_500)
+        in_memory = dict(s._passback)
+        assert (CTX.place, 50) not in in_memory and len(in_memory) == 3
+        s.commit()
+    with JournalReader(path, T1) as r:
+        assert r.verify_chain() == 600
+        assert [rec.time_ms for rec in r.records()] == [BASE_MS + i for i in range(600)]
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT place, card_id, wall_ms, mono_ms, boot FROM passback")
+        assert {(p, c): (w, m, b) for p, c, w, m, b in rows} == in_memory
+        assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 7
+
+
 def test_what_is_staged_and_not_committed_is_not_durable(tmp_path: Path, tap: Tapper) -> None:
     path = tmp_path / "station.sqlite"
     s = StationJournal.open(path, STATION_TERMINALS)
