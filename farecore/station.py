@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS records (
 """
 
 _Row = tuple[Any, ...]
-_KNOWN_MAX = 1_000_000  # credentials remembered as already in the file
+_KNOWN_MAX = 400_000  # credentials remembered as already in the file (a city of 300,000 fits)
 PassbackRow = tuple[int, int, str]  # wall_ms, mono_ms, boot
 
 
