@@ -476,7 +476,7 @@ class StationController:
 
 
 _UPSERT_HEAD = PASSBACK_UPSERT.removesuffix("(?, ?, ?, ?, ?)").rstrip()
-_CHUNK = 256  # rows per statement: 6 x 256 parameters, far below SQLite's limit
+_CHUNK = 256  # rows per statement at most (and never more parameters than SQLite allows)
 _STATEMENTS: dict[tuple[str, int, int], str] = {}
 
 
@@ -486,8 +486,11 @@ def _insert_rows(db: sqlite3.Connection, head: str, width: int, rows: list[_Row]
     One statement per group instead of one per row: each statement lets the committer
     thread take the GIL back from the controller's thread, so fewer statements mean fewer
     thread switches in the middle of the taps being decided."""
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
+    if not rows:
+        return
+    per = max(1, min(_CHUNK, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
         key = (head, width, len(chunk))
         sql = _STATEMENTS.get(key)
         if sql is None:
