@@ -179,7 +179,6 @@ def encode_record(r: JournalRecord) -> bytes:
 
 
 _CONTEXT_TEXT: dict[TapContext, bytes] = {}
-_PLAIN_TAIL: dict[str, bytes] = {}  # label, no flags, no detail
 
 
 def encode_tap(
@@ -208,30 +207,24 @@ def encode_tap(
         for text in (ctx.operator, ctx.line, ctx.place):
             _put_str(parts, text)
         place = _CONTEXT_TEXT.setdefault(ctx, b"".join(parts))
-    fixed = _FIXED.pack(
-        terminal_id,
-        seq,
-        decision.time_ms,
-        int(ctx.direction),
-        presence,
-        card_id or 0,
-        counter or 0,
-        generation or 0,
-        cred_hash or _NO_HASH,
-        decision.challenge,
-        signature or _NO_SIG,
-    )
-    flags, detail, label = decision.flags, decision.detail, decision.label
-    if not flags and not detail:  # most taps: the tail depends on the label alone
-        tail = _PLAIN_TAIL.get(label)
-        if tail is None:
-            parts = []
-            for text in (label, "", ""):
-                _put_str(parts, text)
-            tail = _PLAIN_TAIL.setdefault(label, b"".join(parts))
-        return b"".join((fixed, place, tail))
-    parts = [fixed, place]
-    for text in (label, ",".join(sorted(flags)) if flags else "", detail[:1000]):
+    parts = [
+        _FIXED.pack(
+            terminal_id,
+            seq,
+            decision.time_ms,
+            int(ctx.direction),
+            presence,
+            card_id or 0,
+            counter or 0,
+            generation or 0,
+            cred_hash or _NO_HASH,
+            decision.challenge,
+            signature or _NO_SIG,
+        ),
+        place,
+    ]
+    flags = decision.flags
+    for text in (decision.label, ",".join(sorted(flags)) if flags else "", decision.detail[:1000]):
         _put_str(parts, text)
     return b"".join(parts)
 

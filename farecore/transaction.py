@@ -16,7 +16,7 @@ AUTHENTICATE can reveal it. It stops early only for UNREADABLE, which outranks a
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from farecore.apdu import (
     READ_CREDENTIAL,
@@ -71,8 +71,9 @@ class Outcome(enum.Enum):
     BLOCKED = "blocked"
 
 
-class TransactionResult(NamedTuple):
-    """What the card said, parsed but not verified (a tuple: made on every tap)."""
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """What the card said, parsed but not verified."""
 
     outcome: Outcome
     detail: str = ""

@@ -51,8 +51,7 @@ class VirtualReader:
         self.name = name
         self._card: ApduCard | None = None
         self._open = False
-        self._changed = threading.Condition(threading.Lock())
-        self._waiters = 0  # threads in wait_for_*: nobody to wake in a one-thread driver
+        self._changed = threading.Condition()
 
     def open(self) -> None:
         self._open = True
@@ -70,27 +69,20 @@ class VirtualReader:
             power_on()
         with self._changed:
             self._card = card
-            if self._waiters:
-                self._changed.notify_all()
+            self._changed.notify_all()
 
     def remove(self) -> None:
         with self._changed:
             self._card = None
-            if self._waiters:
-                self._changed.notify_all()
+            self._changed.notify_all()
 
     def wait_for_card(self, timeout: float) -> VirtualChannel | None:
         with self._changed:
             if not self._open:
                 raise ReaderIOError(f"reader {self.name!r} is not open")
-            self._waiters += 1
-            try:
-                present = self._changed.wait_for(
-                    lambda: self._card is not None or not self._open, timeout
-                )
-            finally:
-                self._waiters -= 1
-            if not present:
+            if not self._changed.wait_for(
+                lambda: self._card is not None or not self._open, timeout
+            ):
                 return None
             if self._card is None:
                 raise ReaderIOError(f"reader {self.name!r} was closed")
@@ -98,11 +90,7 @@ class VirtualReader:
 
     def wait_for_removal(self, timeout: float) -> bool:
         with self._changed:
-            self._waiters += 1
-            try:
-                return self._changed.wait_for(lambda: self._card is None, timeout)
-            finally:
-                self._waiters -= 1
+            return self._changed.wait_for(lambda: self._card is None, timeout)
 
     def tap(self, card: ApduCard) -> VirtualChannel:
         """Present ``card`` and return its channel at once (for single-threaded drivers)."""
