@@ -110,7 +110,8 @@ class StationJournal:
         self._failed: str | None = None
         self._heads: dict[int, tuple[int, bytes]] = {}
         self._known: dict[bytes, bytes] = {}  # credential -> its hash, already in the file
-        self._passback: dict[tuple[str, int], PassbackRow] = {}
+        # place -> card -> its last ride: a prune walks one place's rows, not the station's
+        self._passback: dict[str, dict[int, PassbackRow]] = {}
         self._group = _Group()
         self._last: Commit | None = None  # the last group handed to the committer
         self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
@@ -151,7 +152,7 @@ class StationJournal:
                 ).fetchone()
                 journal._heads[tid] = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
             for place, card, wall, mono, boot in db.execute("SELECT * FROM passback"):
-                journal._passback[(place, card)] = (wall, mono, boot)
+                journal._passback.setdefault(place, {})[card] = (wall, mono, boot)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise JournalError(f"{path}: cannot read the station journal: {exc}") from None
@@ -211,21 +212,26 @@ class StationJournal:
 
     def passback_get(self, key: tuple[str, int]) -> PassbackRow | None:
         """The last ride of (place, card) at this station, staged ones included."""
-        return self._passback.get(key)
+        rows = self._passback.get(key[0])
+        return None if rows is None else rows.get(key[1])
 
     def passback_put(self, row: _Row) -> None:
         """Record a ride's lockout (place, card, wall, mono, boot) in the open group."""
         self._check_usable()
-        self._passback[(row[0], row[1])] = (row[2], row[3], row[4])
+        rows = self._passback.get(row[0])
+        if rows is None:
+            rows = self._passback[row[0]] = {}
+        rows[row[1]] = (row[2], row[3], row[4])
         self._group.passback.append((PASSBACK_UPSERT, row))
 
     def passback_prune(self, args: tuple[str, int, str, int]) -> None:
         """Forget a place's rides that can no longer refuse (same rule as the store's)."""
         self._check_usable()
         place, wall_before, boot, mono_before = args
-        for (p, card), (wall, mono, b) in list(self._passback.items()):
-            if p == place and wall < wall_before and (b != boot or mono < mono_before):
-                del self._passback[(p, card)]
+        rows = self._passback.get(place, {})
+        for card, (wall, mono, b) in list(rows.items()):
+            if wall < wall_before and (b != boot or mono < mono_before):
+                del rows[card]
         self._group.passback.append((PASSBACK_PRUNE, args))
 
     def begin_commit(self) -> Commit:

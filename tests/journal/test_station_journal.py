@@ -179,12 +179,15 @@ def test_a_group_larger_than_one_statement_and_ordered_lockouts(
         clock = iter(range(0, 10_000_000, 1000))
         store = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: next(clock))
         store.record(50, BASE_MS)  # long gone by the prune
+        other = PassbackStore.in_station(s, rule, "another-place", monotonic=lambda: 0)
+        other.record(50, BASE_MS)  # as old, but a prune of CTX.place leaves it alone
         for i in range(998):  # the 1000th write prunes what is older than the window
             store.record(1 + i % 3, BASE_MS + i * 1000)
         store.record(1, BASE_MS + 999_000)  # after the prune: card 1 rode last, now
         store.record(2, BASE_MS + 999_500)
-        in_memory = dict(s._passback)
-        assert (CTX.place, 50) not in in_memory and len(in_memory) == 3
+        in_memory = {(p, c): row for p, rows in s._passback.items() for c, row in rows.items()}
+        assert (CTX.place, 50) not in in_memory and ("another-place", 50) in in_memory
+        assert len(in_memory) == 4
         s.commit()
     with JournalReader(path, T1) as r:
         assert r.verify_chain() == 600
