@@ -20,6 +20,7 @@ Example::
 
     [keyring]
     path = "keyring.json"
+    issued = ["issued-1.fil"]    # optional: the issuer's signed lists of its credentials
 
     [revocation]
     table = "revocation.frt"     # optional: without it no card is revoked
@@ -66,6 +67,7 @@ class GateConfig:
     regions: frozenset[int]
     categories: frozenset[int]
     keyring: Path
+    issued_lists: tuple[Path, ...]
     revocation_table: Path | None
     revocation_signer: Path | None
     revocation_max_age_s: int | None
@@ -134,6 +136,15 @@ def _int_set(
     return frozenset(values)
 
 
+def _paths(section: dict[str, Any], where: str, key: str, base: Path) -> tuple[Path, ...]:
+    """A path or a list of paths, relative to the configuration's directory."""
+    value = section.get(key, [])
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{where}.{key} must be a path or a list of paths")
+    return tuple(base / v for v in values)
+
+
 def load_gate_config(path: str | Path) -> GateConfig:
     """Read and check a gate configuration; raise ConfigError naming what is wrong."""
     p = Path(path)
@@ -178,6 +189,7 @@ def load_gate_config(path: str | Path) -> GateConfig:
         regions=_int_set(policy, "policy", "regions", frozenset()),
         categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
         keyring=keyring_path,
+        issued_lists=_paths(keyring, "keyring", "issued", base),
         revocation_table=rel(table),
         revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
         revocation_max_age_s=max_age,

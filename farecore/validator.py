@@ -3,7 +3,9 @@
 Checks run in the precedence order of CARD-SPEC §7 and the first failure is reported,
 so the reason never depends on which check happens to be cheaper. A credential whose
 issuer signature verified once is cached by its exact bytes; a repeat tap then costs one
-card-signature verification.
+card-signature verification. With the issuer's signed list of the credentials it issued
+(``farecore.issued``), a listed credential needs no issuer verification even on its first
+tap; the decision is the same either way.
 
 The validator reads no clock (``now_ms`` is passed in) and never changes passback
 state: the gate records a ride there only after the journal has it.
@@ -11,8 +13,9 @@ state: the gate records a ride there only after the journal has it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from farecore.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
 from farecore.credential import Credential
@@ -22,6 +25,9 @@ from farecore.errors import BadSignature, MalformedInput
 from farecore.keys import Keyring
 from farecore.proof import verify_card_signature
 from farecore.transaction import Outcome, TransactionResult
+
+if TYPE_CHECKING:
+    from farecore.issued import IssuedList
 
 __all__ = ["ALL_CATEGORIES", "TerminalPolicy", "Validator"]
 
@@ -72,7 +78,9 @@ class Validator:
     __slots__ = (
         "_cache",
         "_cache_size",
+        "issued",
         "issuer_checks",
+        "issuer_vouched",
         "keyring",
         "passback",
         "policy",
@@ -87,16 +95,23 @@ class Validator:
         passback: PassbackCheck = NO_PASSBACK,
         cache_size: int = 100_000,
         cache: dict[bytes, object] | None = None,
+        issued: Sequence[IssuedList] = (),
     ) -> None:
         """``cache``: a credential cache to share, e.g. among the gates of one station
-        controller that trust the same keyring. Never share it across keyrings."""
+        controller that trust the same keyring. Never share it across keyrings.
+        ``issued``: the issuer's lists of the credentials it issued (one per issuer key),
+        each verified against this ``keyring``."""
         self.policy = policy
         self.keyring = keyring
         self.revocation: RevocationSource = revocation or InMemoryRevocation()
         self.passback = passback
         self._cache: dict[bytes, object] = {} if cache is None else cache
         self._cache_size = cache_size
+        # One list per issuer key; of two for the same key, the later generation.
+        by_generation = sorted(issued, key=lambda listed: listed.generation)
+        self.issued: dict[int, IssuedList] = {lst.key_id: lst for lst in by_generation}
         self.issuer_checks = 0  # issuer signatures verified (credentials not in the cache)
+        self.issuer_vouched = 0  # credentials the issued list vouched for instead
 
     def _card_key(self, credential: Credential) -> tuple[object, Reason | None, str]:
         """Issuer checks, cached by exact credential bytes once they pass."""
@@ -107,11 +122,15 @@ class Validator:
         issuer = self.keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
         if issuer is None:
             return None, Reason.UNKNOWN_ISSUER_KEY, f"issuer key id {f.issuer_key_id} not usable"
-        self.issuer_checks += 1
-        try:
-            issuer.verify(credential.issuer_signature, credential.signed_message)
-        except BadSignature as exc:
-            return None, Reason.BAD_CREDENTIAL_SIGNATURE, str(exc)
+        listed = self.issued.get(f.issuer_key_id) if self.issued else None
+        if listed is not None and listed.vouches(credential, issuer):
+            self.issuer_vouched += 1  # the issuer signed the list that holds it
+        else:
+            self.issuer_checks += 1
+            try:
+                issuer.verify(credential.issuer_signature, credential.signed_message)
+            except BadSignature as exc:
+                return None, Reason.BAD_CREDENTIAL_SIGNATURE, str(exc)
         key: object
         try:
             key = load_public_key(f.card_key_algorithm, f.card_public_key)

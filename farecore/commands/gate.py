@@ -91,7 +91,10 @@ def open_gate(
 ) -> Gate:
     """Build every part of a gate from its configuration; register cleanups on ``stack``."""
     keyring = Keyring.load(cfg.keyring)
-    validator = Validator(cfg.policy(), keyring, _revocation(cfg, stack))
+    from farecore.issued import IssuedList
+
+    issued = [IssuedList.open(path, keyring) for path in cfg.issued_lists]
+    validator = Validator(cfg.policy(), keyring, _revocation(cfg, stack), issued=issued)
     journal, ctx = _journal(cfg, stack)
     passback = _passback(cfg, stack)
     validator.passback = passback

@@ -8,12 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+from farecore.issued import build_issued_list
 from farecore.journal import JournalReader
 from sim.issuer import Issuer
 
 
-def _config(tmp_path: Path, role: str = "metro_entry") -> Path:
-    Issuer.from_seed("gate-process").keyring().save(tmp_path / "keyring.json")
+def _config(tmp_path: Path, role: str = "metro_entry", issued: bytes | None = None) -> Path:
+    issuer = Issuer.from_seed("gate-process")
+    issuer.keyring().save(tmp_path / "keyring.json")
+    if issued is None:
+        card = issuer.card(5)
+        issued = build_issued_list([("card 5", card.credential)], issuer.key, 1, 0)
+    (tmp_path / "issued.fil").write_bytes(issued)
     cfg = tmp_path / "gate.toml"
     cfg.write_text(
         f"""
@@ -29,6 +35,7 @@ regions = [370200]
 
 [keyring]
 path = "keyring.json"
+issued = "issued.fil"
 
 [journal]
 path = "journal.sqlite"
@@ -78,6 +85,19 @@ def test_gate_process_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "terminal.role must be one of bus, metro_entry, metro_exit" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_gate_process_refuses_a_damaged_issued_list_in_one_line(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, issued=b"FCISSUED" + bytes(300))
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "issued.fil: list version 0 is not supported" in r.stderr
     assert "Traceback" not in r.stderr
 
 

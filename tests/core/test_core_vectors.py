@@ -12,7 +12,10 @@ from card_vectors import VECTORS_PATH, vector_private_key
 from farecore.apdu import READ_CREDENTIAL, SELECT_RONGJUN, internal_authenticate
 from farecore.credential import CredentialFields, build_credential, parse_unverified
 from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import Keyring
+from farecore.errors import BadSignature, MalformedInput
+from farecore.issued import IssuedList, build_issued_list
+from farecore.keys import Keyring, SigningKey
+from farecore.proof import verify_credential
 from farecore.tap import run_tap
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
@@ -115,6 +118,39 @@ def test_every_case_gives_its_reason(
     assert time_ms == now_ms  # the vectors' challenge was made at the terminal's "now"
     decision = run_tap(card, Validator(policy, keyring), time_ms, challenge[16:])
     assert decision.challenge == challenge
+    assert decision.label == case["expect"]
+
+
+def _issued_lists(vectors: dict[str, Any], keyring: Keyring) -> list[IssuedList]:
+    """A list per vector issuer key, of every vector credential that key really signed."""
+    lists = []
+    for entry in vectors["keyring"]:
+        key = SigningKey("issuer", entry["key_id"], vector_private_key(entry))
+        mine = []
+        for case in CASES["cases"] + CASES["negative_cases"]:
+            raw = bytes.fromhex(case["credential"])
+            try:
+                verify_credential(parse_unverified(raw), keyring)
+            except (MalformedInput, BadSignature):
+                continue
+            if parse_unverified(raw).fields.issuer_key_id == key.key_id:
+                mine.append((case["name"], raw))
+        lists.append(IssuedList.from_bytes(build_issued_list(mine, key, 1, 0), keyring))
+    return lists
+
+
+@pytest.mark.parametrize("case", CASES["cases"] + CASES["negative_cases"], ids=lambda c: c["name"])
+def test_every_case_gives_its_reason_with_the_issued_lists(
+    case: dict[str, Any], vectors: dict[str, Any], keyring: Keyring, policy: TerminalPolicy
+) -> None:
+    """The issuer's lists change which signatures a terminal checks, never a decision."""
+    challenge = bytes.fromhex(case["challenge"])
+    policy = TerminalPolicy(
+        int.from_bytes(challenge[:8], "big"), policy.accepted_regions, policy.accepted_categories
+    )
+    validator = Validator(policy, keyring, issued=_issued_lists(vectors, keyring))
+    card = _ScriptedCard(bytes.fromhex(case["credential"]), bytes.fromhex(case["auth_response"]))
+    decision = run_tap(card, validator, int.from_bytes(challenge[8:16], "big"), challenge[16:])
     assert decision.label == case["expect"]
 
 

@@ -1,0 +1,332 @@
+"""The issuer's signed list of the credentials it issued (``.fil``).
+
+A terminal must know that the issuer signed a card's credential before it trusts the
+card key inside it (CARD-SPEC §7, check 4). Checking that signature costs as much as the
+card's own signature on every tap, and a gate pays it for every card it has not met
+since it started: at the morning peak after a restart, that is most of them. The issuer
+can vouch for all its credentials at once instead. It hashes each credential it issued
+(SHA-256 of the exact bytes), sorts the hashes, and signs one header that pins them with
+the same issuer key that signed the credentials. A gate verifies that one signature when
+it loads the list. A credential whose hash is in the list, and that names the list's
+key, then needs no signature check of its own. Anything else (a card issued after the
+list, another issuer's card, a forgery) is verified in full, so a list that is old or
+missing costs time and never changes a decision.
+
+Layout, little-endian (docs/issued-list.md has the table)::
+
+    0   magic "FCISSUED"      8   version u16        10  header size u16 (256)
+    12  signer algorithm u8   13  reserved (3)       16  signer key id u32
+    20  reserved (4)          24  generation u64     32  created at u64 (Unix s)
+    40  count u64             48  body SHA-256 (32)  80  reserved (48) to byte 128
+    128 signature (64) over LIST_SIGNING_TAG ‖ bytes 0-127, then zeros to byte 256
+    256 body: count SHA-256 hashes of 32 bytes, strictly ascending
+
+The signing tag keeps a list signature from ever being read as a credential signature
+(those start with ``RJCARD/credential/v1``), although the same key makes both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from farecore.atomicfile import atomic_writer
+from farecore.credential import Credential, parse_unverified
+from farecore.crypto import Algorithm, PublicKey
+from farecore.errors import BadSignature, MalformedInput, TableRejected
+from farecore.keys import Keyring, SigningKey
+
+__all__ = [
+    "HEADER_SIZE",
+    "LIST_SIGNING_TAG",
+    "MAGIC",
+    "IssuedList",
+    "IssuedListError",
+    "build_issued_list",
+    "encode_list",
+    "read_credential_lines",
+]
+
+MAGIC = b"FCISSUED"
+VERSION = 1
+HEADER_SIZE = 256
+LIST_SIGNING_TAG = b"FARECORE/issued-list/v1"
+_SIGNED_SIZE = 128
+_DIGEST = 32
+# magic, version, header size, algorithm, key id, generation, created at, count, body hash
+_SIGNED = struct.Struct("<8sHHB3xI4xQQQ32s48x")
+assert _SIGNED.size == _SIGNED_SIZE
+_U64 = (1 << 64) - 1
+
+
+class IssuedListError(TableRejected):
+    """An issued-credentials list failed a check and must not be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    algorithm: int
+    key_id: int
+    generation: int
+    created_at: int
+    count: int
+    body_sha256: bytes
+
+    def signed_bytes(self) -> bytes:
+        return _SIGNED.pack(
+            MAGIC,
+            VERSION,
+            HEADER_SIZE,
+            self.algorithm,
+            self.key_id,
+            self.generation,
+            self.created_at,
+            self.count,
+            self.body_sha256,
+        )
+
+
+def _digests_sorted(body: bytes, count: int) -> bool:
+    """True when the body's ``count`` hashes are strictly ascending (as byte strings)."""
+    if count < 2:
+        return True
+    words = np.frombuffer(body, dtype=">u8").reshape(count, 4)
+    a, b = words[:-1], words[1:]
+    differ = a != b
+    first = np.argmax(differ, axis=1)  # the first word in which two neighbours differ
+    rows = np.arange(count - 1)
+    return bool(np.all(differ.any(axis=1) & (a[rows, first] < b[rows, first])))
+
+
+class IssuedList:
+    """A verified issued-credentials list, held in memory (32 bytes a credential).
+
+    Open it with :meth:`open`; every check has passed by the time you hold one.
+    """
+
+    __slots__ = ("_body", "_prefixes", "_signer", "generation", "header", "key_id", "path")
+
+    def __init__(self, source: str, header: _Header, signer: bytes, body: bytes) -> None:
+        """Not for callers: :meth:`open` and :meth:`from_bytes` verify, then build."""
+        self.path = source
+        self.header = header
+        self.key_id = header.key_id
+        self.generation = header.generation
+        self._signer = signer
+        self._body = body
+        # The first 8 bytes of each hash, as native integers, for the binary search.
+        self._prefixes: np.ndarray = np.frombuffer(body, dtype=">u8")[::4].astype(np.uint64)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], keyring: Keyring) -> IssuedList:
+        """Read and verify the list at ``path`` against the issuer key it names.
+
+        The key must be in ``keyring`` and not revoked. Raises :class:`IssuedListError`
+        naming the first check that failed.
+        """
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise IssuedListError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        return cls.from_bytes(data, keyring, str(p))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, keyring: Keyring, source: str = "list") -> IssuedList:
+        """Verify a list held in memory (see :meth:`open`)."""
+        if len(data) < HEADER_SIZE:
+            raise IssuedListError(f"{source}: {len(data)} bytes, too short for a list header")
+        magic, version, header_size, alg, key_id, generation, created, count, body_hash = (
+            _SIGNED.unpack_from(data)
+        )
+        if magic != MAGIC:
+            raise IssuedListError(f"{source}: not an issued-credentials list (bad magic)")
+        if version != VERSION or header_size != HEADER_SIZE:
+            raise IssuedListError(f"{source}: list version {version} is not supported (1 is)")
+        entry = keyring.get(key_id)
+        if entry is None:
+            raise IssuedListError(f"{source}: signed by issuer key id {key_id}, not in the keyring")
+        if entry.status == "revoked":
+            raise IssuedListError(f"{source}: issuer key id {key_id} is revoked in the keyring")
+        if alg != entry.algorithm:
+            raise IssuedListError(
+                f"{source}: signer algorithm {alg} is not that of issuer key id {key_id}"
+            )
+        header = _Header(alg, key_id, generation, created, count, body_hash)
+        signature = data[_SIGNED_SIZE : _SIGNED_SIZE + 64]
+        signer = keyring.resolve(key_id, alg, 0)  # active, or retired: still its key
+        assert signer is not None  # not revoked and of this algorithm, checked above
+        try:
+            signer.verify(signature, LIST_SIGNING_TAG + data[:_SIGNED_SIZE])
+        except BadSignature as exc:
+            raise IssuedListError(f"{source}: header signature does not verify ({exc})") from None
+        if any(data[_SIGNED_SIZE + 64 : HEADER_SIZE]):
+            raise IssuedListError(f"{source}: corrupt header: padding is not zero")
+        expected = HEADER_SIZE + count * _DIGEST
+        if len(data) != expected:
+            what = "truncated" if len(data) < expected else "unexpected bytes after the body"
+            raise IssuedListError(
+                f"{source}: {what}: {len(data)} bytes, the header says {expected}"
+            )
+        body = data[HEADER_SIZE:]
+        if hashlib.sha256(body).digest() != body_hash:
+            raise IssuedListError(f"{source}: body does not match the signed SHA-256")
+        if not _digests_sorted(body, count):
+            raise IssuedListError(f"{source}: corrupt body: hashes are not strictly ascending")
+        return cls(source, header, signer.raw, body)
+
+    @property
+    def count(self) -> int:
+        return int(self.header.count)
+
+    @property
+    def created_at(self) -> int:
+        return self.header.created_at
+
+    def __len__(self) -> int:
+        return self.header.count
+
+    def __contains__(self, digest: object) -> bool:
+        """Whether a credential's SHA-256 is in the list."""
+        if not isinstance(digest, bytes) or len(digest) != _DIGEST:
+            return False
+        prefixes = self._prefixes
+        first = int.from_bytes(digest[:8], "big")
+        i = int(np.searchsorted(prefixes, np.uint64(first)))
+        body = self._body
+        while i < len(prefixes) and int(prefixes[i]) == first:
+            if body[i * _DIGEST : (i + 1) * _DIGEST] == digest:
+                return True
+            i += 1
+        return False
+
+    def vouches(self, credential: Credential, issuer: PublicKey) -> bool:
+        """True when the list's signer issued ``credential``: its hash is listed and it
+        names the list's key, which is ``issuer``, the key the keyring resolved for it.
+        A True answer stands for a verified issuer signature; False means "check it"."""
+        if credential.fields.issuer_key_id != self.key_id or issuer.raw != self._signer:
+            return False
+        return hashlib.sha256(credential.raw).digest() in self
+
+    def digests(self) -> Iterator[bytes]:
+        """Every listed hash, ascending."""
+        body = self._body
+        for i in range(self.header.count):
+            yield body[i * _DIGEST : (i + 1) * _DIGEST]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "issuer_key_id": self.key_id,
+            "algorithm": Algorithm(self.header.algorithm).label,
+            "generation": self.generation,
+            "created_at": self.header.created_at,
+            "count": self.header.count,
+            "body_sha256": self.header.body_sha256.hex(),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"IssuedList({self.path!r}, key {self.key_id}, generation {self.generation}, "
+            f"{self.count} credentials)"
+        )
+
+
+def build_issued_list(
+    credentials: Iterable[tuple[str, bytes]],
+    key: SigningKey,
+    generation: int,
+    created_at: int,
+    out: str | os.PathLike[str] | None = None,
+) -> bytes:
+    """Sign a list of ``credentials`` (pairs of where each came from, for errors, and its
+    bytes) with the issuer ``key``; return the file's bytes, and write them atomically to
+    ``out`` when given.
+
+    Every credential must parse, name ``key``'s id and algorithm, and carry a signature
+    that verifies under ``key``: the list vouches for exactly those. The first one that
+    does not stops the build with a MalformedInput naming it, and nothing is written.
+    The same credential given twice is listed once.
+    """
+    if key.role != "issuer":
+        raise MalformedInput(
+            f"an issued-credentials list is signed by an issuer key, not {key.role!r}"
+        )
+    if not 0 <= generation <= _U64 or not 0 <= created_at <= _U64:
+        raise MalformedInput("generation and created-at must be uint64")
+    public = key.private.public_key()
+    digests: set[bytes] = set()
+    for where, raw in credentials:
+        try:
+            cred = parse_unverified(raw)
+        except MalformedInput as exc:
+            raise MalformedInput(f"{where}: {exc}") from None
+        f = cred.fields
+        if f.issuer_key_id != key.key_id or f.issuer_algorithm != key.algorithm:
+            raise MalformedInput(
+                f"{where}: credential of card {f.card_id} names issuer key id "
+                f"{f.issuer_key_id}, not this key ({key.key_id})"
+            )
+        try:
+            public.verify(cred.issuer_signature, cred.signed_message)
+        except BadSignature:
+            raise MalformedInput(
+                f"{where}: credential of card {f.card_id} is not signed by issuer key "
+                f"id {key.key_id}"
+            ) from None
+        digests.add(hashlib.sha256(cred.raw).digest())
+    data = encode_list(digests, key, generation, created_at)
+    if out is not None:
+        with atomic_writer(out) as fh:
+            fh.write(data)
+    return data
+
+
+def encode_list(
+    digests: Iterable[bytes], key: SigningKey, generation: int, created_at: int
+) -> bytes:
+    """The signed file for a set of 32-byte hashes, as given: no credential is checked.
+    :func:`build_issued_list` is the way to make a list; this is its last step."""
+    unique = sorted(set(digests))
+    if any(len(d) != _DIGEST for d in unique):
+        raise MalformedInput("a listed hash is 32 bytes (SHA-256)")
+    body = b"".join(unique)
+    header = _Header(
+        int(key.algorithm),
+        key.key_id,
+        generation,
+        created_at,
+        len(unique),
+        hashlib.sha256(body).digest(),
+    )
+    signed = header.signed_bytes()
+    signature = key.sign(LIST_SIGNING_TAG + signed)
+    return signed + signature + bytes(HEADER_SIZE - _SIGNED_SIZE - 64) + body
+
+
+def read_credential_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]]:
+    """The credentials of a text file, one in hex a line (blank lines and ``#`` comments
+    skipped), each with its ``FILE:LINE`` for error messages."""
+    p = Path(path)
+    try:
+        fh = p.open(encoding="ascii")
+    except OSError as exc:
+        raise MalformedInput(f"{p}: cannot read: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            for number, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                try:
+                    yield f"{p}:{number}", bytes.fromhex(text)
+                except ValueError:
+                    raise MalformedInput(f"{p}:{number}: not a credential in hex") from None
+        except UnicodeDecodeError:
+            raise MalformedInput(f"{p}: not a text file of hex credentials") from None
