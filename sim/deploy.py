@@ -1,7 +1,7 @@
 """The files a real deployment of the simulated city has, written into the run directory.
 
-Keys (issuer, revocation signer, one per terminal), the issuer keyring, both signed
-revocation tables with their CSV sources, the fares file, the terminal register and one
+Keys (issuer, revocation signer, one per terminal), the issuer keyring, the issuer's
+signed list of the credentials it issued, both signed revocation tables with their CSV sources, the fares file, the terminal register and one
 ``farecore gate`` configuration per gate. Everything is derived from the seed, so two
 runs with one seed write the same files. This module must never write outside the run
 directory, and must never read a clock.
@@ -14,17 +14,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from farecore.issued import build_issued_list
 from farecore.journal import Direction
 from farecore.keys import save_signing_key
 from farecore.revocation import build_table
 from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import QINGDAO
 from sim.network import BUS_LINES, METRO_BANDS, OPERATORS
+from sim.population import CARD_KINDS
 
 if TYPE_CHECKING:
     from sim.run import _World
 
-__all__ = ["DIRECTIONS", "slug", "write_city"]
+__all__ = ["DIRECTIONS", "ISSUED_LIST", "slug", "write_city"]
+
+ISSUED_LIST = "issued-1.fil"
+# Cards the Qingdao issuer did not issue: a forger's credentials, and another region's
+# cards (signed by the simulated issuer, but a real Jinan card is not on Qingdao's list).
+_NOT_LISTED = frozenset({"forged", "other_region"})
 
 DIRECTIONS = {"bus": Direction.BOARD, "metro_entry": Direction.ENTRY, "metro_exit": Direction.EXIT}
 
@@ -59,6 +66,7 @@ def write_city(world: _World, out: Path) -> None:
         )
     (out / "terminals.csv").write_text(format_terminals(terminals))
     world.issuer.keyring().save(out / "keyring.json")
+    _write_issued_list(world, out)
     rev = out / "revocation"
     rev.mkdir()
     clock = world.clock
@@ -118,9 +126,25 @@ def write_city(world: _World, out: Path) -> None:
             f"# farecore gate configuration of terminal {g.terminal_id} (simulated city)\n"
             f'[terminal]\nid = {g.terminal_id}\nkey = "../keys/terminal-{g.terminal_id}.key"\n'
             f'operator = "{g.operator}"\nline = "{g.line}"\nplace = "{g.place}"\nrole = "{g.role}"\n\n'
-            f'[policy]\nregions = [{QINGDAO}]\n\n[keyring]\npath = "../keyring.json"\n\n'
+            f'[policy]\nregions = [{QINGDAO}]\n\n[keyring]\npath = "../keyring.json"\n'
+            f'issued = ["../{ISSUED_LIST}"]\n\n'
             f'[revocation]\ntable = "../revocation/gen2.frt"\nsigner = "../keys/revocation-1.pub"\n\n'
             f'[journal]\npath = "../work/journals/journal-{g.terminal_id}.sqlite"\n\n'
             f"[passback]\nwindow_s = {window}\n"
             + (f'store = "../work/passback/{slug(g.place)}.sqlite"\n' if window else "")
         )
+
+
+def _write_issued_list(world: _World, out: Path) -> None:
+    """Make every card's key and credential, and sign the list of those the issuer issued.
+
+    The cards exist before the day, as a real register's do; the workers fork after this
+    and find each card's material ready."""
+    pop = world.population
+    listed = []
+    for index in range(len(pop)):
+        credential, _ = world.cards.material(index)
+        if CARD_KINDS[int(pop.kinds[index])] not in _NOT_LISTED:
+            listed.append((f"card {int(pop.card_ids[index])}", credential))
+    created_at = world.clock.start_ms // 1000 - 86_400  # published the evening before
+    build_issued_list(listed, world.issuer.key, 1, created_at, out / ISSUED_LIST)

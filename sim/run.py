@@ -37,6 +37,7 @@ from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
 from farecore.decision import Decision
 from farecore.errors import FarecoreError
 from farecore.gate import Gate
+from farecore.issued import IssuedList
 from farecore.journal import JournalReader, TapContext
 from farecore.keys import SigningKey
 from farecore.passback import PassbackRule, PassbackStore
@@ -45,7 +46,7 @@ from farecore.settlement import find_batches, load_inputs, run_settlement
 from farecore.station import StationController, StationJournal
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
-from sim.deploy import DIRECTIONS, write_city
+from sim.deploy import DIRECTIONS, ISSUED_LIST, write_city
 from sim.issuer import QINGDAO, Issuer, derive_key
 from sim.network import GatePlan, Network
 from sim.population import CardFactory, FraudMix, Population
@@ -112,6 +113,7 @@ class _World:
     revocation_signer: SigningKey
     revoked_gen1: list[RevocationEntry]
     revoked_gen2: list[RevocationEntry]
+    cards: CardFactory  # every card's key and credential, made before the workers fork
 
     def terminal_key(self, terminal_id: int) -> SigningKey:
         return SigningKey(
@@ -139,8 +141,20 @@ def _build_world(opts: SimOptions) -> _World:
         at = clock.revocation_gen2_ms // 1000 - 60 * (5 + int(i) % 120)
         gen2.append(RevocationEntry(int(population.card_ids[i]), at, 2))
     signer = SigningKey("revocation", 1, derive_key(seed, "revocation-1"))
+    cards = CardFactory(opts.seed, population, issuer, forger, clock.start_ms // 1000)
     return _World(
-        opts, network, gates, clock, population, workload, issuer, forger, signer, gen1, gen1 + gen2
+        opts,
+        network,
+        gates,
+        clock,
+        population,
+        workload,
+        issuer,
+        forger,
+        signer,
+        gen1,
+        gen1 + gen2,
+        cards,
     )
 
 
@@ -201,14 +215,13 @@ def _lane(
     in_force = work / "revocation" / f"in-force-{lane_id}.frt"
     os.link(work.parent / "revocation" / "gen1.frt", in_force)
     published = False
-    factory = CardFactory(
-        opts.seed, world.population, world.issuer, world.forger, clock.start_ms // 1000
-    )
-    # The population's cards exist before the day: their keys and credentials are made
-    # here, outside the timed taps (a real gate never pays for issuing a card).
+    # The population's cards exist before the day: the parent made every key and
+    # credential before the workers forked (a real gate never pays for issuing a card).
+    factory = world.cards
     met = np.unique(wl.card[taps])
-    for c in met:
-        factory.material(int(c))
+    # The issuer's signed list of what it issued: listed credentials need no issuer
+    # signature check, even on a card's first tap at this controller.
+    issued = IssuedList.open(work.parent / ISSUED_LIST, keyring)
     seed = opts.seed.to_bytes(8, "big")
     windows = {"metro_entry": clock.passback_metro_s, "bus": clock.passback_bus_s}
     sim_clock = _SimClock()
@@ -246,6 +259,7 @@ def _lane(
                     passback,
                     cache_size=max(100_000, len(met)),
                     cache=shared_cache,
+                    issued=[issued],
                 )
                 tin = _TapInput()
                 reader = VirtualReader(f"gate-{plan.terminal_id}")
@@ -324,10 +338,12 @@ def _lane(
                     progress[slot] += 64
             controller.flush()
             out["span_ns"][1] = perf()
+            validators = [gate.validator for gate, _, _ in gates.values()]
             out["groups"][:] = (
                 controller.groups,
                 controller.grouped_taps,
-                sum(gate.validator.issuer_checks for gate, _, _ in gates.values()),
+                sum(v.issuer_checks for v in validators),
+                sum(v.issuer_vouched for v in validators),
             )
             progress[slot] += len(taps) % 64
         finally:
@@ -347,8 +363,8 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
             "latency_us": np.zeros(len(t)),
             "gate_us": np.zeros(len(t)),
             "span_ns": np.zeros(2, dtype=np.int64),  # first tap starts, last tap durable
-            # commits, taps they made durable, issuer signatures verified
-            "groups": np.zeros(3, dtype=np.int64),
+            # commits, taps they made durable, issuer signatures verified, listed instead
+            "groups": np.zeros(4, dtype=np.int64),
         }
         for t in lanes
     ]
@@ -438,6 +454,11 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     t_setup = time.perf_counter()
     world = _build_world(opts)
+    print(
+        f"farecore sim: issuing {opts.cards:,} cards and the issuer's signed list of them",
+        file=stream,
+        flush=True,
+    )
     write_city(world, out)
     work = out / "work"
     for sub in ("journals", "passback", "revocation"):
@@ -488,7 +509,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     got = np.zeros(n, dtype=np.uint8)
     latency = np.zeros(n)
     gate_us = np.zeros(n)
-    spans, groups = [], np.zeros(3, dtype=np.int64)
+    spans, groups = [], np.zeros(4, dtype=np.int64)
     for k in range(workers):
         with np.load(work / f"worker-{k}.npz") as z:
             got[z["taps"]] = z["got"]
@@ -552,6 +573,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "commits": int(groups[0]),
             "taps_per_commit": round(float(groups[1]) / max(int(groups[0]), 1), 2),
             "issuer_checks_per_tap": round(float(groups[2]) / max(n, 1), 3),
+            "issuer_listed_per_tap": round(float(groups[3]) / max(n, 1), 3),
             "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
         },
     )

@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sim_support import SMALL, SimRun, run_sim
+from sim_support import MIX, SMALL, SimRun, run_sim
+
+from farecore.config import load_gate_config
+from farecore.issued import IssuedList
+from farecore.keys import Keyring
+from sim.population import FraudMix, Population
 
 FRAUD_KINDS = {
     "expired": "EXPIRED",
@@ -53,6 +58,23 @@ def test_run_succeeds_and_writes_summary(small_run: SimRun) -> None:
         assert (small_run.out / name).exists(), name
     assert len(list((small_run.out / "batches").glob("*.fcb"))) == 8
     assert len(list((small_run.out / "gates").glob("gate-*.toml"))) == 8
+
+
+def test_the_issuers_list_spares_the_issuer_checks_of_its_cards(small_run: SimRun) -> None:
+    engine = small_run.summary["engine"]
+    # Only forged credentials (every tap) and the other region's cards (once per
+    # controller) are not on the Qingdao issuer's list.
+    scenarios = small_run.summary["scenarios"]
+    unlisted = scenarios["forged"]["taps"] + scenarios["other_region"]["taps"]
+    taps = small_run.summary["taps"]
+    assert 0 < engine["issuer_checks_per_tap"] <= round(unlisted / taps, 3) + 0.001  # rounded
+    assert engine["issuer_listed_per_tap"] > 0
+    cfg = load_gate_config(next((small_run.out / "gates").glob("gate-*.toml")))
+    (path,) = cfg.issued_lists
+    listed = IssuedList.open(path, Keyring.load(cfg.keyring))
+    pop = Population.generate(7, 1000, FraudMix.parse(MIX))
+    not_issued = len(pop.indices_of("forged")) + len(pop.indices_of("other_region"))
+    assert listed.count == 1000 - not_issued
 
 
 def test_confusion_table_catches_every_fraud_kind(small_run: SimRun) -> None:
