@@ -88,6 +88,13 @@ def register(sub: Any) -> None:
         help="most taps one station-journal commit makes durable (default 32; 1: a commit per tap)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--measure-ceiling",
+        action="store_true",
+        help="time this machine's crypto ceiling (a card signature and its verification "
+        "per tap) in the workers, all at once, just before and after the taps, and report "
+        "taps/s against it",
+    )
     p.set_defaults(func=_run)
 
 
@@ -108,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             max_group=args.max_group,
             transport_taps=args.transport_taps,
+            ceiling_ops=2000 if args.measure_ceiling else 0,
         )
     except ValueError as exc:
         raise SimError(str(exc)) from None

@@ -46,6 +46,7 @@ from farecore.settlement import find_batches, load_inputs, run_settlement
 from farecore.station import StationController, StationJournal
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
+from sim.ceiling import crypto_us_per_tap
 from sim.deploy import DIRECTIONS, ISSUED_LIST, write_city
 from sim.issuer import QINGDAO, Issuer, derive_key
 from sim.network import GatePlan, Network
@@ -84,6 +85,7 @@ class SimOptions:
     max_group: int = 32  # taps made durable by one commit of a station journal
     transport_taps: int = 20  # with --reader pcsc/pn532: this many taps go through it
     plots: bool = True
+    ceiling_ops: int = 0  # >0: time the crypto ceiling in the workers around the tap phase
 
     def __post_init__(self) -> None:
         if self.cards < 100 or self.taps < 10 or self.gates < 5:
@@ -96,6 +98,8 @@ class SimOptions:
             raise ValueError(f"--reader {self.reader}: one of virtual, {', '.join(TRANSPORTS)}")
         if self.transport_taps < 1:
             raise ValueError("--transport-taps must be at least 1")
+        if self.ceiling_ops < 0:
+            raise ValueError("ceiling_ops must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,9 +355,25 @@ def _lane(
                 link.close()
 
 
-def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> None:
+def _probe(barrier: Any, ops: int) -> float:
+    """All workers at once: time the crypto ceiling (us per tap), then go on together."""
+    try:
+        barrier.wait(timeout=600)
+        us = crypto_us_per_tap(ops)
+        barrier.wait(timeout=600)
+    except threading.BrokenBarrierError:
+        return 0.0  # another worker failed: the run reports that, not a ceiling
+    return us
+
+
+def _worker(
+    k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path, barrier: Any = None
+) -> None:
     world = _WORLD
     assert world is not None
+    ceiling_us = np.zeros(2)
+    if barrier is not None:
+        ceiling_us[0] = _probe(barrier, world.opts.ceiling_ops)
     # With several lanes (threads), hand the GIL over quickly when a lane's commit
     # returns, so that lane does not sit out a whole 5 ms switch interval.
     sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
@@ -384,6 +404,11 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
             t.start()
         for t in threads:
             t.join()
+    if barrier is not None:
+        if errors:
+            barrier.abort()  # the others must not wait for a worker that failed
+        else:
+            ceiling_us[1] = _probe(barrier, world.opts.ceiling_ops)
     if errors:
         if isinstance(errors[0], FarecoreError):
             # A failure the engine names (a journal that cannot commit, a table that
@@ -399,6 +424,7 @@ def _worker(k: int, lanes: list[np.ndarray], progress: Any, work_dir: Path) -> N
         gate_us=np.concatenate([r["gate_us"] for r in results]),
         spans=np.array([r["span_ns"] for r in results if r["got"].size]).reshape(-1, 2),
         groups=np.sum([r["groups"] for r in results], axis=0),
+        ceiling_us=ceiling_us,
     )
 
 
@@ -421,6 +447,25 @@ def _partition(world: _World, workers: int, lanes: int) -> list[list[np.ndarray]
     return [
         [np.flatnonzero(tap_bin == w * lanes + j) for j in range(lanes)] for w in range(workers)
     ]
+
+
+def _ceiling_figures(ceiling_us: list[list[float]], taps_per_s: float) -> dict[str, Any]:
+    """The crypto-bound ceiling the workers timed, all at once, before and after the tap
+    phase: as many of those crypto-only taps per second as the worker processes make."""
+    if not ceiling_us or not all(b > 0 and a > 0 for b, a in ceiling_us):
+        return {}
+    before = sum(1e6 / b for b, _ in ceiling_us)
+    after = sum(1e6 / a for _, a in ceiling_us)
+    rate = (before + after) / 2
+    return {
+        "ceiling": {
+            "taps_per_second": round(rate, 1),
+            "before": round(before, 1),
+            "after": round(after, 1),
+            "crypto_us_per_tap": [[round(b, 1), round(a, 1)] for b, a in ceiling_us],
+            "ratio": round(taps_per_s / rate, 3),
+        }
+    }
 
 
 def _hash_place(place: str) -> int:
@@ -482,12 +527,13 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     parts = _partition(world, workers, opts.lanes)
     ctx = mp.get_context("fork")
     progress = ctx.Array("q", workers * 64, lock=False)
+    barrier = ctx.Barrier(workers) if opts.ceiling_ops else None
     _WORLD = world
     daemon = _start_transport(world, out / "work" / "pcscd") if opts.reader in TRANSPORTS else None
     via = sorted(_TRANSPORT.taps) if _TRANSPORT is not None else []
     t0 = time.perf_counter()
     procs = [
-        ctx.Process(target=_worker, args=(k, parts[k], progress, work), daemon=True)
+        ctx.Process(target=_worker, args=(k, parts[k], progress, work, barrier), daemon=True)
         for k in range(workers)
     ]
     for p in procs:
@@ -509,7 +555,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     got = np.zeros(n, dtype=np.uint8)
     latency = np.zeros(n)
     gate_us = np.zeros(n)
-    spans, groups = [], np.zeros(4, dtype=np.int64)
+    spans, groups, ceiling = [], np.zeros(4, dtype=np.int64), []
     for k in range(workers):
         with np.load(work / f"worker-{k}.npz") as z:
             got[z["taps"]] = z["got"]
@@ -517,6 +563,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             gate_us[z["taps"]] = z["gate_us"]
             spans.append(z["spans"])
             groups += z["groups"]
+            ceiling.append(z["ceiling_us"].tolist())
     # The tap phase: from the first lane's first tap to the last lane's last durable
     # commit (monotonic clock, shared by the processes). Worker start-up (fork, opening
     # journals, the cards' keys) is reported apart, as start_s.
@@ -569,12 +616,14 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "settle_s": settle_s,
             "workers": workers,
             "lanes": opts.lanes,
-            "start_s": round(run_s - wall, 2),
+            # Fork to the first tap (perf_counter is CLOCK_MONOTONIC, shared by processes).
+            "start_s": round(int(span[:, 0].min()) / 1e9 - t0, 2) if span.size else 0.0,
             "commits": int(groups[0]),
             "taps_per_commit": round(float(groups[1]) / max(int(groups[0]), 1), 2),
             "issuer_checks_per_tap": round(float(groups[2]) / max(n, 1), 3),
             "issuer_listed_per_tap": round(float(groups[3]) / max(n, 1), 3),
             "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
+            **_ceiling_figures(ceiling if opts.ceiling_ops else [], n / wall if wall else 0.0),
         },
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

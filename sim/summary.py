@@ -110,8 +110,16 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
     if "commits" in e:
         w(
             f"  {e['commits']:,} journal commits ({e['taps_per_commit']:.1f} taps each), "
-            f"{e['issuer_checks_per_tap']:.2f} issuer checks per tap, "
+            f"{e['issuer_checks_per_tap']:.2f} issuer checks per tap "
+            f"({e['issuer_listed_per_tap']:.2f} listed instead), "
             f"workers started in {e['start_s']:.1f} s\n"
+        )
+    c = e.get("ceiling")
+    if c:
+        w(
+            f"  crypto ceiling (card signature + its verification per tap, timed in the "
+            f"workers around the taps): {c['taps_per_second']:,.0f} taps/s; "
+            f"this day {c['ratio']:.2f} of it\n"
         )
     tr = e.get("transport", {})
     if tr.get("taps"):

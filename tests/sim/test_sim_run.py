@@ -157,9 +157,17 @@ def test_group_size_and_controller_layout_change_no_byte(small_run: SimRun, tmp_
 
 
 def test_another_seed_gives_another_day(small_run: SimRun, tmp_path: Path) -> None:
-    other = run_sim(tmp_path / "run-c", "--seed", "8", *SMALL)
+    other = run_sim(tmp_path / "run-c", "--seed", "8", *SMALL, "--measure-ceiling")
     assert other.returncode == 0, other.stderr
     assert _digests(small_run.out / "settlement") != _digests(other.out / "settlement")
+    # The crypto ceiling, timed in both workers before and after the taps.
+    ceiling = other.summary["engine"]["ceiling"]
+    assert len(ceiling["crypto_us_per_tap"]) == 2
+    assert all(before > 0 and after > 0 for before, after in ceiling["crypto_us_per_tap"])
+    rate = other.summary["taps_per_second"]
+    assert ceiling["ratio"] == pytest.approx(rate / ceiling["taps_per_second"], abs=0.002)
+    assert "crypto ceiling" in other.stdout
+    assert "ceiling" not in small_run.summary["engine"]
 
 
 def test_refuses_a_used_run_directory(small_run: SimRun) -> None:
@@ -233,3 +241,31 @@ def test_a_journal_that_cannot_commit_stops_the_day_with_one_line(
     err = capfd.readouterr().err
     assert "cannot commit the station journal: disk I/O error" in err
     assert "Traceback" not in err
+
+
+def test_a_failed_worker_does_not_leave_the_others_waiting_to_time_the_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Worker 0's disk refuses its commits; worker 1 finishes its day and must not wait
+    # at the ceiling probe for a worker that will never come.
+    import io
+    import sqlite3
+
+    from farecore.station import StationJournal
+    from sim.run import SimError, SimOptions, run_simulation
+
+    real_write = StationJournal._write
+
+    def refuse_on_worker_0(self: StationJournal, group: object) -> None:
+        if self.path.name.startswith("station-0-"):
+            raise sqlite3.OperationalError("disk I/O error")
+        real_write(self, group)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StationJournal, "_write", refuse_on_worker_0)
+    opts = SimOptions(
+        out=tmp_path / "run", cards=300, taps=400, gates=6, workers=2, plots=False, ceiling_ops=50
+    )
+    with pytest.raises(SimError, match=r"worker\(s\) \[0\] failed"):
+        run_simulation(opts, stream=io.StringIO())
+    err = capfd.readouterr().err
+    assert "worker 0: " in err and "Traceback" not in err
