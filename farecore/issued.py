@@ -27,6 +27,7 @@ The signing tag keeps a list signature from ever being read as a credential sign
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
@@ -120,8 +121,10 @@ class IssuedList:
         self.generation = header.generation
         self._signer = signer
         self._body = body
-        # The first 8 bytes of each hash, as native integers, for the binary search.
-        self._prefixes: np.ndarray = np.frombuffer(body, dtype=">u8")[::4].astype(np.uint64)
+        # The first 8 bytes of each hash as native integers, searched with bisect (a
+        # memoryview of them indexes to plain ints: no numpy call per lookup).
+        prefixes = np.frombuffer(body, dtype=">u8")[::4].astype(np.uint64)
+        self._prefixes = memoryview(prefixes.tobytes()).cast("Q")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], keyring: Keyring) -> IssuedList:
@@ -198,9 +201,9 @@ class IssuedList:
             return False
         prefixes = self._prefixes
         first = int.from_bytes(digest[:8], "big")
-        i = int(np.searchsorted(prefixes, np.uint64(first)))
+        i = bisect.bisect_left(prefixes, first)
         body = self._body
-        while i < len(prefixes) and int(prefixes[i]) == first:
+        while i < len(prefixes) and prefixes[i] == first:
             if body[i * _DIGEST : (i + 1) * _DIGEST] == digest:
                 return True
             i += 1
