@@ -9,6 +9,7 @@ directory, and must never read a clock.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,4 +148,5 @@ def _write_issued_list(world: _World, out: Path) -> None:
         if CARD_KINDS[int(pop.kinds[index])] not in _NOT_LISTED:
             listed.append((f"card {int(pop.card_ids[index])}", credential))
     created_at = world.clock.start_ms // 1000 - 86_400  # published the evening before
-    build_issued_list(listed, world.issuer.key, 1, created_at, out / ISSUED_LIST)
+    jobs = world.opts.workers or os.cpu_count() or 1
+    build_issued_list(listed, world.issuer.key, 1, created_at, out / ISSUED_LIST, jobs=jobs)

@@ -2,9 +2,9 @@
 
 A population is a few numpy arrays (card id, holder category, kind), derived from the
 seed alone, so 300,000 cards cost milliseconds. Keys and credentials are *not* made
-here: :class:`CardFactory` derives a card's key and signs its credential only when that
-card first taps in a worker process, and caches it there, so a run pays for the cards
-that ride, not for the whole register.
+here: :class:`CardFactory` derives a card's key and signs its credential the first time
+it is asked for that card, and caches it. The simulator asks for every card before its
+workers fork (``sim.deploy`` lists them for the issuer), so the workers find them made.
 
 This module must never decide a tap: the expected decision of a tap is the workload's
 ground truth, and the real decision is the engine's.

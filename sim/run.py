@@ -1,12 +1,12 @@
 """Runs a simulated day end to end: set up a city, tap through the real engine, settle, check.
 
-Setup writes everything a real deployment has into the run directory: keys, keyring,
-revocation lists, fares, gate configurations. The day then runs through the real
-``Gate`` / ``Validator`` / ``run_tap`` path over virtual readers (with ``--reader pcsc``
-or ``pn532`` a share of one gate's taps crosses a real transport, see ``sim.transport``),
-in worker processes (each process hosts several stations, each gate has its own durable
-journal). Every
-decision is compared with the workload's ground truth; the batches are exported and
+Setup makes the cards and writes everything a real deployment has into the run
+directory: keys, keyring, the issuer's list of its credentials, revocation lists, fares,
+gate configurations. The day then runs through the real ``Gate`` / ``Validator`` /
+``run_tap`` path over virtual readers (with ``--reader pcsc`` or ``pn532`` a share of one
+gate's taps crosses a real transport, see ``sim.transport``), in worker processes, each a
+station controller whose gates share one durable station journal. Every decision is
+compared with the workload's ground truth; the batches are exported and
 settled, and the money compared with the fare of every legitimate ride.
 
 Simulated time drives everything that reaches a journal or a settlement (tap times,

@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
     build.add_argument("--generation", required=True, type=int, help="generation number")
     build.add_argument("--out", required=True, type=Path, help="output list file (.fil)")
     build.add_argument(
+        "--jobs", type=int, default=1, help="verify the credentials in this many processes"
+    )
+    build.add_argument(
         "--created-at",
         type=int,
         default=None,
@@ -85,7 +88,12 @@ def _build(args: argparse.Namespace) -> int:
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
     data = build_issued_list(
-        read_credential_lines(args.credentials), key, args.generation, created_at, args.out
+        read_credential_lines(args.credentials),
+        key,
+        args.generation,
+        created_at,
+        args.out,
+        jobs=args.jobs,
     )
     count = (len(data) - 256) // 32
     print(

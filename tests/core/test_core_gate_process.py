@@ -48,6 +48,18 @@ store = "station.sqlite"
     return cfg
 
 
+def _refused(cfg: Path, reader: str) -> subprocess.CompletedProcess[str]:
+    """Run a gate that must refuse to start; it exits 2 with one line, no traceback."""
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", reader, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    return r
+
+
 def test_gate_process_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     proc = subprocess.Popen(
@@ -77,37 +89,17 @@ def test_gate_process_starts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
 
 def test_gate_process_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     cfg = _config(tmp_path, role="tram")
-    r = subprocess.run(
-        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 2
+    r = _refused(cfg, "virtual:")
     assert "terminal.role must be one of bus, metro_entry, metro_exit" in r.stderr
-    assert "Traceback" not in r.stderr
 
 
 def test_gate_process_refuses_a_damaged_issued_list_in_one_line(tmp_path: Path) -> None:
     cfg = _config(tmp_path, issued=b"FCISSUED" + bytes(300))
-    r = subprocess.run(
-        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 2
+    r = _refused(cfg, "virtual:")
     assert "issued.fil: list version 0 is not supported" in r.stderr
-    assert "Traceback" not in r.stderr
 
 
 def test_gate_process_names_a_missing_reader_adapter(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    r = subprocess.run(
-        [sys.executable, "-m", "farecore", "gate", "--reader", "nfc:usb", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 2
+    r = _refused(cfg, "nfc:usb")
     assert "no reader adapter for 'nfc'" in r.stderr and "pcsc" in r.stderr

@@ -142,6 +142,16 @@ def test_the_builder_lists_only_credentials_the_key_really_signed(tmp_path: Path
         with pytest.raises(MalformedInput, match=message):
             build_issued_list(good + items, ISSUER.key, 1, 0, out)
         assert not out.exists()  # nothing written
+    # Verified in two processes, chunk by chunk: the same bytes, and still the first bad
+    # credential named (the later bad one is never reported).
+    many = [(f"line {i}", c.credential) for i, c in enumerate(CARDS * 300)]
+    assert build_issued_list(many, ISSUER.key, 1, 0, jobs=2) == build_issued_list(
+        many, ISSUER.key, 1, 0
+    )
+    bad = [*many[:5000], ("line X", forged), *many[5000:], ("line Y", other)]
+    with pytest.raises(MalformedInput, match="line X: credential of card 99"):
+        build_issued_list(bad, ISSUER.key, 1, 0, out, jobs=2)
+    assert not out.exists()
     twice = [("a", CARDS[0].credential), ("b", CARDS[0].credential)]
     assert IssuedList.from_bytes(build_issued_list(twice, ISSUER.key, 1, 0), KEYRING).count == 1
     with pytest.raises(MalformedInput, match="issuer key"):
