@@ -122,7 +122,7 @@ class Validator:
         issuer = self.keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
         if issuer is None:
             return None, Reason.UNKNOWN_ISSUER_KEY, f"issuer key id {f.issuer_key_id} not usable"
-        listed = self.issued.get(f.issuer_key_id) if self.issued else None
+        listed = self.issued.get(f.issuer_key_id)
         if listed is not None and listed.vouches(credential, issuer):
             self.issuer_vouched += 1  # the issuer signed the list that holds it
         else:

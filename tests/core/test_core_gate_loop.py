@@ -72,6 +72,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="terminal.role"):
         load_gate_config(cfg)
+    good = '[terminal]\nid = 1\noperator = "o"\nline = "l"\nplace = "p"\nrole = "bus"\n'
+    cfg.write_text(good + '[keyring]\npath = "k.json"\nissued = "lists/a.fil"\n')
+    assert load_gate_config(cfg).issued_lists == (tmp_path / "lists/a.fil",)
+    cfg.write_text(good + '[keyring]\npath = "k.json"\nissued = ["a.fil", 3]\n')
+    with pytest.raises(ConfigError, match="keyring.issued must be a path or a list of paths"):
+        load_gate_config(cfg)
     cfg.write_text("not = [toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_gate_config(cfg)
