@@ -109,7 +109,7 @@ def _digests_sorted(body: bytes, count: int) -> bool:
 
 
 class IssuedList:
-    """A verified issued-credentials list, held in memory (32 bytes a credential).
+    """A verified issued-credentials list, held in memory (40 bytes a credential).
 
     Open it with :meth:`open`; every check has passed by the time you hold one.
     """
