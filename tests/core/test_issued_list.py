@@ -13,7 +13,6 @@ from farecore.cli import main
 from farecore.credential import parse_unverified
 from farecore.errors import MalformedInput
 from farecore.issued import (
-    HEADER_SIZE,
     IssuedList,
     IssuedListError,
     build_issued_list,
@@ -242,4 +241,3 @@ def test_credential_lines_name_their_line(tmp_path: Path) -> None:
         list(read_credential_lines(path))
     with pytest.raises(MalformedInput, match="cannot read"):
         list(read_credential_lines(tmp_path / "missing.txt"))
-    assert HEADER_SIZE == 256
