@@ -41,7 +41,11 @@ from farecore.walfile import make_durable, reserve_wal
 
 __all__ = [
     "GENESIS_HASH",
+    "RECENT_CREDENTIALS",
+    "RECENT_RECORDS",
     "STATION_FORMAT",
+    "STATION_FORMATS",
+    "STATION_FORMAT_1",
     "Direction",
     "Journal",
     "JournalReader",
@@ -55,6 +59,7 @@ __all__ = [
     "draft_records",
     "encode_record",
     "record_row",
+    "station_records_table",
 ]
 
 _MAX_SEQ = (1 << 63) - 1  # the largest seq an SQLite integer holds
@@ -337,7 +342,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-STATION_FORMAT = "farecore-station-journal/1"
+STATION_FORMAT = "farecore-station-journal/2"
+STATION_FORMAT_1 = "farecore-station-journal/1"
+# Formats a reader accepts as a station file. Version 1 kept every terminal's records in
+# one table and the lockouts in a table keyed by card; version 2 gives each terminal its
+# own records table (``station_records_table``) and keeps the lockouts in an append-only
+# log. A writer upgrades a version-1 file when it opens it.
+STATION_FORMATS = frozenset({STATION_FORMAT_1, STATION_FORMAT})
+
+
+# A version-2 station file's newest rows, not yet moved to their lasting tables.
+RECENT_RECORDS = "recent_records"
+RECENT_CREDENTIALS = "recent_credentials"
+
+
+def station_records_table(terminal_id: int) -> str:
+    """The quoted name of a terminal's records table in a version-2 station file."""
+    return f'"records_{int(terminal_id)}"'
 
 
 class JournalReader:
@@ -354,7 +375,7 @@ class JournalReader:
         try:
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            station = meta.get("format") == STATION_FORMAT
+            station = meta.get("format") in STATION_FORMATS
             held = (
                 [int(r[0]) for r in self._db.execute("SELECT terminal_id FROM terminals")]
                 if station
@@ -365,6 +386,8 @@ class JournalReader:
             raise JournalError(f"{self.path}: not a farecore journal: {exc}") from None
         # Every query names the terminal in a station file; in a terminal's file the
         # condition is empty and the arguments too.
+        self._table = "records"
+        self._credential_tables: tuple[str, ...] = ("credentials",)
         self._where: str = ""
         self._args: tuple[int, ...] = ()
         if station:
@@ -376,7 +399,15 @@ class JournalReader:
                     f"{', '.join(map(str, sorted(held)))}; {which}"
                 )
             self.terminal_id = terminal_id
-            self._where, self._args = "terminal_id = ? AND ", (terminal_id,)
+            if meta["format"] == STATION_FORMAT_1:
+                self._where, self._args = "terminal_id = ? AND ", (terminal_id,)
+            else:  # the terminal's table, and its rows among the recent ones
+                self._table = (
+                    f"(SELECT seq, time_ms, body, hash FROM {station_records_table(terminal_id)} "
+                    f"UNION ALL SELECT seq, time_ms, body, hash FROM {RECENT_RECORDS} "
+                    f"WHERE terminal_id = {int(terminal_id)})"
+                )
+                self._credential_tables = ("credentials", RECENT_CREDENTIALS)
         elif "terminal_id" not in meta:
             self._db.close()
             raise JournalError(f"{self.path}: not a farecore journal (no terminal id)")
@@ -397,7 +428,7 @@ class JournalReader:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("format") == STATION_FORMAT:
+            if meta.get("format") in STATION_FORMATS:
                 return [int(r[0]) for r in db.execute("SELECT terminal_id FROM terminals")]
             if "terminal_id" in meta:
                 return [int(meta["terminal_id"])]
@@ -412,19 +443,19 @@ class JournalReader:
 
     def first_seq_from(self, time_ms: int) -> int:
         """The lowest seq timed at or after ``time_ms``; one past the last if none is."""
-        w, a = self._where, self._args
-        row = self._db.execute(f"SELECT MIN(seq) FROM records WHERE {w}time_ms >= ?", (*a, time_ms))
+        t, w, a = self._table, self._where, self._args
+        row = self._db.execute(f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms))
         value = row.fetchone()[0]
         if value is not None:
             return int(value)
-        last = self._db.execute(f"SELECT MAX(seq) FROM records WHERE {w}seq > 0", a).fetchone()[0]
+        last = self._db.execute(f"SELECT MAX(seq) FROM {t} WHERE {w}seq > 0", a).fetchone()[0]
         return int(last or 0) + 1
 
     def hash_of(self, seq: int) -> bytes:
         if seq == 0:
             return GENESIS_HASH
         row = self._db.execute(
-            f"SELECT hash FROM records WHERE {self._where}seq = ?", (*self._args, seq)
+            f"SELECT hash FROM {self._table} WHERE {self._where}seq = ?", (*self._args, seq)
         ).fetchone()
         if row is None:
             raise JournalError(f"{self.path}: record {seq} is missing")
@@ -452,7 +483,7 @@ class JournalReader:
         prev = self.hash_of(first - 1)
         expected = first
         cur = self._db.execute(
-            f"SELECT seq, body, hash FROM records WHERE {self._where}seq >= ? AND seq <= ? "
+            f"SELECT seq, body, hash FROM {self._table} WHERE {self._where}seq >= ? AND seq <= ? "
             "ORDER BY seq",
             (*self._args, first, last if last is not None else _MAX_SEQ),
         )
@@ -484,11 +515,12 @@ class JournalReader:
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT sha256, data FROM credentials WHERE sha256 IN ({marks})", chunk
-            )
-            for sha, data in rows:
-                found[bytes(sha)] = bytes(data)
+            for table in self._credential_tables:
+                rows = self._db.execute(
+                    f"SELECT sha256, data FROM {table} WHERE sha256 IN ({marks})", chunk
+                )
+                for sha, data in rows:
+                    found[bytes(sha)] = bytes(data)
         for sha in wanted:
             data = found.get(sha)
             if data is None:

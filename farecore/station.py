@@ -16,6 +16,13 @@ Every terminal keeps its own gap-free sequence and hash chain inside the file, s
 terminal's daily batch (``farecore.batch.export_batch`` with ``terminal_id``) is the same
 bytes whether its rides were journaled alone or with its neighbours. Only the controller
 writes the file; its in-memory copy of the passback state is therefore complete.
+
+The file keeps that state as an append-only log, not as a table keyed by card: a
+lockout is one row added at the end, a prune one row naming its place and limits, and a
+reopen replays the log in order. Keyed rows would put each tap's lockout on a random page
+of the file, and every page a commit touches is written, checksummed and synced again;
+the log's rows of a group share one or two pages. Rows that no longer count (replaced,
+pruned) are cut from the head of the log once they outnumber the live ones.
 """
 
 from __future__ import annotations
@@ -31,43 +38,116 @@ from typing import Any
 
 from farecore.decision import Decision
 from farecore.errors import JournalError
-from farecore.journal import GENESIS_HASH, STATION_FORMAT, TapContext
-from farecore.passback import PASSBACK_PRUNE, PASSBACK_TABLE, PASSBACK_UPSERT
+from farecore.journal import (
+    GENESIS_HASH,
+    RECENT_CREDENTIALS,
+    RECENT_RECORDS,
+    STATION_FORMAT,
+    STATION_FORMATS,
+    TapContext,
+    station_records_table,
+)
 from farecore.records import chain_hash, credential_hash, encode_tap
 from farecore.walfile import make_durable, reserve_wal
 
-__all__ = ["STATION_FORMAT", "Commit", "StationController", "StationJournal", "StationTerminal"]
+__all__ = [
+    "MOVE_AT",
+    "STATION_FORMAT",
+    "Commit",
+    "StationController",
+    "StationJournal",
+    "StationTerminal",
+    "replay_passback",
+]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS terminals (terminal_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS credentials (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS {RECENT_RECORDS} (
     terminal_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     time_ms INTEGER NOT NULL,
     card_id INTEGER,
     body BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    UNIQUE (terminal_id, seq)
+    hash BLOB NOT NULL
 );
-{PASSBACK_TABLE};
+CREATE TABLE IF NOT EXISTS {RECENT_CREDENTIALS} (sha256 BLOB NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS passback_log (
+    id INTEGER PRIMARY KEY,
+    place TEXT NOT NULL,
+    card_id INTEGER,
+    wall_ms INTEGER NOT NULL,
+    mono_ms INTEGER NOT NULL,
+    boot TEXT NOT NULL
+);
+"""
+# A row with a card is a lockout; a row without one prunes its place: wall_ms and
+# mono_ms then hold the limits below which a ride of another boot, or of this boot, is
+# forgotten (``StationJournal.passback_prune``).
+
+# Where the rows live. A commit appends its records and new credentials to the two
+# "recent" tables, which have no index: the group's rows fill the pages at their end,
+# one after the other. Once ``move_at`` records have gathered there, the commit that
+# crosses the mark also moves them, in the same transaction, to their lasting place:
+# each terminal's records table (the layout of a terminal's own journal, seq as key)
+# and the credentials table keyed by SHA-256. Written per tap, those would cost a page
+# per terminal of the group and a random index page per new credential; moved in bulk,
+# they fill whole pages. Readers look in both places (``farecore.journal.JournalReader``).
+MOVE_AT = 2048
+_RECORDS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    card_id INTEGER,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL
+)"""
+
+_UPGRADE_PASSBACK = """
+INSERT INTO passback_log (place, card_id, wall_ms, mono_ms, boot)
+    SELECT place, card_id, wall_ms, mono_ms, boot FROM passback ORDER BY place, card_id;
+DROP TABLE passback;
 """
 
 _Row = tuple[Any, ...]
 _KNOWN_MAX = 400_000  # credentials remembered as already in the file (a city of 300,000 fits)
-PassbackRow = tuple[int, int, str]  # wall_ms, mono_ms, boot
+PassbackRow = tuple[int, int, str, int]  # wall_ms, mono_ms, boot, its row in the log
+LogRow = tuple[int, str, int | None, int, int, str]  # id, place, card_id, wall, mono, boot
+# The lockout log is cut when it holds more than _LOG_KEEP rows per live lockout plus
+# _LOG_SLACK: a cut then removes at least about half of it.
+_LOG_KEEP = 2
+_LOG_SLACK = 4096
+
+
+def _prune(rows: dict[int, PassbackRow], wall_before: int, boot: str, mono_before: int) -> None:
+    """Drop a place's rides that can no longer refuse (the passback store's rule)."""
+    for card, (wall, mono, b, _) in list(rows.items()):
+        if wall < wall_before and (b != boot or mono < mono_before):
+            del rows[card]
+
+
+def replay_passback(log: Iterable[LogRow]) -> dict[str, dict[int, PassbackRow]]:
+    """The passback state a log leaves: place -> card -> its last ride, in log order."""
+    state: dict[str, dict[int, PassbackRow]] = {}
+    for row_id, place, card, wall, mono, boot in log:
+        rows = state.setdefault(place, {})
+        if card is None:
+            _prune(rows, wall, boot, mono)
+        else:
+            rows[card] = (wall, mono, boot, row_id)
+    return state
 
 
 class _Group:
     """What one commit writes: records, new credentials, passback writes, in order."""
 
-    __slots__ = ("credentials", "passback", "records", "taps")
+    __slots__ = ("credentials", "passback", "records", "taps", "trim")
 
     def __init__(self) -> None:
         self.records: list[_Row] = []
         self.credentials: list[tuple[bytes, bytes]] = []
-        self.passback: list[tuple[str, _Row]] = []  # (statement, args), order kept
+        self.passback: list[LogRow] = []  # log rows, in id order
+        self.trim = 0  # log rows below this id are dead: delete them
         self.taps = 0
 
 
@@ -112,14 +192,26 @@ class StationJournal:
         self._known: dict[bytes, bytes] = {}  # credential -> its hash, already in the file
         # place -> card -> its last ride: a prune walks one place's rows, not the station's
         self._passback: dict[str, dict[int, PassbackRow]] = {}
+        self._recent = 0  # records in the recent table (the committer's count)
+        self._move_at = MOVE_AT
+        self._log_first = 1  # the log's rows in the file (staged ones counted) are
+        self._log_next = 1  # ids _log_first .. _log_next - 1
         self._group = _Group()
         self._last: Commit | None = None  # the last group handed to the committer
         self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], terminal_ids: Iterable[int]) -> StationJournal:
-        """Open or create the station file; a reopen continues every terminal's chain."""
+    def open(
+        cls, path: str | os.PathLike[str], terminal_ids: Iterable[int], *, move_at: int = MOVE_AT
+    ) -> StationJournal:
+        """Open or create the station file; a reopen continues every terminal's chain.
+
+        ``move_at``: how many records gather in the recent table before a commit moves
+        them to their terminals' tables (that commit takes a few milliseconds longer).
+        """
+        if move_at < 1:
+            raise ValueError("move_at must be at least 1")
         path = Path(path)
         try:
             db = sqlite3.connect(
@@ -128,31 +220,55 @@ class StationJournal:
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the station journal: {exc}") from None
         journal = cls(path, db)
+        journal._move_at = move_at
         try:
             # Another kind of file is refused before anything is written to it.
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta = dict(db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
-            if tables and meta.get("format") != STATION_FORMAT:
+            if tables and meta.get("format") not in STATION_FORMATS:
                 what = meta.get("format", "not a farecore file")
                 raise JournalError(f"{path} is not a station journal ({what})")
             make_durable(db)
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            with db:
-                if not meta:
-                    db.execute("INSERT INTO meta VALUES ('format', ?)", (STATION_FORMAT,))
+            db.execute("PRAGMA cache_size=-16384")
+            with db:  # one transaction: an upgrade is all or nothing
+                db.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
                 db.executemany(
                     "INSERT OR IGNORE INTO terminals VALUES (?)", [(t,) for t in terminal_ids]
                 )
+                held = [r[0] for r in db.execute("SELECT terminal_id FROM terminals")]
+                for tid in held:
+                    db.execute(_RECORDS_TABLE.format(table=station_records_table(tid)))
+                if not meta:
+                    db.execute("INSERT INTO meta VALUES ('format', ?)", (STATION_FORMAT,))
+                elif meta["format"] != STATION_FORMAT:
+                    _upgrade_from_1(db, held)
             reserve_wal(db, path)
-            for (tid,) in db.execute("SELECT terminal_id FROM terminals").fetchall():
-                row = db.execute(
-                    "SELECT seq, hash FROM records WHERE terminal_id = ? ORDER BY seq DESC LIMIT 1",
-                    (tid,),
-                ).fetchone()
-                journal._heads[tid] = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
-            for place, card, wall, mono, boot in db.execute("SELECT * FROM passback"):
-                journal._passback.setdefault(place, {})[card] = (wall, mono, boot)
+            for tid in held:
+                row = max(
+                    db.execute(
+                        f"SELECT seq, hash FROM {station_records_table(tid)} "
+                        "ORDER BY seq DESC LIMIT 1"
+                    ).fetchall()
+                    + db.execute(
+                        f"SELECT MAX(seq), hash FROM {RECENT_RECORDS} WHERE terminal_id = ?",
+                        (tid,),
+                    ).fetchall(),
+                    key=lambda r: -1 if r[0] is None else r[0],
+                    default=None,
+                )
+                if row is None or row[0] is None:
+                    journal._heads[tid] = (0, GENESIS_HASH)
+                else:
+                    journal._heads[tid] = (row[0], bytes(row[1]))
+            journal._passback = replay_passback(db.execute(_SELECT_LOG))
+            journal._recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
+            first, last = db.execute("SELECT MIN(id), MAX(id) FROM passback_log").fetchone()
+            if last is not None:
+                journal._log_first, journal._log_next = first, last + 1
         except sqlite3.DatabaseError as exc:
             db.close()
             raise JournalError(f"{path}: cannot read the station journal: {exc}") from None
@@ -215,24 +331,38 @@ class StationJournal:
         rows = self._passback.get(key[0])
         return None if rows is None else rows.get(key[1])
 
-    def passback_put(self, row: _Row) -> None:
+    def passback_put(self, row: tuple[str, int, int, int, str]) -> None:
         """Record a ride's lockout (place, card, wall, mono, boot) in the open group."""
         self._check_usable()
-        rows = self._passback.get(row[0])
+        place, card, wall, mono, boot = row
+        rows = self._passback.get(place)
         if rows is None:
-            rows = self._passback[row[0]] = {}
-        rows[row[1]] = (row[2], row[3], row[4])
-        self._group.passback.append((PASSBACK_UPSERT, row))
+            rows = self._passback[place] = {}
+        row_id = self._log_next
+        self._log_next = row_id + 1
+        rows[card] = (wall, mono, boot, row_id)
+        self._group.passback.append((row_id, place, card, wall, mono, boot))
 
     def passback_prune(self, args: tuple[str, int, str, int]) -> None:
-        """Forget a place's rides that can no longer refuse (same rule as the store's)."""
+        """Forget a place's rides that can no longer refuse (same rule as the store's),
+        and cut the log's dead head once it outweighs the live rows."""
         self._check_usable()
         place, wall_before, boot, mono_before = args
-        rows = self._passback.get(place, {})
-        for card, (wall, mono, b) in list(rows.items()):
-            if wall < wall_before and (b != boot or mono < mono_before):
-                del rows[card]
-        self._group.passback.append((PASSBACK_PRUNE, args))
+        rows = self._passback.get(place)
+        if rows is not None:
+            _prune(rows, wall_before, boot, mono_before)
+        row_id = self._log_next
+        self._log_next = row_id + 1
+        self._group.passback.append((row_id, place, None, wall_before, mono_before, boot))
+        live = sum(len(r) for r in self._passback.values())
+        if self._log_next - self._log_first > _LOG_KEEP * live + _LOG_SLACK:
+            # Every row below the oldest live lockout was replaced or pruned, and so was
+            # every row a prune row below it had pruned: the replay needs none of them.
+            first = min(
+                (r[3] for rows in self._passback.values() for r in rows.values()),
+                default=self._log_next,
+            )
+            self._group.trim = self._log_first = first
 
     def begin_commit(self) -> Commit:
         """Hand the open group to the committer thread and start a new one.
@@ -288,18 +418,17 @@ class StationJournal:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            _insert_rows(db, "INSERT OR IGNORE INTO credentials VALUES", 2, group.credentials)
-            _insert_rows(db, "INSERT INTO records VALUES", 6, group.records)
-            upserts: list[_Row] = []
-            for statement, args in group.passback:
-                if statement == PASSBACK_UPSERT:
-                    upserts.append(args)
-                    continue
-                _insert_rows(db, _UPSERT_HEAD, 5, upserts)  # in order: the upserts first
-                upserts = []
-                db.execute(statement, args)
-            _insert_rows(db, _UPSERT_HEAD, 5, upserts)
+            _insert_rows(db, f"INSERT INTO {RECENT_CREDENTIALS} VALUES", 2, group.credentials)
+            _insert_rows(db, f"INSERT INTO {RECENT_RECORDS} VALUES", 6, group.records)
+            _insert_rows(db, "INSERT INTO passback_log VALUES", 6, group.passback)
+            if group.trim:
+                db.execute("DELETE FROM passback_log WHERE id < ?", (group.trim,))
+            recent = self._recent + len(group.records)
+            if recent >= self._move_at:
+                _move_recent(db)
+                recent = 0
             db.execute("COMMIT")
+            self._recent = recent
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -481,7 +610,46 @@ class StationController:
         return len(batch.taps)
 
 
-_UPSERT_HEAD = PASSBACK_UPSERT.removesuffix("(?, ?, ?, ?, ?)").rstrip()
+def _move_recent(db: sqlite3.Connection) -> None:
+    """Move the recent rows to their lasting tables (in the caller's transaction).
+
+    One pass over the recent records, in the order they were written (each terminal's
+    in seq order): a query per terminal would read the recent table once per terminal.
+    """
+    by_terminal: dict[int, list[_Row]] = {}
+    for tid, *row in db.execute(f"SELECT * FROM {RECENT_RECORDS} ORDER BY rowid"):
+        rows = by_terminal.get(tid)
+        if rows is None:
+            rows = by_terminal[tid] = []
+        rows.append(row)
+    for tid, rows in by_terminal.items():
+        _insert_rows(db, f"INSERT INTO {station_records_table(tid)} VALUES", 5, rows)
+    db.execute(f"DELETE FROM {RECENT_RECORDS}")
+    db.execute(
+        f"INSERT OR IGNORE INTO credentials SELECT sha256, data FROM {RECENT_CREDENTIALS} "
+        "ORDER BY sha256"
+    )
+    db.execute(f"DELETE FROM {RECENT_CREDENTIALS}")
+
+
+def _upgrade_from_1(db: sqlite3.Connection, terminal_ids: list[int]) -> None:
+    """Version 1 to 2, inside the caller's transaction: each terminal's records into its
+    own table, the lockouts into the log."""
+    for tid in terminal_ids:
+        db.execute(
+            f"INSERT INTO {station_records_table(tid)} "
+            "SELECT seq, time_ms, card_id, body, hash FROM records WHERE terminal_id = ? "
+            "ORDER BY seq",
+            (tid,),
+        )
+    db.execute("DROP TABLE records")
+    for statement in _UPGRADE_PASSBACK.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (STATION_FORMAT,))
+
+
+_SELECT_LOG = "SELECT id, place, card_id, wall_ms, mono_ms, boot FROM passback_log ORDER BY id"
 _CHUNK = 256  # rows per statement at most (and never more parameters than SQLite allows)
 _STATEMENTS: dict[tuple[str, int, int], str] = {}
 

@@ -20,16 +20,30 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from journal_support import BASE_MS, CTX
 from station_gate_driver import STATION_TERMINALS
 
+import farecore.station as station_module
 from farecore.batch import export_batch, verify_batch
 from farecore.cli import main
 from farecore.decision import Decision, Reason
 from farecore.errors import JournalError
 from farecore.gate import Gate
-from farecore.journal import GENESIS_HASH, Journal, JournalReader, TapContext, draft_records
+from farecore.journal import (
+    GENESIS_HASH,
+    RECENT_RECORDS,
+    Journal,
+    JournalReader,
+    TapContext,
+    draft_records,
+)
 from farecore.keys import SigningKey, save_signing_key
 from farecore.passback import PassbackRule, PassbackStore
 from farecore.records import Direction, credential_hash, encode_record, encode_tap
-from farecore.station import StationController, StationJournal
+from farecore.station import (
+    MOVE_AT,
+    STATION_FORMAT,
+    StationController,
+    StationJournal,
+    replay_passback,
+)
 from farecore.tap import run_tap
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
@@ -67,15 +81,20 @@ def _key(tid: int) -> SigningKey:
     return SigningKey("terminal", tid, derive_key("station-tests", f"terminal-{tid}"))
 
 
-def test_batches_are_the_bytes_a_terminal_journal_gives(tmp_path: Path, tap: Tapper) -> None:
+@pytest.mark.parametrize("move_at", [7, MOVE_AT])
+def test_batches_are_the_bytes_a_terminal_journal_gives(
+    tmp_path: Path, tap: Tapper, move_at: int
+) -> None:
     # The same decisions, journaled per terminal and through one station file in groups
-    # of every size, export to byte-identical signed batches.
+    # of every size, export to byte-identical signed batches: with the records all still
+    # in the recent table, or most of them moved to their terminals' tables.
     decisions = [
         (t, tap(t, i % 9 + 1, BASE_MS + i * 45_000))
         for i, t in enumerate(random.Random(5).choices(STATION_TERMINALS, k=60))
     ]
     singles = {t: Journal.open(tmp_path / f"t{t}.sqlite", t) for t in STATION_TERMINALS}
-    with StationJournal.open(tmp_path / "station.sqlite", STATION_TERMINALS) as station:
+    path = tmp_path / "station.sqlite"
+    with StationJournal.open(path, STATION_TERMINALS, move_at=move_at) as station:
         group = 0
         for n, (t, d) in enumerate(decisions):
             singles[t].append(d, CTX)
@@ -87,11 +106,123 @@ def test_batches_are_the_bytes_a_terminal_journal_gives(tmp_path: Path, tap: Tap
         station.commit()
     for j in singles.values():
         j.close()
+    with sqlite3.connect(path) as db:
+        recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
+    assert (recent == 60) if move_at == MOVE_AT else (recent < move_at)  # after a commit
     for t in STATION_TERMINALS:
-        mine = export_batch(tmp_path / "station.sqlite", DAY, _key(t), terminal_id=t)
+        mine = export_batch(path, DAY, _key(t), terminal_id=t)
         alone = export_batch(tmp_path / f"t{t}.sqlite", DAY, _key(t))
         assert mine == alone
         assert verify_batch(mine, _key(t).public()).terminal_id == t
+
+
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE terminals (terminal_id INTEGER PRIMARY KEY);
+CREATE TABLE credentials (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE records (
+    terminal_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    card_id INTEGER,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    UNIQUE (terminal_id, seq)
+);
+CREATE TABLE passback (place TEXT NOT NULL, card_id INTEGER NOT NULL, wall_ms INTEGER NOT NULL,
+    mono_ms INTEGER NOT NULL, boot TEXT NOT NULL, PRIMARY KEY (place, card_id)) WITHOUT ROWID;
+"""
+
+
+def _as_version_1(v2: Path, v1: Path) -> None:
+    """Write the content of a station file in the version-1 layout (one records table,
+    lockouts keyed by card), as the station journal of earlier releases kept it."""
+    src = sqlite3.connect(v2)
+    dst = sqlite3.connect(v1)
+    dst.executescript(_V1_SCHEMA)
+    with dst:
+        dst.execute("INSERT INTO meta VALUES ('format', 'farecore-station-journal/1')")
+        terminals = [r[0] for r in src.execute("SELECT terminal_id FROM terminals")]
+        dst.executemany("INSERT INTO terminals VALUES (?)", [(t,) for t in terminals])
+        for table in ("credentials", "recent_credentials"):
+            dst.executemany(
+                "INSERT OR IGNORE INTO credentials VALUES (?, ?)",
+                src.execute(f"SELECT sha256, data FROM {table}"),
+            )
+        for t in terminals:
+            rows = src.execute(f"SELECT {t}, * FROM records_{t}").fetchall()
+            dst.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+        dst.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+            src.execute(f"SELECT * FROM {RECENT_RECORDS}"),
+        )
+        state = replay_passback(src.execute("SELECT * FROM passback_log ORDER BY id"))
+        dst.executemany(
+            "INSERT INTO passback VALUES (?, ?, ?, ?, ?)",
+            [(p, c, w, m, b) for p, rows in state.items() for c, (w, m, b, _) in rows.items()],
+        )
+    src.close()
+    dst.close()
+
+
+def test_a_version_1_file_is_read_and_upgraded(tmp_path: Path, tap: Tapper) -> None:
+    v2, v1 = tmp_path / "v2.sqlite", tmp_path / "v1.sqlite"
+    rule = PassbackRule(window_s=60)
+    with StationJournal.open(v2, STATION_TERMINALS, move_at=10) as s:
+        store = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: 5_000, boot="b")
+        for i in range(25):
+            t = STATION_TERMINALS[i % 3]
+            s.stage(t, tap(t, i % 4 + 1, BASE_MS + i * 1000), CTX)
+            store.record(i % 4 + 1, BASE_MS + i * 1000)
+            if i % 4 == 3:
+                s.commit()
+        s.commit()
+        locks = {c: row[:3] for c, row in s._passback[CTX.place].items()}
+    _as_version_1(v2, v1)
+    batches = {t: export_batch(v2, DAY, _key(t), terminal_id=t) for t in STATION_TERMINALS}
+    # A reader takes the old layout as it is ...
+    for t in STATION_TERMINALS:
+        assert export_batch(v1, DAY, _key(t), terminal_id=t) == batches[t]
+    # ... and the controller upgrades it in place: chains, lockouts and batches unchanged.
+    with StationJournal.open(v1, STATION_TERMINALS) as s:
+        assert {c: row[:3] for c, row in s._passback[CTX.place].items()} == locks
+        assert [s.head(t)[0] for t in STATION_TERMINALS] == [9, 8, 8]
+        s.stage(T1, tap(T1, 9, BASE_MS + 30_000), CTX)
+        s.commit()
+    with sqlite3.connect(v1) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "records" not in tables and "passback" not in tables
+        assert db.execute("SELECT value FROM meta WHERE key='format'").fetchone() == (
+            STATION_FORMAT,
+        )
+    for t in (T2, T3):
+        assert export_batch(v1, DAY, _key(t), terminal_id=t) == batches[t]
+    with JournalReader(v1, T1) as r:
+        assert r.verify_chain() == 10
+
+
+def test_the_lockout_log_is_cut_and_replays_to_the_same_state(tmp_path: Path) -> None:
+    """Many rides and prunes: the log stays near the live lockouts, and a reopen rebuilds
+    exactly the controller's state from it."""
+    path = tmp_path / "station.sqlite"
+    rule = PassbackRule(window_s=60, max_skew_s=0)
+    clock = [0]
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        store = PassbackStore.in_station(s, rule, CTX.place, monotonic=lambda: clock[0], boot="b")
+        other = PassbackStore.in_station(s, rule, "P2", monotonic=lambda: clock[0], boot="b")
+        for i in range(30_000):
+            clock[0] = i * 100  # ten rides a second: about 600 cards in the window
+            (store if i % 3 else other).record(i % 997, BASE_MS + i * 100)
+            if i % 500 == 499:
+                s.commit()
+        s.commit()
+        state = {p: {c: r[:3] for c, r in rows.items()} for p, rows in s._passback.items()}
+    with sqlite3.connect(path) as db:
+        logged = db.execute("SELECT COUNT(*) FROM passback_log").fetchone()[0]
+    live = sum(len(rows) for rows in state.values())
+    assert logged <= 2 * live + 4096 + 1000 < 30_000  # cut, at most one prune period behind
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        assert {p: {c: r[:3] for c, r in rows.items()} for p, rows in s._passback.items()} == state
 
 
 def test_reopen_continues_every_chain(tmp_path: Path, tap: Tapper) -> None:
@@ -132,7 +263,7 @@ def test_a_failed_commit_opens_nothing_and_stops_the_station(tmp_path: Path, tap
     s.stage(T2, tap(T2, 3, BASE_MS + 2000), CTX)
     store.record(3, BASE_MS + 2000)
     assert store.refuses(3, BASE_MS + 3000)  # a staged ride already locks out
-    _refuse_writes(s, "records")
+    _refuse_writes(s, RECENT_RECORDS)
     with pytest.raises(JournalError, match="cannot commit the station journal"):
         s.commit()
     with pytest.raises(JournalError, match="reopen the station journal"):
@@ -202,9 +333,10 @@ def test_a_group_larger_than_one_statement_and_ordered_lockouts(
     with JournalReader(path, T2) as r:
         assert r.verify_chain() == 40
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT place, card_id, wall_ms, mono_ms, boot FROM passback")
-        assert {(p, c): (w, m, b) for p, c, w, m, b in rows} == in_memory
-        assert db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 7 + 40
+        state = replay_passback(db.execute("SELECT * FROM passback_log ORDER BY id"))
+        assert {(p, c): row for p, rows in state.items() for c, row in rows.items()} == in_memory
+        stored = "SELECT sha256 FROM credentials UNION ALL SELECT sha256 FROM recent_credentials"
+        assert db.execute(f"SELECT COUNT(*) FROM ({stored})").fetchone()[0] == 7 + 40
 
 
 def test_what_is_staged_and_not_committed_is_not_durable(tmp_path: Path, tap: Tapper) -> None:
@@ -358,13 +490,17 @@ def test_a_gate_on_its_own_commits_each_tap(tmp_path: Path, issuer: Issuer) -> N
 
 
 @settings(
-    max_examples=25,
-    stateful_step_count=30,
+    max_examples=40,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 class StationMachine(RuleBasedStateMachine):
-    """Random stages, commits, failures and reopens against a model of what is durable."""
+    """Random stages, lockouts, prunes, commits, failures and reopens against a model of
+    what is durable. Records move out of the recent table every few records and the
+    lockout log is cut often, so both happen between (and during) every other step."""
+
+    MOVE_AT = 5
 
     def __init__(self) -> None:
         super().__init__()
@@ -373,10 +509,19 @@ class StationMachine(RuleBasedStateMachine):
         )
         self.dir.mkdir(parents=True)
         self.path = self.dir / "station.sqlite"
-        self.station = StationJournal.open(self.path, STATION_TERMINALS)
+        self.station = self._open()
         self.durable = dict.fromkeys(STATION_TERMINALS, 0)
         self.staged = dict.fromkeys(STATION_TERMINALS, 0)
         self.clock = BASE_MS
+        # The lockouts: (place, card) -> (wall, mono, boot) as durable, and as staged on top.
+        self.locks: dict[tuple[str, int], tuple[int, int, str]] = {}
+        self.staged_locks: dict[tuple[str, int], tuple[int, int, str]] | None = None
+
+    def _open(self) -> StationJournal:
+        return StationJournal.open(self.path, STATION_TERMINALS, move_at=self.MOVE_AT)
+
+    def _current_locks(self) -> dict[tuple[str, int], tuple[int, int, str]]:
+        return self.locks if self.staged_locks is None else self.staged_locks
 
     def _decision(self, tid: int) -> Decision:
         self.clock += 1000
@@ -388,18 +533,56 @@ class StationMachine(RuleBasedStateMachine):
         self.staged[t] += 1
         assert seq == self.durable[t] + self.staged[t]
 
+    @rule(
+        place=st.sampled_from(["P1", "P2"]),
+        card=st.integers(1, 3),
+        wall=st.integers(0, 100),
+        mono=st.integers(0, 100),
+        boot=st.sampled_from(["b1", "b2"]),
+    )
+    def lock(self, place: str, card: int, wall: int, mono: int, boot: str) -> None:
+        self.station.passback_put((place, card, wall, mono, boot))
+        locks = self.staged_locks = dict(self._current_locks())
+        locks[(place, card)] = (wall, mono, boot)
+
+    @rule(
+        place=st.sampled_from(["P1", "P2"]),
+        wall=st.integers(0, 100),
+        mono=st.integers(0, 100),
+        boot=st.sampled_from(["b1", "b2"]),
+    )
+    def prune(self, place: str, wall: int, mono: int, boot: str) -> None:
+        self.station.passback_prune((place, wall, boot, mono))
+        self.staged_locks = {  # the store's rule, written out as the oracle
+            (p, c): (w, m, b)
+            for (p, c), (w, m, b) in self._current_locks().items()
+            if not (p == place and w < wall and (b != boot or m < mono))
+        }
+
     @rule()
     def commit(self) -> None:
         self.station.commit()
         for t in STATION_TERMINALS:
             self.durable[t] += self.staged[t]
             self.staged[t] = 0
+        self.locks = self._current_locks()
+        self.staged_locks = None
+
+    @rule(t=st.sampled_from(STATION_TERMINALS))
+    def fail_while_moving(self, t: int) -> None:
+        # Enough records to make this commit move them; the disk refuses the move.
+        for _ in range(self.MOVE_AT):
+            self.station.stage(t, self._decision(t), CTX)
+        _refuse_writes(self.station, f"records_{t}")
+        with pytest.raises(JournalError):
+            self.station.commit()
+        self.reopen()
 
     @rule(t=st.sampled_from(STATION_TERMINALS))
     def fail(self, t: int) -> None:
         # A group the disk refuses: nothing of it lands, and the station must reopen.
         self.station.stage(t, self._decision(t), CTX)
-        _refuse_writes(self.station, "records")
+        _refuse_writes(self.station, RECENT_RECORDS)
         with pytest.raises(JournalError):
             self.station.commit()
         self.reopen()
@@ -408,12 +591,20 @@ class StationMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         self.station.close()
         self.staged = dict.fromkeys(STATION_TERMINALS, 0)
-        self.station = StationJournal.open(self.path, STATION_TERMINALS)
+        self.staged_locks = None
+        self.station = self._open()
 
     @invariant()
     def heads_match_the_model(self) -> None:
         for t in STATION_TERMINALS:
             assert self.station.head(t)[0] == self.durable[t] + self.staged[t]
+
+    @invariant()
+    def lockouts_match_the_model(self) -> None:
+        held = {
+            (p, c): row[:3] for p, rows in self.station._passback.items() for c, row in rows.items()
+        }
+        assert held == self._current_locks()
 
     def teardown(self) -> None:
         self.station.close()
@@ -427,6 +618,8 @@ class StationMachine(RuleBasedStateMachine):
 
 def test_station_state_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_TMP", str(tmp_path))
+    monkeypatch.setattr(station_module, "_LOG_KEEP", 0)  # cut the lockout log at each prune
+    monkeypatch.setattr(station_module, "_LOG_SLACK", 0)
     StationMachine.TestCase().runTest()
 
 
@@ -485,7 +678,8 @@ def test_sigkill_loses_no_opened_ride_and_no_lockout(tmp_path: Path) -> None:
         assert rides.get((t, time_ms)) == card, f"opened ride at {t} {time_ms} was lost"
     # Each opened ride's lockout is durable with it (a later ride may have replaced it).
     db = sqlite3.connect(path)
-    stored = dict(db.execute("SELECT card_id, wall_ms FROM passback").fetchall())
+    state = replay_passback(db.execute("SELECT * FROM passback_log ORDER BY id"))
+    stored = {card: row[0] for rows in state.values() for card, row in rows.items()}
     db.close()
     for _, time_ms, card in opened:
         assert stored.get(card, -1) >= time_ms
