@@ -613,17 +613,17 @@ class StationController:
 def _move_recent(db: sqlite3.Connection) -> None:
     """Move the recent rows to their lasting tables (in the caller's transaction).
 
-    One pass over the recent records, in the order they were written (each terminal's
-    in seq order): a query per terminal would read the recent table once per terminal.
+    Each move is one statement per terminal, run inside SQLite (which lets the controller's
+    thread go on deciding taps); the recent table is small enough to stay in the page
+    cache for those scans.
     """
-    by_terminal: dict[int, list[_Row]] = {}
-    for tid, *row in db.execute(f"SELECT * FROM {RECENT_RECORDS} ORDER BY rowid"):
-        rows = by_terminal.get(tid)
-        if rows is None:
-            rows = by_terminal[tid] = []
-        rows.append(row)
-    for tid, rows in by_terminal.items():
-        _insert_rows(db, f"INSERT INTO {station_records_table(tid)} VALUES", 5, rows)
+    terminals = [r[0] for r in db.execute(f"SELECT DISTINCT terminal_id FROM {RECENT_RECORDS}")]
+    for tid in terminals:
+        db.execute(
+            f"INSERT INTO {station_records_table(tid)} SELECT seq, time_ms, card_id, body, hash "
+            f"FROM {RECENT_RECORDS} WHERE terminal_id = ?",
+            (tid,),
+        )
     db.execute(f"DELETE FROM {RECENT_RECORDS}")
     db.execute(
         f"INSERT OR IGNORE INTO credentials SELECT sha256, data FROM {RECENT_CREDENTIALS} "
