@@ -233,9 +233,7 @@ class StationJournal:
             db.execute("PRAGMA cache_size=-16384")
             with db:  # one transaction: an upgrade is all or nothing
                 db.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                _execute_script(db, _SCHEMA)
                 db.executemany(
                     "INSERT OR IGNORE INTO terminals VALUES (?)", [(t,) for t in terminal_ids]
                 )
@@ -248,22 +246,17 @@ class StationJournal:
                     _upgrade_from_1(db, held)
             reserve_wal(db, path)
             for tid in held:
-                row = max(
-                    db.execute(
+                # A move takes every recent record, so a terminal's newest record is
+                # among the recent ones if it has any there, else last in its table.
+                row = db.execute(
+                    f"SELECT MAX(seq), hash FROM {RECENT_RECORDS} WHERE terminal_id = ?", (tid,)
+                ).fetchone()
+                if row[0] is None:
+                    row = db.execute(
                         f"SELECT seq, hash FROM {station_records_table(tid)} "
                         "ORDER BY seq DESC LIMIT 1"
-                    ).fetchall()
-                    + db.execute(
-                        f"SELECT MAX(seq), hash FROM {RECENT_RECORDS} WHERE terminal_id = ?",
-                        (tid,),
-                    ).fetchall(),
-                    key=lambda r: -1 if r[0] is None else r[0],
-                    default=None,
-                )
-                if row is None or row[0] is None:
-                    journal._heads[tid] = (0, GENESIS_HASH)
-                else:
-                    journal._heads[tid] = (row[0], bytes(row[1]))
+                    ).fetchone()
+                journal._heads[tid] = (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
             journal._passback = replay_passback(db.execute(_SELECT_LOG))
             journal._recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
             first, last = db.execute("SELECT MIN(id), MAX(id) FROM passback_log").fetchone()
@@ -610,6 +603,14 @@ class StationController:
         return len(batch.taps)
 
 
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements inside the caller's transaction (``executescript``
+    would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _move_recent(db: sqlite3.Connection) -> None:
     """Move the recent rows to their lasting tables (in the caller's transaction).
 
@@ -643,9 +644,7 @@ def _upgrade_from_1(db: sqlite3.Connection, terminal_ids: list[int]) -> None:
             (tid,),
         )
     db.execute("DROP TABLE records")
-    for statement in _UPGRADE_PASSBACK.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    _execute_script(db, _UPGRADE_PASSBACK)
     db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (STATION_FORMAT,))
 
 
