@@ -31,6 +31,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -200,6 +201,10 @@ class StationJournal:
         self._last: Commit | None = None  # the last group handed to the committer
         self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
+        # CPU time the committer thread spent writing and syncing groups: what group
+        # commit costs the controller's host besides deciding the taps. (``commit``
+        # writes on the caller's thread, and counts as the caller's.)
+        self.commit_cpu_s = 0.0
 
     @classmethod
     def open(
@@ -397,12 +402,15 @@ class StationJournal:
             if self._failed is not None:
                 done._finish(JournalError(self._failed))
                 continue
+            cpu = time.thread_time()
             try:
                 self._write(group)
             except Exception as exc:  # any failure: no gate of this group may open
                 self._failed = f"{self.path}: cannot commit the station journal: {exc}"
                 done._finish(JournalError(self._failed))
                 continue
+            finally:
+                self.commit_cpu_s += time.thread_time() - cpu
             done._finish(None)
 
     def _write(self, group: _Group) -> None:
@@ -528,6 +536,7 @@ class StationController:
         self._committing: tuple[Commit, _Batch] | None = None
         self.groups = 0
         self.grouped_taps = 0
+        self.wait_s = 0.0  # seconds the controller stood still until a commit was durable
 
     def busy(self, gate: Any) -> bool:
         """True while ``gate``'s last ride is not durable yet (its gate still shut)."""
@@ -568,7 +577,11 @@ class StationController:
         self._finish()
         if self._waiting.taps:
             waiting, self._waiting = self._waiting, _Batch()
-            self.journal.commit()
+            t0 = time.perf_counter()
+            try:
+                self.journal.commit()
+            finally:
+                self.wait_s += time.perf_counter() - t0
             self._open(waiting)
 
     def finish(self) -> int:
@@ -590,7 +603,13 @@ class StationController:
             return 0
         commit, batch = self._committing
         self._committing = None
-        commit.wait()
+        if not commit.done:
+            t0 = time.perf_counter()
+            try:
+                commit.wait()
+            finally:
+                self.wait_s += time.perf_counter() - t0
+        commit.wait()  # done: raises if the commit failed
         return self._open(batch)
 
     def _open(self, batch: _Batch) -> int:

@@ -313,6 +313,7 @@ def _lane(
                 strict=True,
             )
             out["span_ns"][0] = perf()
+            cpu0 = time.thread_time_ns()
             for n, (i, g, now_ms, card_index, counter, pulled) in enumerate(columns):
                 gate, reader, tin = gates[g]
                 tin.now_ms = sim_clock.now_ms = now_ms
@@ -342,6 +343,13 @@ def _lane(
                     progress[slot] += 64
             controller.flush()
             out["span_ns"][1] = perf()
+            # Where the lane's time went: its own thread's CPU (deciding, staging, the
+            # simulated cards' signatures), the committer thread's, and the wait for commits.
+            out["cpu_ns"][:] = (
+                time.thread_time_ns() - cpu0,
+                round(station.commit_cpu_s * 1e9),
+                round(controller.wait_s * 1e9),
+            )
             validators = [gate.validator for gate, _, _ in gates.values()]
             out["groups"][:] = (
                 controller.groups,
@@ -385,6 +393,8 @@ def _worker(
             "span_ns": np.zeros(2, dtype=np.int64),  # first tap starts, last tap durable
             # commits, taps they made durable, issuer signatures verified, listed instead
             "groups": np.zeros(4, dtype=np.int64),
+            # ns: the lane thread's CPU, the committer thread's CPU, waiting for commits
+            "cpu_ns": np.zeros(3, dtype=np.int64),
         }
         for t in lanes
     ]
@@ -424,6 +434,7 @@ def _worker(
         gate_us=np.concatenate([r["gate_us"] for r in results]),
         spans=np.array([r["span_ns"] for r in results if r["got"].size]).reshape(-1, 2),
         groups=np.sum([r["groups"] for r in results], axis=0),
+        cpu_ns=np.sum([r["cpu_ns"] for r in results], axis=0),
         ceiling_us=ceiling_us,
     )
 
@@ -465,6 +476,19 @@ def _ceiling_figures(ceiling_us: list[list[float]], taps_per_s: float) -> dict[s
             "crypto_us_per_tap": [[round(b, 1), round(a, 1)] for b, a in ceiling_us],
             "ratio": round(taps_per_s / rate, 3),
         }
+    }
+
+
+def _cpu_figures(cpu_ns: np.ndarray, taps: int) -> dict[str, Any]:
+    """CPU per tap of the controllers' own threads and of their committer threads, and
+    the seconds the controllers stood waiting for commits (summed over lanes)."""
+    lane_ns, commit_ns, wait_ns = (int(x) for x in cpu_ns)
+    return {
+        "cpu_us_per_tap": {
+            "controller": round(lane_ns / max(taps, 1) / 1000, 1),
+            "committer": round(commit_ns / max(taps, 1) / 1000, 1),
+        },
+        "commit_wait_s": round(wait_ns / 1e9, 2),
     }
 
 
@@ -556,6 +580,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     latency = np.zeros(n)
     gate_us = np.zeros(n)
     spans, groups, ceiling = [], np.zeros(4, dtype=np.int64), []
+    cpu_ns = np.zeros(3, dtype=np.int64)
     for k in range(workers):
         with np.load(work / f"worker-{k}.npz") as z:
             got[z["taps"]] = z["got"]
@@ -563,6 +588,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             gate_us[z["taps"]] = z["gate_us"]
             spans.append(z["spans"])
             groups += z["groups"]
+            cpu_ns += z["cpu_ns"]
             ceiling.append(z["ceiling_us"].tolist())
     # The tap phase: from the first lane's first tap to the last lane's last durable
     # commit (monotonic clock, shared by the processes). Worker start-up (fork, opening
@@ -622,6 +648,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "taps_per_commit": round(float(groups[1]) / max(int(groups[0]), 1), 2),
             "issuer_checks_per_tap": round(float(groups[2]) / max(n, 1), 3),
             "issuer_listed_per_tap": round(float(groups[3]) / max(n, 1), 3),
+            **_cpu_figures(cpu_ns, n),
             "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
             **_ceiling_figures(ceiling if opts.ceiling_ops else [], n / wall if wall else 0.0),
         },

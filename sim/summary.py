@@ -114,6 +114,13 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
             f"({e['issuer_listed_per_tap']:.2f} listed instead), "
             f"workers started in {e['start_s']:.1f} s\n"
         )
+    cpu = e.get("cpu_us_per_tap")
+    if cpu:
+        w(
+            f"  CPU per tap: {cpu['controller']:.0f} us deciding (the controllers' threads, "
+            f"the simulated cards' signatures included), {cpu['committer']:.0f} us committing; "
+            f"{e['commit_wait_s']:.2f} s waiting for commits\n"
+        )
     c = e.get("ceiling")
     if c:
         w(

@@ -468,6 +468,25 @@ def test_the_next_group_fills_while_one_commits(tmp_path: Path, issuer: Issuer) 
     g.station.close()
 
 
+def test_commit_costs_are_counted_where_they_are_paid(tmp_path: Path, issuer: Issuer) -> None:
+    """The committer thread's CPU goes to ``commit_cpu_s``; a commit written on the
+    controller's own thread (``flush``) is the caller's CPU, but its wait is counted."""
+    g = _Gates(tmp_path / "station.sqlite", issuer, max_group=8)
+    assert g.station.commit_cpu_s == 0.0 and g.controller.wait_s == 0.0
+    for card in range(1, 4):
+        g.tap(card % 3, card)
+    g.controller.send()
+    g.controller.finish()
+    after_thread = g.station.commit_cpu_s
+    assert after_thread > 0.0  # a synced commit costs CPU, even on an idle machine
+    g.tap(0, 9)
+    waited = g.controller.wait_s
+    g.controller.flush()  # written on this thread: the committer's count stays
+    assert g.station.commit_cpu_s == after_thread
+    assert g.controller.wait_s > waited  # the controller stood still for that sync
+    g.station.close()
+
+
 def test_controller_group_never_exceeds_max_group(tmp_path: Path, issuer: Issuer) -> None:
     g = _Gates(tmp_path / "station.sqlite", issuer, max_group=2)
     for i in range(9):

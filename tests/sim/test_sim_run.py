@@ -69,6 +69,12 @@ def test_the_issuers_list_spares_the_issuer_checks_of_its_cards(small_run: SimRu
     taps = small_run.summary["taps"]
     assert 0 < engine["issuer_checks_per_tap"] <= round(unlisted / taps, 3) + 0.001  # rounded
     assert engine["issuer_listed_per_tap"] > 0
+    # Where the taps' time went: the controllers' threads decide (two signatures a tap
+    # at least), their committer threads write the groups.
+    cpu = engine["cpu_us_per_tap"]
+    assert cpu["controller"] > cpu["committer"] > 0
+    assert engine["commit_wait_s"] >= 0
+    assert "CPU per tap:" in small_run.stdout
     cfg = load_gate_config(next((small_run.out / "gates").glob("gate-*.toml")))
     (path,) = cfg.issued_lists
     listed = IssuedList.open(path, Keyring.load(cfg.keyring))
