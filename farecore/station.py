@@ -577,11 +577,7 @@ class StationController:
         self._finish()
         if self._waiting.taps:
             waiting, self._waiting = self._waiting, _Batch()
-            t0 = time.perf_counter()
-            try:
-                self.journal.commit()
-            finally:
-                self.wait_s += time.perf_counter() - t0
+            self._stand_still(self.journal.commit)
             self._open(waiting)
 
     def finish(self) -> int:
@@ -603,14 +599,16 @@ class StationController:
             return 0
         commit, batch = self._committing
         self._committing = None
-        if not commit.done:
-            t0 = time.perf_counter()
-            try:
-                commit.wait()
-            finally:
-                self.wait_s += time.perf_counter() - t0
-        commit.wait()  # done: raises if the commit failed
+        self._stand_still(commit.wait)
         return self._open(batch)
+
+    def _stand_still(self, until_durable: Callable[[], None]) -> None:
+        """Run ``until_durable`` (a commit, or the wait for one), counting in ``wait_s``."""
+        t0 = time.perf_counter()
+        try:
+            until_durable()
+        finally:
+            self.wait_s += time.perf_counter() - t0
 
     def _open(self, batch: _Batch) -> int:
         for gate, decision in batch.taps:

@@ -488,7 +488,7 @@ def _cpu_figures(cpu_ns: np.ndarray, taps: int) -> dict[str, Any]:
             "controller": round(lane_ns / max(taps, 1) / 1000, 1),
             "committer": round(commit_ns / max(taps, 1) / 1000, 1),
         },
-        "commit_wait_s": round(wait_ns / 1e9, 2),
+        "commit_wait_s": round(wait_ns / 1e9, 4),
     }
 
 

@@ -73,7 +73,7 @@ def test_the_issuers_list_spares_the_issuer_checks_of_its_cards(small_run: SimRu
     # at least), their committer threads write the groups.
     cpu = engine["cpu_us_per_tap"]
     assert cpu["controller"] > cpu["committer"] > 0
-    assert engine["commit_wait_s"] >= 0
+    assert engine["commit_wait_s"] > 0  # the last group at least is committed and waited for
     assert "CPU per tap:" in small_run.stdout
     cfg = load_gate_config(next((small_run.out / "gates").glob("gate-*.toml")))
     (path,) = cfg.issued_lists
