@@ -89,13 +89,19 @@ CREATE TABLE IF NOT EXISTS passback_log (
 
 # Where the rows live. A commit appends its records and new credentials to the two
 # "recent" tables, which have no index: the group's rows fill the pages at their end,
-# one after the other. Once ``move_at`` records have gathered there, the commit that
-# crosses the mark also moves them, in the same transaction, to their lasting place:
-# each terminal's records table (the layout of a terminal's own journal, seq as key)
-# and the credentials table keyed by SHA-256. Written per tap, those would cost a page
-# per terminal of the group and a random index page per new credential; moved in bulk,
-# they fill whole pages. Readers look in both places (``farecore.journal.JournalReader``).
+# one after the other. Their lasting place is each terminal's records table (the layout
+# of a terminal's own journal, seq as key) and the credentials table keyed by SHA-256.
+# Written per tap, those would cost a page per terminal of the group and a random index
+# page per new credential; moved in bulk, they fill whole pages. Moving is
+# reorganisation, not durability: every row is durable once its group's commit is. So
+# the controller moves rows when it has nothing else to do: after ``move_when_idle_s``
+# without a group to commit, when it closes the file and when it opens one a crash left
+# unmoved, ``MOVE_AT`` records per transaction. A busy hour never waits for a move.
+# (``move_at``, off by default, makes the commit that crosses that many recent records
+# move them all, inside its own transaction.) Readers look in both places
+# (``farecore.journal.JournalReader``).
 MOVE_AT = 2048
+MOVE_WHEN_IDLE_S = 1.0
 _RECORDS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
     seq INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,
@@ -194,29 +200,44 @@ class StationJournal:
         # place -> card -> its last ride: a prune walks one place's rows, not the station's
         self._passback: dict[str, dict[int, PassbackRow]] = {}
         self._recent = 0  # records in the recent table (the committer's count)
-        self._move_at = MOVE_AT
+        self._move_at: int | None = None
+        self._idle_s: float | None = MOVE_WHEN_IDLE_S
+        # Held while a transaction is open: a group's commit, or a move.
+        self._lock = threading.Lock()
+        self.move_error: str | None = None  # why a move failed (the rows stay where they are)
         self._log_first = 1  # the log's rows in the file (staged ones counted) are
         self._log_next = 1  # ids _log_first .. _log_next - 1
         self._group = _Group()
         self._last: Commit | None = None  # the last group handed to the committer
         self._queue: queue.SimpleQueue[tuple[_Group, Commit] | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
-        # CPU time the committer thread spent writing and syncing groups: what group
-        # commit costs the controller's host besides deciding the taps. (``commit``
-        # writes on the caller's thread, and counts as the caller's.)
+        # CPU time the committer thread spent writing and syncing groups (and moving
+        # rows when idle): what group commit costs the controller's host besides
+        # deciding the taps. (``commit`` writes on the caller's thread, and counts as the
+        # caller's.)
         self.commit_cpu_s = 0.0
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], terminal_ids: Iterable[int], *, move_at: int = MOVE_AT
+        cls,
+        path: str | os.PathLike[str],
+        terminal_ids: Iterable[int],
+        *,
+        move_at: int | None = None,
+        move_when_idle_s: float | None = MOVE_WHEN_IDLE_S,
     ) -> StationJournal:
         """Open or create the station file; a reopen continues every terminal's chain.
 
-        ``move_at``: how many records gather in the recent table before a commit moves
-        them to their terminals' tables (that commit takes a few milliseconds longer).
+        Records a crash left in the recent table are moved to their terminals' tables
+        first. ``move_when_idle_s``: after that long without a group to commit, the
+        committer moves recent rows, ``MOVE_AT`` at a time (None: only at open and
+        close). ``move_at``: also move every recent record in the commit that brings
+        their number to this (that commit takes some milliseconds longer; None: never).
         """
-        if move_at < 1:
+        if move_at is not None and move_at < 1:
             raise ValueError("move_at must be at least 1")
+        if move_when_idle_s is not None and move_when_idle_s <= 0:
+            raise ValueError("move_when_idle_s must be positive")
         path = Path(path)
         try:
             db = sqlite3.connect(
@@ -226,6 +247,7 @@ class StationJournal:
             raise JournalError(f"{path}: cannot open the station journal: {exc}") from None
         journal = cls(path, db)
         journal._move_at = move_at
+        journal._idle_s = move_when_idle_s
         try:
             # Another kind of file is refused before anything is written to it.
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -264,6 +286,7 @@ class StationJournal:
                 journal._heads[tid] = (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
             journal._passback = replay_passback(db.execute(_SELECT_LOG))
             journal._recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
+            journal._move_all()  # what a crash left unmoved, before the first tap
             first, last = db.execute("SELECT MIN(id), MAX(id) FROM passback_log").fetchone()
             if last is not None:
                 journal._log_first, journal._log_next = first, last + 1
@@ -397,7 +420,21 @@ class StationJournal:
             raise JournalError(self._failed) from exc
 
     def _commit_loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            idle = self._idle_s if self._recent and self._failed is None else None
+            try:
+                item = self._queue.get(timeout=idle)
+            except queue.Empty:  # nothing to commit for a while: move some rows
+                cpu = time.thread_time()
+                try:
+                    self._move_some(MOVE_AT)
+                except sqlite3.Error as exc:  # the rows stay readable where they are
+                    self.move_error = f"{self.path}: rows left in the recent tables: {exc}"
+                    self._idle_s = None  # no second try until close
+                self.commit_cpu_s += time.thread_time() - cpu
+                continue
+            if item is None:
+                break
             group, done = item
             if self._failed is not None:
                 done._finish(JournalError(self._failed))
@@ -417,23 +454,47 @@ class StationJournal:
         if not group.records and not group.passback:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            _insert_rows(db, f"INSERT INTO {RECENT_CREDENTIALS} VALUES", 2, group.credentials)
-            _insert_rows(db, f"INSERT INTO {RECENT_RECORDS} VALUES", 6, group.records)
-            _insert_rows(db, "INSERT INTO passback_log VALUES", 6, group.passback)
-            if group.trim:
-                db.execute("DELETE FROM passback_log WHERE id < ?", (group.trim,))
-            recent = self._recent + len(group.records)
-            if recent >= self._move_at:
-                _move_recent(db)
-                recent = 0
-            db.execute("COMMIT")
-            self._recent = recent
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _insert_rows(db, f"INSERT INTO {RECENT_CREDENTIALS} VALUES", 2, group.credentials)
+                _insert_rows(db, f"INSERT INTO {RECENT_RECORDS} VALUES", 6, group.records)
+                _insert_rows(db, "INSERT INTO passback_log VALUES", 6, group.passback)
+                if group.trim:
+                    db.execute("DELETE FROM passback_log WHERE id < ?", (group.trim,))
+                recent = self._recent + len(group.records)
+                if self._move_at is not None and recent >= self._move_at:
+                    recent -= _move_recent(db, None)
+                db.execute("COMMIT")
+                self._recent = recent
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _move_some(self, limit: int | None) -> int:
+        """Move up to ``limit`` of the oldest recent records (None: all of them) and the
+        recent credentials, in one transaction; return how many records moved. Raises
+        sqlite3.Error (nothing moved then)."""
+        db = self._db
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                moved = _move_recent(db, limit)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            self._recent = max(0, self._recent - moved)
+            return moved
+
+    def _move_all(self) -> None:
+        """Move every recent row, ``MOVE_AT`` records per transaction (raises
+        sqlite3.Error: what moved before stays moved)."""
+        while self._recent:
+            if not self._move_some(MOVE_AT):
+                self._recent = 0  # the count was high: nothing is left to move
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -442,14 +503,22 @@ class StationJournal:
             raise JournalError(f"{self._failed}; reopen the station journal to go on")
 
     def close(self) -> None:
-        """Wait for the commit in flight, then close. A group still staged is dropped:
-        its gates never opened."""
+        """Wait for the commit in flight, move the recent rows to their lasting tables,
+        then close. A group still staged is dropped: its gates never opened.
+
+        A move that fails leaves its rows where they are (readers find them there, and
+        the next open moves them); ``move_error`` says why."""
         if self._closed:
             return
         self._closed = True
         if self._committer is not None:
             self._queue.put(None)
             self._committer.join()
+        if self._failed is None:
+            try:
+                self._move_all()
+            except sqlite3.Error as exc:
+                self.move_error = f"{self.path}: rows left in the recent tables: {exc}"
         self._db.close()
 
     def __enter__(self) -> StationJournal:
@@ -628,26 +697,51 @@ def _execute_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-def _move_recent(db: sqlite3.Connection) -> None:
-    """Move the recent rows to their lasting tables (in the caller's transaction).
+def _move_recent(db: sqlite3.Connection, limit: int | None) -> int:
+    """Move the oldest ``limit`` recent records (None: all) and as many of the oldest
+    recent credentials to their lasting tables, in the caller's transaction; return how
+    many records moved.
 
-    Each move is one statement per terminal, run inside SQLite (which lets the controller's
-    thread go on deciding taps); the recent table is small enough to stay in the page
-    cache for those scans.
+    One statement per terminal, run inside SQLite (which lets the controller's thread go
+    on deciding taps); the rows moved are one range of rowids at the table's head, small
+    enough to stay in the page cache for those scans.
     """
-    terminals = [r[0] for r in db.execute(f"SELECT DISTINCT terminal_id FROM {RECENT_RECORDS}")]
-    for tid in terminals:
-        db.execute(
+    moved = 0
+    for table, move in ((RECENT_RECORDS, _move_records), (RECENT_CREDENTIALS, _move_credentials)):
+        lo, hi = db.execute(f"SELECT MIN(rowid), MAX(rowid) FROM {table}").fetchone()
+        if lo is None:
+            continue
+        last = hi if limit is None else min(hi, lo + limit - 1)
+        count = move(db, last)
+        if last == hi:
+            db.execute(f"DELETE FROM {table}")  # the whole table: SQLite truncates it
+        else:
+            db.execute(f"DELETE FROM {table} WHERE rowid <= ?", (last,))
+        if table == RECENT_RECORDS:
+            moved = count
+    return moved
+
+
+def _move_records(db: sqlite3.Connection, last: int) -> int:
+    terminals = db.execute(
+        f"SELECT DISTINCT terminal_id FROM {RECENT_RECORDS} WHERE rowid <= ?", (last,)
+    ).fetchall()
+    count = 0
+    for (tid,) in terminals:
+        count += db.execute(
             f"INSERT INTO {station_records_table(tid)} SELECT seq, time_ms, card_id, body, hash "
-            f"FROM {RECENT_RECORDS} WHERE terminal_id = ?",
-            (tid,),
-        )
-    db.execute(f"DELETE FROM {RECENT_RECORDS}")
-    db.execute(
+            f"FROM {RECENT_RECORDS} WHERE rowid <= ? AND terminal_id = ? ORDER BY rowid",
+            (last, tid),
+        ).rowcount
+    return count
+
+
+def _move_credentials(db: sqlite3.Connection, last: int) -> int:
+    return db.execute(
         f"INSERT OR IGNORE INTO credentials SELECT sha256, data FROM {RECENT_CREDENTIALS} "
-        "ORDER BY sha256"
-    )
-    db.execute(f"DELETE FROM {RECENT_CREDENTIALS}")
+        "WHERE rowid <= ? ORDER BY sha256",
+        (last,),
+    ).rowcount
 
 
 def _upgrade_from_1(db: sqlite3.Connection, terminal_ids: list[int]) -> None:

@@ -358,6 +358,13 @@ def _lane(
                 sum(v.issuer_vouched for v in validators),
             )
             progress[slot] += len(taps) % 64
+            # After the day: the station file's rows move from the recent tables to their
+            # terminals' tables as the controller closes it (``farecore.station``).
+            t_close = perf()
+            station.close()
+            out["close_ns"][0] = perf() - t_close
+            if station.move_error is not None:
+                raise SimError(f"lane {lane_id}: {station.move_error}")
         finally:
             for link in links:
                 link.close()
@@ -395,6 +402,7 @@ def _worker(
             "groups": np.zeros(4, dtype=np.int64),
             # ns: the lane thread's CPU, the committer thread's CPU, waiting for commits
             "cpu_ns": np.zeros(3, dtype=np.int64),
+            "close_ns": np.zeros(1, dtype=np.int64),  # closing the station journal
         }
         for t in lanes
     ]
@@ -435,6 +443,7 @@ def _worker(
         spans=np.array([r["span_ns"] for r in results if r["got"].size]).reshape(-1, 2),
         groups=np.sum([r["groups"] for r in results], axis=0),
         cpu_ns=np.sum([r["cpu_ns"] for r in results], axis=0),
+        close_ns=np.max([r["close_ns"] for r in results], axis=0),
         ceiling_us=ceiling_us,
     )
 
@@ -581,6 +590,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     gate_us = np.zeros(n)
     spans, groups, ceiling = [], np.zeros(4, dtype=np.int64), []
     cpu_ns = np.zeros(3, dtype=np.int64)
+    close_ns = 0
     for k in range(workers):
         with np.load(work / f"worker-{k}.npz") as z:
             got[z["taps"]] = z["got"]
@@ -589,6 +599,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             spans.append(z["spans"])
             groups += z["groups"]
             cpu_ns += z["cpu_ns"]
+            close_ns = max(close_ns, int(z["close_ns"][0]))
             ceiling.append(z["ceiling_us"].tolist())
     # The tap phase: from the first lane's first tap to the last lane's last durable
     # commit (monotonic clock, shared by the processes). Worker start-up (fork, opening
@@ -649,6 +660,9 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
             "issuer_checks_per_tap": round(float(groups[2]) / max(n, 1), 3),
             "issuer_listed_per_tap": round(float(groups[3]) / max(n, 1), 3),
             **_cpu_figures(cpu_ns, n),
+            # The slowest lane's close of its station journal after the day (the move of
+            # its rows to their terminals' tables), outside the tap phase's time.
+            "journal_close_s": round(close_ns / 1e9, 3),
             "transport": transport_figures(opts.reader, via, latency, got, wl.expected),
             **_ceiling_figures(ceiling if opts.ceiling_ops else [], n / wall if wall else 0.0),
         },

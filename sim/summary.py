@@ -119,7 +119,8 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
         w(
             f"  CPU per tap: {cpu['controller']:.0f} us deciding (the controllers' threads, "
             f"the simulated cards' signatures included), {cpu['committer']:.0f} us committing; "
-            f"{e['commit_wait_s']:.2f} s waiting for commits\n"
+            f"{e['commit_wait_s']:.2f} s waiting for commits; "
+            f"journals closed in {e.get('journal_close_s', 0.0):.2f} s after the day\n"
         )
     c = e.get("ceiling")
     if c:

@@ -1,6 +1,10 @@
 """A station controller for the crash test: three gates, one station journal, group commit.
 
-Usage: python station_gate_driver.py STATION_JOURNAL MAX_GROUP
+Usage: python station_gate_driver.py STATION_JOURNAL MAX_GROUP [MOVES]
+
+MOVES: ``commit`` (the default) moves records out of the recent table in every commit
+that gathers 16, so kills land before, in and after moves; ``idle`` leaves them to the
+controller's idle moves (after 5 ms without a group) and to the next open.
 
 Prints ``READY <records so far>`` once open, then ``OPEN <terminal> <time_ms> <card>``
 for each accepted ride, from the gate's actuator, which the controller signals only
@@ -35,9 +39,12 @@ class PrintOpen:
 
 def main() -> None:
     path, max_group = sys.argv[1], int(sys.argv[2])
+    moves = sys.argv[3] if len(sys.argv) > 3 else "commit"
     issuer = Issuer.from_seed("journal-tests")
-    # Records move out of the recent table every 16: kills land before, in and after moves.
-    station = StationJournal.open(path, STATION_TERMINALS, move_at=16)
+    if moves == "commit":
+        station = StationJournal.open(path, STATION_TERMINALS, move_at=16)
+    else:
+        station = StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=0.005)
     store = PassbackStore.in_station(station, PassbackRule(window_s=60), CTX.place)
     clock = {"now": 0}
     gates = []

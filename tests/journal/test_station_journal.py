@@ -38,7 +38,6 @@ from farecore.keys import SigningKey, save_signing_key
 from farecore.passback import PassbackRule, PassbackStore
 from farecore.records import Direction, credential_hash, encode_record, encode_tap
 from farecore.station import (
-    MOVE_AT,
     STATION_FORMAT,
     StationController,
     StationJournal,
@@ -81,19 +80,32 @@ def _key(tid: int) -> SigningKey:
     return SigningKey("terminal", tid, derive_key("station-tests", f"terminal-{tid}"))
 
 
-@pytest.mark.parametrize("move_at", [7, MOVE_AT])
+@pytest.mark.parametrize("move_at", [7, None])
 def test_batches_are_the_bytes_a_terminal_journal_gives(
-    tmp_path: Path, tap: Tapper, move_at: int
+    tmp_path: Path, tap: Tapper, move_at: int | None
 ) -> None:
     # The same decisions, journaled per terminal and through one station file in groups
     # of every size, export to byte-identical signed batches: with the records all still
-    # in the recent table, or most of them moved to their terminals' tables.
+    # in the recent table (read while the controller has the file open), some of them
+    # moved by commits, and all of them moved when the controller closed the file.
     decisions = [
         (t, tap(t, i % 9 + 1, BASE_MS + i * 45_000))
         for i, t in enumerate(random.Random(5).choices(STATION_TERMINALS, k=60))
     ]
     singles = {t: Journal.open(tmp_path / f"t{t}.sqlite", t) for t in STATION_TERMINALS}
     path = tmp_path / "station.sqlite"
+
+    def recent() -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0])
+
+    def same_batches() -> None:
+        for t in STATION_TERMINALS:
+            mine = export_batch(path, DAY, _key(t), terminal_id=t)
+            alone = export_batch(tmp_path / f"t{t}.sqlite", DAY, _key(t))
+            assert mine == alone
+            assert verify_batch(mine, _key(t).public()).terminal_id == t
+
     with StationJournal.open(path, STATION_TERMINALS, move_at=move_at) as station:
         group = 0
         for n, (t, d) in enumerate(decisions):
@@ -104,16 +116,12 @@ def test_batches_are_the_bytes_a_terminal_journal_gives(
                 station.commit()
                 group = 0
         station.commit()
-    for j in singles.values():
-        j.close()
-    with sqlite3.connect(path) as db:
-        recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
-    assert (recent == 60) if move_at == MOVE_AT else (recent < move_at)  # after a commit
-    for t in STATION_TERMINALS:
-        mine = export_batch(path, DAY, _key(t), terminal_id=t)
-        alone = export_batch(tmp_path / f"t{t}.sqlite", DAY, _key(t))
-        assert mine == alone
-        assert verify_batch(mine, _key(t).public()).terminal_id == t
+        for j in singles.values():
+            j.close()
+        assert (recent() == 60) if move_at is None else (recent() < move_at)
+        same_batches()
+    assert recent() == 0
+    same_batches()
 
 
 _V1_SCHEMA = """
@@ -644,7 +652,13 @@ def test_station_state_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def _run_and_kill(path: Path, rng: random.Random) -> tuple[int, list[tuple[int, int, int]]]:
     proc = subprocess.Popen(
-        [sys.executable, str(DRIVER), str(path), str(rng.choice([2, 3, 8]))],
+        [
+            sys.executable,
+            str(DRIVER),
+            str(path),
+            str(rng.choice([2, 3, 8])),
+            rng.choice(["commit", "idle"]),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -703,6 +717,55 @@ def test_sigkill_loses_no_opened_ride_and_no_lockout(tmp_path: Path) -> None:
     for _, time_ms, card in opened:
         assert stored.get(card, -1) >= time_ms
     assert len(opened) >= 8
+    # The last kill left rows in the recent tables; the next open moves them all.
+    with sqlite3.connect(path) as db:
+        left = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
+    with StationJournal.open(path, STATION_TERMINALS), sqlite3.connect(path) as db:
+        assert db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM recent_credentials").fetchone()[0] == 0
+    assert left > 0
+    for t in STATION_TERMINALS:
+        with JournalReader(path, t) as r:
+            for rec in r.records():
+                if rec.accepted:
+                    assert rides.pop((t, rec.time_ms)) == rec.card_id
+    assert not rides  # the same rides, every one in its terminal's table now
+
+
+def test_an_idle_controller_moves_the_recent_rows(tmp_path: Path, tap: Tapper) -> None:
+    # Rows stay in the recent tables while groups keep coming; once the committer has had
+    # nothing to do for move_when_idle_s, it moves them, MOVE_AT records a transaction,
+    # and its CPU for that counts as committing. Commits go on as before afterwards.
+    path = tmp_path / "station.sqlite"
+
+    def recent() -> tuple[int, int]:
+        with sqlite3.connect(path) as db:
+            return (
+                db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM recent_credentials").fetchone()[0],
+            )
+
+    with StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=0.2) as s:
+        for i in range(12):
+            t = STATION_TERMINALS[i % 3]
+            s.stage(t, tap(t, i % 5 + 1, BASE_MS + i * 1000), CTX)
+            if i % 4 == 3:
+                s.begin_commit().wait()
+        assert recent() == (12, 5)
+        cpu = s.commit_cpu_s
+        deadline = time.monotonic() + 10
+        while recent() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recent() == (0, 0) and s.move_error is None
+        assert s.commit_cpu_s > cpu
+        s.stage(T1, tap(T1, 9, BASE_MS + 20_000), CTX)
+        s.begin_commit().wait()
+        assert recent() == (1, 1)
+        assert [s.head(t)[0] for t in STATION_TERMINALS] == [5, 4, 4]
+    assert recent() == (0, 0)
+    for t, n in zip(STATION_TERMINALS, [5, 4, 4], strict=True):
+        with JournalReader(path, t) as r:
+            assert r.verify_chain() == n
 
 
 _texts = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
@@ -741,3 +804,31 @@ def test_the_fast_record_encoder_gives_the_record_bytes(
     (record,), rows, _, _, _ = draft_records(tid, seq - 1, GENESIS_HASH, [(decision, ctx)], {})
     cred = credential_hash(decision.credential) if decision.credential is not None else None
     assert encode_tap(tid, seq, decision, ctx, cred) == rows[0][3] == encode_record(record)
+
+
+def test_a_move_the_disk_refuses_leaves_the_rows_where_they_are(
+    tmp_path: Path, tap: Tapper
+) -> None:
+    # A close whose move fails loses nothing: the rows stay in the recent tables, where
+    # readers find them, ``move_error`` says why, and the next open moves them.
+    path = tmp_path / "station.sqlite"
+    s = StationJournal.open(path, STATION_TERMINALS)
+    for i in range(6):
+        t = STATION_TERMINALS[i % 3]
+        s.stage(t, tap(t, i + 1, BASE_MS + i * 1000), CTX)
+    s.commit()
+    batches = {t: export_batch(path, DAY, _key(t), terminal_id=t) for t in STATION_TERMINALS}
+    _refuse_writes(s, f"records_{T2}")
+    s.close()
+    assert s.move_error is not None and "rows left in the recent tables" in s.move_error
+    with sqlite3.connect(path) as db:
+        assert db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0] == 6
+    for t in STATION_TERMINALS:
+        assert export_batch(path, DAY, _key(t), terminal_id=t) == batches[t]
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        assert [s.head(t)[0] for t in STATION_TERMINALS] == [2, 2, 2]
+    with sqlite3.connect(path) as db:
+        assert db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0] == 0
+        assert db.execute(f"SELECT COUNT(*) FROM records_{T2}").fetchone()[0] == 2
+    for t in STATION_TERMINALS:
+        assert export_batch(path, DAY, _key(t), terminal_id=t) == batches[t]

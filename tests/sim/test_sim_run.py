@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,16 @@ def test_the_issuers_list_spares_the_issuer_checks_of_its_cards(small_run: SimRu
     cpu = engine["cpu_us_per_tap"]
     assert cpu["controller"] > cpu["committer"] > 0
     assert engine["commit_wait_s"] > 0  # the last group at least is committed and waited for
+    # The rows wait in the recent tables through the day; closing each station file
+    # after the day moves them all to their terminals' tables.
+    assert engine["journal_close_s"] > 0
+    stations = sorted((small_run.out / "work" / "journals").glob("station-*.sqlite"))
+    assert stations
+    for path in stations:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT COUNT(*) FROM recent_records").fetchone() == (0,)
+            moved = db.execute("SELECT COUNT(*) FROM credentials").fetchone()[0]
+            assert moved > 0
     assert "CPU per tap:" in small_run.stdout
     cfg = load_gate_config(next((small_run.out / "gates").glob("gate-*.toml")))
     (path,) = cfg.issued_lists
