@@ -100,6 +100,9 @@ def main() -> None:
         "cpu_us_per_tap_per_round": [d["engine"]["cpu_us_per_tap"] for d in days],
         "crypto_us_per_tap_per_round": [_crypto_us(d) for d in days],
         "commit_wait_s_per_round": [d["engine"]["commit_wait_s"] for d in days],
+        # After each day, outside its tap phase: closing the station journals, which
+        # moves the day's rows to their terminals' tables (the slowest lane).
+        "journal_close_s_per_round": [d["engine"]["journal_close_s"] for d in days],
         "median_round": {
             "taps_per_second": rate,
             "ceiling_taps_per_second": ceiling,
