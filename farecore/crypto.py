@@ -187,7 +187,7 @@ class PrivateKey:
     signature; that is what makes the golden vectors byte-exact.
     """
 
-    __slots__ = ("_key", "algorithm", "secret")
+    __slots__ = ("_ed25519", "_key", "algorithm", "secret")
 
     def __init__(self, algorithm: Algorithm, secret: bytes) -> None:
         if len(secret) != 32:
@@ -195,8 +195,12 @@ class PrivateKey:
         self.algorithm = Algorithm(algorithm)
         self.secret = bytes(secret)
         self._key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+        # The Ed25519 key again, typed as such: ``sign`` tells the two kinds apart by
+        # this attribute, not by an isinstance check against cryptography's abstract key
+        # classes on every signature.
+        self._ed25519: ed25519.Ed25519PrivateKey | None = None
         if self.algorithm == Algorithm.ED25519:
-            self._key = ed25519.Ed25519PrivateKey.from_private_bytes(self.secret)
+            self._key = self._ed25519 = ed25519.Ed25519PrivateKey.from_private_bytes(self.secret)
         else:
             scalar = int.from_bytes(self.secret, "big")
             if not 0 < scalar < _P256_ORDER:
@@ -226,9 +230,11 @@ class PrivateKey:
 
     def sign(self, message: bytes) -> bytes:
         """Return a 64-byte signature over ``message``."""
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return self._key.sign(message)
-        der = self._key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        if self._ed25519 is not None:
+            return self._ed25519.sign(message)
+        key = self._key
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        der = key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
         r, s = decode_dss_signature(der)
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 

@@ -179,6 +179,7 @@ def encode_record(r: JournalRecord) -> bytes:
 
 
 _CONTEXT_TEXT: dict[TapContext, bytes] = {}
+_PLAIN_TAIL: dict[object, bytes] = {}  # reason (None: accepted) -> its texts, no flags or detail
 
 
 def encode_tap(
@@ -223,9 +224,18 @@ def encode_tap(
         ),
         place,
     ]
-    flags = decision.flags
-    for text in (decision.label, ",".join(sorted(flags)) if flags else "", decision.detail[:1000]):
-        _put_str(parts, text)
+    flags, detail = decision.flags, decision.detail
+    if flags or detail:
+        for text in (decision.label, ",".join(sorted(flags)) if flags else "", detail[:1000]):
+            _put_str(parts, text)
+    else:  # most taps: the decision's word, then two empty texts
+        tail = _PLAIN_TAIL.get(decision.reason)
+        if tail is None:
+            texts: list[bytes] = []
+            for text in (decision.label, "", ""):
+                _put_str(texts, text)
+            tail = _PLAIN_TAIL.setdefault(decision.reason, b"".join(texts))
+        parts.append(tail)
     return b"".join(parts)
 
 

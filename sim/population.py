@@ -202,6 +202,14 @@ class CardFactory:
         card_id = int(self._pop.card_ids[index])
         return VirtualCard(credential, key, counter=counter, faults=faults, card_id=card_id)
 
+    @staticmethod
+    def retap(card: VirtualCard, counter: int, pulled: bool = False) -> None:
+        """Ready a card ``card`` made for its next tap: the counter the workload expects
+        it to hold, and whether it is pulled this time. (A rider taps the same card
+        all day; a driver that keeps the card between taps saves making it again.)"""
+        card.counter = counter
+        card.faults = _PULLED if pulled else _NO_FAULTS
+
 
 # Shared by the factory's cards, which never change their faults.
 _NO_FAULTS = CardFaults()

@@ -46,6 +46,7 @@ from farecore.settlement import find_batches, load_inputs, run_settlement
 from farecore.station import StationController, StationJournal
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
+from sim.card import VirtualCard
 from sim.ceiling import crypto_us_per_tap
 from sim.deploy import DIRECTIONS, ISSUED_LIST, write_city
 from sim.issuer import QINGDAO, Issuer, derive_key
@@ -222,6 +223,7 @@ def _lane(
     # The population's cards exist before the day: the parent made every key and
     # credential before the workers forked (a real gate never pays for issuing a card).
     factory = world.cards
+    riders: dict[int, VirtualCard] = {}  # the lane's cards, kept from one tap to the next
     met = np.unique(wl.card[taps])
     # The issuer's signed list of what it issued: listed credentials need no issuer
     # signature check, even on a card's first tap at this controller.
@@ -326,7 +328,11 @@ def _lane(
                         raise SimError(f"lane {lane_id}: generation 2 was not taken into force")
                     published = True
                 tin.nonce = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()[:16]
-                card = factory.card(card_index, counter, pulled)
+                card = riders.get(card_index)
+                if card is None:
+                    card = riders[card_index] = factory.card(card_index, counter, pulled)
+                else:
+                    factory.retap(card, counter, pulled)
                 t0 = perf()
                 if transport is not None and i in transport.taps:
                     controller.flush()
