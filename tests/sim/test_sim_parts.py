@@ -10,8 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farecore.decision import Reason
+from farecore.tap import run_tap
+from farecore.validator import TerminalPolicy, Validator
+from readers.virtual import VirtualReader
+from sim.issuer import QINGDAO, Issuer
 from sim.network import METRO_BANDS, Network, band_fare
-from sim.population import CARD_KINDS, FraudMix, Population
+from sim.population import CARD_KINDS, CardFactory, FraudMix, Population
 from sim.run import SIM_DAY
 from sim.workload import ACCEPT_CODE, FAULT_PASSBACK, FAULT_PULLED, DayClock, Workload, reimburse
 
@@ -156,3 +160,26 @@ def test_reimburse_pairs_exits_with_the_latest_entry() -> None:
     assert owed[bus.operator][bus.line] == NET.bus_line(bus.line).fare_fen
     none = reimburse(time_ms, card, gate, np.zeros(len(taps), bool), gates, NET)
     assert none == {}
+
+
+def test_a_card_kept_between_taps_taps_as_a_new_one_would() -> None:
+    # The simulator keeps a rider's card from one tap to the next (CardFactory.retap):
+    # a pulled tap must not leave the card pulled, and the counter is the workload's.
+    pop = Population.generate(3, 200, FraudMix())
+    issuer = Issuer.from_seed("sim-parts")
+    factory = CardFactory(3, pop, issuer, issuer.key, 1_772_400_000)
+    index = int(pop.indices_of("normal")[0])
+    validator = Validator(TerminalPolicy(1, frozenset({QINGDAO})), issuer.keyring())
+    reader = VirtualReader()
+    kept = factory.card(index, 10, pulled=True)
+    for counter, pulled in ((10, True), (11, False), (12, True), (13, False)):
+        factory.retap(kept, counter, pulled)
+        fresh = factory.card(index, counter, pulled)
+        got = []
+        for card in (kept, fresh):
+            decision = run_tap(reader.tap(card), validator, 1_772_450_000_000, bytes(16))
+            reader.remove()
+            got.append((decision.reason, decision.counter, decision.card_signature))
+        assert got[0] == got[1]
+        assert (got[0][0] is Reason.UNREADABLE) == pulled
+        assert pulled or got[0][1] == counter + 1
