@@ -745,12 +745,14 @@ def test_an_idle_controller_moves_the_recent_rows(tmp_path: Path, tap: Tapper) -
                 db.execute("SELECT COUNT(*) FROM recent_credentials").fetchone()[0],
             )
 
-    with StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=0.2) as s:
-        for i in range(12):
-            t = STATION_TERMINALS[i % 3]
-            s.stage(t, tap(t, i % 5 + 1, BASE_MS + i * 1000), CTX)
+    # Decided first, so the three groups follow each other within microseconds.
+    taps = [(t, tap(t, i % 5 + 1, BASE_MS + i * 1000)) for i, t in enumerate(STATION_TERMINALS * 4)]
+    with StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=0.5) as s:
+        for i, (t, decision) in enumerate(taps):
+            s.stage(t, decision, CTX)
             if i % 4 == 3:
-                s.begin_commit().wait()
+                last = s.begin_commit()
+        last.wait()
         assert recent() == (12, 5)
         cpu = s.commit_cpu_s
         deadline = time.monotonic() + 10
