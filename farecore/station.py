@@ -95,8 +95,9 @@ CREATE TABLE IF NOT EXISTS passback_log (
 # page per new credential; moved in bulk, they fill whole pages. Moving is
 # reorganisation, not durability: every row is durable once its group's commit is. So
 # the controller moves rows when it has nothing else to do: after ``move_when_idle_s``
-# without a group to commit, when it closes the file and when it opens one a crash left
-# unmoved, ``MOVE_AT`` records per transaction. A busy hour never waits for a move.
+# without a group to commit (``MOVE_AT`` records per transaction, so a group that comes
+# meanwhile waits for one short transaction at most), when it closes the file and when it
+# opens one a crash left unmoved. A busy hour never waits for a move.
 # (``move_at``, off by default, makes the commit that crosses that many recent records
 # move them all, inside its own transaction.) Readers look in both places
 # (``farecore.journal.JournalReader``).
@@ -233,7 +234,8 @@ class StationJournal:
         """Open or create the station file; a reopen continues every terminal's chain.
 
         Records a crash left in the recent table are moved to their terminals' tables
-        first. ``move_when_idle_s``: after that long without a group to commit, the
+        first (if that fails, ``move_error`` says why and they stay readable where they
+        are). ``move_when_idle_s``: after that long without a group to commit, the
         committer moves recent rows, ``MOVE_AT`` at a time (None: only at open and
         close). ``move_at``: also move every recent record in the commit that brings
         their number to this (that commit takes some milliseconds longer; None: never).
@@ -290,7 +292,10 @@ class StationJournal:
                 journal._heads[tid] = (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
             journal._passback = replay_passback(db.execute(_SELECT_LOG))
             journal._recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
-            journal._move_all()  # what a crash left unmoved, before the first tap
+            try:
+                journal._move_all()  # what a crash left unmoved, before the first tap
+            except sqlite3.Error as exc:  # the gates can still work: the rows stay readable
+                journal.move_error = f"{path}: rows left in the recent tables: {exc}"
             first, last = db.execute("SELECT MIN(id), MAX(id) FROM passback_log").fetchone()
             if last is not None:
                 journal._log_first, journal._log_next = first, last + 1
