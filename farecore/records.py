@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from farecore.errors import MalformedFile
 
 if TYPE_CHECKING:
-    from farecore.decision import Decision
+    from farecore.decision import Decision, Reason
 
 __all__ = [
     "GENESIS_HASH",
@@ -179,7 +179,8 @@ def encode_record(r: JournalRecord) -> bytes:
 
 
 _CONTEXT_TEXT: dict[TapContext, bytes] = {}
-_PLAIN_TAIL: dict[object, bytes] = {}  # reason (None: accepted) -> its texts, no flags or detail
+# A decision's closing texts when it has no flags and no detail, by reason (None: accepted).
+_PLAIN_TAIL: dict[Reason | None, bytes] = {}
 
 
 def encode_tap(

@@ -32,7 +32,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -207,8 +208,7 @@ class StationJournal:
         self._recent = 0  # records in the recent table (the committer's count)
         self._move_at: int | None = None
         self._idle_s: float | None = MOVE_WHEN_IDLE_S
-        # Held while a transaction is open: a group's commit, or a move.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by ``_transaction``
         self.move_error: str | None = None  # why a move failed (the rows stay where they are)
         self._log_first = 1  # the log's rows in the file (staged ones counted) are
         self._log_next = 1  # ids _log_first .. _log_next - 1
@@ -462,41 +462,40 @@ class StationJournal:
     def _write(self, group: _Group) -> None:
         if not group.records and not group.passback:
             return
-        db = self._db
-        with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                _insert_rows(db, f"INSERT INTO {RECENT_CREDENTIALS} VALUES", 2, group.credentials)
-                _insert_rows(db, f"INSERT INTO {RECENT_RECORDS} VALUES", 6, group.records)
-                _insert_rows(db, "INSERT INTO passback_log VALUES", 6, group.passback)
-                if group.trim:
-                    db.execute("DELETE FROM passback_log WHERE id < ?", (group.trim,))
-                recent = self._recent + len(group.records)
-                if self._move_at is not None and recent >= self._move_at:
-                    recent -= _move_recent(db, None)
-                db.execute("COMMIT")
-                self._recent = recent
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            _insert_rows(db, f"INSERT INTO {RECENT_CREDENTIALS} VALUES", 2, group.credentials)
+            _insert_rows(db, f"INSERT INTO {RECENT_RECORDS} VALUES", 6, group.records)
+            _insert_rows(db, "INSERT INTO passback_log VALUES", 6, group.passback)
+            if group.trim:
+                db.execute("DELETE FROM passback_log WHERE id < ?", (group.trim,))
+            recent = self._recent + len(group.records)
+            if self._move_at is not None and recent >= self._move_at:
+                recent -= _move_recent(db, None)
+        self._recent = recent
 
     def _move_some(self, limit: int | None) -> int:
         """Move up to ``limit`` of the oldest recent records (None: all of them) and the
         recent credentials, in one transaction; return how many records moved. Raises
         sqlite3.Error (nothing moved then)."""
+        with self._transaction() as db:
+            moved = _move_recent(db, limit)
+        self._recent = max(0, self._recent - moved)
+        return moved
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (a group's commit, or a move), committed on leaving
+        and rolled back on any error; the lock keeps a move and a commit apart."""
         db = self._db
         with self._lock:
             db.execute("BEGIN IMMEDIATE")
             try:
-                moved = _move_recent(db, limit)
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            self._recent = max(0, self._recent - moved)
-            return moved
 
     def _move_all(self) -> None:
         """Move every recent row, ``_MOVE_ALL_AT`` records per transaction (raises

@@ -201,8 +201,7 @@ def show_progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t
     tty = stream.isatty()
     last_line = 0.0
     first_tap: float | None = None  # when taps were first seen: the rate counts from there
-    last_tap: float | None = None  # when every tap was seen done
-    rate = 0.0
+    final_rate: float | None = None  # taps/s when every tap was seen done
     while any(p.is_alive() for p in procs):
         # Wake at the display interval, or at once when a worker ends: the tap phase's
         # wall clock (and so taps/s) must not include a polling sleep.
@@ -217,11 +216,10 @@ def show_progress(progress: Any, total: int, procs: list[Any], stream: TextIO, t
         elif done >= total:
             # Every lane is past its last tap: the workers close their station journals
             # (moving the day's rows to their terminals' tables) and end.
-            if last_tap is None:
-                last_tap = now
-                rate = done / (now - first_tap) if now > first_tap else 0.0
+            if final_rate is None:
+                final_rate = done / (now - first_tap) if now > first_tap else 0.0
             text = (
-                f"taps {done:>9,}/{total:,} (100.0 %)  {rate:8,.0f} taps/s; closing the "
+                f"taps {done:>9,}/{total:,} (100.0 %)  {final_rate:8,.0f} taps/s; closing the "
                 f"station journals  {elapsed:6.1f} s"
             )
         else:
