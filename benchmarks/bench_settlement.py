@@ -1,6 +1,8 @@
-"""Settlement throughput against the raw verify bound, and durable-append latency.
+"""Settlement throughput against the raw verify bound, the ledger's cost, and durable appends.
 
 Full run: 1 M signed rides across 200 terminals; ``--quick``: 50 k rides across 20.
+Every night settles against a real ledger file (SQLite, WAL, synchronous FULL), as
+``farecore settle --ledger`` does.
 Rides are generated deterministically (a few thousand card keys, each ride a real card
 signature) and cached as batch files under benchmarks/results/cache/, since signing a
 million rides takes a while. Baselines measured in the same run:
@@ -8,7 +10,11 @@ million rides takes a while. Baselines measured in the same run:
 - raw single-signature verify throughput: ``cryptography`` Ed25519 ``verify`` of 64-byte
   signatures in a tight loop, measured before and after the settlement runs;
 - raw durable append: write + fsync of a same-size record to a plain file, interleaved
-  one for one with ``Journal.append``.
+  one for one with ``Journal.append``;
+- the ledger's share of a night: the seconds spent inside the ledger's calls (reading
+  heads, probing the night's card counters, appending the night) over the whole night;
+- a year's ledger: the same night against a ledger already holding 30 M paid (card,
+  counter) pairs (3 M with ``--quick``), against the night on an empty ledger.
 
 Engines are rows in ``ENGINES``; another engine (e.g. Dask) is one more row.
 
@@ -23,6 +29,7 @@ import hashlib
 import os
 import random
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -49,7 +56,7 @@ from farecore.journal import (
 )
 from farecore.keys import SigningKey
 from farecore.proof import auth_message, make_challenge
-from farecore.settlement import format_terminals, run_settlement
+from farecore.settlement import Ledger, format_terminals, run_settlement
 from farecore.settlement.pipeline import MapUnits, load_inputs, map_with_processes
 from farecore.settlement.terminals import TerminalInfo
 from sim.issuer import Issuer, derive_key
@@ -58,8 +65,14 @@ DAY = dt.date(2026, 3, 2)
 SEED = "bench-settlement"
 FARES = """
 [unpaired]
-entry = "max"
+entry = "min"
 exit = "min"
+[[operator]]
+id = "bus"
+regions = [370200]
+[[operator]]
+id = "metro"
+regions = [370200]
 [[bus]]
 operator = "bus"
 line = "L"
@@ -172,20 +185,74 @@ def raw_verify_per_s(n: int) -> float:
     return n / ((clock() - t0) / 1e9)
 
 
+class TimedLedger(Ledger):
+    """A ledger that counts the seconds spent in its calls (the night's ledger share)."""
+
+    spent_ns = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or name in ("spent_ns", "where") or not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                TimedLedger.spent_ns += clock() - t0
+
+        return timed
+
+
 def settle_once(
-    cache: Path, out: Path, mapper: MapUnits | None, jobs: int
-) -> tuple[float, int, float]:
-    """(wall seconds, rides verified, CPU seconds of this process and its workers)."""
+    cache: Path, out: Path, mapper: MapUnits | None, jobs: int, ledger: Path | None = None
+) -> tuple[float, int, float, float]:
+    """(wall seconds, rides verified, CPU seconds of this process and its workers,
+    seconds inside the ledger). A fresh ledger unless ``ledger`` names one."""
     inputs = load_inputs(DAY, cache / "terminals.csv", cache / "keyring.json", cache / "fares.toml")
     paths = sorted(str(p) for p in (cache / "batches").glob("*.fcb"))
+    book = TimedLedger.open(ledger or out.with_suffix(".ledger.sqlite"))
+    TimedLedger.spent_ns = 0
     cpu0 = os.times()
     t0 = clock()
-    result = run_settlement(inputs, paths, out, jobs=jobs, map_units=mapper)
+    try:
+        result = run_settlement(inputs, paths, out, jobs=jobs, map_units=mapper, ledger=book)
+    finally:
+        book.close()
     seconds = (clock() - t0) / 1e9
     cpu1 = os.times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     cpu += (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    return seconds, result.stats["rides_verified"], cpu
+    return seconds, result.stats["rides_verified"], cpu, TimedLedger.spent_ns / 1e9
+
+
+def year_ledger(path: Path, pairs: int) -> float:
+    """A ledger holding ``pairs`` paid (card, counter) pairs from 364 earlier nights:
+    300,000 cards, their counters interleaved with tonight's cards in key order. Written
+    inside SQLite (a recursive query), so making it costs no Python per row."""
+    t0 = time.monotonic()
+    Ledger.open(path).close()
+    db = sqlite3.connect(path)
+    cards = 300_000
+    per_card = max(pairs // cards, 1)
+    start, _ = day_bounds_ms(DAY - dt.timedelta(days=364), 480)
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute(
+        "INSERT INTO taken (card_id, counter, terminal_id, seq, time_ms, night) "
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+        "SELECT 1 + i / ?, 100000 + i % ?, 1000 + i % 200, 1 + i / 200, ? + i * 1000, "
+        "1 + (i * 364) / ? FROM n",
+        (cards * per_card - 1, per_card, per_card, start, cards * per_card),
+    )
+    db.executemany(
+        "INSERT INTO nights VALUES (?, ?, '', '{}')",
+        [(n, (DAY - dt.timedelta(days=365 - n)).isoformat()) for n in range(1, 365)],
+    )
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return time.monotonic() - t0
 
 
 # name -> (jobs, mapper factory). Dask slots in here as another row.
@@ -212,7 +279,7 @@ def dask_engine(
         client.wait_for_workers(workers)
         start_s = (clock() - t0) / 1e9
         mapper = map_on_dask(DaskSettings(scheduler=cluster.scheduler_address))
-        seconds, verified, _ = settle_once(cache, out, mapper, 1)
+        seconds, verified, _, _ = settle_once(cache, out, mapper, 1)
 
         def peak_rss_kib() -> int:
             # VmHWM, not ru_maxrss: a spawned worker's ru_maxrss starts at its parent's
@@ -304,8 +371,9 @@ def main() -> int:
     try:
         for name, (jobs, factory) in ENGINES.items():
             load = os.getloadavg()[0]
-            seconds, verified, cpu = settle_once(cache, tmp / name, factory(), jobs)
+            seconds, verified, cpu, in_ledger = settle_once(cache, tmp / name, factory(), jobs)
             metrics[f"{name}_s"] = round(seconds, 3)
+            metrics[f"{name}_ledger_s"] = round(in_ledger, 3)
             # On a shared machine, CPU seconds show whether the work itself scaled even
             # when other tenants took the second core (load average alongside).
             metrics[f"{name}_cpu_s"] = round(cpu, 3)
@@ -315,6 +383,20 @@ def main() -> int:
                 (tmp / name / f).read_bytes()
                 for f in ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
             )
+        # The same night on a ledger that already holds a year of paid counters, run
+        # between two nights on an empty ledger so that drift in the machine's speed
+        # falls on both sides of the ratio.
+        pairs = 3_000_000 if args.quick else 30_000_000
+        metrics["year_ledger_pairs"] = pairs
+        metrics["year_ledger_build_s"] = round(year_ledger(tmp / "year.sqlite", pairs), 1)
+        year_s, _, _, year_in = settle_once(cache, tmp / "year", None, 1, tmp / "year.sqlite")
+        empty_s, _, _, empty_in = settle_once(cache, tmp / "empty", None, 1)
+        metrics["year_ledger_night_s"] = round(year_s, 3)
+        metrics["year_ledger_in_ledger_s"] = round(year_in, 3)
+        metrics["empty_ledger_night_s"] = round((empty_s + metrics["jobs1_s"]) / 2, 3)
+        metrics["empty_ledger_in_ledger_s"] = round(empty_in, 3)
+        metrics["year_ledger_file_mb"] = round((tmp / "year.sqlite").stat().st_size / 2**20, 1)
+        (tmp / "year.sqlite").unlink()
         # Dask: two worker processes of one thread (the CI shape), and one process of two
         # threads, to choose threads or processes per worker by measurement.
         for name, workers, threads in (("dask_2x1", 2, 1), ("dask_1x2", 1, 2)):
@@ -343,12 +425,28 @@ def main() -> int:
         "raw_fsync_p99_us": round(percentile(r_us, 99), 1),
     }
     jobs1 = metrics["jobs1_rides_per_s"] / raw
+    ledger_share = metrics["jobs1_ledger_s"] / metrics["jobs1_s"]
+    year_ratio = metrics["year_ledger_night_s"] / metrics["empty_ledger_night_s"]
     scaling = metrics["jobs2_rides_per_s"] / metrics["jobs1_rides_per_s"]
     append_ratio = metrics["append_p50_us"] / metrics["raw_fsync_p50_us"]
     dask_rate = metrics.get("dask_2x1_rides_per_s")
     dask_ratio = None if dask_rate is None else round(dask_rate / (2 * raw), 3)
     goals = [
-        goal("settle --jobs 1 vs raw verify bound", round(jobs1, 3), ">=", 0.8, "ratio"),
+        goal(
+            "settle --jobs 1 with the ledger vs raw verify bound",
+            round(jobs1, 3),
+            ">=",
+            0.8,
+            "ratio",
+        ),
+        goal("ledger share of the night", round(ledger_share, 4), "<=", 0.1, "ratio"),
+        goal(
+            f"night on a {metrics['year_ledger_pairs'] // 1_000_000} M-pair ledger vs empty ledger",
+            round(year_ratio, 3),
+            "<=",
+            1.2,
+            "ratio",
+        ),
         goal("jobs 2 scaling", round(scaling, 3), ">=", 1.8, "ratio"),
         goal("append p50 vs raw fsync", round(append_ratio, 3), "<=", 1.2, "ratio"),
         goal(
@@ -362,6 +460,20 @@ def main() -> int:
             f"{raw:.0f}",
             f"{jobs1:.2f}",
             ">= 0.8 of raw verify",
+        ),
+        (
+            "ledger share of the night (s)",
+            f"{metrics['jobs1_ledger_s']:.2f}",
+            f"{metrics['jobs1_s']:.1f}",
+            f"{ledger_share:.3f}",
+            "<= 0.1",
+        ),
+        (
+            f"night on a {metrics['year_ledger_pairs'] // 1_000_000} M-pair ledger (s)",
+            f"{metrics['year_ledger_night_s']:.1f}",
+            f"{metrics['empty_ledger_night_s']:.1f}",
+            f"{year_ratio:.2f}",
+            "<= 1.2 x empty ledger",
         ),
         (
             "settle --jobs 2 (rides/s)",

@@ -47,6 +47,7 @@ __all__ = [
     "encode_batch",
     "export_batch",
     "parse_day",
+    "peek_header",
     "peek_terminal_id",
     "verify_batch",
     "verify_batch_rows",
@@ -209,6 +210,54 @@ def export_batch(
         )
 
 
+# A canonical header is one flat object of short fields: anything deeper or longer is
+# refused before the JSON parser sees it (deep nesting would exhaust its recursion, and
+# a long digit run its integer conversion).
+_MAX_HEADER_DEPTH = 2
+_MAX_DIGITS = 20
+
+
+def _check_header_shape(raw: bytes) -> None:
+    depth = 0
+    digits = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+            continue
+        if 0x30 <= byte <= 0x39:
+            digits += 1
+            if digits > _MAX_DIGITS:
+                raise BatchRejected(f"batch header has a number longer than {_MAX_DIGITS} digits")
+            continue
+        digits = 0
+        if byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > _MAX_HEADER_DEPTH:
+                raise BatchRejected(f"batch header is nested deeper than {_MAX_HEADER_DEPTH}")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _load_header(raw: bytes) -> dict[str, object]:
+    """The header object, parsed only once its size, depth and numbers are bounded."""
+    _check_header_shape(raw)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BatchRejected("batch header is not JSON") from None
+    if not isinstance(header, dict):
+        raise BatchRejected(f"batch header does not declare format {BATCH_FORMAT}")
+    return header
+
+
 class _Cursor:
     __slots__ = ("data", "pos")
 
@@ -248,6 +297,27 @@ def _parse_hash(header: dict[str, object], name: str) -> bytes:
     return raw
 
 
+def peek_header(data: bytes) -> tuple[int, dt.date] | None:
+    """The (terminal id, day) a batch *claims*, unverified; None if they do not parse.
+
+    Lets the settlement leave a file for a later night without verifying it.
+    """
+    if not data.startswith(BATCH_MAGIC) or len(data) < len(BATCH_MAGIC) + 4:
+        return None
+    (n,) = _U32.unpack_from(data, len(BATCH_MAGIC))
+    start = len(BATCH_MAGIC) + 4
+    if n > _MAX_HEADER:
+        return None
+    try:
+        header = _load_header(data[start : start + n])
+        tid, day = header.get("terminal_id"), header.get("day")
+        if not isinstance(tid, int) or isinstance(tid, bool) or not isinstance(day, str):
+            return None
+        return tid, parse_day(day)
+    except MalformedFile:
+        return None
+
+
 def peek_terminal_id(data: bytes) -> int | None:
     """The terminal id a batch *claims*, unverified (None if the header does not parse).
 
@@ -257,11 +327,13 @@ def peek_terminal_id(data: bytes) -> int | None:
         return None
     (n,) = _U32.unpack_from(data, len(BATCH_MAGIC))
     start = len(BATCH_MAGIC) + 4
-    try:
-        header = json.loads(data[start : start + min(n, _MAX_HEADER)])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    if n > _MAX_HEADER:
         return None
-    value = header.get("terminal_id") if isinstance(header, dict) else None
+    try:
+        header = _load_header(data[start : start + n])
+    except BatchRejected:
+        return None
+    value = header.get("terminal_id")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -289,11 +361,8 @@ def _open_batch(data: bytes, terminal_key: PublicKeyFile | PublicKey | None) -> 
     if header_len > _MAX_HEADER:
         raise BatchRejected("batch header is implausibly long")
     raw_header = cur.take(header_len, "header")
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BatchRejected("batch header is not JSON") from None
-    if not isinstance(header, dict) or header.get("format") != BATCH_FORMAT:
+    header = _load_header(raw_header)
+    if header.get("format") != BATCH_FORMAT:
         raise BatchRejected(f"batch header does not declare format {BATCH_FORMAT}")
     if _header_bytes(header) != raw_header:
         raise BatchRejected("batch header is not in canonical form")
@@ -430,6 +499,7 @@ class BatchRows:
     tail_hash: bytes
     rows: list[RecordRow]
     credentials: dict[bytes, bytes]
+    utc_offset_min: int = QINGDAO_UTC_OFFSET_MIN
 
     def __post_init__(self) -> None:
         if self.last_seq - self.first_seq + 1 != len(self.rows):
@@ -462,7 +532,15 @@ def verify_batch_rows(data: bytes, terminal_key: PublicKeyFile | PublicKey) -> B
     else:
         if prev == b.tail_hash:
             return BatchRows(
-                tid, b.day, b.first_seq, b.last_seq, b.prev_hash, b.tail_hash, rows, creds
+                tid,
+                b.day,
+                b.first_seq,
+                b.last_seq,
+                b.prev_hash,
+                b.tail_hash,
+                rows,
+                creds,
+                b.utc_offset_min,
             )
     # The slow path raises the precise error (or, for a valid oddity, verifies it).
     full = verify_batch(data, terminal_key)
@@ -475,4 +553,5 @@ def verify_batch_rows(data: bytes, terminal_key: PublicKeyFile | PublicKey) -> B
         full.tail_hash,
         [record_row(r) for r in full.records],
         full.credentials,
+        full.utc_offset_min,
     )

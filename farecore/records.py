@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GENESIS_HASH",
+    "ROLE_DIRECTION",
     "Direction",
     "JournalRecord",
     "RecordRow",
@@ -57,6 +58,14 @@ class Direction(enum.IntEnum):
 
     def __str__(self) -> str:
         return self.name
+
+
+# A gate's configured role and the direction its records carry.
+ROLE_DIRECTION: dict[str, Direction] = {
+    "bus": Direction.BOARD,
+    "metro_entry": Direction.ENTRY,
+    "metro_exit": Direction.EXIT,
+}
 
 
 @dataclass(frozen=True, slots=True)

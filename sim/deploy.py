@@ -92,10 +92,20 @@ def write_city(world: _World, out: Path) -> None:
         "# Fares the city reimburses per free ride, in fen; distances in metres.",
         "# Written by farecore sim from its network (see docs/simulator.md).",
         "[unpaired]",
-        'entry = "max"',
+        'entry = "min"',
         'exit = "min"',
         "",
     ]
+    for op in OPERATORS:
+        role = "metro_entry" if op.id == OPERATORS[0].id else "bus"
+        window = clock.passback_metro_s if role == "metro_entry" else clock.passback_bus_s
+        fares += [
+            "[[operator]]",
+            f'id = "{op.id}"',
+            f"regions = [{QINGDAO}]",
+            f"passback_s = {{{role} = {window}}}",
+            "",
+        ]
     day0 = "2026-01-01"
     for b in BUS_LINES:
         fares += [

@@ -42,7 +42,7 @@ from farecore.journal import JournalReader, TapContext
 from farecore.keys import SigningKey
 from farecore.passback import PassbackRule, PassbackStore
 from farecore.revocation import HotRevocation
-from farecore.settlement import find_batches, load_inputs, run_settlement
+from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
 from farecore.station import StationController, StationJournal
 from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
@@ -620,14 +620,20 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
         for tid in JournalReader.terminals_in(jpath):
             data = export_batch(jpath, SIM_DAY, world.terminal_key(tid), terminal_id=tid)
             (batches / f"terminal-{tid}-{SIM_DAY.isoformat()}.fcb").write_bytes(data)
+    rev = out / "revocation"
     inputs = load_inputs(
         SIM_DAY,
         out / "terminals.csv",
         out / "keyring.json",
         out / "fares.toml",
-        out / "revocation" / "revoked-gen2.csv",
+        rev / "revoked-gen2.csv",
+        [rev / "gen1.frt", rev / "gen2.frt"],
+        out / "keys" / "revocation-1.pub",
     )
-    settlement = run_settlement(inputs, find_batches(batches), out / "settlement", jobs=workers)
+    with Ledger.open(out / "ledger.sqlite") as ledger:
+        settlement = run_settlement(
+            inputs, find_batches(batches), out / "settlement", jobs=workers, ledger=ledger
+        )
     by_op: dict[str, int] = defaultdict(int)
     for total in settlement.totals:
         by_op[total.operator] += total.amount_fen

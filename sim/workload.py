@@ -259,13 +259,12 @@ def reimburse(
 
     Bus: the line's flat fare per boarding. Metro: each exit pairs with the card's latest
     still-open entry and pays the distance-band fare between the two stations, counted
-    on the entry's line; an entry never closed pays the highest band, an exit with no
-    open entry the lowest (the fares file's ``[unpaired]`` rule).
+    on the entry's line; an entry never closed and an exit with no open entry pay the
+    lowest band (the fares file's ``[unpaired]`` rule, the settlement's default).
     """
     owed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     open_entries: dict[int, list[GatePlan]] = defaultdict(list)
     lowest = min(fen for _, fen in METRO_BANDS)
-    highest = max(fen for _, fen in METRO_BANDS)
     for i in np.flatnonzero(accepted):  # taps are in time order
         g, c = gates[int(gate[i])], int(card[i])
         if g.role == "bus":
@@ -279,5 +278,5 @@ def reimburse(
             owed[g.operator][g.line] += lowest
     for entries in open_entries.values():
         for g in entries:
-            owed[g.operator][g.line] += highest
+            owed[g.operator][g.line] += lowest
     return {op: dict(sorted(lines.items())) for op, lines in sorted(owed.items())}

@@ -1,4 +1,9 @@
-"""``farecore settle``: verify a night's batches and compute what each operator is owed."""
+"""``farecore settle``: settle one night against the ledger; what each operator is owed.
+
+Exit status: 0 every expected batch present and settled, nothing held or rejected;
+3 settled, with something to review (outputs written, summary says what); 2 bad
+arguments or unreadable inputs (nothing written).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from farecore.batch import parse_day
+from farecore.errors import SettlementError
+from farecore.settlement.ledger import Ledger
 from farecore.settlement.merge import Settlement
-from farecore.settlement.pipeline import MapUnits, find_batches, load_inputs, run_settlement
+from farecore.settlement.pipeline import (
+    MapUnits,
+    exit_status,
+    find_batches,
+    load_inputs,
+    run_settlement,
+)
+
+_EPILOG = """exit status:
+  0  every registered terminal's batch for the day is present and settled; nothing
+     held, rejected or corrected
+  3  settled, with something to review: a missing, rejected or held batch, a ride not
+     paid for a failed check, a held ride, a correction of an earlier day, or no batch
+     for the day at all; the outputs are written and the summary says what
+  2  bad arguments or unreadable inputs (register, fares, keyring, ledger, revocation
+     files, batch directory); nothing is written
+"""
 
 __all__ = ["register"]
 
@@ -19,10 +42,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "settle",
         help="settle one day: verify every batch and ride, pair, price, write the outputs",
-        description="Verify each batch's terminal signature and hash chain, re-verify every "
-        "ride's proof of tap, drop duplicates, pair metro entries with exits, price from the "
-        "fares file, and write totals.csv, rides.parquet, anomalies.json and manifest.json. "
-        "The same inputs always give byte-identical outputs, whatever --jobs is.",
+        description="Settle one service day against the ledger of earlier nights: verify each "
+        "batch's signature and hash chain, continue each terminal's chain from the ledger, "
+        "redo every check of every ride (proof of tap, validity, region, category, time, "
+        "revocation generation, passback), pair metro entries with exits, price from the "
+        "fares file, and write totals.csv, corrections.csv, rides.parquet, anomalies.json and "
+        "manifest.json; then append the night to the ledger in one transaction. Late batches "
+        "of earlier days settle as corrections. The same inputs always give byte-identical "
+        "outputs, whatever --jobs is, and re-running a settled night adds nothing.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--batches", required=True, type=Path, help="directory of *.fcb batch files")
     p.add_argument("--terminals", required=True, type=Path, help="terminal register (CSV)")
@@ -30,6 +59,12 @@ def register(sub: Any) -> None:
     p.add_argument("--fares", required=True, type=Path, help="fares file (TOML)")
     p.add_argument("--day", required=True, help="service day to settle, YYYY-MM-DD")
     p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--ledger",
+        required=True,
+        type=Path,
+        help="the settlement ledger (SQLite; created on the first night)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="verify over N processes (default 1)")
     p.add_argument(
         "--revocations",
@@ -39,7 +74,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--revocation-table",
         type=Path,
-        help="optional signed revocation table (.frt): flag rides after revoked-at",
+        action="append",
+        default=[],
+        help="a signed revocation table (.frt), repeatable: a ride decided under a "
+        "generation that held its card is not paid; rides after revoked-at are flagged",
     )
     p.add_argument(
         "--revocation-signer", type=Path, help="public key (.pub) that signs --revocation-table"
@@ -81,6 +119,8 @@ def _bar(done: int, total: int, started: float) -> None:
 
 def _settle(args: argparse.Namespace) -> int:
     day = parse_day(args.day)
+    if args.jobs < 1:
+        raise SettlementError("--jobs must be at least 1")
     inputs = load_inputs(
         day,
         args.terminals,
@@ -105,36 +145,59 @@ def _settle(args: argparse.Namespace) -> int:
         )
     started = time.monotonic()
     show = not args.quiet and sys.stderr.isatty()
-    result = run_settlement(
-        inputs,
-        paths,
-        args.out,
-        jobs=args.jobs,
-        map_units=map_units,
-        progress=(lambda d, t: _bar(d, t, started)) if show else None,
-    )
+    with Ledger.open(args.ledger) as ledger:
+        result = run_settlement(
+            inputs,
+            paths,
+            args.out,
+            jobs=args.jobs,
+            map_units=map_units,
+            progress=(lambda d, t: _bar(d, t, started)) if show else None,
+            ledger=ledger,
+        )
+    status = exit_status(result)
     if not args.quiet:
-        _summary(result, args.out, time.monotonic() - started)
-    return 0
+        _summary(result, args.out, time.monotonic() - started, status)
+    return status
 
 
-def _summary(s: Settlement, out: Path, seconds: float) -> None:
+def _yuan(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d} yuan"
+
+
+def _summary(s: Settlement, out: Path, seconds: float, status: int) -> None:
     st = s.stats
+    again = " (a re-run: the ledger is unchanged)" if s.rerun else ""
     print(
-        f"settlement of {s.day}: {st['batches']} batches ({st['batches_rejected']} rejected), "
-        f"{st['taps']} taps, {st['rides_verified']} rides verified in {seconds:.1f} s"
+        f"settlement of {s.day}, night {s.night}{again}: {st['batch_files']} batch files, "
+        f"{st['batches']} batches of the day, {st['taps']} taps, "
+        f"{st['rides_verified']} rides verified in {seconds:.1f} s"
     )
     print(
-        f"  paid tap records {st['rides_paid']}, duplicates dropped {st['duplicates_dropped']}, "
-        f"total {st['amount_fen'] // 100}.{st['amount_fen'] % 100:02d} yuan ({st['amount_fen']} fen)"
+        f"  paid tap records {st['rides_paid']}, held {st['rides_held']}, "
+        f"duplicates dropped {st['duplicates_dropped']}, total {_yuan(st['amount_fen'])} "
+        f"({st['amount_fen']} fen); unpaired taps put {_yuan(st['unpaired_at_stake_fen'])} "
+        "at stake (highest minus lowest fare)"
     )
     print(f"  {'operator':<16}{'line':<10}{'rides':>9}{'amount (fen)':>16}")
     for t in s.totals[:12]:
         print(f"  {t.operator:<16}{t.line:<10}{t.rides:>9}{t.amount_fen:>16}")
     if len(s.totals) > 12:
         print(f"  … {len(s.totals) - 12} more lines in totals.csv")
+    for c in s.corrections:
+        print(
+            f"  correction for {c.day}: {c.stats['rides_paid']} rides, "
+            f"{_yuan(c.stats['amount_fen'])} (corrections.csv)"
+        )
+    later = s.directory.get("batches_for_later_days", 0)
+    if later:
+        print(f"  {later} batch files of later days wait for their night")
+    after = s.directory.get("batches_after_this_night", 0)
+    if after:
+        print(f"  {after} batch files arrived after this night and settle on a later one")
     counts: dict[str, int] = {}
     for a in s.anomalies:
         counts[a.kind] = counts.get(a.kind, 0) + 1
     print("  anomalies: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
-    print(f"  outputs in {out}/ (manifest.json has their SHA-256)")
+    verdict = "nothing to review" if status == 0 else "needs review (exit 3): see anomalies.json"
+    print(f"  {verdict}; outputs in {out}/ (manifest.json has their SHA-256)")

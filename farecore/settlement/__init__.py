@@ -1,16 +1,19 @@
 """The nightly settlement: signed batches in, what each operator is owed out.
 
 One pure unit of work per batch file (``unit.settle_unit``) gives a picklable partial;
-a deterministic merge (``merge.merge``) combines them; ``outputs`` writes byte-stable
-files. See docs/settlement.md.
+``admission`` continues each terminal's chain from the ``ledger`` of earlier nights;
+``merge.settle_day`` checks, pairs and prices a day; ``outputs`` writes byte-stable
+files; ``pipeline.run_settlement`` runs a night. See docs/settlement.md.
 """
 
-from farecore.settlement.anomalies import KINDS, Anomaly
-from farecore.settlement.fares import FareTable, parse_fares
-from farecore.settlement.merge import MergeOptions, Settlement, Total, merge
+from farecore.settlement.anomalies import KINDS, REVIEW_KINDS, Anomaly
+from farecore.settlement.fares import FareTable, OperatorPolicy, parse_fares
+from farecore.settlement.ledger import Ledger
+from farecore.settlement.merge import DayResult, MergeOptions, Settlement, Total, settle_day
 from farecore.settlement.outputs import write_outputs
 from farecore.settlement.pipeline import (
     SettlementInputs,
+    exit_status,
     find_batches,
     load_inputs,
     map_in_process,
@@ -23,9 +26,13 @@ from farecore.settlement.unit import Partial, RideColumns, UnitConfig, settle_un
 
 __all__ = [
     "KINDS",
+    "REVIEW_KINDS",
     "Anomaly",
+    "DayResult",
     "FareTable",
+    "Ledger",
     "MergeOptions",
+    "OperatorPolicy",
     "Partial",
     "PricedRides",
     "RideColumns",
@@ -35,15 +42,16 @@ __all__ = [
     "TerminalInfo",
     "Total",
     "UnitConfig",
+    "exit_status",
     "find_batches",
     "format_terminals",
     "load_inputs",
     "map_in_process",
     "map_with_processes",
-    "merge",
     "parse_fares",
     "parse_terminals",
     "run_settlement",
+    "settle_day",
     "settle_unit",
     "write_outputs",
 ]

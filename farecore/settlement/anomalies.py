@@ -9,28 +9,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Anomaly"]
+__all__ = ["KINDS", "REVIEW_KINDS", "Anomaly"]
 
 # kind -> one line for the report legend
 KINDS: dict[str, str] = {
-    "batch_rejected": "batch file failed its signature, format or hash-chain check; none of it paid",
+    # the files and the chain
+    "batch_rejected": "batch file failed its size, format, signature or hash-chain check; none of it paid",
     "unknown_terminal": "batch from a terminal not in terminals.csv; none of it paid",
-    "seq_gap": "records missing between two batches of one terminal",
-    "chain_break": "consecutive batches of one terminal do not link by hash",
+    "missing_batch": "a registered terminal handed in no batch for the day; rides whose price depends on it are held",
+    "seq_gap": "records missing between the settled chain and this batch; the batch is held until the gap is filled",
+    "chain_break": "batch does not link by hash to the terminal's settled chain; held, not paid",
+    "chain_fork": "two different batches continue the same settled chain head; both held, not paid",
+    "chain_conflict": "batch overlaps records already settled or admitted (rewritten or replayed history); not paid",
+    # one ride
     "bad_proof": "ride's credential or card signature does not verify; not paid",
     "context_mismatch": "ride's operator/line/place/direction differ from terminals.csv; not paid",
+    "not_yet_valid": "the card was not yet valid at the ride's time; not paid",
+    "expired": "the card had expired at the ride's time; not paid",
+    "wrong_region": "the card's region is not one its operator accepts; not paid",
+    "category_not_accepted": "the card's category is not one its operator accepts; not paid",
+    "outside_day": "ride's time is outside its batch's service day (beyond the clock tolerance); not paid",
+    "clock_behind": "ride's time is behind an earlier record of its terminal (beyond the clock tolerance); not paid",
+    "revoked_at_ride": "ride accepted under a revocation generation that already held the card; not paid",
+    "passback": "the operator's anti-passback rule refuses this ride; not paid",
+    # across rides and nights
     "conflicting_duplicate": "two different records claim the same (terminal, seq); neither paid",
     "reused_counter": "one card counter signed twice (replay or clone); only the first paid",
+    "already_paid": "this card counter was paid on an earlier night; not paid again",
     "impossible_travel": "same card at two distant places faster than possible",
-    "after_revocation": "ride accepted after the card's revoked-at time",
-    "stale_table": "ride accepted under a revocation table past its maximum age",
+    "after_revocation": "ride accepted after the card's revoked-at, before its gate could know; paid",
+    "stale_table": "ride accepted under a revocation table past its maximum age; paid",
+    "held": "unpaired metro tap held: a batch its price depends on is missing, or the rule is hold",
     "no_fare": "no fare applies to this ride on this day; priced 0",
 }
+
+# Kinds that make a night need review (exit status 3); the others are informational.
+REVIEW_KINDS = frozenset(KINDS) - {"impossible_travel", "after_revocation", "stale_table"}
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Anomaly:
-    """One finding. Ordering is the report order: by kind, then terminal, seq, detail."""
+    """One finding. Ordering is the report order: by kind, then terminal, seq, detail.
+
+    ``day`` is set on findings of a late batch's correction (the day it belongs to);
+    ``file`` names the batch file where the finding is about the file itself.
+    """
 
     kind: str
     terminal_id: int = -1
@@ -38,6 +61,8 @@ class Anomaly:
     card_id: int = -1
     batch: str = ""  # SHA-256 of the batch file, hex
     detail: str = ""
+    file: str = ""
+    day: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -45,12 +70,16 @@ class Anomaly:
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"kind": self.kind}
+        if self.day:
+            out["day"] = self.day
         if self.terminal_id >= 0:
             out["terminal_id"] = self.terminal_id
         if self.seq >= 0:
             out["seq"] = self.seq
         if self.card_id >= 0:
             out["card_id"] = self.card_id
+        if self.file:
+            out["file"] = self.file
         if self.batch:
             out["batch_sha256"] = self.batch
         if self.detail:

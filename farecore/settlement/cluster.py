@@ -15,6 +15,7 @@ Dask is an optional extra; without it the options say which extra to install.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import pickle
 import sys
@@ -54,22 +55,22 @@ def dask_available() -> bool:
 
 
 def settle_unit_on_worker(path: str, cfg: UnitConfig) -> bytes:
-    """``settle_unit``, pickled, with the worker's address in any error it raises.
+    """``settle_unit``, pickled, with the worker's address on a file it could not read.
 
     The partial is pickled here, in the task's own thread, and travels as plain bytes:
     left to Dask, the worker's event-loop thread would walk thousands of ride tuples
     while the next task computes, and the two would fight over the GIL.
     """
-    try:
-        return pickle.dumps(settle_unit(path, cfg), protocol=pickle.HIGHEST_PROTOCOL)
-    except SettlementError as exc:
+    partial = settle_unit(path, cfg)
+    if partial.unreadable:
         where = "this worker"
         with contextlib.suppress(Exception):
             where = f"worker {_distributed().get_worker().address}"
-        raise SettlementError(
-            f"{exc} (on {where}; batch paths must be readable from every worker, "
-            "for example on a shared filesystem)"
-        ) from None
+        [found] = partial.anomalies
+        partial = dataclasses.replace(
+            partial, anomalies=(dataclasses.replace(found, detail=f"{found.detail} (on {where})"),)
+        )
+    return pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class DaskSettings:

@@ -1,10 +1,21 @@
-"""The fares file (TOML): flat bus fares per line, metro fares by distance band.
+"""The settlement's rule file (fares.toml): fares, and what each operator accepts.
 
-Example (money is integer fen, distances integer metres)::
+Example (money is integer fen, distances integer metres, times integer seconds)::
 
     [unpaired]
-    entry = "max"        # an entry with no exit: "zero" | "min" | "max" | fen
-    exit = "min"         # an exit with no entry
+    entry = "min"        # a metro entry with no exit: "min" | "max" | "hold" | "zero" | fen
+    exit = "min"         # a metro exit with no entry
+
+    [checks]
+    clock_tolerance_s = 300   # how far a ride's time may stray from its day and its chain
+
+    [[operator]]
+    id = "qd-metro"
+    regions = [370200]            # regions whose cards this operator carries free
+    categories = [1, 2, 3, 4, 5]  # optional; all five by default
+    passback_scope = "place"      # "place" (default) or "terminal"
+    [operator.passback_s]         # per gate role, as the gates are configured
+    metro_entry = 600
 
     [[bus]]
     operator = "qd-bus"
@@ -21,22 +32,39 @@ Example (money is integer fen, distances integer metres)::
     wusi-square = 0
 
 The entry in force on a day is the one with the latest ``effective_from`` not after it.
-This module must never use floats for money or distance.
+Every table and key is checked: an unknown one is an error naming it and the nearest
+valid name. This module must never use floats for money or distance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from farecore.errors import MalformedFile
+from farecore.records import ROLE_DIRECTION, Direction
 
-__all__ = ["UNPAIRED_RULES", "BusFare", "FareTable", "MetroFare", "parse_fares"]
+__all__ = [
+    "DEFAULT_CLOCK_TOLERANCE_S",
+    "UNPAIRED_RULES",
+    "BusFare",
+    "FareTable",
+    "MetroFare",
+    "OperatorPolicy",
+    "parse_fares",
+]
 
-UNPAIRED_RULES = ("zero", "min", "max")
+UNPAIRED_RULES = ("min", "max", "hold", "zero")
+DEFAULT_CLOCK_TOLERANCE_S = 300
+ALL_CATEGORIES = frozenset({1, 2, 3, 4, 5})
 _MAX_FEN = 10**9
+_MAX_WINDOW_S = 7 * 86_400
+_MAX_TOLERANCE_S = 86_400
+_MAX_TEXT = 1 << 20  # a fares file is a few kilobytes; refuse a huge one before parsing
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +122,61 @@ class MetroFare:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorPolicy:
+    """What one operator's gates accept, re-applied by the settlement to every ride.
+
+    ``passback_s`` maps a terminal direction to its anti-passback window in seconds
+    (a direction not in it has no rule); ``scope`` "place" shares the rule among the
+    gates of one place, "terminal" keeps it per gate, as ``farecore.passback`` does.
+    """
+
+    operator: str
+    regions: frozenset[int]
+    categories: frozenset[int] = ALL_CATEGORIES
+    passback_s: tuple[tuple[Direction, int], ...] = ()
+    passback_scope: str = "place"
+
+    def __post_init__(self) -> None:
+        if not self.regions:
+            raise ValueError(f"operator {self.operator}: regions must not be empty")
+        if self.passback_scope not in ("place", "terminal"):
+            raise ValueError(f"operator {self.operator}: passback_scope must be place|terminal")
+
+    def window_s(self, direction: int) -> int:
+        for d, window in self.passback_s:
+            if d == direction:
+                return window
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
 class FareTable:
     bus: tuple[BusFare, ...]
     metros: tuple[MetroFare, ...]
-    unpaired_entry: str | int = "max"
+    unpaired_entry: str | int = "min"
     unpaired_exit: str | int = "min"
+    operators: tuple[OperatorPolicy, ...] = field(default=())
+    clock_tolerance_s: int = DEFAULT_CLOCK_TOLERANCE_S
 
     def __post_init__(self) -> None:
         for rule in (self.unpaired_entry, self.unpaired_exit):
             if isinstance(rule, bool) or not (
                 rule in UNPAIRED_RULES or (isinstance(rule, int) and 0 <= rule <= _MAX_FEN)
             ):
-                raise ValueError(f"unpaired rule must be zero|min|max or fen, not {rule!r}")
+                raise ValueError(
+                    f"unpaired rule must be {'|'.join(UNPAIRED_RULES)} or fen, not {rule!r}"
+                )
+        if not 0 <= self.clock_tolerance_s <= _MAX_TOLERANCE_S:
+            raise ValueError(f"checks.clock_tolerance_s must be 0..{_MAX_TOLERANCE_S}")
+        names = [p.operator for p in self.operators]
+        if len(set(names)) != len(names):
+            raise ValueError("an [[operator]] is listed twice")
+
+    def policy(self, operator: str) -> OperatorPolicy | None:
+        for p in self.operators:
+            if p.operator == operator:
+                return p
+        return None
 
     def bus_fare(self, operator: str, line: str, day: dt.date) -> int | None:
         best: BusFare | None = None
@@ -129,11 +200,16 @@ class FareTable:
     def metro_all(self, operator: str) -> tuple[MetroFare, ...]:
         return tuple(f for f in self.metros if f.operator == operator)
 
+    def unpaired_rule(self, which: str) -> str | int:
+        return self.unpaired_entry if which == "entry" else self.unpaired_exit
+
     def unpaired_fare(self, which: str, operator: str, day: dt.date) -> int | None:
-        rule = self.unpaired_entry if which == "entry" else self.unpaired_exit
+        """The fen an unpaired tap is paid, or None without a metro table. ``hold`` is
+        the caller's business (the tap is then not paid at all); here it prices 0."""
+        rule = self.unpaired_rule(which)
         if isinstance(rule, int):
             return rule
-        if rule == "zero":
+        if rule in ("zero", "hold"):
             return 0
         table = self.metro_for(operator, day)
         if table is None:
@@ -152,9 +228,11 @@ def _date(value: Any, where: str) -> dt.date:
     raise ValueError(f"{where}: effective_from must be a date YYYY-MM-DD")
 
 
-def _int(value: Any, where: str) -> int:
+def _int(value: Any, where: str, low: int = 0, high: int = _MAX_FEN) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where} must be an integer (fen or metres), not {value!r}")
+        raise ValueError(f"{where} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{where} must be {low}..{high}, not {value}")
     return value
 
 
@@ -164,18 +242,82 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
+def _table(value: Any, where: str, allowed: Iterable[str]) -> dict[str, Any]:
+    """A TOML table whose keys are all in ``allowed`` (else: the nearest valid name)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table")
+    names = list(allowed)
+    for key in value:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(names)}"
+            raise ValueError(f"{where}: unknown key {key!r}{hint}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be an array")
+    return value
+
+
+def _rule(value: Any, where: str) -> str | int:
+    if isinstance(value, str) and value in UNPAIRED_RULES:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_FEN:
+        return value
+    raise ValueError(f"{where} must be {'|'.join(UNPAIRED_RULES)} or fen, not {value!r}")
+
+
+def _operator(raw: Any, where: str) -> OperatorPolicy:
+    o = _table(raw, where, ("id", "regions", "categories", "passback_s", "passback_scope"))
+    name = _str(o.get("id"), f"{where}.id")
+    if "regions" not in o:
+        raise ValueError(f"{where}.regions is required (the regions whose cards it carries)")
+    regions = frozenset(
+        _int(r, f"{where}.regions", 0, 0xFFFFFFFF) for r in _list(o["regions"], f"{where}.regions")
+    )
+    categories = ALL_CATEGORIES
+    if "categories" in o:
+        raw_c = _list(o["categories"], f"{where}.categories")
+        categories = frozenset(_int(c, f"{where}.categories", 0, 255) for c in raw_c)
+    windows = _table(o.get("passback_s", {}), f"{where}.passback_s", ROLE_DIRECTION)
+    passback = tuple(
+        sorted(
+            (ROLE_DIRECTION[role], _int(s, f"{where}.passback_s.{role}", 0, _MAX_WINDOW_S))
+            for role, s in windows.items()
+        )
+    )
+    scope = o.get("passback_scope", "place")
+    if scope not in ("place", "terminal"):
+        raise ValueError(f"{where}.passback_scope must be 'place' or 'terminal', not {scope!r}")
+    return OperatorPolicy(name, regions, categories, passback, scope)
+
+
 def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
     """Parse and check the fares file; raise MalformedFile naming the problem."""
+    if len(text) > _MAX_TEXT:
+        raise MalformedFile(f"{source}: larger than {_MAX_TEXT} bytes")
     try:
-        doc = tomllib.loads(text)
-        unpaired = doc.get("unpaired", {})
-        if not isinstance(unpaired, dict):
-            raise ValueError("[unpaired] must be a table")
+        doc = _table(
+            tomllib.loads(text), "fares", ("unpaired", "checks", "operator", "bus", "metro")
+        )
+        unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
+        checks = _table(doc.get("checks", {}), "[checks]", ("clock_tolerance_s",))
+        tolerance = _int(
+            checks.get("clock_tolerance_s", DEFAULT_CLOCK_TOLERANCE_S),
+            "checks.clock_tolerance_s",
+            0,
+            _MAX_TOLERANCE_S,
+        )
+        operators = tuple(
+            _operator(o, f"operator[{i}]")
+            for i, o in enumerate(_list(doc.get("operator", []), "[[operator]]"))
+        )
         bus = []
-        for i, b in enumerate(doc.get("bus", [])):
+        for i, raw in enumerate(_list(doc.get("bus", []), "[[bus]]")):
             w = f"bus[{i}]"
-            if not isinstance(b, dict):
-                raise ValueError(f"{w} must be a table")
+            b = _table(raw, w, ("operator", "line", "fare_fen", "effective_from"))
             bus.append(
                 BusFare(
                     _str(b.get("operator"), f"{w}.operator"),
@@ -185,14 +327,12 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
                 )
             )
         metro = []
-        for i, m in enumerate(doc.get("metro", [])):
+        for i, raw in enumerate(_list(doc.get("metro", []), "[[metro]]")):
             w = f"metro[{i}]"
-            if not isinstance(m, dict) or not isinstance(m.get("bands"), list):
-                raise ValueError(f"{w} must be a table with a bands list")
+            m = _table(raw, w, ("operator", "effective_from", "bands", "stations"))
             bands = []
-            for j, band in enumerate(m["bands"]):
-                if not isinstance(band, dict):
-                    raise ValueError(f"{w}.bands[{j}] must be a table")
+            for j, raw_band in enumerate(_list(m.get("bands"), f"{w}.bands")):
+                band = _table(raw_band, f"{w}.bands[{j}]", ("up_to_m", "fare_fen"))
                 up = band.get("up_to_m")
                 bands.append(
                     (
@@ -209,7 +349,10 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
                     _date(m.get("effective_from"), w),
                     tuple(bands),
                     tuple(
-                        sorted((str(k), _int(v, f"{w}.stations.{k}")) for k, v in stations.items())
+                        sorted(
+                            (str(k), _int(v, f"{w}.stations.{k}", -_MAX_FEN))
+                            for k, v in stations.items()
+                        )
                     ),
                 )
             )
@@ -218,9 +361,14 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
         if len(set(keys)) != len(keys):
             raise ValueError("two fares for the same operator/line take effect the same day")
         return FareTable(
-            tuple(bus), tuple(metro), unpaired.get("entry", "max"), unpaired.get("exit", "min")
+            tuple(bus),
+            tuple(metro),
+            _rule(unpaired.get("entry", "min"), "unpaired.entry"),
+            _rule(unpaired.get("exit", "min"), "unpaired.exit"),
+            operators,
+            tolerance,
         )
     except tomllib.TOMLDecodeError as exc:
         raise MalformedFile(f"{source}: not valid TOML: {exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise MalformedFile(f"{source}: {exc}") from None

@@ -1,12 +1,13 @@
-"""The deterministic merge: partial results in, the night's settlement out.
+"""One service day's settlement: admitted batches in, what is paid and held out.
 
-Partials are first put in a canonical order (by batch SHA-256) and exact duplicates are
-dropped, so neither the order in which workers finished nor a batch ingested twice can
-change a byte of the result. Then: chain continuity between batches, ride-level
-deduplication and conflicts, reused counters, impossible travel, revocation and stale
-table flags, then metro entry/exit pairing and pricing (``pricing``). Rides are columns
-(``rides.Rides``). This module must never verify signatures (the units did) nor use
-floats for money.
+The checks that need more than one batch run here, in a fixed order: each ride's time
+against its terminal's chain; (terminal, seq) duplicates; a card counter used twice
+tonight, or taken by an earlier night; the revocation generation the ride was decided
+under; the operators' anti-passback rules across all of a place's gates. Then rides held
+by earlier nights rejoin, flags are raised (impossible travel, revoked-after, stale
+tables), and pairing and pricing (``pricing``) decide what is paid and what waits.
+Rides are columns (``rides.Rides``). This module must never verify signatures (the
+units did), read files, nor use floats for money.
 """
 
 from __future__ import annotations
@@ -15,28 +16,49 @@ import datetime as dt
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from farecore.records import Direction
+from farecore.settlement.admission import Admitted
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable
+from farecore.settlement.ledger import HeldRide, TakenRide
 from farecore.settlement.pricing import price
 from farecore.settlement.rides import Context, PricedRides, Rides
 from farecore.settlement.terminals import TerminalInfo
-from farecore.settlement.unit import Partial
+from farecore.settlement.unit import NO_TIME, Partial
 
-__all__ = ["MergeOptions", "Settlement", "Total", "merge"]
+__all__ = [
+    "DayInputs",
+    "DayResult",
+    "MergeOptions",
+    "RevocationGeneration",
+    "Settlement",
+    "Total",
+    "settle_day",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationGeneration:
+    """A revocation table the settlement was given: which cards its generation held."""
+
+    generation: int
+    holds: Callable[[np.ndarray], np.ndarray]  # uint64 card ids -> bool mask
 
 
 @dataclass(frozen=True, slots=True)
 class MergeOptions:
-    """Limits for the travel check; ``revoked_at`` maps card id to UTC Unix seconds."""
+    """Limits for the travel check; ``revoked_at`` maps card id to UTC Unix seconds;
+    ``generations`` are the signed tables given, for the generation rule."""
 
     max_speed_kmh: int = 120
     min_travel_m: int = 2000
     revoked_at: Mapping[int, int] = field(default_factory=dict)
+    generations: tuple[RevocationGeneration, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,94 +71,359 @@ class Total:
 
 
 @dataclass(frozen=True, slots=True)
-class Settlement:
+class DayInputs:
+    """What a night knows about one service day it pays (its own, or a late one's)."""
+
+    day: dt.date
+    admitted: list[Admitted]  # this day's batches that continue their chains
+    held: list[HeldRide]  # rides an earlier night held for this day
+    context: list[TakenRide]  # rides earlier nights took around this day (passback)
+    missing: frozenset[int]  # registered terminals with no batch for the day
+    taken: Callable[[np.ndarray, np.ndarray], np.ndarray]  # counters taken before
+    correction: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DayResult:
+    """One day's part of a night: what is paid, held, resolved, and found."""
+
     day: str
-    inputs: tuple[str, ...]  # unique batch SHA-256s, hex, sorted
-    rides: PricedRides
+    rides: PricedRides  # the rides paid tonight
     totals: tuple[Total, ...]
     anomalies: tuple[Anomaly, ...]
+    held: tuple[HeldRide, ...]  # rides newly held tonight
+    resolved: tuple[tuple[int, int], ...]  # (terminal, seq) of earlier held rides settled
     stats: dict[str, int]
 
 
-def merge(
-    partials: Iterable[Partial],
-    day: dt.date,
+def settle_day(
+    inputs: DayInputs,
     fares: FareTable,
     terminals: Mapping[int, TerminalInfo],
     options: MergeOptions | None = None,
-) -> Settlement:
+) -> DayResult:
+    """Check, pair and price one service day's admitted rides (see docs/settlement.md)."""
     opts = options or MergeOptions()
-    unique: dict[bytes, Partial] = {}
-    for p in partials:
-        unique.setdefault(p.batch_sha256, p)
-    ordered = [unique[k] for k in sorted(unique)]
-    anomalies: list[Anomaly] = [a for p in ordered for a in p.anomalies]
-    good = [p for p in ordered if p.ok]
-    anomalies += _continuity(good)
+    day = inputs.day
+    day_text = day.isoformat()
+    good = [a.partial for a in inputs.admitted]
+    anomalies: list[Anomaly] = [a for p in good for a in p.anomalies]
     pool, starts = _pool(good)
+    clock_ok = _clock_order(inputs.admitted, starts, pool, fares, anomalies)
     kept, dropped = _dedupe(good, starts, pool, anomalies)
+    kept = kept[clock_ok[kept]]
     rides = pool.take(kept)
     first_uses = _reused_counters(rides, anomalies)
     if first_uses is not None:
         rides = rides.take(first_uses)
+    rides = rides.take(_not_taken(rides, inputs.taken, anomalies))
+    rides = rides.take(_not_revoked(rides, opts, anomalies))
+    rides = rides.take(_passback(rides, inputs.context, fares, terminals, anomalies))
+    new_count = len(rides)
+    rides = _with_held(rides, inputs.held, terminals)
     _flags(rides, opts, anomalies)
     by_card = rides.by_card()
     _travel(rides, by_card, terminals, opts, anomalies)
-    priced, by_line = price(rides, by_card, day, fares, anomalies)
-    day_text = day.isoformat()
+    priced, by_line, held_mask, at_stake = price(
+        rides, by_card, day, fares, anomalies, _hold_operators(inputs.missing, terminals)
+    )
+    was_held = rides.held
+    assert was_held is not None
+    paid_rows = np.flatnonzero(~held_mask)
+    newly_held = np.flatnonzero(held_mask & ~was_held)
+    resolved = np.flatnonzero(~held_mask & was_held)
+    paid = PricedRides(
+        rides.take(paid_rows),
+        priced.fare_fen[paid_rows],
+        priced.trip[paid_rows],
+        priced.paired_terminal_id[paid_rows],
+        priced.paired_seq[paid_rows],
+    )
+    if inputs.correction:
+        anomalies = [replace(a, day=day_text) for a in anomalies]
     stats = {
-        "batches": len(ordered),
-        "batches_rejected": sum(1 for p in ordered if not p.ok),
-        "taps": sum(p.taps for p in good if p.day == day_text),
-        "denied_taps": sum(p.denied for p in good if p.day == day_text),
+        "batches": len(good),
+        "taps": sum(p.taps for p in good),
+        "denied_taps": sum(p.denied for p in good),
         "rides_verified": len(pool),
         "duplicates_dropped": dropped,
-        "rides_paid": len(priced),
-        "amount_fen": int(priced.fare_fen.sum()),
-        "anomalies": len(anomalies),
+        "rides_checked": new_count,
+        "rides_paid": len(paid),
+        "rides_held": int(held_mask.sum()),
+        "held_resolved": len(resolved),
+        "amount_fen": int(paid.fare_fen.sum()),
+        "unpaired_at_stake_fen": at_stake,
     }
-    return Settlement(
+    return DayResult(
         day=day_text,
-        inputs=tuple(k.hex() for k in sorted(unique)),
-        rides=priced,
+        rides=paid,
         totals=tuple(Total(day_text, o, ln, n, a) for (o, ln), (n, a) in sorted(by_line.items())),
         anomalies=tuple(sorted(set(anomalies))),
+        held=tuple(_held_rides(rides, newly_held, day_text)),
+        resolved=tuple(rides.where(int(r))[:2] for r in resolved),
         stats=stats,
     )
 
 
-def _continuity(good: list[Partial]) -> list[Anomaly]:
-    out: list[Anomaly] = []
-    by_terminal: dict[int, list[Partial]] = defaultdict(list)
-    for p in good:
-        by_terminal[p.terminal_id].append(p)
-    for tid, parts in sorted(by_terminal.items()):
-        parts.sort(key=lambda p: (p.first_seq, p.last_seq, p.batch_sha256))
-        reach, tail = parts[0].last_seq, parts[0].tail_hash
-        for p in parts[1:]:
-            if p.first_seq > reach + 1:
-                out.append(
-                    Anomaly(
-                        "seq_gap",
-                        terminal_id=tid,
-                        seq=reach + 1,
-                        batch=p.batch_sha256.hex(),
-                        detail=f"seq {reach + 1}..{p.first_seq - 1} missing",
-                    )
-                )
-            elif p.first_seq == reach + 1 and p.prev_hash != tail:
-                out.append(
-                    Anomaly(
-                        "chain_break",
-                        terminal_id=tid,
-                        seq=p.first_seq,
-                        batch=p.batch_sha256.hex(),
-                        detail="batch does not link to the previous batch's tail",
-                    )
-                )
-            if p.last_seq >= reach:
-                reach, tail = p.last_seq, p.tail_hash
+def _held_rides(rides: Rides, rows: np.ndarray, day: str) -> list[HeldRide]:
+    assert rides.generation is not None
+    out = []
+    for r in rows.tolist():
+        tid, seq, card = rides.where(r)
+        flags = rides.flagged.get(r, ((), None))[0]
+        out.append(
+            HeldRide(
+                tid,
+                seq,
+                day,
+                int(rides.time_ms[r]),
+                card,
+                int(rides.counter[r]),
+                rides.record_hash[r].tobytes(),
+                int(rides.generation[r]),
+                tuple(flags),
+            )
+        )
     return out
+
+
+def _hold_operators(
+    missing: frozenset[int], terminals: Mapping[int, TerminalInfo]
+) -> dict[str, frozenset[str]]:
+    """Operators whose unpaired entries (exits) wait: one of their exit (entry) gates
+    handed in nothing, and the other half of a trip may be on it."""
+    entry: set[str] = set()
+    exit_: set[str] = set()
+    for tid in missing:
+        t = terminals.get(tid)
+        if t is None:
+            continue
+        if t.direction == Direction.EXIT:
+            entry.add(t.operator)
+        elif t.direction == Direction.ENTRY:
+            exit_.add(t.operator)
+    return {"entry": frozenset(entry), "exit": frozenset(exit_)}
+
+
+def _clock_order(
+    admitted: list[Admitted],
+    starts: list[int],
+    pool: Rides,
+    fares: FareTable,
+    anomalies: list[Anomaly],
+) -> np.ndarray:
+    """Rides not behind an earlier record of their terminal's chain by more than the
+    clock tolerance (bool per pool row)."""
+    ok = np.ones(len(pool), dtype=bool)
+    tol = fares.clock_tolerance_s * 1000
+    for a, start in zip(admitted, starts, strict=True):
+        r = a.partial.rides
+        if not len(r):
+            continue
+        before = r.time_before if r.time_before is not None else np.full(len(r), NO_TIME)
+        floor = np.maximum(before, a.time_floor)
+        behind = (floor > NO_TIME) & (floor - r.time_ms > tol)
+        for i in np.flatnonzero(behind).tolist():
+            ok[start + i] = False
+            tid, seq, card = pool.where(start + i)
+            anomalies.append(
+                Anomaly(
+                    "clock_behind",
+                    terminal_id=tid,
+                    seq=seq,
+                    card_id=card,
+                    batch=a.partial.batch_sha256.hex(),
+                    detail=f"{int(floor[i] - r.time_ms[i])} ms behind an earlier record",
+                )
+            )
+    return ok
+
+
+def _not_taken(
+    rides: Rides, taken: Callable[[np.ndarray, np.ndarray], np.ndarray], anomalies: list[Anomaly]
+) -> np.ndarray:
+    """Rows whose card counter no earlier night took."""
+    mask = taken(rides.card_id, rides.counter)
+    for row in np.flatnonzero(mask).tolist():
+        tid, seq, card = rides.where(row)
+        anomalies.append(
+            Anomaly(
+                "already_paid",
+                terminal_id=tid,
+                seq=seq,
+                card_id=card,
+                detail=f"counter {int(rides.counter[row])} was taken on an earlier night",
+            )
+        )
+    return np.flatnonzero(~mask)
+
+
+def _not_revoked(rides: Rides, opts: MergeOptions, anomalies: list[Anomaly]) -> np.ndarray:
+    """Rows not decided under a revocation generation that already held their card.
+
+    Each ride is judged by the newest table given whose generation is at or below the
+    one the ride records: a gate that looked the card up in that generation refused it.
+    """
+    gens = sorted(opts.generations, key=lambda g: g.generation)
+    gen = rides.generation
+    assert gen is not None
+    refused = np.zeros(len(rides), dtype=bool)
+    for i, g in enumerate(gens):
+        upper = gens[i + 1].generation if i + 1 < len(gens) else np.iinfo(np.int64).max
+        rows = np.flatnonzero((gen >= g.generation) & (gen < upper))
+        if not len(rows):
+            continue
+        hit = rows[g.holds(rides.card_id[rows])]
+        refused[hit] = True
+        for row in hit.tolist():
+            tid, seq, card = rides.where(row)
+            anomalies.append(
+                Anomaly(
+                    "revoked_at_ride",
+                    terminal_id=tid,
+                    seq=seq,
+                    card_id=card,
+                    detail=f"decided under generation {int(gen[row])}; "
+                    f"generation {g.generation} already held the card",
+                )
+            )
+    return np.flatnonzero(~refused)
+
+
+def _passback(
+    rides: Rides,
+    context: list[TakenRide],
+    fares: FareTable,
+    terminals: Mapping[int, TerminalInfo],
+    anomalies: list[Anomaly],
+) -> np.ndarray:
+    """Rows the operators' anti-passback rules let through, walked as the gates do.
+
+    Per (operator, place) — or per terminal, with scope "terminal" — and card, in time
+    order: a ride less than the window after the last ride let through there is
+    refused, and a refused ride does not restart the window. Rides earlier nights took
+    (``context``) count as let through.
+    """
+    n = len(rides)
+    windows = np.zeros(len(rides.contexts), dtype=np.int64)
+    for code, (op, _line, _place, direction) in enumerate(rides.contexts):
+        policy = fares.policy(op)
+        windows[code] = 0 if policy is None else policy.window_s(direction) * 1000
+    window = windows[rides.context] if n else np.zeros(0, dtype=np.int64)
+    subject = np.flatnonzero(window > 0)
+    if not len(subject):
+        return np.arange(n)
+    keys: dict[tuple[str, str, int], int] = {}
+
+    def key_of(terminal_id: int, op: str, place: str) -> int:
+        policy = fares.policy(op)
+        per_gate = policy is not None and policy.passback_scope == "terminal"
+        return keys.setdefault((op, place, terminal_id if per_gate else -1), len(keys))
+
+    # A ride's place key comes from its terminal (whose rides all share one context).
+    terms, first, inverse = np.unique(
+        rides.terminal_id[subject], return_index=True, return_inverse=True
+    )
+    per_terminal = np.zeros(len(terms), dtype=np.int64)
+    for i, (tid, row) in enumerate(zip(terms.tolist(), first.tolist(), strict=True)):
+        op, _line, place, _direction = rides.contexts[int(rides.context[subject[row]])]
+        per_terminal[i] = key_of(tid, op, place)
+    key = per_terminal[inverse]
+    anchors: list[tuple[int, int, int]] = []  # (key, card, time) of rides taken before
+    for taken in context:
+        info = terminals.get(taken.terminal_id)
+        rule = fares.policy(info.operator) if info is not None else None
+        if info is None or rule is None or not rule.window_s(int(info.direction)):
+            continue
+        anchor_key = key_of(taken.terminal_id, info.operator, info.place)
+        anchors.append((anchor_key, taken.card_id, taken.time_ms))
+    card = rides.card_id[subject]
+    tms = rides.time_ms[subject]
+    o = np.lexsort((rides.seq[subject], rides.terminal_id[subject], tms, card, key))
+    k, c, t, w = key[o], card[o], tms[o], window[subject][o]
+    same = (k[1:] == k[:-1]) & (c[1:] == c[:-1])
+    close = np.zeros(len(o), dtype=bool)
+    close[1:] = same & (t[1:] - t[:-1] < w[1:])
+    # Only (place, card) groups with two rides inside a window, or a ride taken before,
+    # need the exact walk; on an honest night that is a handful.
+    suspects = {(int(k[i]), int(c[i])) for i in np.flatnonzero(close).tolist()}
+    anchor_at: dict[tuple[int, int], list[int]] = {}
+    for ak, acard, at in anchors:
+        anchor_at.setdefault((ak, acard), []).append(at)
+    if anchor_at:
+        present = set(zip(k.tolist(), c.tolist(), strict=True))
+        suspects |= {g for g in anchor_at if g in present}
+    if not suspects:
+        return np.arange(n)
+    refused = np.zeros(n, dtype=bool)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (ki, ci) in enumerate(zip(k.tolist(), c.tolist(), strict=True)):
+        if (ki, ci) in suspects:
+            groups.setdefault((ki, ci), []).append(i)
+    for g, idx in groups.items():
+        events = [(int(t[i]), 1, i) for i in idx] + [(at, 0, -1) for at in anchor_at.get(g, [])]
+        events.sort()
+        last: int | None = None
+        for when, is_ride, i in events:
+            if not is_ride:
+                last = when if last is None else max(last, when)
+                continue
+            if last is not None and 0 <= when - last < int(w[i]):
+                row = int(subject[o[i]])
+                refused[row] = True
+                tid, seq, card_id = rides.where(row)
+                anomalies.append(
+                    Anomaly(
+                        "passback",
+                        terminal_id=tid,
+                        seq=seq,
+                        card_id=card_id,
+                        detail=f"{when - last} ms after the card's last ride there",
+                    )
+                )
+                continue
+            last = when
+    return np.flatnonzero(~refused)
+
+
+def _with_held(rides: Rides, held: list[HeldRide], terminals: Mapping[int, TerminalInfo]) -> Rides:
+    """The day's checked rides with the rides earlier nights held for it appended."""
+    if not held:
+        return rides
+    contexts = list(rides.contexts)
+    codes = {c: i for i, c in enumerate(contexts)}
+    context, flagged = [], dict(rides.flagged)
+    n = len(rides)
+    for i, h in enumerate(held):
+        t = terminals.get(h.terminal_id)
+        ctx: Context = (
+            (t.operator, t.line, t.place, int(t.direction)) if t is not None else ("", "", "", 0)
+        )
+        if ctx not in codes:
+            codes[ctx] = len(contexts)
+            contexts.append(ctx)
+        context.append(codes[ctx])
+        if h.flags:
+            flagged[n + i] = (h.flags, h.generation if h.generation >= 0 else None)
+    assert rides.generation is not None and rides.held is not None
+    return Rides(
+        tuple(contexts),
+        np.concatenate([rides.context, np.array(context, dtype=np.int32)]),
+        np.concatenate([rides.terminal_id, np.array([h.terminal_id for h in held], np.uint64)]),
+        np.concatenate([rides.seq, np.array([h.seq for h in held], np.uint64)]),
+        np.concatenate([rides.time_ms, np.array([h.time_ms for h in held], np.int64)]),
+        np.concatenate([rides.card_id, np.array([h.card_id for h in held], np.uint64)]),
+        np.concatenate([rides.counter, np.array([h.counter for h in held], np.int64)]),
+        np.concatenate(
+            [
+                rides.record_hash,
+                np.frombuffer(b"".join(h.record_hash for h in held), np.uint8).reshape(-1, 32),
+            ]
+        ),
+        flagged,
+        np.concatenate([rides.generation, np.array([h.generation for h in held], np.int64)]),
+        np.concatenate([rides.held, np.ones(len(held), dtype=bool)]),
+    )
 
 
 def _pool(good: list[Partial]) -> tuple[Rides, list[int]]:
@@ -159,7 +446,7 @@ def _pool(good: list[Partial]) -> tuple[Rides, list[int]]:
     parts = [p.rides for p in good]
 
     def joined(name: str, dtype: type) -> np.ndarray:
-        columns = [getattr(r, name) for r in parts]
+        columns = [getattr(r, name) for r in parts if getattr(r, name) is not None]
         return np.concatenate(columns).astype(dtype, copy=False) if columns else np.zeros(0, dtype)
 
     hashes = np.frombuffer(b"".join(r.record_hash for r in parts), dtype=np.uint8)
@@ -173,6 +460,7 @@ def _pool(good: list[Partial]) -> tuple[Rides, list[int]]:
         joined("counter", np.int64),
         hashes.reshape(-1, 32),
         flagged,
+        joined("generation", np.int64),
     )
     return pool, starts
 
@@ -278,11 +566,13 @@ def _reused_counters(rides: Rides, anomalies: list[Anomaly]) -> np.ndarray | Non
 def _flags(rides: Rides, opts: MergeOptions, anomalies: list[Anomaly]) -> None:
     """Rides after their card's revocation, and rides under a stale table."""
     revoked_at = {c: at for c, at in opts.revoked_at.items() if 0 <= c < 1 << 64}
+    held = rides.held
+    assert held is not None
     if revoked_at and len(rides):
         revoked_cards = np.array(sorted(revoked_at), dtype=np.uint64)
         pos = np.searchsorted(revoked_cards, rides.card_id)
         hit = revoked_cards[np.minimum(pos, len(revoked_cards) - 1)] == rides.card_id
-        for row in np.flatnonzero(hit).tolist():
+        for row in np.flatnonzero(hit & ~held).tolist():
             tid, seq, card_id = rides.where(row)
             revoked = revoked_at[card_id]
             if int(rides.time_ms[row]) >= revoked * 1000:
@@ -296,7 +586,7 @@ def _flags(rides: Rides, opts: MergeOptions, anomalies: list[Anomaly]) -> None:
                     )
                 )
     for row, (flags, generation) in rides.flagged.items():
-        if "revocation_stale" in flags:
+        if "revocation_stale" in flags and not held[row]:
             tid, seq, card_id = rides.where(row)
             anomalies.append(
                 Anomaly(
@@ -391,3 +681,24 @@ def _may_be_far(terminals: Mapping[int, TerminalInfo], min_travel_m: int) -> boo
     xs = [t.x_m for t in terminals.values()]
     ys = [t.y_m for t in terminals.values()]
     return math.isqrt((max(xs) - min(xs)) ** 2 + (max(ys) - min(ys)) ** 2) >= min_travel_m
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A night: the settled day's result, the late days' corrections, and what was found.
+
+    ``rides``, ``totals`` and ``stats`` are the settled day's; ``corrections`` hold one
+    result per earlier day that a late batch reopened; ``anomalies`` has every finding
+    of the night (a correction's carry its day).
+    """
+
+    day: str
+    inputs: tuple[str, ...]  # the batch files considered, SHA-256 hex, sorted
+    rides: PricedRides
+    totals: tuple[Total, ...]
+    anomalies: tuple[Anomaly, ...]
+    stats: dict[str, int]
+    corrections: tuple[DayResult, ...] = ()
+    night: int = 0
+    rerun: bool = False
+    directory: dict[str, int] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Writing a settlement: totals CSV, rides Parquet, anomalies JSON and the manifest.
+"""Writing a night: totals and corrections CSV, rides Parquet, anomalies JSON, manifest.
 
 Every output is a pure function of the Settlement, serialised with fixed options and no
 timestamps, so the same settlement always gives the same bytes. Files are replaced
@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +22,38 @@ from farecore.atomicfile import write_atomic
 from farecore.errors import SettlementError
 from farecore.journal import Direction
 from farecore.settlement.anomalies import KINDS
-from farecore.settlement.merge import Settlement
-from farecore.settlement.rides import TRIPS
+from farecore.settlement.merge import Settlement, Total
+from farecore.settlement.rides import TRIPS, PricedRides
 
 __all__ = ["MANIFEST_FORMAT", "OUTPUT_NAMES", "rides_parquet_bytes", "write_outputs"]
 
-MANIFEST_FORMAT = "farecore-settlement/1"
-OUTPUT_NAMES = ("totals.csv", "rides.parquet", "anomalies.json")
+MANIFEST_FORMAT = "farecore-settlement/2"
+OUTPUT_NAMES = ("totals.csv", "corrections.csv", "rides.parquet", "anomalies.json")
 
 
-def totals_csv(s: Settlement) -> bytes:
+def _totals(totals: Iterable[Total]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["day", "operator", "line", "rides", "amount_fen"])
-    for t in s.totals:
+    for t in totals:
         w.writerow([t.day, t.operator, t.line, t.rides, t.amount_fen])
     return buf.getvalue().encode()
 
 
+def totals_csv(s: Settlement) -> bytes:
+    """What each operator and line is owed for the settled day."""
+    return _totals(s.totals)
+
+
+def corrections_csv(s: Settlement) -> bytes:
+    """What late batches add to earlier days, per day, operator and line (header only
+    when nothing arrived late)."""
+    return _totals(t for c in s.corrections for t in c.totals)
+
+
 def rides_parquet_bytes(s: Settlement) -> bytes:
-    """The verified, paid rides as Parquet; same settlement, same bytes."""
+    """The paid rides as Parquet (the settled day's, then each correction's); same
+    settlement, same bytes."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -48,7 +61,24 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
         raise SettlementError(
             "writing rides.parquet needs pyarrow: pip install 'farecore[settle]'"
         ) from None
-    priced = s.rides
+    parts = [(s.day, s.rides)] + [(c.day, c.rides) for c in s.corrections]
+    table = pa.concat_tables([_rides_table(pa, day, priced) for day, priced in parts])
+    sink = pa.BufferOutputStream()
+    # Fixed options and no pandas metadata: nothing in the file depends on when it ran.
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=True,
+        write_statistics=True,
+        store_schema=False,
+        row_group_size=1 << 20,
+    )
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _rides_table(pa: Any, day: str, priced: PricedRides) -> Any:
     rides = priced.rides
     contexts = rides.contexts
 
@@ -61,6 +91,7 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
         flags[row] = ",".join(words)
     no_pair = ~priced.paired()
     cols: dict[str, Any] = {
+        "day": pa.array([day] * len(rides), type=pa.string()),
         "terminal_id": rides.terminal_id,
         "seq": rides.seq,
         "time_ms": rides.time_ms,
@@ -81,6 +112,7 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
     }
     schema = pa.schema(
         [
+            ("day", pa.string()),
             ("terminal_id", pa.uint64()),
             ("seq", pa.uint64()),
             ("time_ms", pa.int64()),
@@ -98,20 +130,7 @@ def rides_parquet_bytes(s: Settlement) -> bytes:
             ("record_hash", pa.binary(32)),
         ]
     )
-    table = pa.Table.from_pydict(cols, schema=schema)
-    sink = pa.BufferOutputStream()
-    # Fixed options and no pandas metadata: nothing in the file depends on when it ran.
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        compression_level=3,
-        use_dictionary=True,
-        write_statistics=True,
-        store_schema=False,
-        row_group_size=1 << 20,
-    )
-    return bytes(sink.getvalue().to_pybytes())
+    return pa.Table.from_pydict(cols, schema=schema)
 
 
 def anomalies_json(s: Settlement) -> bytes:
@@ -135,19 +154,29 @@ def write_outputs(s: Settlement, out_dir: Path, settings: dict[str, str]) -> dic
         raise SettlementError(f"cannot create {out_dir}: {exc.strerror}") from None
     blobs = {
         "totals.csv": totals_csv(s),
+        "corrections.csv": corrections_csv(s),
         "rides.parquet": rides_parquet_bytes(s),
         "anomalies.json": anomalies_json(s),
     }
     digests: dict[str, str] = {}
     for name, data in blobs.items():
-        write_atomic(out_dir / name, data)
+        _write(out_dir / name, data)
         digests[name] = hashlib.sha256(data).hexdigest()
     manifest = {
         "format": MANIFEST_FORMAT,
         "day": s.day,
+        "night": s.night,
+        "correction_days": [c.day for c in s.corrections],
         "inputs": {"batches_sha256": list(s.inputs), **dict(sorted(settings.items()))},
         "outputs": digests,
         "stats": dict(sorted(s.stats.items())),
     }
-    write_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    _write(out_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     return digests
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise SettlementError(f"cannot write {path}: {exc.strerror or exc}") from None

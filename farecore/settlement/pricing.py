@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,17 +64,37 @@ class _DayFares:
         return self._stations[key]
 
 
+@dataclass(slots=True)
+class _Unpaired:
+    """How unpaired taps are settled tonight, and what they put at stake."""
+
+    hold: dict[str, frozenset[str]]  # "entry"/"exit" -> operators whose unpaired taps wait
+    held: np.ndarray  # bool per ride
+    at_stake_fen: int = 0
+
+
 def price(
-    rides: Rides, by_card: np.ndarray, day: dt.date, fare_table: FareTable, anomalies: list[Anomaly]
-) -> tuple[PricedRides, dict[tuple[str, str], list[int]]]:
-    """Each ride priced; and (operator, line) -> [rides, fen].
+    rides: Rides,
+    by_card: np.ndarray,
+    day: dt.date,
+    fare_table: FareTable,
+    anomalies: list[Anomaly],
+    hold: dict[str, frozenset[str]] | None = None,
+) -> tuple[PricedRides, dict[tuple[str, str], list[int]], np.ndarray, int]:
+    """Each ride priced; (operator, line) -> [rides, fen]; which rides are held; and the
+    amount at stake over the unpaired taps (highest minus lowest band, summed).
 
     A bus boarding pays its line's fare. Metro rides are walked per card in time order:
     per operator, an exit takes the latest open entry and pays the trip, counted on the
     entry's line (the entry itself carries 0); an exit with no open entry and an entry
-    never closed pay the unpaired fares.
+    never closed are settled by the unpaired rule, or held (not paid, fare 0) when
+    ``hold`` names their operator for their kind, or the rule is ``hold``.
     """
     fares = _DayFares(fare_table, day)
+    unpaired = _Unpaired(
+        {k: frozenset((hold or {}).get(k, frozenset())) for k in ("entry", "exit")},
+        np.zeros(len(rides), dtype=bool),
+    )
     n = len(rides)
     fare = np.zeros(n, dtype=np.int64)
     trip = np.zeros(n, dtype=np.int8)
@@ -108,7 +129,7 @@ def price(
         metro.tolist(), rides.card_id[metro].tolist(), rides.context[metro].tolist(), strict=True
     ):
         if card_id != card:
-            _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
+            _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies, unpaired)
             card = card_id
         op, line, place, direction = contexts[code]
         stack = open_entries[op]
@@ -116,8 +137,10 @@ def price(
             stack.append(row)
             continue
         if not stack:
-            fen = _unpaired(fares, "exit", rides, row, anomalies)
             trip[row] = UNPAIRED_EXIT
+            fen = _unpaired(fares, "exit", rides, row, anomalies, unpaired)
+            if fen is None:
+                continue  # held: not paid tonight
             total = totals[(op, line)]
         else:
             e = stack.pop()
@@ -136,8 +159,9 @@ def price(
         fare[row] = fen
         total[0] += 1
         total[1] += fen
-    _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies)
-    return PricedRides(rides, fare, trip, paired_tid, paired_seq), totals
+    _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies, unpaired)
+    priced = PricedRides(rides, fare, trip, paired_tid, paired_seq)
+    return priced, totals, unpaired.held, unpaired.at_stake_fen
 
 
 def _close_unpaired(
@@ -148,14 +172,17 @@ def _close_unpaired(
     trip: np.ndarray,
     totals: dict[tuple[str, str], list[int]],
     anomalies: list[Anomaly],
+    unpaired: _Unpaired,
 ) -> None:
     """Price one card's entries that no exit closed, and forget them."""
     for stack in open_entries.values():
         for row in stack:
             op, line, _, _ = rides.contexts[int(rides.context[row])]
-            fen = _unpaired(fares, "entry", rides, row, anomalies)
-            fare[row] = fen
             trip[row] = UNPAIRED_ENTRY
+            fen = _unpaired(fares, "entry", rides, row, anomalies, unpaired)
+            if fen is None:
+                continue
+            fare[row] = fen
             total = totals[(op, line)]
             total[0] += 1
             total[1] += fen
@@ -168,9 +195,32 @@ def _no_fare(rides: Rides, row: int, detail: str) -> Anomaly:
 
 
 def _unpaired(
-    fares: _DayFares, which: str, rides: Rides, row: int, anomalies: list[Anomaly]
-) -> int:
-    fen = fares.unpaired(which, rides.contexts[int(rides.context[row])][0])
+    fares: _DayFares,
+    which: str,
+    rides: Rides,
+    row: int,
+    anomalies: list[Anomaly],
+    unpaired: _Unpaired,
+) -> int | None:
+    """The fen an unpaired tap is paid, or None when it is held instead."""
+    op = rides.contexts[int(rides.context[row])][0]
+    table = fares.metro(op)
+    if table is not None:
+        unpaired.at_stake_fen += table.max_fen - table.min_fen
+    rule = fares.fares.unpaired_rule(which)
+    if op in unpaired.hold[which] or rule == "hold":
+        unpaired.held[row] = True
+        tid, seq, card_id = rides.where(row)
+        why = (
+            "the unpaired rule is hold"
+            if op not in unpaired.hold[which]
+            else f"a batch of an {'exit' if which == 'entry' else 'entry'} gate is missing"
+        )
+        anomalies.append(
+            Anomaly("held", terminal_id=tid, seq=seq, card_id=card_id, detail=f"{which}: {why}")
+        )
+        return None
+    fen = fares.unpaired(which, op)
     if fen is None:
         anomalies.append(_no_fare(rides, row, f"no metro fare table for unpaired {which}"))
         return 0

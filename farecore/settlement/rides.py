@@ -38,7 +38,9 @@ class Rides:
 
     ``context`` indexes ``contexts`` (a terminal's operator, line, place, direction);
     ``record_hash`` has one 32-byte row per ride; ``flagged`` maps the row of each ride
-    that carries flags to (flags, revocation generation).
+    that carries flags to (flags, revocation generation). ``generation`` is the
+    revocation generation each ride was decided under (-1: none recorded); ``held`` marks
+    rides an earlier night held, which come back to be priced.
     """
 
     contexts: tuple[Context, ...]
@@ -50,6 +52,15 @@ class Rides:
     counter: np.ndarray  # int64
     record_hash: np.ndarray  # uint8, shape (n, 32)
     flagged: dict[int, tuple[tuple[str, ...], int | None]]
+    generation: np.ndarray | None = None  # int64
+    held: np.ndarray | None = None  # bool
+
+    def __post_init__(self) -> None:
+        n = len(self.seq)
+        if self.generation is None:
+            object.__setattr__(self, "generation", np.full(n, -1, dtype=np.int64))
+        if self.held is None:
+            object.__setattr__(self, "held", np.zeros(n, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -71,6 +82,8 @@ class Rides:
             self.counter[rows],
             self.record_hash[rows],
             moved,
+            self.generation[rows],  # type: ignore[index]
+            self.held[rows],  # type: ignore[index]
         )
 
     def by_card(self) -> np.ndarray:

@@ -1,43 +1,65 @@
 """The settlement's unit of work: one batch file in, one picklable partial result out.
 
 ``settle_unit`` reads a batch, verifies the terminal's signature and hash chain, then
-re-verifies every accepted ride's proof of tap: the credential against the issuer keyring
-once per distinct credential, the card's signature over the challenge every ride. It
+redoes, for every ride the terminal labelled ACCEPT, every check that the batch alone
+can answer: the proof of tap (the credential against the issuer keyring once per
+distinct credential, the card's signature over the challenge every ride), the context
+against the register, the credential's validity at ride time, its region and category
+against the operator's policy, and the ride time against the batch's service day. It
 depends only on its arguments, so the same call gives the same partial whether it runs
-in-process, in a process pool or on a Dask worker. It must never read a clock, touch
-shared state or write files.
+in-process, in a process pool or on a Dask worker. It must never raise on a file's
+content, read a clock, touch shared state or write files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from farecore.batch import peek_terminal_id, verify_batch_rows
+from farecore.batch import day_bounds_ms, peek_terminal_id, verify_batch, verify_batch_rows
 from farecore.credential import parse_unverified
 from farecore.crypto import PublicKey
-from farecore.errors import BadSignature, MalformedInput, SettlementError
-from farecore.journal import Direction
+from farecore.errors import BadSignature, MalformedInput
 from farecore.keys import Keyring
 from farecore.proof import verify_card_signature, verify_credential
+from farecore.records import Direction
 from farecore.settlement.anomalies import Anomaly
+from farecore.settlement.fares import OperatorPolicy
 from farecore.settlement.terminals import TerminalInfo
 
-__all__ = ["NO_RIDES", "Partial", "RideColumns", "UnitConfig", "settle_unit"]
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "NO_RIDES",
+    "NO_TIME",
+    "Partial",
+    "RideColumns",
+    "UnitConfig",
+    "settle_bytes",
+    "settle_unit",
+    "unreadable_key",
+]
+
+# A terminal's day is tens of megabytes at most; a larger file is refused unread.
+MAX_BATCH_BYTES = 1 << 30
+NO_TIME = -(1 << 63)  # "no earlier record" in the time high-water columns
 
 
 @dataclass(frozen=True, slots=True)
 class UnitConfig:
-    """What every unit needs: the day, the terminal register and the issuer keyring."""
+    """What every unit needs: the register, the keyring and the operators' policies."""
 
     day: dt.date
     terminals: tuple[TerminalInfo, ...]
     keyring: bytes  # Keyring.to_bytes(): plain bytes travel to any worker
+    policies: tuple[OperatorPolicy, ...] = ()
+    clock_tolerance_ms: int = 300_000
+    max_batch_bytes: int = MAX_BATCH_BYTES
 
     def terminal(self, terminal_id: int | None) -> TerminalInfo | None:
         for t in self.terminals:
@@ -45,10 +67,16 @@ class UnitConfig:
                 return t
         return None
 
+    def policy(self, operator: str) -> OperatorPolicy | None:
+        for p in self.policies:
+            if p.operator == operator:
+                return p
+        return None
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class RideColumns:
-    """A batch's accepted rides whose proof of tap verified, column by column.
+    """A batch's accepted rides that passed the unit's checks, column by column.
 
     One row per ride, in seq order. Every ride of a batch has its terminal's context
     (operator, line, place, direction): a record naming another is an anomaly, not a
@@ -68,6 +96,9 @@ class RideColumns:
     record_hash: bytes  # 32 bytes per ride, in row order
     # (row, flags, revocation generation) of the few rides that carry flags
     flagged: tuple[tuple[int, tuple[str, ...], int | None], ...] = ()
+    generation: np.ndarray | None = None  # int64, -1 where the record names none
+    # int64: the latest time of any earlier record of this batch (NO_TIME for the first)
+    time_before: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -75,7 +106,9 @@ class RideColumns:
 
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
-NO_RIDES = RideColumns("", "", "", 0, _EMPTY_U64, _EMPTY_I64, _EMPTY_U64, _EMPTY_I64, b"")
+NO_RIDES = RideColumns(
+    "", "", "", 0, _EMPTY_U64, _EMPTY_I64, _EMPTY_U64, _EMPTY_I64, b"", (), _EMPTY_I64, _EMPTY_I64
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +127,18 @@ class Partial:
     denied: int = 0
     rides: RideColumns = NO_RIDES
     anomalies: tuple[Anomaly, ...] = ()
+    file: str = ""  # the file's name, for anomalies about the file itself
+    max_time_ms: int = NO_TIME  # the latest record time in the batch
+    unreadable: bool = False  # the unit could not read the file (an OSError)
 
 
 _KEYRINGS: dict[bytes, Keyring] = {}
-# keyring bytes -> credential SHA-256 -> (card id, card key) or why it failed. A pure
-# function of its keys, so caching it per process changes no result, only the cost: each
-# process verifies each card's credential once, however many batches it settles.
-_CARD_KEYS: dict[bytes, dict[bytes, tuple[int, PublicKey] | str]] = {}
+# (card id, card key, valid from, valid until, region, category), or why it failed.
+_CardEntry = tuple[int, PublicKey, int, int, int, int] | str
+# keyring bytes -> credential SHA-256 -> _CardEntry. A pure function of its keys, so
+# caching it per process changes no result, only the cost: each process verifies each
+# card's credential once, however many batches it settles.
+_CARD_KEYS: dict[bytes, dict[bytes, _CardEntry]] = {}
 # The challenge's terminal id and time (farecore.proof's challenge layout, nonce unread).
 _CHALLENGE_HEAD = struct.Struct(">QQ")
 _CARD_KEYS_MAX = 1_000_000
@@ -114,23 +152,61 @@ def _keyring(data: bytes) -> Keyring:
     return ring
 
 
-def settle_unit(path: str, cfg: UnitConfig) -> Partial:
-    """Verify one batch file and every proof in it. Raises only if the file is unreadable."""
+def _file_problem(path: str, limit: int) -> tuple[str, bool] | None:
+    """Why ``path`` cannot be a batch file, judged before reading a byte of it, and
+    whether the cause is that it cannot be reached at all."""
     try:
-        data = Path(path).read_bytes()
+        st = os.stat(path)
     except OSError as exc:
-        raise SettlementError(f"cannot read batch {path}: {exc.strerror or exc}") from None
-    return settle_bytes(data, cfg)
+        return f"cannot stat: {exc.strerror or exc}", True
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file", False
+    if st.st_size > limit:
+        return f"{st.st_size} bytes, more than the {limit} a batch may have", False
+    return None
 
 
-def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
+def unreadable_key(path: str) -> bytes:
+    """The key a batch entry that cannot be read goes by (it has no SHA-256 of its own)."""
+    return hashlib.sha256(f"unreadable:{os.path.basename(path)}".encode()).digest()
+
+
+def _rejected_file(path: str, detail: str, unreadable: bool = False) -> Partial:
+    name = os.path.basename(path)
+    return Partial(
+        unreadable_key(path),
+        False,
+        anomalies=(Anomaly("batch_rejected", detail=f"{name}: {detail}", file=name),),
+        file=name,
+        unreadable=unreadable,
+    )
+
+
+def settle_unit(path: str, cfg: UnitConfig) -> Partial:
+    """Verify one batch file and every proof in it. Never raises for what the file holds:
+    a file that cannot be a batch (missing, a directory, unreadable, huge) is a rejected
+    partial naming it."""
+    problem = _file_problem(path, cfg.max_batch_bytes)
+    if problem is not None:
+        return _rejected_file(path, *problem)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(cfg.max_batch_bytes + 1)
+    except OSError as exc:
+        return _rejected_file(path, f"cannot read: {exc.strerror or exc}", True)
+    if len(data) > cfg.max_batch_bytes:
+        return _rejected_file(path, "grew past the size limit while read")
+    return settle_bytes(data, cfg, os.path.basename(path))
+
+
+def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
     """``settle_unit`` on bytes already read."""
     sha = hashlib.sha256(data).digest()
     claimed = peek_terminal_id(data)
     info = cfg.terminal(claimed)
     if info is None:
         kind = "batch_rejected" if claimed is None else "unknown_terminal"
-        detail = "header does not parse" if claimed is None else "terminal not registered"
+        detail = _why_unparsed(data) if claimed is None else "terminal not registered"
         return Partial(
             sha,
             False,
@@ -140,8 +216,10 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
                     terminal_id=claimed if claimed is not None else -1,
                     batch=sha.hex(),
                     detail=detail,
+                    file=file,
                 ),
             ),
+            file=file,
         )
     try:
         batch = verify_batch_rows(data, info.key())
@@ -152,25 +230,19 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
             terminal_id=info.terminal_id,
             anomalies=(
                 Anomaly(
-                    "batch_rejected", terminal_id=info.terminal_id, batch=sha.hex(), detail=str(exc)
+                    "batch_rejected",
+                    terminal_id=info.terminal_id,
+                    batch=sha.hex(),
+                    detail=str(exc),
+                    file=file,
                 ),
             ),
+            file=file,
         )
     rows = batch.rows
-    common = dict(
-        batch_sha256=sha,
-        ok=True,
-        terminal_id=batch.terminal_id,
-        day=batch.day.isoformat(),
-        first_seq=batch.first_seq,
-        last_seq=batch.last_seq,
-        prev_hash=batch.prev_hash,
-        tail_hash=batch.tail_hash,
-        taps=len(rows),
-        denied=sum(1 for r in rows if r[7] != "ACCEPT"),
-    )
-    if batch.day != cfg.day:
-        return Partial(**common)  # type: ignore[arg-type]  # chain continuity only
+    policy = cfg.policy(info.operator)
+    start_ms, end_ms = day_bounds_ms(batch.day, batch.utc_offset_min)
+    tol = cfg.clock_tolerance_ms
     keyring = _keyring(cfg.keyring)
     keys = _CARD_KEYS.get(cfg.keyring)
     if keys is None or len(keys) > _CARD_KEYS_MAX:
@@ -180,13 +252,20 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
     cards: list[int] = []
     counters: list[int] = []
     hashes: list[bytes] = []
+    generations: list[int] = []
+    befores: list[int] = []
     flagged: list[tuple[int, tuple[str, ...], int | None]] = []
     anomalies: list[Anomaly] = []
     credentials = batch.credentials
     want = (info.operator, info.line, info.place, int(info.direction))
-    want_op, want_line, want_place, _ = want
+    latest = NO_TIME
+    denied = 0
+
+    def flag(kind: str, tid: int, seq: int, card_id: int | None, detail: str) -> None:
+        anomalies.append(_flag(kind, tid, seq, card_id, sha, detail))
+
     # The batch signature authenticated every byte of these rows; what is left per ride
-    # is the proof of tap itself. Rows unpack straight into locals (no per-ride objects).
+    # is the proof of tap and the checks a gate makes. Rows unpack straight into locals.
     for (
         tid,
         seq,
@@ -206,18 +285,19 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
         _detail,
         record_hash,
     ) in rows:
+        before = latest
+        if time_ms > latest:
+            latest = time_ms
         if label != "ACCEPT":
-            continue
+            denied += 1
+            continue  # a denied tap is never paid, whatever else it says
         if (operator, line, place, direction) != want:
-            anomalies.append(
-                _flag(
-                    "context_mismatch",
-                    tid,
-                    seq,
-                    card_id,
-                    sha,
-                    f"{operator}/{line}/{place}/{Direction(direction).name}",
-                )
+            flag(
+                "context_mismatch",
+                tid,
+                seq,
+                card_id,
+                f"{operator}/{line}/{place}/{Direction(direction).name}",
             )
             continue
         assert card_id is not None and counter is not None and cred_sha is not None
@@ -225,24 +305,37 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
         if entry is None:
             entry = keys[cred_sha] = _card_key(credentials[cred_sha], keyring)
         if isinstance(entry, str):
-            problem = entry
-        else:
-            cred_card, key = entry
-            problem = ""
-            if cred_card != card_id:
-                problem = f"credential is for card {cred_card}, record says {card_id}"
-            else:
-                ch_tid, ch_ms = _CHALLENGE_HEAD.unpack_from(challenge)
-                if ch_tid != tid or ch_ms != time_ms:
-                    problem = "challenge does not name this terminal and time"
-                else:
-                    assert signature is not None
-                    try:
-                        verify_card_signature(key, card_id, counter, challenge, signature)
-                    except BadSignature as exc:
-                        problem = f"card signature: {exc}"
-        if problem:
-            anomalies.append(_flag("bad_proof", tid, seq, card_id, sha, problem))
+            flag("bad_proof", tid, seq, card_id, entry)
+            continue
+        cred_card, key, valid_from, valid_until, region, category = entry
+        if cred_card != card_id:
+            flag("bad_proof", tid, seq, card_id, f"credential is for card {cred_card}")
+            continue
+        ch_tid, ch_ms = _CHALLENGE_HEAD.unpack_from(challenge)
+        if ch_tid != tid or ch_ms != time_ms:
+            flag("bad_proof", tid, seq, card_id, "challenge does not name this terminal and time")
+            continue
+        assert signature is not None
+        try:
+            verify_card_signature(key, card_id, counter, challenge, signature)
+        except BadSignature as exc:
+            flag("bad_proof", tid, seq, card_id, f"card signature: {exc}")
+            continue
+        # The gate's own checks, in its order, redone from the credential the batch holds.
+        if time_ms < valid_from * 1000:
+            flag("not_yet_valid", tid, seq, card_id, f"valid from {valid_from}")
+            continue
+        if time_ms >= valid_until * 1000:
+            flag("expired", tid, seq, card_id, f"valid until {valid_until}")
+            continue
+        if policy is None or region not in policy.regions:
+            flag("wrong_region", tid, seq, card_id, f"region {region}")
+            continue
+        if category not in policy.categories:
+            flag("category_not_accepted", tid, seq, card_id, f"category {category}")
+            continue
+        if not start_ms - tol <= time_ms < end_ms + tol:
+            flag("outside_day", tid, seq, card_id, f"time {time_ms} is not on {batch.day}")
             continue
         if flags:
             flagged.append((len(seqs), flags, generation))
@@ -251,10 +344,12 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
         cards.append(card_id)
         counters.append(counter)
         hashes.append(record_hash)
+        generations.append(-1 if generation is None else generation)
+        befores.append(before)
     rides = RideColumns(
-        want_op,
-        want_line,
-        want_place,
+        want[0],
+        want[1],
+        want[2],
         want[3],
         np.array(seqs, dtype=np.uint64),
         np.array(times, dtype=np.int64),
@@ -262,8 +357,34 @@ def settle_bytes(data: bytes, cfg: UnitConfig) -> Partial:
         np.array(counters, dtype=np.int64),
         b"".join(hashes),
         tuple(flagged),
+        np.array(generations, dtype=np.int64),
+        np.array(befores, dtype=np.int64),
     )
-    return Partial(**common, rides=rides, anomalies=tuple(anomalies))  # type: ignore[arg-type]
+    return Partial(
+        batch_sha256=sha,
+        ok=True,
+        terminal_id=batch.terminal_id,
+        day=batch.day.isoformat(),
+        first_seq=batch.first_seq,
+        last_seq=batch.last_seq,
+        prev_hash=batch.prev_hash,
+        tail_hash=batch.tail_hash,
+        taps=len(rows),
+        denied=denied,
+        rides=rides,
+        anomalies=tuple(anomalies),
+        file=file,
+        max_time_ms=latest,
+    )
+
+
+def _why_unparsed(data: bytes) -> str:
+    """The parser's own words for a batch whose terminal id could not even be read."""
+    try:
+        verify_batch(data, None)  # structure only: there is no key to check it with
+    except MalformedInput as exc:
+        return str(exc)
+    return "header names no terminal id"
 
 
 def _flag(kind: str, tid: int, seq: int, card_id: int | None, sha: bytes, detail: str) -> Anomaly:
@@ -277,10 +398,12 @@ def _flag(kind: str, tid: int, seq: int, card_id: int | None, sha: bytes, detail
     )
 
 
-def _card_key(credential: bytes, keyring: Keyring) -> tuple[int, PublicKey] | str:
-    """(card id, card key) from a credential the issuer signed, or why not."""
+def _card_key(credential: bytes, keyring: Keyring) -> _CardEntry:
+    """The card's id, key and validity terms from a credential the issuer signed, or why not."""
     try:
         cred = parse_unverified(credential)
-        return (cred.card_id, verify_credential(cred, keyring))
+        key = verify_credential(cred, keyring)
     except (MalformedInput, BadSignature) as exc:
         return f"credential: {exc}"
+    f = cred.fields
+    return (f.card_id, key, f.valid_from, f.valid_until, f.region, f.category)

@@ -29,6 +29,14 @@ FARES = """
 entry = "max"
 exit = "min"
 
+[[operator]]
+id = "qd-bus"
+regions = [370200]
+
+[[operator]]
+id = "qd-metro"
+regions = [370200]
+
 [[bus]]
 operator = "qd-bus"
 line = "1"
@@ -123,7 +131,11 @@ class World:
         return decision.accepted
 
     def export(self, day: dt.date = DAY) -> list[Path]:
+        """Every registered terminal's batch of ``day`` (an idle one's is empty)."""
         out = []
+        for tid in LAYOUT:
+            if tid not in self.journals:
+                self.journals[tid] = Journal.open(self.root / f"journal-{tid}.sqlite", tid)
         for tid in sorted(self.journals):
             path = self.batches / f"{tid}-{day.isoformat()}.fcb"
             path.write_bytes(
@@ -145,16 +157,19 @@ def random_day(world: World, n_cards: int, n_taps: int, seed: int) -> None:
     """Plausible random travel: bus boardings and metro trips, spread over the day."""
     rng = random.Random(seed)
     t = day_ms(6)
+    plan: list[tuple[int, int, int]] = []  # (time, terminal, card), tapped in time order
     for _ in range(n_taps):
         card = rng.randint(1, n_cards)
         t += rng.randint(60_000, 600_000)
         kind = rng.random()
         if kind < 0.4:
-            world.tap(rng.choice([101, 102]), card, t)
+            plan.append((t, rng.choice([101, 102]), card))
         elif kind < 0.85:
-            entry = rng.choice([201, 203, 205])
-            world.tap(entry, card, t)
+            plan.append((t, rng.choice([201, 203, 205]), card))
             if rng.random() < 0.9:
-                world.tap(rng.choice([202, 204, 206]), card, t + rng.randint(600_000, 1_800_000))
+                exit_t = t + rng.randint(600_000, 1_800_000)
+                plan.append((exit_t, rng.choice([202, 204, 206]), card))
         else:
-            world.tap(rng.choice([202, 204]), card, t)  # an exit with no entry
+            plan.append((t, rng.choice([202, 204]), card))  # an exit with no entry
+    for when, tid, card in sorted(plan):
+        world.tap(tid, card, when)

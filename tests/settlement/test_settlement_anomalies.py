@@ -40,8 +40,13 @@ def test_one_byte_tamper_rejects_the_batch(world: World, tmp_path: Path) -> None
     files = settle(world, tmp_path / "out")
     [a] = [a for a in anomalies(files) if a["kind"] == "batch_rejected"]
     assert a["terminal_id"] == 204
-    # Card 2's exit is gone, so its entry is now unpaired (max 400) instead of a 200 trip.
-    assert amount(files) == 1500 - 200 + 400
+    # Exit gate 204 handed in nothing valid: the metro entries whose exit could be on it
+    # (card 2's trip, card 4's unpaired entry) are held, not paid.
+    [missing] = [a for a in anomalies(files) if a["kind"] == "missing_batch"]
+    assert missing["terminal_id"] == 204
+    held = sorted(a["card_id"] for a in anomalies(files) if a["kind"] == "held")
+    assert held == [2, 4]
+    assert amount(files) == 1500 - 200 - 400
 
 
 def _records(world: World, tid: int) -> tuple[list[JournalRecord], dict[bytes, bytes]]:
@@ -152,23 +157,32 @@ def test_conflicting_records_for_one_seq_are_reported_not_paid(
     world.batches.joinpath(f"101-{DAY.isoformat()}.fcb").rename(world.batches / "first.fcb")
     world.export()
     files = settle(world, tmp_path / "out")
-    conflicts = [a for a in anomalies(files) if a["kind"] == "conflicting_duplicate"]
-    assert len(conflicts) == 2 and {a["seq"] for a in conflicts} == {1}
+    forks = [a for a in anomalies(files) if a["kind"] == "chain_fork"]
+    assert len(forks) == 2 and {(a["terminal_id"], a["seq"]) for a in forks} == {(101, 1)}
     assert amount(files) == 0
 
 
-def test_sequence_gap_between_batches_is_flagged(world: World, tmp_path: Path) -> None:
+def test_sequence_gap_between_nights_holds_the_batch(world: World, tmp_path: Path) -> None:
     import datetime as dt
+
+    from farecore.settlement import Ledger
 
     one_day = 86_400_000
     world.tap(101, 1, day_ms(8) - one_day)
     world.tap(101, 2, day_ms(8))
     world.tap(101, 3, day_ms(8) + one_day)
-    for day in (DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1)):
+    before, after = DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1)
+    for day in (before, after):
         world.export(day)
-    files = settle(world, tmp_path / "out")
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        first = settle(world, tmp_path / "night1", day=before, ledger=ledger)
+        assert amount(first) == 200
+        # DAY's batch never arrives: the next day's batch does not continue the chain.
+        files = settle(world, tmp_path / "night2", day=after, ledger=ledger)
     [gap] = [a for a in anomalies(files) if a["kind"] == "seq_gap"]
-    assert gap["terminal_id"] == 101 and gap["seq"] == 2
+    assert (gap["terminal_id"], gap["seq"], gap["day"]) == (101, 2, after.isoformat())
+    assert "2..2 missing" in gap["detail"]
+    assert amount(files) == 0
 
 
 def test_stale_table_and_revoked_rides_are_flagged(world: World, tmp_path: Path) -> None:

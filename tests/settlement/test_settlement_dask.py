@@ -112,23 +112,43 @@ def test_killing_a_worker_mid_run_changes_nothing(world: World, tmp_path: Path, 
     assert on_dask == expected
 
 
-def test_a_batch_a_worker_cannot_read_is_a_clear_error(
+def test_a_batch_gone_before_the_night_is_named_and_the_rest_settles(
     world: World, tmp_path: Path, cluster
 ) -> None:  # type: ignore[no-untyped-def]
     paths = _world_with_tampering(world)
     inputs = load_inputs(
         DAY, world.root / "terminals.csv", world.root / "keyring.json", world.root / "fares.toml"
     )
-    os.unlink(paths[0])  # listed by the client, gone by the time the worker looks
+    os.unlink(paths[0])  # listed, then gone before anything reads it
+    result = run_settlement(
+        inputs,
+        paths,
+        tmp_path / "out",
+        map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
+    )
+    name = os.path.basename(paths[0])
+    [gone] = [a for a in result.anomalies if a.kind == "batch_rejected" and a.file == name]
+    assert "cannot stat" in gone.detail and "worker tcp://" in gone.detail
+    assert (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_batch_its_unit_cannot_read_stops_the_night(world: World, tmp_path: Path) -> None:
+    # Readable when the night began, gone where its unit runs (a worker without the
+    # shared filesystem): a setup fault, not the file's, so nothing is written.
+    from farecore.settlement import map_in_process
+
+    paths = _world_with_tampering(world)
+    inputs = load_inputs(
+        DAY, world.root / "terminals.csv", world.root / "keyring.json", world.root / "fares.toml"
+    )
+
+    def elsewhere(ps, cfg):  # type: ignore[no-untyped-def]
+        os.unlink(ps[0])
+        yield from map_in_process(ps, cfg)
+
     with pytest.raises(SettlementError) as err:
-        run_settlement(
-            inputs,
-            paths,
-            tmp_path / "out",
-            map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
-        )
-    message = str(err.value)
-    assert paths[0] in message and "worker tcp://" in message and "shared filesystem" in message
+        run_settlement(inputs, paths, tmp_path / "out", map_units=elsewhere)
+    assert paths[0] in str(err.value) and "shared filesystem" in str(err.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -143,15 +163,20 @@ def test_cli_on_a_local_cluster_matches_in_process(world: World, tmp_path: Path)
         "--keyring", str(world.root / "keyring.json"),
         "--fares", str(world.root / "fares.toml"), "--day", DAY.isoformat(),
     ]  # fmt: skip
-    plain = subprocess.run([*common, "--out", str(tmp_path / "a")], capture_output=True, text=True)
-    assert plain.returncode == 0, plain.stderr
+    plain = subprocess.run(
+        [*common, "--out", str(tmp_path / "a"), "--ledger", str(tmp_path / "a.sqlite")],
+        capture_output=True,
+        text=True,
+    )
+    assert plain.returncode == 3, plain.stderr  # the tampered batches need review
+    where = ["--out", str(tmp_path / "b"), "--ledger", str(tmp_path / "b.sqlite")]
     on_dask = subprocess.run(
-        [*common, "--out", str(tmp_path / "b"), "--dask-workers", "2"],
+        [*common, *where, "--dask-workers", "2"],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert on_dask.returncode == 0, on_dask.stderr
+    assert on_dask.returncode == 3, on_dask.stderr
     assert "Dask dashboard at http" in on_dask.stderr
     for name in OUTPUTS:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -185,6 +210,8 @@ def test_without_dask_the_options_name_the_extra(world: World, tmp_path: Path) -
             DAY.isoformat(),
             "--out",
             str(tmp_path / "x"),
+            "--ledger",
+            str(tmp_path / "ledger.sqlite"),
             "--scheduler",
             "tcp://127.0.0.1:1",
         ],

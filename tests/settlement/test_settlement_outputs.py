@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -15,10 +16,10 @@ import pytest
 from settle_world import DAY, World, day_ms
 
 from farecore.cli import main
-from farecore.settlement import find_batches, load_inputs, run_settlement
+from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
 from farecore.settlement.outputs import rides_parquet_bytes
 
-OUTPUTS = ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
+OUTPUTS = ("totals.csv", "corrections.csv", "rides.parquet", "anomalies.json", "manifest.json")
 
 
 def scripted_day(w: World) -> None:
@@ -33,11 +34,13 @@ def scripted_day(w: World) -> None:
     w.export()
 
 
-def settle(w: World, out: Path, jobs: int = 1) -> dict[str, bytes]:
+def settle(
+    w: World, out: Path, jobs: int = 1, day: dt.date = DAY, ledger: Ledger | None = None
+) -> dict[str, bytes]:
     inputs = load_inputs(
-        DAY, w.root / "terminals.csv", w.root / "keyring.json", w.root / "fares.toml"
+        day, w.root / "terminals.csv", w.root / "keyring.json", w.root / "fares.toml"
     )
-    run_settlement(inputs, find_batches(w.batches), out, jobs=jobs)
+    run_settlement(inputs, find_batches(w.batches), out, jobs=jobs, ledger=ledger)
     return {name: (out / name).read_bytes() for name in OUTPUTS}
 
 
@@ -55,7 +58,7 @@ def test_scripted_day_totals(world: World, tmp_path: Path) -> None:
         ["2026-03-02", "qd-metro", "M2", "1", "400"],
     ]
     manifest = json.loads(files["manifest.json"])
-    for name in OUTPUTS[:3]:
+    for name in OUTPUTS[:4]:
         assert manifest["outputs"][name] == hashlib.sha256(files[name]).hexdigest()
     assert manifest["stats"]["amount_fen"] == 1500
     table = pq.read_table(tmp_path / "out" / "rides.parquet")
@@ -105,10 +108,16 @@ def test_cli_settle_summary_and_errors(
         "2026-03-02",
         "--out",
         str(tmp_path / "out"),
+        "--ledger",
+        str(tmp_path / "ledger.sqlite"),
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "15.00 yuan" in out and "anomalies: none" in out
+    assert "15.00 yuan" in out and "anomalies: none" in out and "nothing to review" in out
+    first = {name: (tmp_path / "out" / name).read_bytes() for name in OUTPUTS}
+    assert main(args) == 0  # the same night again: same bytes, the ledger unchanged
+    assert "a re-run" in capsys.readouterr().out
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in OUTPUTS} == first
     bad = [a if a != str(world.batches) else str(tmp_path / "nope") for a in args]
     proc = subprocess.run([sys.executable, "-m", "farecore", *bad], capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
@@ -132,9 +141,16 @@ def test_the_cycle_collector_is_back_as_it_was_after_a_run(world: World, tmp_pat
     assert gc.isenabled()
     run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
     assert gc.isenabled() and gc.get_freeze_count() == 0
-    paths = [*find_batches(world.batches), str(tmp_path / "missing.fcb")]
-    with pytest.raises(SettlementError, match="missing.fcb"):
-        run_settlement(inputs, paths, None)
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        run_settlement(inputs, find_batches(world.batches), tmp_path / "n1", ledger=ledger)
+        earlier = load_inputs(
+            dt.date(2026, 3, 1),
+            world.root / "terminals.csv",
+            world.root / "keyring.json",
+            world.root / "fares.toml",
+        )
+        with pytest.raises(SettlementError, match="cannot be settled after them"):
+            run_settlement(earlier, find_batches(world.batches), tmp_path / "n0", ledger=ledger)
     assert gc.isenabled() and gc.get_freeze_count() == 0
     gc.disable()
     try:

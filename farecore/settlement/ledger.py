@@ -1,0 +1,471 @@
+"""The settlement ledger: what every earlier night settled, so no ride is paid twice.
+
+One SQLite file (WAL, ``synchronous=FULL``) holds, for every night, the batch files it
+considered and what became of each; every settled batch (so each terminal's chain head:
+last seq, hash and latest time); every card counter the ledger has taken (paid, or held
+for a later night); and the rides held until a late batch can price them. A night is
+appended in one transaction, so a night either happened entirely or not at all.
+
+Every read takes a night number and sees the ledger as it stood before that night
+(rows of nights ``< night``): re-running a settled night sees exactly what it saw the
+first time and so gives the same outputs. This module must never decide payment; it
+stores and answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from farecore.errors import SettlementError
+
+__all__ = [
+    "LEDGER_FORMAT",
+    "Head",
+    "HeldRide",
+    "Ledger",
+    "NightRecord",
+    "SettledBatch",
+    "TakenRide",
+]
+
+LEDGER_FORMAT = "farecore-ledger/1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nights (
+    night INTEGER PRIMARY KEY, day TEXT NOT NULL UNIQUE,
+    inputs_sha256 TEXT NOT NULL, outputs TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    sha256 BLOB NOT NULL, night INTEGER NOT NULL, outcome TEXT NOT NULL,
+    PRIMARY KEY (sha256, night)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    sha256 BLOB PRIMARY KEY, terminal_id INTEGER NOT NULL, day TEXT NOT NULL,
+    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, prev_hash BLOB NOT NULL,
+    tail_hash BLOB NOT NULL, max_time_ms INTEGER NOT NULL, night INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_chain ON batches (terminal_id, last_seq);
+CREATE INDEX IF NOT EXISTS batches_day ON batches (day);
+CREATE TABLE IF NOT EXISTS taken (
+    card_id INTEGER NOT NULL, counter INTEGER NOT NULL, terminal_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, night INTEGER NOT NULL,
+    PRIMARY KEY (card_id, counter)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS taken_time ON taken (time_ms);
+CREATE TABLE IF NOT EXISTS held (
+    terminal_id INTEGER NOT NULL, seq INTEGER NOT NULL, day TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, card_id INTEGER NOT NULL, counter INTEGER NOT NULL,
+    record_hash BLOB NOT NULL, generation INTEGER NOT NULL, flags TEXT NOT NULL,
+    night INTEGER NOT NULL, resolved INTEGER,
+    PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS held_day ON held (day);
+"""
+
+
+def _signed(values: np.ndarray) -> np.ndarray:
+    # SQLite integers are signed 64-bit; card ids use the whole uint64 range.
+    return np.ascontiguousarray(values, dtype=np.uint64).view(np.int64)
+
+
+def _bytes(value: object) -> bytes:
+    assert isinstance(value, bytes)
+    return value
+
+
+def _int(value: object) -> int:
+    """An integer read back from SQLite (its row values are typed ``object`` here)."""
+    assert isinstance(value, int)
+    return value
+
+
+def _unsigned(value: object) -> int:
+    v = _int(value)
+    return v + (1 << 64) if v < 0 else v
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a terminal's settled chain ends."""
+
+    last_seq: int
+    tail_hash: bytes
+    max_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NightRecord:
+    night: int
+    day: dt.date
+    inputs_sha256: str
+    outputs: dict[str, str]
+    files: dict[bytes, str]  # batch SHA-256 -> outcome
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRide:
+    """A verified ride kept unpaid until the batch its price depends on arrives."""
+
+    terminal_id: int
+    seq: int
+    day: str
+    time_ms: int
+    card_id: int
+    counter: int
+    record_hash: bytes
+    generation: int
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TakenRide:
+    """A card counter the ledger has taken: where and when it rode."""
+
+    card_id: int
+    counter: int
+    terminal_id: int
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettledBatch:
+    sha256: bytes
+    terminal_id: int
+    day: str
+    first_seq: int
+    last_seq: int
+    prev_hash: bytes
+    tail_hash: bytes
+    max_time_ms: int
+
+
+class Ledger:
+    """The ledger file, open. ``Ledger.open(path)``; ``Ledger.memory()`` for one-off runs."""
+
+    def __init__(self, db: sqlite3.Connection, where: str) -> None:
+        self._db = db
+        self.where = where
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Ledger:
+        """Open (creating if needed) the ledger at ``path``; SettlementError if it is not one."""
+        where = str(path)
+        p = Path(path)
+        if p.exists() and not p.is_file():
+            raise SettlementError(f"ledger {where} is not a file")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(where, timeout=30.0, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise SettlementError(f"cannot open ledger {where}: {exc}") from None
+        ledger = cls(db, where)
+        ledger._setup(durable=True)
+        return ledger
+
+    @classmethod
+    def memory(cls) -> Ledger:
+        """An empty ledger that lasts for this process (a first night, or a test)."""
+        ledger = cls(sqlite3.connect(":memory:", isolation_level=None), ":memory:")
+        ledger._setup(durable=False)
+        return ledger
+
+    def _setup(self, durable: bool) -> None:
+        db = self._db
+        try:
+            if durable:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise SettlementError(f"ledger {self.where}: cannot use WAL ({mode})")
+                db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA cache_size=-262144")  # 256 MiB: a year's counters are ~1 GB
+            db.execute("PRAGMA temp_store=MEMORY")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                row = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('format', ?)", (LEDGER_FORMAT,))
+                elif row[0] != LEDGER_FORMAT:
+                    raise SettlementError(f"ledger {self.where} is {row[0]}, not {LEDGER_FORMAT}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # read-only, locked, disk full, …
+            db.close()
+            raise SettlementError(f"cannot use ledger {self.where}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise SettlementError(f"ledger {self.where} is not a farecore ledger: {exc}") from None
+        except SettlementError:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise SettlementError(f"ledger {self.where}: {exc}") from None
+
+    # -- nights ---------------------------------------------------------------------
+
+    def night_of(self, day: dt.date) -> NightRecord | None:
+        rows = self._query(
+            "SELECT night, inputs_sha256, outputs FROM nights WHERE day=?", (day.isoformat(),)
+        )
+        if not rows:
+            return None
+        night, inputs, outputs = rows[0]
+        files = self._query("SELECT sha256, outcome FROM files WHERE night=?", (night,))
+        return NightRecord(
+            _int(night),
+            day,
+            str(inputs),
+            dict(json.loads(str(outputs))),
+            {_bytes(s): str(o) for s, o in files},
+        )
+
+    def last_night(self) -> tuple[int, dt.date] | None:
+        rows = self._query("SELECT night, day FROM nights ORDER BY night DESC LIMIT 1")
+        if not rows:
+            return None
+        return _int(rows[0][0]), dt.date.fromisoformat(str(rows[0][1]))
+
+    def nights(self) -> int:
+        return _int(self._query("SELECT COUNT(*) FROM nights")[0][0])
+
+    # -- the view before a night ----------------------------------------------------
+
+    def done_files(self, night: int) -> set[bytes]:
+        """Batch files an earlier night settled or rejected: not looked at again."""
+        rows = self._query(
+            "SELECT sha256 FROM files WHERE night<? AND outcome IN ('settled', 'rejected')",
+            (night,),
+        )
+        return {_bytes(r[0]) for r in rows}
+
+    def heads(self, night: int) -> dict[int, Head]:
+        """Each terminal's settled chain head as it stood before ``night``."""
+        rows = self._query(
+            "SELECT terminal_id, last_seq, tail_hash, max_time_ms FROM batches b "
+            "WHERE night<? AND last_seq = (SELECT MAX(last_seq) FROM batches "
+            "WHERE terminal_id=b.terminal_id AND night<?)",
+            (night, night),
+        )
+        out: dict[int, Head] = {}
+        for tid, last, tail, latest in rows:
+            # the latest time anywhere in the chain, not only in the head batch
+            out[_unsigned(tid)] = Head(_int(last), _bytes(tail), _int(latest))
+        if out:
+            for tid, latest in self._query(
+                "SELECT terminal_id, MAX(max_time_ms) FROM batches WHERE night<? "
+                "GROUP BY terminal_id",
+                (night,),
+            ):
+                key = _unsigned(tid)
+                h = out[key]
+                out[key] = Head(h.last_seq, h.tail_hash, _int(latest))
+        return out
+
+    def links_at(self, night: int, terminal_id: int, seq: int, tail_hash: bytes) -> bool:
+        """Whether the settled chain has ``tail_hash`` right after record ``seq``."""
+        tid = int(_signed(np.array([terminal_id], dtype=np.uint64))[0])
+        rows = self._query(
+            "SELECT 1 FROM batches WHERE terminal_id=? AND last_seq=? AND tail_hash=? "
+            "AND night<? LIMIT 1",
+            (tid, seq, tail_hash, night),
+        )
+        return bool(rows)
+
+    def settled_terminals(self, night: int, day: str) -> set[int]:
+        rows = self._query(
+            "SELECT DISTINCT terminal_id FROM batches WHERE day=? AND night<?", (day, night)
+        )
+        return {_unsigned(r[0]) for r in rows}
+
+    def taken_mask(self, night: int, card_id: np.ndarray, counter: np.ndarray) -> np.ndarray:
+        """For each (card, counter), True when an earlier night already took it."""
+        n = len(card_id)
+        out = np.zeros(n, dtype=bool)
+        if not n:
+            return out
+        db = self._db
+        cards = _signed(card_id)
+        order = np.lexsort((counter, cards))  # the key order: the join walks the B-tree once
+        try:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS probe (row INTEGER, card INTEGER, ctr INTEGER)"
+            )
+            db.execute("DELETE FROM temp.probe")
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO temp.probe VALUES (?, ?, ?)",
+                zip(
+                    order.tolist(),
+                    cards[order].tolist(),
+                    np.asarray(counter)[order].tolist(),
+                    strict=True,
+                ),
+            )
+            db.execute("COMMIT")
+            rows = db.execute(
+                "SELECT p.row FROM temp.probe p JOIN taken t "
+                "ON t.card_id = p.card AND t.counter = p.ctr WHERE t.night < ?",
+                (night,),
+            ).fetchall()
+            db.execute("DELETE FROM temp.probe")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SettlementError(f"ledger {self.where}: {exc}") from None
+        if rows:
+            out[np.array([r[0] for r in rows], dtype=np.int64)] = True
+        return out
+
+    def taken_between(self, night: int, start_ms: int, end_ms: int) -> list[TakenRide]:
+        """Rides taken by earlier nights with a time in [start_ms, end_ms)."""
+        rows = self._query(
+            "SELECT card_id, counter, terminal_id, time_ms FROM taken "
+            "WHERE time_ms >= ? AND time_ms < ? AND night < ? ORDER BY time_ms, terminal_id, seq",
+            (start_ms, end_ms, night),
+        )
+        return [TakenRide(_unsigned(c), _int(k), _unsigned(t), _int(ms)) for c, k, t, ms in rows]
+
+    def held(self, night: int, day: str) -> list[HeldRide]:
+        """Rides held by an earlier night for ``day`` and not yet resolved before ``night``."""
+        rows = self._query(
+            "SELECT terminal_id, seq, day, time_ms, card_id, counter, record_hash, generation, "
+            "flags FROM held WHERE day=? AND night<? AND (resolved IS NULL OR resolved>=?) "
+            "ORDER BY terminal_id, seq",
+            (day, night, night),
+        )
+        return [
+            HeldRide(
+                _unsigned(t),
+                _int(s),
+                str(d),
+                _int(ms),
+                _unsigned(c),
+                _int(k),
+                _bytes(h),
+                _int(g),
+                tuple(str(f).split(",")) if f else (),
+            )
+            for t, s, d, ms, c, k, h, g, f in rows
+        ]
+
+    def held_days(self, night: int) -> set[str]:
+        rows = self._query(
+            "SELECT DISTINCT day FROM held WHERE night<? AND (resolved IS NULL OR resolved>=?)",
+            (night, night),
+        )
+        return {str(r[0]) for r in rows}
+
+    # -- appending a night ----------------------------------------------------------
+
+    def record_night(
+        self,
+        night: int,
+        day: dt.date,
+        inputs_sha256: str,
+        outputs: dict[str, str],
+        files: dict[bytes, str],
+        batches: Iterable[SettledBatch],
+        taken: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        held: Iterable[HeldRide],
+        resolved: Iterable[tuple[int, int]],
+    ) -> None:
+        """Append one night in one transaction: all of it, or (on any failure) none."""
+        card, counter, tid, seq, time_ms = taken
+        order = np.lexsort((counter, _signed(card)))  # insert in key order: a B-tree append
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO nights VALUES (?, ?, ?, ?)",
+                (night, day.isoformat(), inputs_sha256, json.dumps(outputs, sort_keys=True)),
+            )
+            db.executemany(
+                "INSERT INTO files VALUES (?, ?, ?)",
+                ((sha, night, outcome) for sha, outcome in sorted(files.items())),
+            )
+            db.executemany(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        b.sha256,
+                        int(_signed(np.array([b.terminal_id], dtype=np.uint64))[0]),
+                        b.day,
+                        b.first_seq,
+                        b.last_seq,
+                        b.prev_hash,
+                        b.tail_hash,
+                        b.max_time_ms,
+                        night,
+                    )
+                    for b in batches
+                ),
+            )
+            db.executemany(
+                "INSERT INTO taken VALUES (?, ?, ?, ?, ?, ?)",
+                zip(
+                    _signed(card)[order].tolist(),
+                    np.asarray(counter)[order].tolist(),
+                    _signed(tid)[order].tolist(),
+                    np.asarray(seq, dtype=np.int64)[order].tolist(),
+                    np.asarray(time_ms)[order].tolist(),
+                    [night] * len(order),
+                    strict=True,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    (
+                        int(_signed(np.array([h.terminal_id], dtype=np.uint64))[0]),
+                        h.seq,
+                        h.day,
+                        h.time_ms,
+                        int(_signed(np.array([h.card_id], dtype=np.uint64))[0]),
+                        h.counter,
+                        h.record_hash,
+                        h.generation,
+                        ",".join(h.flags),
+                        night,
+                    )
+                    for h in held
+                ),
+            )
+            db.executemany(
+                "UPDATE held SET resolved=? WHERE terminal_id=? AND seq=?",
+                ((night, int(_signed(np.array([t], dtype=np.uint64))[0]), s) for t, s in resolved),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SettlementError(
+                f"cannot append the night to ledger {self.where}: {exc}"
+            ) from None
