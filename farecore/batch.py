@@ -90,9 +90,12 @@ class Batch:
 def parse_day(text: str) -> dt.date:
     """``YYYY-MM-DD`` to a date; ConfigError-free ValueError with a clear message."""
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except (TypeError, ValueError):
         raise MalformedFile(f"day {text!r} is not YYYY-MM-DD") from None
+    if not dt.date(1970, 1, 2) <= day < dt.date.max:
+        raise MalformedFile(f"day {text!r} is out of range (1970-01-02 to 9999-12-30)")
+    return day
 
 
 def day_bounds_ms(day: dt.date, utc_offset_min: int) -> tuple[int, int]:
@@ -272,6 +275,11 @@ class _Cursor:
         self.pos += n
         return chunk
 
+    def skip(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.data):
+            raise BatchRejected(f"batch is truncated in {what}")
+        self.pos += n
+
     def u16(self, what: str) -> int:
         return int(_U16.unpack(self.take(2, what))[0])
 
@@ -366,13 +374,14 @@ def _open_batch(data: bytes, terminal_key: PublicKeyFile | PublicKey | None) -> 
         raise BatchRejected(f"batch header does not declare format {BATCH_FORMAT}")
     if _header_bytes(header) != raw_header:
         raise BatchRejected("batch header is not in canonical form")
+    # First walk the framing holding nothing, and check the signature: an unsigned file,
+    # however many records it claims, costs no memory before it is refused.
+    body_start = cur.pos
     n_creds = cur.u32("credential count")
-    credentials: dict[bytes, bytes] = {}
     for _ in range(n_creds):
-        cred = cur.take(cur.u16("credential length"), "credential")
-        credentials[credential_hash(cred)] = cred
+        cur.skip(cur.u16("credential length"), "credential")
     n_records = cur.u32("record count")
-    bodies = _bodies(cur, n_records)
+    _skip_bodies(cur, n_records)
     content_end = cur.pos
     sig = cur.take(cur.u16("signature length"), "signature")
     if cur.pos != len(data):
@@ -383,6 +392,14 @@ def _open_batch(data: bytes, terminal_key: PublicKeyFile | PublicKey | None) -> 
             key.verify(sig, BATCH_SIGNING_TAG + data[:content_end])
         except BadSignature:
             raise BadSignature("batch signature does not verify with the terminal key") from None
+    cur.pos = body_start
+    cur.u32("credential count")
+    credentials: dict[bytes, bytes] = {}
+    for _ in range(n_creds):
+        cred = cur.take(cur.u16("credential length"), "credential")
+        credentials[credential_hash(cred)] = cred
+    cur.u32("record count")
+    bodies = _bodies(cur, n_records)
     terminal_id = int(_header_field(header, "terminal_id", int))  # type: ignore[call-overload]
     first_seq = int(_header_field(header, "first_seq", int))  # type: ignore[call-overload]
     last_seq = int(_header_field(header, "last_seq", int))  # type: ignore[call-overload]
@@ -413,6 +430,19 @@ def _open_batch(data: bytes, terminal_key: PublicKeyFile | PublicKey | None) -> 
         credentials,
         bodies,
     )
+
+
+def _skip_bodies(cur: _Cursor, n_records: int) -> None:
+    """Step over the record bodies, checking only that each fits in the file."""
+    data, pos, end = cur.data, cur.pos, len(cur.data)
+    for _ in range(n_records):
+        if pos + 4 > end:
+            cur.pos = pos
+            cur.take(4, "record length")  # raises, with the cursor's message
+        pos += 4 + int.from_bytes(data[pos : pos + 4], "big")
+        if pos > end:
+            raise BatchRejected("batch is truncated in record")
+    cur.pos = pos
 
 
 def _bodies(cur: _Cursor, n_records: int) -> list[bytes]:

@@ -16,6 +16,7 @@ gate runtime turns reader failures into a recovery.
      ├── TableRejected                        a revocation table failed a check
      ├── JournalError                         the ride journal cannot be written or read
      ├── SettlementError                      the settlement cannot proceed
+     │    └── LedgerDamaged                   the ledger holds what no night wrote
      └── ReaderError                          raised by reader adapters
           ├── ReaderIOError                   the reader itself failed (unplugged, pcscd gone)
           └── CardIOError                     the card failed (removed, mute, garbled)
@@ -31,6 +32,7 @@ __all__ = [
     "JournalError",
     "KeyFileError",
     "KeyringError",
+    "LedgerDamaged",
     "MalformedApdu",
     "MalformedCredential",
     "MalformedFile",
@@ -100,3 +102,7 @@ class ReaderIOError(ReaderError):
 
 class CardIOError(ReaderError):
     """The card failed: removed mid-transaction, mute, or answering garbage."""
+
+
+class LedgerDamaged(SettlementError):
+    """The settlement ledger holds a value no night could have written (edited or corrupt)."""

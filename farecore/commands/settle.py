@@ -175,7 +175,7 @@ def _summary(s: Settlement, out: Path, seconds: float, status: int) -> None:
     )
     print(
         f"  paid tap records {st['rides_paid']}, held {st['rides_held']}, "
-        f"duplicates dropped {st['duplicates_dropped']}, total {_yuan(st['amount_fen'])} "
+        f"total {_yuan(st['amount_fen'])} "
         f"({st['amount_fen']} fen); unpaired taps put {_yuan(st['unpaired_at_stake_fen'])} "
         "at stake (highest minus lowest fare)"
     )

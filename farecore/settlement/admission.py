@@ -10,8 +10,13 @@ What does not continue the chain is named and not paid:
 - ``chain_break``: it starts at the next seq but links to another hash; held;
 - ``chain_fork``: two different batches continue the same head; both held;
 - ``chain_conflict``: it overlaps records already settled, or admitted tonight
-  (rewritten or replayed history); never paid.
+  (rewritten or replayed history); never paid;
+- ``second_batch``: it continues the chain, but its terminal already handed in a batch
+  for its day, which that day was settled as complete with: the chain moves past it
+  (so later batches still link) and none of its rides is paid.
 
+A terminal the ledger has never seen starts its chain at seq 1, from the genesis hash;
+on a ledger's first night (a deployment that starts settling), at its lowest batch.
 This module only orders and judges batch boundaries; it never looks inside rides.
 """
 
@@ -27,7 +32,8 @@ from farecore.settlement.unit import NO_TIME, Partial
 
 __all__ = ["Admission", "Admitted", "admit"]
 
-SETTLED, REJECTED, HELD = "settled", "rejected", "held"
+SETTLED, REJECTED, HELD, RETRY = "settled", "rejected", "held", "retry"
+GENESIS = b"\x00" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Admitted:
 @dataclass(slots=True)
 class Admission:
     admitted: list[Admitted] = field(default_factory=list)  # in (terminal, seq) order
+    chain_only: list[Partial] = field(default_factory=list)  # move the chain, pay nothing
     outcomes: dict[bytes, str] = field(default_factory=dict)  # batch SHA-256 -> outcome
     anomalies: list[Anomaly] = field(default_factory=list)
 
@@ -49,26 +56,28 @@ def _empty(p: Partial) -> bool:
     return p.last_seq < p.first_seq
 
 
-def admit(
-    partials: Iterable[Partial],
-    heads: dict[int, Head],
-    links_at: Callable[[int, int, bytes], bool],
-) -> Admission:
-    """Admit ``partials`` against ``heads``.
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What the ledger says of the chains before tonight."""
 
-    ``links_at(terminal, seq, hash)`` says whether the settled chain has ``hash`` after
-    record ``seq`` (how a late empty batch, which holds no record, proves its place).
-    """
+    heads: dict[int, Head]
+    links_at: Callable[[int, int, bytes], bool]  # the chain has hash h after seq s
+    has_day: Callable[[int, str], bool]  # the terminal's batch of that day is settled
+    first_night: bool  # the ledger holds no night yet
+
+
+def admit(partials: Iterable[Partial], settled: Settled) -> Admission:
+    """Admit ``partials`` against the chains the ledger holds."""
     out = Admission()
     by_terminal: dict[int, list[Partial]] = defaultdict(list)
     for p in partials:
         if not p.ok:
-            out.outcomes[p.batch_sha256] = REJECTED
+            out.outcomes[p.batch_sha256] = RETRY if p.retry else REJECTED
             out.anomalies.extend(p.anomalies)
         else:
             by_terminal[p.terminal_id].append(p)
     for tid in sorted(by_terminal):
-        _admit_terminal(tid, by_terminal[tid], heads.get(tid), links_at, out)
+        _admit_terminal(tid, by_terminal[tid], settled, out)
     return out
 
 
@@ -84,25 +93,57 @@ def _name(kind: str, p: Partial, detail: str, seq: int = -1) -> Anomaly:
     )
 
 
-def _admit_terminal(
-    tid: int,
-    parts: list[Partial],
-    head: Head | None,
-    links_at: Callable[[int, int, bytes], bool],
-    out: Admission,
-) -> None:
+def _admit_terminal(tid: int, parts: list[Partial], settled: Settled, out: Admission) -> None:
     remaining = sorted(parts, key=lambda p: (p.first_seq, p.last_seq, p.day, p.batch_sha256))
-    if head is None:  # a new terminal: its lowest batch starts the chain
-        first = remaining[0]
+    known = settled.heads.get(tid)
+    links_at = settled.links_at
+    first = remaining[0]
+    head: Head
+    if known is not None:
+        head = known
+    elif settled.first_night:  # settling starts: its lowest batch starts the chain
         head = Head(first.first_seq - 1, first.prev_hash, NO_TIME)
+    else:  # a new terminal's journal starts at seq 1
+        head = Head(0, GENESIS, NO_TIME)
     settled_reach = head.last_seq
+    days = set()
+
+    def take(p: Partial) -> None:
+        """Admit ``p``, or only its place in the chain when its day is already in."""
+        nonlocal head
+        out.outcomes[p.batch_sha256] = SETTLED
+        if p.day in days or settled.has_day(tid, p.day):
+            out.chain_only.append(p)
+            out.anomalies.append(
+                _name(
+                    "second_batch",
+                    p,
+                    f"terminal {tid} already handed in its batch of {p.day}; "
+                    f"seq {p.first_seq}..{p.last_seq} not paid",
+                )
+            )
+        else:
+            days.add(p.day)
+            out.admitted.append(Admitted(p, head.max_time_ms))
+        head = Head(
+            max(head.last_seq, p.last_seq),
+            p.tail_hash,
+            max(head.max_time_ms, p.max_time_ms),
+        )
+
     while remaining:
         nxt = [p for p in remaining if p.first_seq == head.last_seq + 1]
         behind = [p for p in remaining if p.first_seq <= head.last_seq]
         for p in behind:
             remaining.remove(p)
             late_empty = _empty(p) and p.first_seq <= settled_reach + 1
-            if late_empty and links_at(tid, p.first_seq - 1, p.prev_hash):
+            if (
+                late_empty
+                and p.day not in days
+                and not settled.has_day(tid, p.day)
+                and links_at(tid, p.first_seq - 1, p.prev_hash)
+            ):
+                days.add(p.day)
                 out.admitted.append(Admitted(p, NO_TIME))  # a late day with no record
                 out.outcomes[p.batch_sha256] = SETTLED
                 continue
@@ -122,8 +163,7 @@ def _admit_terminal(
         for p in empties:
             remaining.remove(p)
             if p.prev_hash == head.tail_hash:
-                out.admitted.append(Admitted(p, head.max_time_ms))
-                out.outcomes[p.batch_sha256] = SETTLED
+                take(p)
             else:
                 out.outcomes[p.batch_sha256] = HELD
                 out.anomalies.append(
@@ -153,9 +193,7 @@ def _admit_terminal(
             )
             break
         remaining.remove(p)
-        out.admitted.append(Admitted(p, head.max_time_ms))
-        out.outcomes[p.batch_sha256] = SETTLED
-        head = Head(p.last_seq, p.tail_hash, max(head.max_time_ms, p.max_time_ms))
+        take(p)
     if remaining:
         gap_to = min(p.first_seq for p in remaining) - 1
         for p in remaining:
@@ -165,7 +203,7 @@ def _admit_terminal(
                     _name(
                         "seq_gap",
                         p,
-                        f"seq {head.last_seq + 1}..{gap_to} missing before this batch; held",
+                        f"seq {head.last_seq + 1}..{gap_to} not settled before this batch; held",
                         seq=head.last_seq + 1,
                     )
                 )

@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "chain_break": "batch does not link by hash to the terminal's settled chain; held, not paid",
     "chain_fork": "two different batches continue the same settled chain head; both held, not paid",
     "chain_conflict": "batch overlaps records already settled or admitted (rewritten or replayed history); not paid",
+    "second_batch": "a terminal's second batch for a day already settled: the chain moves on, its rides are not paid",
     # one ride
     "bad_proof": "ride's credential or card signature does not verify; not paid",
     "context_mismatch": "ride's operator/line/place/direction differ from terminals.csv; not paid",
@@ -30,10 +31,9 @@ KINDS: dict[str, str] = {
     "category_not_accepted": "the card's category is not one its operator accepts; not paid",
     "outside_day": "ride's time is outside its batch's service day (beyond the clock tolerance); not paid",
     "clock_behind": "ride's time is behind an earlier record of its terminal (beyond the clock tolerance); not paid",
-    "revoked_at_ride": "ride accepted under a revocation generation that already held the card; not paid",
+    "revoked_at_ride": "a gate would have refused the card: its generation, or every table it could hold, held it; not paid",
     "passback": "the operator's anti-passback rule refuses this ride; not paid",
     # across rides and nights
-    "conflicting_duplicate": "two different records claim the same (terminal, seq); neither paid",
     "reused_counter": "one card counter signed twice (replay or clone); only the first paid",
     "already_paid": "this card counter was paid on an earlier night; not paid again",
     "impossible_travel": "same card at two distant places faster than possible",
@@ -44,7 +44,9 @@ KINDS: dict[str, str] = {
 }
 
 # Kinds that make a night need review (exit status 3); the others are informational.
-REVIEW_KINDS = frozenset(KINDS) - {"impossible_travel", "after_revocation", "stale_table"}
+# A ride on a revoked card is paid when its gate could not know, but the card office
+# should look at it; only travel and stale-table flags are for information alone.
+REVIEW_KINDS = frozenset(KINDS) - {"impossible_travel", "stale_table"}
 
 
 @dataclass(frozen=True, slots=True, order=True)

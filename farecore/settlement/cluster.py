@@ -66,10 +66,7 @@ def settle_unit_on_worker(path: str, cfg: UnitConfig) -> bytes:
         where = "this worker"
         with contextlib.suppress(Exception):
             where = f"worker {_distributed().get_worker().address}"
-        [found] = partial.anomalies
-        partial = dataclasses.replace(
-            partial, anomalies=(dataclasses.replace(found, detail=f"{found.detail} (on {where})"),)
-        )
+        partial = dataclasses.replace(partial, where=where)
     return pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -8,6 +8,8 @@ Example (money is integer fen, distances integer metres, times integer seconds):
 
     [checks]
     clock_tolerance_s = 300   # how far a ride's time may stray from its day and its chain
+    revocation_max_age_s = 172800   # the gates' [revocation] max_age_s
+    utc_offset_min = 480      # the service day's time zone (+08:00, Qingdao)
 
     [[operator]]
     id = "qd-metro"
@@ -60,6 +62,8 @@ __all__ = [
 
 UNPAIRED_RULES = ("min", "max", "hold", "zero")
 DEFAULT_CLOCK_TOLERANCE_S = 300
+DEFAULT_REVOCATION_MAX_AGE_S = 172_800  # the gates' default (farecore.config)
+DEFAULT_UTC_OFFSET_MIN = 480
 ALL_CATEGORIES = frozenset({1, 2, 3, 4, 5})
 _MAX_FEN = 10**9
 _MAX_WINDOW_S = 7 * 86_400
@@ -157,6 +161,8 @@ class FareTable:
     unpaired_exit: str | int = "min"
     operators: tuple[OperatorPolicy, ...] = field(default=())
     clock_tolerance_s: int = DEFAULT_CLOCK_TOLERANCE_S
+    revocation_max_age_s: int = DEFAULT_REVOCATION_MAX_AGE_S
+    utc_offset_min: int = DEFAULT_UTC_OFFSET_MIN
 
     def __post_init__(self) -> None:
         for rule in (self.unpaired_entry, self.unpaired_exit):
@@ -303,12 +309,28 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
             tomllib.loads(text), "fares", ("unpaired", "checks", "operator", "bus", "metro")
         )
         unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
-        checks = _table(doc.get("checks", {}), "[checks]", ("clock_tolerance_s",))
+        checks = _table(
+            doc.get("checks", {}),
+            "[checks]",
+            ("clock_tolerance_s", "revocation_max_age_s", "utc_offset_min"),
+        )
         tolerance = _int(
             checks.get("clock_tolerance_s", DEFAULT_CLOCK_TOLERANCE_S),
             "checks.clock_tolerance_s",
             0,
             _MAX_TOLERANCE_S,
+        )
+        max_age = _int(
+            checks.get("revocation_max_age_s", DEFAULT_REVOCATION_MAX_AGE_S),
+            "checks.revocation_max_age_s",
+            1,
+            10 * 365 * 86_400,
+        )
+        offset = _int(
+            checks.get("utc_offset_min", DEFAULT_UTC_OFFSET_MIN),
+            "checks.utc_offset_min",
+            -14 * 60,
+            14 * 60,
         )
         operators = tuple(
             _operator(o, f"operator[{i}]")
@@ -367,6 +389,8 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
             _rule(unpaired.get("exit", "min"), "unpaired.exit"),
             operators,
             tolerance,
+            max_age,
+            offset,
         )
     except tomllib.TOMLDecodeError as exc:
         raise MalformedFile(f"{source}: not valid TOML: {exc}") from None

@@ -25,7 +25,7 @@ from types import TracebackType
 
 import numpy as np
 
-from farecore.errors import SettlementError
+from farecore.errors import LedgerDamaged, SettlementError
 
 __all__ = [
     "LEDGER_FORMAT",
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS batches (
     first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, prev_hash BLOB NOT NULL,
     tail_hash BLOB NOT NULL, max_time_ms INTEGER NOT NULL, night INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS batches_chain ON batches (terminal_id, last_seq);
-CREATE INDEX IF NOT EXISTS batches_day ON batches (day);
+CREATE INDEX IF NOT EXISTS batches_day ON batches (day, terminal_id);
 CREATE TABLE IF NOT EXISTS taken (
     card_id INTEGER NOT NULL, counter INTEGER NOT NULL, terminal_id INTEGER NOT NULL,
     seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, night INTEGER NOT NULL,
@@ -62,9 +62,13 @@ CREATE TABLE IF NOT EXISTS held (
     terminal_id INTEGER NOT NULL, seq INTEGER NOT NULL, day TEXT NOT NULL,
     time_ms INTEGER NOT NULL, card_id INTEGER NOT NULL, counter INTEGER NOT NULL,
     record_hash BLOB NOT NULL, generation INTEGER NOT NULL, flags TEXT NOT NULL,
-    night INTEGER NOT NULL, resolved INTEGER,
+    operator TEXT NOT NULL, line TEXT NOT NULL, place TEXT NOT NULL,
+    direction INTEGER NOT NULL, night INTEGER NOT NULL, resolved INTEGER,
     PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_day ON held (day);
+CREATE TABLE IF NOT EXISTS paths (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    sha256 BLOB NOT NULL);
 """
 
 
@@ -74,14 +78,23 @@ def _signed(values: np.ndarray) -> np.ndarray:
 
 
 def _bytes(value: object) -> bytes:
-    assert isinstance(value, bytes)
+    if not isinstance(value, bytes):
+        raise LedgerDamaged(f"a hash or key is {type(value).__name__}, not bytes")
     return value
 
 
 def _int(value: object) -> int:
     """An integer read back from SQLite (its row values are typed ``object`` here)."""
-    assert isinstance(value, int)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LedgerDamaged(f"a number is {type(value).__name__}, not an integer")
     return value
+
+
+def _day(value: object) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise LedgerDamaged(f"a day is {str(value)[:20]!r}") from None
 
 
 def _unsigned(value: object) -> int:
@@ -120,6 +133,7 @@ class HeldRide:
     record_hash: bytes
     generation: int
     flags: tuple[str, ...]
+    context: tuple[str, str, str, int]  # operator, line, place, direction, as verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +240,12 @@ class Ledger:
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise SettlementError(f"ledger {self.where}: {exc}") from None
+
+    def damaged(self, exc: SettlementError) -> SettlementError:
+        """The error to raise for a value the ledger should never hold."""
+        return SettlementError(f"ledger {self.where} is damaged ({exc}); restore it from a backup")
 
     # -- nights ---------------------------------------------------------------------
 
@@ -239,19 +257,30 @@ class Ledger:
             return None
         night, inputs, outputs = rows[0]
         files = self._query("SELECT sha256, outcome FROM files WHERE night=?", (night,))
-        return NightRecord(
-            _int(night),
-            day,
-            str(inputs),
-            dict(json.loads(str(outputs))),
-            {_bytes(s): str(o) for s, o in files},
-        )
+        try:
+            digests = json.loads(str(outputs))
+            if not isinstance(digests, dict):
+                raise LedgerDamaged("a night's outputs are not a table")
+            return NightRecord(
+                _int(night),
+                day,
+                str(inputs),
+                {str(k): str(v) for k, v in digests.items()},
+                {_bytes(s): str(o) for s, o in files},
+            )
+        except ValueError as exc:
+            raise self.damaged(LedgerDamaged(str(exc))) from None
+        except LedgerDamaged as exc:
+            raise self.damaged(exc) from None
 
     def last_night(self) -> tuple[int, dt.date] | None:
         rows = self._query("SELECT night, day FROM nights ORDER BY night DESC LIMIT 1")
         if not rows:
             return None
-        return _int(rows[0][0]), dt.date.fromisoformat(str(rows[0][1]))
+        try:
+            return _int(rows[0][0]), _day(rows[0][1])
+        except LedgerDamaged as exc:
+            raise self.damaged(exc) from None
 
     def nights(self) -> int:
         return _int(self._query("SELECT COUNT(*) FROM nights")[0][0])
@@ -296,6 +325,15 @@ class Ledger:
             "SELECT 1 FROM batches WHERE terminal_id=? AND last_seq=? AND tail_hash=? "
             "AND night<? LIMIT 1",
             (tid, seq, tail_hash, night),
+        )
+        return bool(rows)
+
+    def has_day(self, night: int, terminal_id: int, day: str) -> bool:
+        """Whether a batch of ``terminal_id`` for ``day`` was settled before ``night``."""
+        tid = int(_signed(np.array([terminal_id], dtype=np.uint64))[0])
+        rows = self._query(
+            "SELECT 1 FROM batches WHERE terminal_id=? AND day=? AND night<? LIMIT 1",
+            (tid, day, night),
         )
         return bool(rows)
 
@@ -357,7 +395,8 @@ class Ledger:
         """Rides held by an earlier night for ``day`` and not yet resolved before ``night``."""
         rows = self._query(
             "SELECT terminal_id, seq, day, time_ms, card_id, counter, record_hash, generation, "
-            "flags FROM held WHERE day=? AND night<? AND (resolved IS NULL OR resolved>=?) "
+            "flags, operator, line, place, direction FROM held "
+            "WHERE day=? AND night<? AND (resolved IS NULL OR resolved>=?) "
             "ORDER BY terminal_id, seq",
             (day, night, night),
         )
@@ -372,8 +411,9 @@ class Ledger:
                 _bytes(h),
                 _int(g),
                 tuple(str(f).split(",")) if f else (),
+                (str(op), str(ln), str(pl), _int(di)),
             )
-            for t, s, d, ms, c, k, h, g, f in rows
+            for t, s, d, ms, c, k, h, g, f, op, ln, pl, di in rows
         ]
 
     def held_days(self, night: int) -> set[str]:
@@ -382,6 +422,12 @@ class Ledger:
             (night, night),
         )
         return {str(r[0]) for r in rows}
+
+    def known_paths(self) -> dict[str, tuple[int, int, bytes]]:
+        """path -> (size, mtime_ns, SHA-256) of batch files hashed on earlier nights: a
+        file that has not changed is not read again to learn it was settled."""
+        rows = self._query("SELECT path, size, mtime_ns, sha256 FROM paths")
+        return {str(p): (_int(n), _int(m), _bytes(h)) for p, n, m, h in rows}
 
     # -- appending a night ----------------------------------------------------------
 
@@ -396,6 +442,7 @@ class Ledger:
         taken: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         held: Iterable[HeldRide],
         resolved: Iterable[tuple[int, int]],
+        paths: Iterable[tuple[str, int, int, bytes]] = (),
     ) -> None:
         """Append one night in one transaction: all of it, or (on any failure) none."""
         card, counter, tid, seq, time_ms = taken
@@ -441,7 +488,7 @@ class Ledger:
                 ),
             )
             db.executemany(
-                "INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     (
                         int(_signed(np.array([h.terminal_id], dtype=np.uint64))[0]),
@@ -453,11 +500,13 @@ class Ledger:
                         h.record_hash,
                         h.generation,
                         ",".join(h.flags),
+                        *h.context,
                         night,
                     )
                     for h in held
                 ),
             )
+            db.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?, ?, ?)", paths)
             db.executemany(
                 "UPDATE held SET resolved=? WHERE terminal_id=? AND seq=?",
                 ((night, int(_signed(np.array([t], dtype=np.uint64))[0]), s) for t, s in resolved),

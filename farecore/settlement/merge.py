@@ -13,9 +13,7 @@ units did), read files, nor use floats for money.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import math
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -47,6 +45,7 @@ class RevocationGeneration:
     """A revocation table the settlement was given: which cards its generation held."""
 
     generation: int
+    created_at: int  # UTC Unix seconds
     holds: Callable[[np.ndarray], np.ndarray]  # uint64 card ids -> bool mask
 
 
@@ -59,6 +58,7 @@ class MergeOptions:
     min_travel_m: int = 2000
     revoked_at: Mapping[int, int] = field(default_factory=dict)
     generations: tuple[RevocationGeneration, ...] = ()
+    revocation_max_age_s: int = 172_800
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +109,9 @@ def settle_day(
     good = [a.partial for a in inputs.admitted]
     anomalies: list[Anomaly] = [a for p in good for a in p.anomalies]
     pool, starts = _pool(good)
-    clock_ok = _clock_order(inputs.admitted, starts, pool, fares, anomalies)
-    kept, dropped = _dedupe(good, starts, pool, anomalies)
-    kept = kept[clock_ok[kept]]
-    rides = pool.take(kept)
+    # Admission took each terminal's batches in chain order, so no (terminal, seq)
+    # appears twice in the pool.
+    rides = pool.take(np.flatnonzero(_clock_order(inputs.admitted, starts, pool, fares, anomalies)))
     first_uses = _reused_counters(rides, anomalies)
     if first_uses is not None:
         rides = rides.take(first_uses)
@@ -120,7 +119,7 @@ def settle_day(
     rides = rides.take(_not_revoked(rides, opts, anomalies))
     rides = rides.take(_passback(rides, inputs.context, fares, terminals, anomalies))
     new_count = len(rides)
-    rides = _with_held(rides, inputs.held, terminals)
+    rides = _with_held(rides, inputs.held)
     _flags(rides, opts, anomalies)
     by_card = rides.by_card()
     _travel(rides, by_card, terminals, opts, anomalies)
@@ -146,7 +145,6 @@ def settle_day(
         "taps": sum(p.taps for p in good),
         "denied_taps": sum(p.denied for p in good),
         "rides_verified": len(pool),
-        "duplicates_dropped": dropped,
         "rides_checked": new_count,
         "rides_paid": len(paid),
         "rides_held": int(held_mask.sum()),
@@ -182,6 +180,7 @@ def _held_rides(rides: Rides, rows: np.ndarray, day: str) -> list[HeldRide]:
                 rides.record_hash[r].tobytes(),
                 int(rides.generation[r]),
                 tuple(flags),
+                rides.contexts[int(rides.context[r])],
             )
         )
     return out
@@ -252,41 +251,68 @@ def _not_taken(
                 terminal_id=tid,
                 seq=seq,
                 card_id=card,
-                detail=f"counter {int(rides.counter[row])} was taken on an earlier night",
+                detail=f"counter {int(rides.counter[row])} was paid or held on an earlier "
+                "night, or by tonight's correction of an earlier day",
             )
         )
     return np.flatnonzero(~mask)
 
 
 def _not_revoked(rides: Rides, opts: MergeOptions, anomalies: list[Anomaly]) -> np.ndarray:
-    """Rows not decided under a revocation generation that already held their card.
+    """Rows that no revocation table given shows a gate would have refused.
 
-    Each ride is judged by the newest table given whose generation is at or below the
-    one the ride records: a gate that looked the card up in that generation refused it.
+    Two rules; the generation a ride records is the terminal's own word, so it is used
+    only to refuse, never to excuse:
+
+    - by generation: a ride is judged by the newest table given whose generation is at
+      or below the one it records; if that table holds the card, the gate that looked
+      the card up there refused it;
+    - by age: a gate may not decide on a table older than the maximum age, so at a
+      ride's time every table it could hold was made after ``created_at + max_age``
+      minus that age; a ride at or after that point of a table holding the card (and
+      every later table given holding it too) was refused, whatever generation it names.
     """
     gens = sorted(opts.generations, key=lambda g: g.generation)
     gen = rides.generation
     assert gen is not None
     refused = np.zeros(len(rides), dtype=bool)
+    why: dict[int, str] = {}
     for i, g in enumerate(gens):
         upper = gens[i + 1].generation if i + 1 < len(gens) else np.iinfo(np.int64).max
         rows = np.flatnonzero((gen >= g.generation) & (gen < upper))
-        if not len(rows):
-            continue
-        hit = rows[g.holds(rides.card_id[rows])]
-        refused[hit] = True
-        for row in hit.tolist():
-            tid, seq, card = rides.where(row)
-            anomalies.append(
-                Anomaly(
-                    "revoked_at_ride",
-                    terminal_id=tid,
-                    seq=seq,
-                    card_id=card,
-                    detail=f"decided under generation {int(gen[row])}; "
-                    f"generation {g.generation} already held the card",
-                )
+        for row in rows[g.holds(rides.card_id[rows])].tolist():
+            refused[row] = True
+            why[row] = (
+                f"decided under generation {int(gen[row])}; "
+                f"generation {g.generation} already held the card"
             )
+        since_ms = (g.created_at + opts.revocation_max_age_s) * 1000
+        rows = np.flatnonzero(~refused & (rides.time_ms >= since_ms))
+        hit = rows[g.holds(rides.card_id[rows])]
+        for later in gens[i + 1 :]:
+            hit = hit[later.holds(rides.card_id[hit])]
+        for row in hit.tolist():
+            refused[row] = True
+            why[row] = (
+                f"generation {g.generation} (made at {g.created_at}) held the card more than "
+                f"{opts.revocation_max_age_s} s before the ride; the ride names generation "
+                f"{int(gen[row])}"
+            )
+    # A farecore gate names a generation on every ride it accepts: a ride naming none
+    # has no claim to have been decided before its card's revocation.
+    if gens:
+        rows = np.flatnonzero(~refused & (gen < 0))
+        hit = np.zeros(len(rows), dtype=bool)
+        for g in gens:
+            hit |= g.holds(rides.card_id[rows])
+        for row in rows[hit].tolist():
+            refused[row] = True
+            why[row] = "the ride names no revocation generation, and a table given holds the card"
+    for row in sorted(why):
+        tid, seq, card = rides.where(row)
+        anomalies.append(
+            Anomaly("revoked_at_ride", terminal_id=tid, seq=seq, card_id=card, detail=why[row])
+        )
     return np.flatnonzero(~refused)
 
 
@@ -351,7 +377,9 @@ def _passback(
     for ak, acard, at in anchors:
         anchor_at.setdefault((ak, acard), []).append(at)
     if anchor_at:
-        present = set(zip(k.tolist(), c.tolist(), strict=True))
+        cards_before = np.fromiter({g[1] for g in anchor_at}, dtype=np.uint64)
+        near = np.flatnonzero(np.isin(c, cards_before))
+        present = set(zip(k[near].tolist(), c[near].tolist(), strict=True))
         suspects |= {g for g in anchor_at if g in present}
     if not suspects:
         return np.arange(n)
@@ -386,8 +414,9 @@ def _passback(
     return np.flatnonzero(~refused)
 
 
-def _with_held(rides: Rides, held: list[HeldRide], terminals: Mapping[int, TerminalInfo]) -> Rides:
-    """The day's checked rides with the rides earlier nights held for it appended."""
+def _with_held(rides: Rides, held: list[HeldRide]) -> Rides:
+    """The day's checked rides with the rides earlier nights held for it appended (each
+    with the context it was verified in, whatever the register says now)."""
     if not held:
         return rides
     contexts = list(rides.contexts)
@@ -395,10 +424,7 @@ def _with_held(rides: Rides, held: list[HeldRide], terminals: Mapping[int, Termi
     context, flagged = [], dict(rides.flagged)
     n = len(rides)
     for i, h in enumerate(held):
-        t = terminals.get(h.terminal_id)
-        ctx: Context = (
-            (t.operator, t.line, t.place, int(t.direction)) if t is not None else ("", "", "", 0)
-        )
+        ctx: Context = h.context
         if ctx not in codes:
             codes[ctx] = len(contexts)
             contexts.append(ctx)
@@ -463,67 +489,6 @@ def _pool(good: list[Partial]) -> tuple[Rides, list[int]]:
         joined("generation", np.int64),
     )
     return pool, starts
-
-
-def _dedupe(
-    good: list[Partial], starts: list[int], pool: Rides, anomalies: list[Anomaly]
-) -> tuple[np.ndarray, int]:
-    """Pool rows unique by (terminal, seq), in that order; duplicates dropped, clashes named."""
-    by_terminal: dict[int, list[int]] = defaultdict(list)
-    for k, p in enumerate(good):
-        by_terminal[p.terminal_id].append(k)
-    pieces: list[np.ndarray] = []
-    dropped = 0
-    for tid, ks in sorted(by_terminal.items()):
-        rows = [np.arange(starts[k], starts[k] + len(good[k].rides)) for k in ks]
-        by_seq = sorted(range(len(ks)), key=lambda i: (good[ks[i]].first_seq, good[ks[i]].last_seq))
-        # The usual night: one terminal's batches tile disjoint seq ranges, and a
-        # partial's rides are in seq order, so concatenating them is already sorted
-        # and unique. Only overlapping batches need the keyed comparison below, in the
-        # canonical (batch SHA-256) order, since which copy comes first counts there.
-        ranges = [(good[ks[i]].first_seq, good[ks[i]].last_seq) for i in by_seq]
-        if all(a[1] < b[0] for a, b in itertools.pairwise(ranges)):
-            pieces += [rows[i] for i in by_seq]
-            continue
-        unique, n = _dedupe_rows(tid, np.concatenate(rows).tolist(), pool, anomalies)
-        pieces.append(unique)
-        dropped += n
-    if not pieces:
-        return np.zeros(0, dtype=np.int64), 0
-    return np.concatenate(pieces), dropped
-
-
-def _dedupe_rows(
-    tid: int, rows: list[int], pool: Rides, anomalies: list[Anomaly]
-) -> tuple[np.ndarray, int]:
-    """One terminal's rows (canonical order) unique by seq; same record twice is dropped,
-    different records under one seq are both withheld and named."""
-    first: dict[int, int] = {}
-    clashes: dict[int, dict[bytes, int]] = {}
-    dropped = 0
-    record = pool.record_hash
-    for row, seq in zip(rows, pool.seq[rows].tolist(), strict=True):
-        seen = first.get(seq)
-        if seen is None:
-            first[seq] = row
-        elif record[seen].tobytes() == record[row].tobytes():
-            dropped += 1
-        else:
-            group = clashes.setdefault(seq, {record[seen].tobytes(): seen})
-            group.setdefault(record[row].tobytes(), row)
-    for seq, group in sorted(clashes.items()):
-        del first[seq]
-        for h in sorted(group):
-            anomalies.append(
-                Anomaly(
-                    "conflicting_duplicate",
-                    terminal_id=tid,
-                    seq=seq,
-                    card_id=int(pool.card_id[group[h]]),
-                    detail=f"record {h.hex()[:16]}",
-                )
-            )
-    return np.array([first[k] for k in sorted(first)], dtype=np.int64), dropped
 
 
 def _reused_counters(rides: Rides, anomalies: list[Anomaly]) -> np.ndarray | None:
@@ -621,6 +586,9 @@ def _travel(
     o = by_card
     card, tid, tms = rides.card_id[o], rides.terminal_id[o], rides.time_ms[o]
     maybe = (card[1:] == card[:-1]) & (tid[1:] != tid[:-1])
+    assert rides.held is not None
+    both_held = rides.held[o]
+    maybe &= ~(both_held[1:] & both_held[:-1])  # flagged on the night they were held
     if all(
         abs(t.x_m) <= _ARRAY_COORD_LIMIT and abs(t.y_m) <= _ARRAY_COORD_LIMIT
         for t in terminals.values()

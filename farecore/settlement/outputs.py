@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,16 @@ from farecore.settlement.anomalies import KINDS
 from farecore.settlement.merge import Settlement, Total
 from farecore.settlement.rides import TRIPS, PricedRides
 
-__all__ = ["MANIFEST_FORMAT", "OUTPUT_NAMES", "rides_parquet_bytes", "write_outputs"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "OUTPUT_NAMES",
+    "digests_of",
+    "prepare_out",
+    "render_outputs",
+    "rides_parquet_bytes",
+    "write_outputs",
+    "write_rendered",
+]
 
 MANIFEST_FORMAT = "farecore-settlement/2"
 OUTPUT_NAMES = ("totals.csv", "corrections.csv", "rides.parquet", "anomalies.json")
@@ -146,22 +156,15 @@ def anomalies_json(s: Settlement) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
 
 
-def write_outputs(s: Settlement, out_dir: Path, settings: dict[str, str]) -> dict[str, str]:
-    """Write all outputs and the manifest into ``out_dir``; return name -> SHA-256."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SettlementError(f"cannot create {out_dir}: {exc.strerror}") from None
+def render_outputs(s: Settlement, settings: dict[str, str]) -> dict[str, bytes]:
+    """Every output file's bytes, the manifest last (it holds the others' SHA-256)."""
     blobs = {
         "totals.csv": totals_csv(s),
         "corrections.csv": corrections_csv(s),
         "rides.parquet": rides_parquet_bytes(s),
         "anomalies.json": anomalies_json(s),
     }
-    digests: dict[str, str] = {}
-    for name, data in blobs.items():
-        _write(out_dir / name, data)
-        digests[name] = hashlib.sha256(data).hexdigest()
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
     manifest = {
         "format": MANIFEST_FORMAT,
         "day": s.day,
@@ -171,8 +174,36 @@ def write_outputs(s: Settlement, out_dir: Path, settings: dict[str, str]) -> dic
         "outputs": digests,
         "stats": dict(sorted(s.stats.items())),
     }
-    _write(out_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    return digests
+    blobs["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode()
+    return blobs
+
+
+def digests_of(blobs: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+
+
+def prepare_out(out_dir: Path) -> None:
+    """Create the output directory before a night's work, so a bad one fails early."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettlementError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise SettlementError(f"cannot write in {out_dir}")
+
+
+def write_rendered(blobs: dict[str, bytes], out_dir: Path) -> None:
+    """Write rendered outputs atomically, each file whole, the manifest last."""
+    prepare_out(out_dir)
+    for name, data in blobs.items():
+        _write(out_dir / name, data)
+
+
+def write_outputs(s: Settlement, out_dir: Path, settings: dict[str, str]) -> dict[str, str]:
+    """Write all outputs and the manifest into ``out_dir``; return name -> SHA-256."""
+    blobs = render_outputs(s, settings)
+    write_rendered(blobs, out_dir)
+    return digests_of(blobs)
 
 
 def _write(path: Path, data: bytes) -> None:

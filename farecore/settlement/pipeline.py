@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from farecore.batch import QINGDAO_UTC_OFFSET_MIN, day_bounds_ms, peek_header
-from farecore.errors import MalformedFile, SettlementError
+from farecore.batch import day_bounds_ms, peek_header
+from farecore.errors import LedgerDamaged, MalformedFile, SettlementError
 from farecore.keys import Keyring
 from farecore.revocation.csvinput import read_revocation_csv
-from farecore.settlement.admission import Admission, Admitted, admit
+from farecore.settlement.admission import Admission, Admitted, Settled, admit
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch
@@ -47,7 +48,7 @@ from farecore.settlement.merge import (
     Settlement,
     settle_day,
 )
-from farecore.settlement.outputs import write_outputs
+from farecore.settlement.outputs import digests_of, prepare_out, render_outputs, write_rendered
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
 from farecore.settlement.unit import (
     MAX_BATCH_BYTES,
@@ -144,26 +145,30 @@ def load_inputs(
         settings["revocations_sha256"] = hashlib.sha256(raw_r).hexdigest()
     if isinstance(revocation_tables, Path):
         revocation_tables = [revocation_tables]
-    tables = []
-    for i, path in enumerate(revocation_tables or ()):
-        tables.append(_open_table(path, revocation_signer, settings, i))
+    tables = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
     gens = [t.generation for t in tables]  # type: ignore[attr-defined]
     if len(set(gens)) != len(gens):
         raise SettlementError("two revocation tables of the same generation were given")
+    tables.sort(key=lambda t: t.generation)  # type: ignore[attr-defined]
     return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
 
 
-def _open_table(path: Path, signer: Path | None, settings: dict[str, str], index: int) -> object:
+def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> object:
     """Open and verify a signed revocation table, exactly as a gate would."""
     if signer is None:
         raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
     from farecore.keys import load_public_key_file
     from farecore.revocation import RevocationTable
 
-    table = RevocationTable.open(path, load_public_key_file(signer, role="revocation"))
-    raw = _read(path, "revocation table")
-    name = "revocation_table_sha256" if index == 0 else f"revocation_table_{index + 1}_sha256"
-    settings[name] = hashlib.sha256(raw).hexdigest()
+    if not path.is_file():
+        raise SettlementError(f"revocation table {path} is not a file")
+    try:
+        table = RevocationTable.open(path, load_public_key_file(signer, role="revocation"))
+    except OSError as exc:
+        raise SettlementError(f"cannot read revocation table {path}: {exc.strerror}") from None
+    # The verified body's hash (what the lookups use), named by generation: the manifest
+    # does not depend on the order the tables were given in.
+    settings[f"revocation_table_generation_{table.generation}_body_sha256"] = table.body_sha256
     return table
 
 
@@ -200,14 +205,22 @@ class _Survey:
     later_days: int
     done_before: int
     arrived_after: int
+    stats: list[tuple[str, int, int, bytes]]  # (path, size, mtime_ns, SHA-256) hashed
 
 
-def _file_key(path: str) -> tuple[bytes, bytes | None]:
-    """(SHA-256 of the file, its bytes' header part) or a stable key for an entry that
-    cannot be read, so a re-run recognises it."""
+def _file_key(
+    path: str, known: dict[str, tuple[int, int, bytes]], hashed: list[tuple[str, int, int, bytes]]
+) -> tuple[bytes, bytes | None]:
+    """(SHA-256 of the file, its first bytes, or None when it was not read) or a stable
+    key for an entry that cannot be read, so a re-run recognises it. A file whose size
+    and modification time match an earlier night's reading is not read again."""
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) > MAX_BATCH_BYTES:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BATCH_BYTES:
             raise OSError
+        was = known.get(path)
+        if was is not None and was[:2] == (st.st_size, st.st_mtime_ns):
+            return was[2], None
         h = hashlib.sha256()
         head = b""
         with open(path, "rb") as f:
@@ -215,9 +228,21 @@ def _file_key(path: str) -> tuple[bytes, bytes | None]:
                 if not head:
                     head = chunk
                 h.update(chunk)
+        hashed.append((path, st.st_size, st.st_mtime_ns, h.digest()))
         return h.digest(), head
     except OSError:
         return unreadable_key(path), None
+
+
+def _peek_day(path: str, head: bytes | None) -> dt.date | None:
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+        except OSError:
+            return None
+    claimed = peek_header(head)
+    return None if claimed is None else claimed[1]
 
 
 def _survey(
@@ -228,8 +253,10 @@ def _survey(
     seen: set[bytes] = set()
     later = done = after = 0
     done_set = set() if rerun is not None else ledger.done_files(night)
+    known = ledger.known_paths()
+    hashed: list[tuple[str, int, int, bytes]] = []
     for path in paths:
-        key, head = _file_key(path)
+        key, head = _file_key(path, known, hashed)
         if key in seen:
             continue  # the same bytes under another name: one batch
         seen.add(key)
@@ -243,8 +270,8 @@ def _survey(
         if key in done_set:
             done += 1
             continue
-        claimed = peek_header(head) if head else None
-        if claimed is not None and claimed[1] > day:
+        claimed = _peek_day(path, head)
+        if claimed is not None and claimed > day:
             later += 1
             continue
         chosen.append(path)
@@ -257,7 +284,7 @@ def _survey(
                 f"{len(absent)} of them are no longer in the batch directory "
                 f"(first: {sorted(absent)[0].hex()}), so it cannot be re-run"
             )
-    return _Survey(chosen, keys, later, done, after)
+    return _Survey(chosen, keys, later, done, after, hashed)
 
 
 def _inputs_digest(keys: Sequence[bytes], settings: dict[str, str]) -> str:
@@ -293,11 +320,14 @@ def run_settlement(
         inputs.keyring,
         inputs.fares.operators,
         inputs.fares.clock_tolerance_s * 1000,
+        utc_offset_min=inputs.fares.utc_offset_min,
     )
     mapper = map_units or (map_in_process if jobs == 1 else map_with_processes(jobs))
     try:
         with _without_cycle_collector():
             return _night(inputs, paths, cfg, mapper, out_dir, options, progress, book)
+    except LedgerDamaged as exc:
+        raise book.damaged(exc) from None
     finally:
         if own:
             book.close()
@@ -345,6 +375,8 @@ def _night(
                 "settled after them (its late batches settle as corrections on the next night)"
             )
         night = last[0] + 1 if last is not None else 1
+    if out_dir is not None:
+        prepare_out(out_dir)
     survey = _survey(paths, day, ledger, night, rerun)
     digest = _inputs_digest(list(survey.keys.values()), inputs.settings)
     if rerun is not None and rerun.inputs_sha256 != digest:
@@ -358,10 +390,11 @@ def _night(
         if p.unreadable and p.batch_sha256 in read_before:
             # Read when the night began, unreadable where its unit ran: not the file's
             # fault, and settling without it would silently report it missing.
+            on = f" on {p.where}" if p.where else ""
             raise SettlementError(
                 f"batch file {read_before[p.batch_sha256]} was readable when the night began "
-                f"but not to its unit ({p.anomalies[0].detail}); on a cluster, batch paths "
-                "must be readable from every worker, for example on a shared filesystem"
+                f"but not to its unit{on} ({p.anomalies[0].detail}); on a cluster, batch "
+                "paths must be readable from every worker, for example on a shared filesystem"
             )
         partials.append(p)
         gc.freeze()
@@ -374,22 +407,41 @@ def _night(
     ordered = [unique[k] for k in sorted(unique)]
     admission = admit(
         ordered,
-        ledger.heads(night),
-        lambda tid, seq, h: ledger.links_at(night, tid, seq, h),
+        Settled(
+            ledger.heads(night),
+            lambda tid, seq, h: ledger.links_at(night, tid, seq, h),
+            lambda tid, day_text: ledger.has_day(night, tid, day_text),
+            first_night=night == 1,
+        ),
     )
     opts = options or _merge_options(inputs, [a.partial for a in admission.admitted])
     corrections, taken_tonight = _corrections(inputs, admission, ledger, night, opts)
     main = _main_day(inputs, admission, ledger, night, opts, taken_tonight)
     result = _assemble(inputs, survey, admission, main, corrections, night, rerun is not None)
-    if out_dir is not None:
-        digests = write_outputs(result, out_dir, inputs.settings)
-        if rerun is not None and digests != rerun.outputs:
+    if out_dir is None:
+        return result
+    blobs = render_outputs(result, inputs.settings)
+    digests = digests_of(blobs)
+    if rerun is not None:
+        if digests != rerun.outputs:
+            differ = sorted(k for k in digests if digests[k] != rerun.outputs.get(k))
             raise SettlementError(
-                f"re-running night {day} gave other outputs than its first run; the ledger "
-                f"{ledger.where} may have been changed by hand"
+                f"re-running night {day} gives other {', '.join(differ)} than its first run "
+                "(a batch file renamed, another farecore or pyarrow version, or a ledger "
+                "changed by hand); nothing was written"
             )
-        if rerun is None:
-            _record(ledger, night, day, digest, digests, admission, [*corrections, main])
+        write_rendered(blobs, out_dir)
+        return result
+    # The ledger first: a night whose outputs fail to write is re-run to write them, and
+    # a re-run never appends twice.
+    _record(ledger, night, day, digest, digests, admission, [*corrections, main], survey.stats)
+    try:
+        write_rendered(blobs, out_dir)
+    except SettlementError as exc:
+        raise SettlementError(
+            f"night {day} is recorded in the ledger, but its outputs were not written "
+            f"({exc}); run the same command again to write them"
+        ) from None
     return result
 
 
@@ -404,8 +456,18 @@ def _merge_options(inputs: SettlementInputs, admitted: list[Partial]) -> MergeOp
         for card, pos in zip(cards[found >= 0].tolist(), found[found >= 0].tolist(), strict=True):
             when = int(at[pos])
             revoked[card] = min(when, revoked.get(card, when))
-        gens.append(RevocationGeneration(int(table.generation), _holder(table)))  # type: ignore[attr-defined]
-    return MergeOptions(revoked_at=revoked, generations=tuple(gens))
+        gens.append(
+            RevocationGeneration(
+                int(table.generation),  # type: ignore[attr-defined]
+                int(table.created_at),  # type: ignore[attr-defined]
+                _holder(table),
+            )
+        )
+    return MergeOptions(
+        revoked_at=revoked,
+        generations=tuple(gens),
+        revocation_max_age_s=inputs.fares.revocation_max_age_s,
+    )
 
 
 def _holder(table: object) -> Callable[[np.ndarray], np.ndarray]:
@@ -421,7 +483,7 @@ def _max_window_ms(fares: FareTable) -> int:
 
 
 def _context(ledger: Ledger, night: int, day: dt.date, fares: FareTable) -> list[object]:
-    start, end = day_bounds_ms(day, QINGDAO_UTC_OFFSET_MIN)
+    start, end = day_bounds_ms(day, fares.utc_offset_min)
     tol = fares.clock_tolerance_s * 1000
     return ledger.taken_between(night, start - tol - _max_window_ms(fares), end + tol)  # type: ignore[return-value]
 
@@ -432,8 +494,9 @@ def _taken_check(
     def taken(cards: np.ndarray, counters: np.ndarray) -> np.ndarray:
         mask = ledger.taken_mask(night, cards, counters)
         if tonight:
-            for i, pair in enumerate(zip(cards.tolist(), counters.tolist(), strict=True)):
-                if pair in tonight:
+            seen = np.fromiter({card for card, _ in tonight}, dtype=np.uint64)
+            for i in np.flatnonzero(np.isin(cards, seen)).tolist():
+                if (int(cards[i]), int(counters[i])) in tonight:
                     mask[i] = True
         return mask
 
@@ -576,6 +639,7 @@ def _record(
     outputs: dict[str, str],
     admission: Admission,
     results: list[DayResult],
+    paths: list[tuple[str, int, int, bytes]],
 ) -> None:
     batches = [
         SettledBatch(
@@ -588,7 +652,7 @@ def _record(
             p.tail_hash,
             p.max_time_ms,
         )
-        for p in (a.partial for a in admission.admitted)
+        for p in [a.partial for a in admission.admitted] + admission.chain_only
     ]
     cards, counters, tids, seqs, times = [], [], [], [], []
     held: list[HeldRide] = []
@@ -626,6 +690,7 @@ def _record(
         ),
         held,
         resolved,
+        paths,
     )
 
 

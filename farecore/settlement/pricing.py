@@ -205,7 +205,8 @@ def _unpaired(
     """The fen an unpaired tap is paid, or None when it is held instead."""
     op = rides.contexts[int(rides.context[row])][0]
     table = fares.metro(op)
-    if table is not None:
+    assert rides.held is not None
+    if table is not None and not rides.held[row]:  # a held ride was counted when held
         unpaired.at_stake_fen += table.max_fen - table.min_fen
     rule = fares.fares.unpaired_rule(which)
     if op in unpaired.hold[which] or rule == "hold":

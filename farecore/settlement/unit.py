@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = [
 # A terminal's day is tens of megabytes at most; a larger file is refused unread.
 MAX_BATCH_BYTES = 1 << 30
 NO_TIME = -(1 << 63)  # "no earlier record" in the time high-water columns
+_I64_MAX = (1 << 63) - 1  # the ledger's integers are SQLite's signed 64 bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +61,16 @@ class UnitConfig:
     policies: tuple[OperatorPolicy, ...] = ()
     clock_tolerance_ms: int = 300_000
     max_batch_bytes: int = MAX_BATCH_BYTES
+    utc_offset_min: int = 480
 
     def terminal(self, terminal_id: int | None) -> TerminalInfo | None:
-        for t in self.terminals:
-            if t.terminal_id == terminal_id:
-                return t
-        return None
+        # A register has thousands of terminals and a night thousands of batches.
+        cached = _REGISTERS.get(id(self.terminals))
+        if cached is None or cached[0] is not self.terminals:
+            cached = (self.terminals, {t.terminal_id: t for t in self.terminals})
+            _REGISTERS.clear()
+            _REGISTERS[id(self.terminals)] = cached
+        return cached[1].get(terminal_id) if terminal_id is not None else None
 
     def policy(self, operator: str) -> OperatorPolicy | None:
         for p in self.policies:
@@ -130,8 +135,13 @@ class Partial:
     file: str = ""  # the file's name, for anomalies about the file itself
     max_time_ms: int = NO_TIME  # the latest record time in the batch
     unreadable: bool = False  # the unit could not read the file (an OSError)
+    where: str = ""  # where the unit ran, when that matters to an error (never in outputs)
+    # Rejected for what the settlement's own inputs say (an unregistered terminal, a key
+    # that does not verify): looked at again on later nights, once the register is fixed.
+    retry: bool = False
 
 
+_REGISTERS: dict[int, tuple[tuple[TerminalInfo, ...], dict[int, TerminalInfo]]] = {}
 _KEYRINGS: dict[bytes, Keyring] = {}
 # (card id, card key, valid from, valid until, region, category), or why it failed.
 _CardEntry = tuple[int, PublicKey, int, int, int, int] | str
@@ -168,7 +178,7 @@ def _file_problem(path: str, limit: int) -> tuple[str, bool] | None:
 
 def unreadable_key(path: str) -> bytes:
     """The key a batch entry that cannot be read goes by (it has no SHA-256 of its own)."""
-    return hashlib.sha256(f"unreadable:{os.path.basename(path)}".encode()).digest()
+    return hashlib.sha256(f"unreadable:{path}".encode()).digest()
 
 
 def _rejected_file(path: str, detail: str, unreadable: bool = False) -> Partial:
@@ -220,24 +230,23 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
                 ),
             ),
             file=file,
+            retry=claimed is not None,
         )
     try:
         batch = verify_batch_rows(data, info.key())
-    except (MalformedInput, BadSignature) as exc:
-        return Partial(
+    except MalformedInput as exc:
+        return _rejected_batch(sha, info.terminal_id, file, str(exc))
+    except BadSignature as exc:
+        return replace(_rejected_batch(sha, info.terminal_id, file, str(exc)), retry=True)
+    if batch.last_seq > _I64_MAX or batch.first_seq > _I64_MAX:
+        return _rejected_batch(sha, info.terminal_id, file, "seq beyond 2^63 - 1")
+    if batch.utc_offset_min != cfg.utc_offset_min:
+        return _rejected_batch(
             sha,
-            False,
-            terminal_id=info.terminal_id,
-            anomalies=(
-                Anomaly(
-                    "batch_rejected",
-                    terminal_id=info.terminal_id,
-                    batch=sha.hex(),
-                    detail=str(exc),
-                    file=file,
-                ),
-            ),
-            file=file,
+            info.terminal_id,
+            file,
+            f"service day in UTC{batch.utc_offset_min:+d} min, not the settlement's "
+            f"{cfg.utc_offset_min:+d}",
         )
     rows = batch.rows
     policy = cfg.policy(info.operator)
@@ -286,7 +295,9 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
         record_hash,
     ) in rows:
         before = latest
-        if time_ms > latest:
+        # Only a time on the batch's own day raises the mark: a record stamped far off
+        # (a clock glitch, or a lie) is not paid, and must not hold back every later one.
+        if time_ms > latest and start_ms - tol <= time_ms < end_ms + tol:
             latest = time_ms
         if label != "ACCEPT":
             denied += 1
@@ -344,7 +355,7 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
         cards.append(card_id)
         counters.append(counter)
         hashes.append(record_hash)
-        generations.append(-1 if generation is None else generation)
+        generations.append(-1 if generation is None else min(generation, _I64_MAX))
         befores.append(before)
     rides = RideColumns(
         want[0],
@@ -375,6 +386,20 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
         anomalies=tuple(anomalies),
         file=file,
         max_time_ms=latest,
+    )
+
+
+def _rejected_batch(sha: bytes, terminal_id: int, file: str, detail: str) -> Partial:
+    return Partial(
+        sha,
+        False,
+        terminal_id=terminal_id,
+        anomalies=(
+            Anomaly(
+                "batch_rejected", terminal_id=terminal_id, batch=sha.hex(), detail=detail, file=file
+            ),
+        ),
+        file=file,
     )
 
 

@@ -181,7 +181,7 @@ def test_sequence_gap_between_nights_holds_the_batch(world: World, tmp_path: Pat
         files = settle(world, tmp_path / "night2", day=after, ledger=ledger)
     [gap] = [a for a in anomalies(files) if a["kind"] == "seq_gap"]
     assert (gap["terminal_id"], gap["seq"], gap["day"]) == (101, 2, after.isoformat())
-    assert "2..2 missing" in gap["detail"]
+    assert "2..2 not settled" in gap["detail"]
     assert amount(files) == 0
 
 
@@ -257,7 +257,7 @@ def test_signed_revocation_table_flags_rides_after_revoked_at(world: World, tmp_
     result = run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
     assert [(a.kind, a.card_id) for a in result.anomalies] == [("after_revocation", 2)]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert "revocation_table_sha256" in manifest["inputs"]
+    assert "revocation_table_generation_5_body_sha256" in manifest["inputs"]
 
 
 def test_garbage_and_empty_files_are_rejected_not_fatal(world: World, tmp_path: Path) -> None:

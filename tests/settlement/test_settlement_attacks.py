@@ -392,3 +392,100 @@ def test_a_directory_named_like_a_batch_is_rejected_by_name(world: World, tmp_pa
     [a] = [a for a in found(files) if a["kind"] == "batch_rejected"]
     assert a["file"] == "odd.fcb" and "not a regular file" in a["detail"]
     assert paid(files) == 1500
+
+
+# -- found by review: what a terminal's own word can and cannot excuse -------------------
+
+
+def test_an_empty_batch_then_the_real_one_for_the_same_day_pays_no_more(
+    world: World, tmp_path: Path
+) -> None:
+    (world.root / "fares.toml").write_text(FARES.replace('entry = "max"', 'entry = "min"'))
+    world.tap(201, 1, day_ms(8))  # A -> D: 400
+    world.tap(206, 1, day_ms(9))
+    world.export()
+    real = world.batches / f"206-{DAY.isoformat()}.fcb"
+    kept = real.read_bytes()
+    recs, creds = records(world, 206)
+    # Exit gate 206 first hands in an empty batch for the day (so nothing is held) ...
+    resign(world, 206, [], creds, prev=recs[0].prev_hash)
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        first = settle(world, tmp_path / "n1", ledger=ledger)
+        assert paid(first) == 200  # the entry, unpaired: the lowest fare
+        real.write_bytes(kept)  # ... then the real one, for the same day
+        world.export(NEXT)
+        (world.batches / f"206-{NEXT.isoformat()}.fcb").unlink()  # its place in the chain
+        real.rename(world.batches / "206-again.fcb")
+        second = settle(world, tmp_path / "n2", day=NEXT, ledger=ledger)
+    assert paid(second) == 0 and second["corrections.csv"].count(b"\n") == 1
+    assert ("second_batch", 206) in {(a["kind"], a["terminal_id"]) for a in found(second)}
+
+
+def _gate_with_table(world: World, generation: int) -> None:
+    world.journals[101] = _journal(world, 101)
+    world.validators[101] = Validator(
+        TerminalPolicy(101, frozenset({370200})),
+        world.issuer.keyring(),
+        InMemoryRevocation([], generation=generation),
+    )
+
+
+def _table_inputs(world: World, tmp_path: Path, generation: int, created_at: int) -> Any:
+    signer = SigningKey("revocation", 9, derive_key("settle-tests", "revocation"))
+    _, pub = save_signing_key(signer, tmp_path / "rev")
+    path = tmp_path / f"gen{generation}.frt"
+    build_table(
+        np.array([8], dtype=np.uint64),
+        np.array([created_at]),
+        np.array([1]),
+        signer,
+        generation,
+        created_at,
+        path,
+    )
+    return load_inputs(
+        DAY,
+        world.root / "terminals.csv",
+        world.root / "keyring.json",
+        world.root / "fares.toml",
+        None,
+        [path],
+        pub,
+    )
+
+
+def test_an_old_generation_named_long_after_the_table_excuses_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    # Generation 8 held card 8 three days before the ride: no gate may decide on a table
+    # older than two days, so whatever generation the ride names, its gate refused it.
+    _gate_with_table(world, 3)
+    assert world.tap(101, 8, day_ms(8))
+    world.export()
+    inputs = _table_inputs(world, tmp_path, 8, day_ms(8) // 1000 - 3 * 86_400)
+    result = run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
+    [a] = [a for a in result.anomalies if a.kind == "revoked_at_ride"]
+    assert a.card_id == 8 and "names generation 3" in a.detail
+    assert result.stats["amount_fen"] == 0
+
+
+def test_a_ride_naming_no_generation_is_not_excused(world: World, tmp_path: Path) -> None:
+    world.tap(101, 8, day_ms(8))
+    world.export()
+    recs, creds = records(world, 101)
+    resign(world, 101, [dataclasses.replace(recs[0], revocation_generation=None)], creds)
+    inputs = _table_inputs(world, tmp_path, 8, day_ms(7) // 1000)
+    result = run_settlement(inputs, find_batches(world.batches), tmp_path / "out")
+    assert [a.kind for a in result.anomalies] == ["revoked_at_ride"]
+    assert result.stats["amount_fen"] == 0
+
+
+def test_out_of_range_numbers_in_signed_records_are_answered(world: World, tmp_path: Path) -> None:
+    world.tap(101, 1, day_ms(8))
+    world.export()
+    recs, creds = records(world, 101)
+    resign(world, 101, [dataclasses.replace(recs[0], revocation_generation=2**64 - 1)], creds)
+    assert paid(settle(world, tmp_path / "a")) == 200  # a generation is only a number
+    resign(world, 101, recs, creds, first_seq=2**63, prev=recs[0].prev_hash)
+    files = settle(world, tmp_path / "b")
+    assert any("2^63" in a["detail"] for a in found(files) if a["kind"] == "batch_rejected")

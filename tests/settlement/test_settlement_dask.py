@@ -128,7 +128,7 @@ def test_a_batch_gone_before_the_night_is_named_and_the_rest_settles(
     )
     name = os.path.basename(paths[0])
     [gone] = [a for a in result.anomalies if a.kind == "batch_rejected" and a.file == name]
-    assert "cannot stat" in gone.detail and "worker tcp://" in gone.detail
+    assert "cannot stat" in gone.detail and gone.file == name
     assert (tmp_path / "out" / "manifest.json").exists()
 
 

@@ -245,3 +245,70 @@ def test_exit_statuses(world: World, tmp_path: Path) -> None:
         a["kind"] for a in json.loads((tmp_path / "o4" / "anomalies.json").read_text())["anomalies"]
     }
     assert {"batch_rejected", "missing_batch", "held"} <= kinds
+
+
+def test_a_held_ride_settles_after_its_terminal_leaves_the_register(
+    world: World, tmp_path: Path
+) -> None:
+    two_days(world)
+    late = world.batches / f"204-{DAY.isoformat()}.fcb"
+    held_back = tmp_path / late.name
+    late.rename(held_back)
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        settle(world, tmp_path / "n1", ledger=ledger)
+        # Entry gate 201 (whose ride is held) is taken out of service and unregistered.
+        lines = (world.root / "terminals.csv").read_text().splitlines()
+        (world.root / "terminals.csv").write_text(
+            "\n".join(ln for ln in lines if not ln.startswith("201,")) + "\n"
+        )
+        held_back.rename(late)
+        night2 = settle(world, tmp_path / "n2", day=NEXT, ledger=ledger)
+    # The held entry pairs with its late exit, in the context it was verified in.
+    assert b"2026-03-02,qd-metro,M1,2,400" in night2["corrections.csv"]
+
+
+def test_a_new_terminal_must_start_its_chain_at_seq_1(world: World, tmp_path: Path) -> None:
+    two_days(world)
+    (world.batches / f"101-{DAY.isoformat()}.fcb").rename(tmp_path / "lost.fcb")
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        settle(world, tmp_path / "n1", ledger=ledger)  # 101 hands in nothing
+        world.tap(101, 5, day_ms(8) + 86_400_000)  # its seq 2, on the next day
+        world.export(NEXT)
+        files = settle(world, tmp_path / "n2", day=NEXT, ledger=ledger)
+    # The ledger never saw 101: its chain must start at seq 1, which is missing.
+    gaps = [a for a in json.loads(files["anomalies.json"])["anomalies"] if a["kind"] == "seq_gap"]
+    assert [(g["terminal_id"], g["seq"]) for g in gaps] == [(101, 1)]
+    # On a ledger's first night (settling starts), the lowest batch starts the chain.
+    with Ledger.open(tmp_path / "fresh.sqlite") as fresh:
+        first = settle(world, tmp_path / "f1", day=NEXT, ledger=fresh)
+    assert "seq_gap" not in first["anomalies.json"].decode()
+
+
+def test_a_damaged_ledger_is_one_line_and_exit_2(world: World, tmp_path: Path) -> None:
+    two_days(world)
+    ledger = tmp_path / "ledger.sqlite"
+    assert _run(_args(world, tmp_path, ledger=str(ledger))).returncode == 0
+    db = sqlite3.connect(ledger)
+    db.execute("UPDATE nights SET day='yesterday'")
+    db.commit()
+    db.close()
+    r = _run(_args(world, tmp_path, ledger=str(ledger), day=NEXT.isoformat()))
+    assert r.returncode == 2 and "is damaged" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_rerun_that_differs_writes_nothing(world: World, tmp_path: Path) -> None:
+    two_days(world)
+    ledger = tmp_path / "ledger.sqlite"
+    args = _args(world, tmp_path, ledger=str(ledger))
+    assert _run(args).returncode == 0
+    before = {n: (tmp_path / "out" / n).read_bytes() for n in OUTPUTS}
+    target = world.batches / f"101-{DAY.isoformat()}.fcb"
+    target.rename(world.batches / "renamed.fcb")  # same bytes: the same night, but...
+    (world.batches / "renamed.fcb").rename(target)
+    db = sqlite3.connect(ledger)
+    db.execute("UPDATE nights SET outputs='{}'")
+    db.commit()
+    db.close()
+    r = _run(args)
+    assert r.returncode == 2 and "nothing was written" in r.stderr
+    assert {n: (tmp_path / "out" / n).read_bytes() for n in OUTPUTS} == before
