@@ -2,10 +2,12 @@
 
 Pure functions over bytes. The terminal builds commands and splits responses here; the
 virtual card parses commands here too, so both sides share one reading of the bytes.
+Every reader completes the T=0 transport's 61xx and 6Cxx here (``complete_t0``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from farecore.errors import MalformedApdu
@@ -26,8 +28,10 @@ __all__ = [
     "SW_WRONG_P1P2",
     "CommandApdu",
     "Response",
+    "complete_t0",
     "internal_authenticate",
     "split_response",
+    "t0_followup",
 ]
 
 AID = bytes.fromhex("F0524A43415244")
@@ -137,3 +141,41 @@ def internal_authenticate(challenge: bytes) -> bytes:
     if len(challenge) != CHALLENGE_LENGTH:
         raise ValueError(f"challenge must be {CHALLENGE_LENGTH} bytes")
     return _AUTH_HEADER + challenge + b"\x00"
+
+
+def _has_le(apdu: bytes) -> bool:
+    """True for a short case 2 or case 4 APDU, whose last byte is Le."""
+    return len(apdu) == 5 or (len(apdu) > 5 and len(apdu) == 6 + apdu[4])
+
+
+def t0_followup(command: bytes, response: bytes) -> bytes | None:
+    """The T=0 transport's follow-up to ``response``, or None when it is the answer.
+
+    CARD-SPEC §3 (amended): ``61 xx`` is completed with GET RESPONSE (``00 C0 00 00 xx``,
+    on the command's logical channel) and ``6C xx`` by sending the same command again
+    with Le = xx. A terminal completes them at most once per command, and every reader
+    kind the same way (``complete_t0``), so a card gets one decision everywhere.
+    """
+    if len(response) < 2:
+        return None
+    sw1, sw2 = response[-2], response[-1]
+    if sw1 == 0x61:
+        return bytes((command[0] & 0x03, 0xC0, 0x00, 0x00, sw2))
+    if sw1 == 0x6C and len(response) == 2 and _has_le(command):
+        return command[:-1] + bytes((sw2,))
+    return None
+
+
+def complete_t0(command: bytes, response: bytes, exchange: Callable[[bytes], bytes]) -> bytes:
+    """``response`` with its T=0 transport status completed once through ``exchange``.
+
+    What comes back from the one follow-up is final, whatever it says: a card that asks
+    for a second completion answers with a status word no command here succeeds with.
+    """
+    followup = t0_followup(command, response)
+    if followup is None:
+        return response
+    answer = exchange(followup)
+    if response[-2] == 0x61:
+        return response[:-2] + answer  # data before the 61xx, then the rest
+    return answer

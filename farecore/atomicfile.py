@@ -1,7 +1,8 @@
 """Write a file so that readers see either the old content or the whole new content.
 
-Temp file in the same directory, fsync, rename over the target, fsync the directory. A
-crash at any point leaves no half-written file under the target name.
+Temp file in the same directory (made first if it does not exist), fsync, rename over
+the target, fsync the directory. A crash at any point leaves no half-written file under
+the target name.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[B
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)  # an output's directory is made for it
     tmp = directory / f".{target.name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

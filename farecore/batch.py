@@ -195,6 +195,11 @@ def export_batch(
         raise JournalError(f"batches are signed with a terminal key, not a {key.role} key")
     start, end = day_bounds_ms(day, utc_offset_min)
     with JournalReader(journal_path, terminal_id) as reader:
+        if key.key_id != reader.terminal_id:
+            raise JournalError(
+                f"the key is terminal {key.key_id}'s, not terminal {reader.terminal_id}'s: "
+                "a terminal's batch is signed with its own key"
+            )
         first = reader.first_seq_from(start)
         last = max(reader.first_seq_from(end) - 1, first - 1)
         prev = reader.hash_of(first - 1)

@@ -3,7 +3,8 @@
 Built-in subcommands are the modules of ``farecore.commands``; each has
 ``register(subparsers)``. Plug-ins outside the core (the simulator, third-party tools)
 register through the ``farecore.commands`` entry-point group. Errors that farecore
-anticipates print one clear line and exit 2; they never print a traceback.
+anticipates, and any file-system error on a path the command was given, print one
+clear line and exit 2; they never print a traceback.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"farecore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(farecore.commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue  # shared helpers, not a subcommand
         module = importlib.import_module(f"farecore.commands.{info.name}")
         module.register(sub)
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
@@ -75,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # a file or directory the command was pointed at
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}:{where}")
 
 
 if __name__ == "__main__":

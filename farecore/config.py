@@ -42,15 +42,17 @@ Example::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farecore.errors import ConfigError
+from farecore.strictkeys import check_keys
 from farecore.validator import ALL_CATEGORIES, TerminalPolicy
 
-__all__ = ["DEFAULT_MAX_AGE_S", "ROLES", "GateConfig", "load_gate_config"]
+__all__ = ["DEFAULT_MAX_AGE_S", "ROLES", "SCHEMA", "GateConfig", "load_gate_config"]
 
 ROLES = ("bus", "metro_entry", "metro_exit")
 DEFAULT_MAX_AGE_S = 172_800
@@ -101,10 +103,28 @@ class GateConfig:
             raise ConfigError(f"policy: {exc}") from None
 
 
+# Every section and key a gate configuration may hold: anything else is a typo, and an
+# error naming the nearest of these, never a setting silently left at its default.
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "terminal": ("id", "key", "operator", "line", "place", "role"),
+    "policy": ("regions", "categories"),
+    "keyring": ("path", "issued"),
+    "revocation": ("table", "signer", "max_age_s", "stale_policy"),
+    "journal": ("path", "group_commit_ms"),
+    "passback": ("window_s", "store"),
+    "actuator": ("command",),
+}
+_MAX_GROUP_COMMIT_MS = 1000
+_MAX_WINDOW_S = 7 * 86_400
+_MAX_AGE_LIMIT_S = 10 * 365 * 86_400
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table")
+    check_keys(value, f"[{name}]", SCHEMA[name])
     return value
 
 
@@ -149,13 +169,25 @@ def load_gate_config(path: str | Path) -> GateConfig:
     """Read and check a gate configuration; raise ConfigError naming what is wrong."""
     p = Path(path)
     try:
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, not a configuration file")
+        if p.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than a gate configuration can be")
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such configuration file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return _load(doc, p)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def _load(doc: dict[str, Any], p: Path) -> GateConfig:
+    check_keys(doc, "", SCHEMA, "section")
     base = p.parent
 
     def rel(value: str | None) -> Path | None:
@@ -178,7 +210,20 @@ def load_gate_config(path: str | Path) -> GateConfig:
     if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
         raise ConfigError("terminal.id must be a uint64")
     keyring_path = rel(_get(keyring, "keyring", "path", str))
-    assert keyring_path is not None
+    if keyring_path is None:
+        raise ConfigError("keyring.path must name the keyring file")
+    for key in ("operator", "line", "place"):
+        text = _get(term, "terminal", key, str)
+        if not text or len(text.encode()) > 255:
+            raise ConfigError(f"terminal.{key} must be a non-empty string of at most 255 bytes")
+    if max_age is not None and not 0 < max_age <= _MAX_AGE_LIMIT_S:
+        raise ConfigError(f"revocation.max_age_s must be 1..{_MAX_AGE_LIMIT_S}, not {max_age}")
+    group_ms = float(_get(journal, "journal", "group_commit_ms", float, 0))
+    if not (math.isfinite(group_ms) and 0 <= group_ms <= _MAX_GROUP_COMMIT_MS):
+        raise ConfigError(f"journal.group_commit_ms must be 0..{_MAX_GROUP_COMMIT_MS}")
+    window = _get(passback, "passback", "window_s", int, 0)
+    if not 0 <= window <= _MAX_WINDOW_S:
+        raise ConfigError(f"passback.window_s must be 0 (off)..{_MAX_WINDOW_S}, not {window}")
     return GateConfig(
         terminal_id=terminal_id,
         terminal_key=rel(_get(term, "terminal", "key", str, None)),
@@ -195,8 +240,8 @@ def load_gate_config(path: str | Path) -> GateConfig:
         revocation_max_age_s=max_age,
         stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),
         journal=rel(_get(journal, "journal", "path", str, None)),
-        group_commit_ms=float(_get(journal, "journal", "group_commit_ms", float, 0)),
-        passback_window_s=_get(passback, "passback", "window_s", int, 0),
+        group_commit_ms=group_ms,
+        passback_window_s=window,
         passback_store=rel(_get(passback, "passback", "store", str, None)),
         actuator_command=tuple(command),
     )

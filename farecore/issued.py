@@ -54,6 +54,7 @@ __all__ = [
     "IssuedListError",
     "build_issued_list",
     "encode_list",
+    "peek_generation",
     "read_credential_lines",
 ]
 
@@ -94,6 +95,13 @@ class _Header:
             self.count,
             self.body_sha256,
         )
+
+
+def peek_generation(data: bytes) -> int | None:
+    """The generation a list file's header *claims*, unverified; None if it is not one."""
+    if len(data) < _SIGNED_SIZE or not data.startswith(MAGIC):
+        return None
+    return int(_SIGNED.unpack_from(data)[5])
 
 
 def _digests_sorted(body: bytes, count: int) -> bool:

@@ -20,7 +20,8 @@ from typing import Any
 
 from farecore.atomicfile import write_atomic
 from farecore.crypto import Algorithm, PrivateKey, PublicKey, load_public_key
-from farecore.errors import KeyFileError, KeyringError, MalformedFile, MalformedInput
+from farecore.errors import ConfigError, KeyFileError, KeyringError, MalformedFile, MalformedInput
+from farecore.strictkeys import check_keys
 
 __all__ = [
     "ROLES",
@@ -211,6 +212,15 @@ class IssuerKey:
             raise ValueError(f"key status must be active, retired or revoked, not {self.status!r}")
         if (self.status == "retired") != (self.retired_at is not None):
             raise ValueError("a retired key needs retired_at, and only a retired key has one")
+        at = self.retired_at
+        if at is not None and (
+            isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= _U32_MAX
+        ):
+            raise ValueError(
+                f"retired_at must be UTC Unix seconds from 0 to {_U32_MAX}, not {at!r}"
+            )
+        if not isinstance(self.label, str):
+            raise ValueError("label must be a string")
         load_public_key(self.algorithm, self.public_key)
 
     def accepts(self, algorithm: int, valid_from: int) -> bool:
@@ -232,6 +242,10 @@ class IssuerKey:
             "retired_at": self.retired_at,
             "label": self.label,
         }
+
+
+_MAX_KEYRING_BYTES = 16 << 20
+_ENTRY_KEYS = ("key_id", "algorithm", "public_key", "status", "retired_at", "label")
 
 
 class Keyring:
@@ -297,15 +311,27 @@ class Keyring:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "keyring") -> Keyring:
+        if len(data) > _MAX_KEYRING_BYTES:
+            raise MalformedFile(f"{source}: {len(data)} bytes is more than a keyring can be")
         try:
             doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise MalformedFile(f"{source}: not a keyring (bad JSON: {exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != _KEYRING_FORMAT:
             raise MalformedFile(f"{source}: not a keyring (format must be {_KEYRING_FORMAT!r})")
+        items = doc.get("keys", [])
+        try:
+            check_keys(doc, source, ("format", "keys"))
+            if not isinstance(items, list):
+                raise ConfigError(f"{source}: keys must be a list of key entries")
+        except ConfigError as exc:
+            raise MalformedFile(str(exc)) from None
         keys = []
-        for i, item in enumerate(doc.get("keys", [])):
+        for i, item in enumerate(items):
             try:
+                if not isinstance(item, dict):
+                    raise ValueError("a key entry must be an object")
+                check_keys(item, f"key entry {i}", _ENTRY_KEYS)
                 keys.append(
                     IssuerKey(
                         key_id=item["key_id"],
@@ -313,10 +339,14 @@ class Keyring:
                         public_key=bytes.fromhex(str(item["public_key"])),
                         status=str(item.get("status", "active")),
                         retired_at=item.get("retired_at"),
-                        label=str(item.get("label", "")),
+                        label=item.get("label", ""),
                     )
                 )
-            except (KeyError, TypeError, ValueError, MalformedInput) as exc:
+            except KeyError as exc:
+                raise MalformedFile(f"{source}: key entry {i}: {exc} is missing") from None
+            except ConfigError as exc:
+                raise MalformedFile(f"{source}: {exc}") from None
+            except (TypeError, ValueError, MalformedInput) as exc:
                 raise MalformedFile(f"{source}: key entry {i}: {exc}") from None
         try:
             return cls(keys)

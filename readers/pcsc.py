@@ -4,7 +4,7 @@
 |-------------------|------------------------------------------------------------------|
 | reader selection  | "" = first reader; exact name; glob/regex = every match watched  |
 | card presence     | ``SCardGetStatusChange`` (pcscd polls; vpcd ~400 ms)             |
-| transmit          | short APDUs, T=0/T=1; 61xx (GET RESPONSE) and 6Cxx (re-send Le)  |
+| transmit          | short APDUs, T=0/T=1; 61xx and 6Cxx completed once (complete_t0) |
 | timeouts          | ``transmit_timeout`` on transmit and connect (one worker thread) |
 | removal detection | state EMPTY/MUTE, or pcscd's event counter moved (a new card)    |
 | errors            | ReaderIOError (pcscd/reader trouble), CardIOError (the card)     |
@@ -37,10 +37,10 @@ from typing import Any
 
 from smartcard import scard  # type: ignore[import-untyped]
 
+from farecore.apdu import complete_t0
 from farecore.errors import CardIOError, ConfigError, ReaderIOError
 from readers.pcsc_calls import (
     CONTEXT_LOST,
-    MAX_RESPONSE_PARTS,
     MAX_STUCK,
     PROTOCOLS,
     READER_LOST,
@@ -397,21 +397,7 @@ class PcscReader:
         if channel._generation != self._generation or self._handle is None:
             raise CardIOError("the card of this channel is no longer connected")
         response = self._exchange(apdu, first=not channel._used)
-        # 6Cxx: wrong Le, the card tells the right one; re-send once with it.
-        if len(response) == 2 and response[0] == 0x6C and _has_le(apdu):
-            response = self._exchange(apdu[:-1] + response[1:2], first=False)
-        if response[-2] != 0x61:
-            return response
-        # 61xx: more data waits; fetch it with GET RESPONSE until the chain ends.
-        data = bytearray(response[:-2])
-        for _ in range(MAX_RESPONSE_PARTS):
-            part = self._exchange(bytes([apdu[0] & 0x03, 0xC0, 0, 0, response[-1]]), first=False)
-            data += part[:-2]
-            response = part
-            if part[-2] != 0x61:
-                return bytes(data) + part[-2:]
-        self._disconnect()
-        raise CardIOError("card kept answering 61xx: response chain too long")
+        return complete_t0(apdu, response, lambda followup: self._exchange(followup, first=False))
 
     def _exchange(self, apdu: bytes, *, first: bool) -> bytes:
         handle = self._handle
@@ -485,11 +471,6 @@ class PcscReader:
 
 
 _NOW = 0.0
-
-
-def _has_le(apdu: bytes) -> bool:
-    """True for a short case 2 or case 4 APDU, whose last byte is Le."""
-    return len(apdu) == 5 or (len(apdu) > 5 and len(apdu) == 6 + apdu[4])
 
 
 def PcscReaderFactory(target: str, **options: Any) -> PcscReader:

@@ -17,7 +17,6 @@ from smartcard import scard  # type: ignore[import-untyped]
 
 __all__ = [
     "CONTEXT_LOST",
-    "MAX_RESPONSE_PARTS",
     "MAX_STUCK",
     "PROTOCOLS",
     "READER_LOST",
@@ -54,7 +53,6 @@ STALE_HANDLE = frozenset({0x80100069, 0x80100068})  # SCARD_W_REMOVED_CARD, SCAR
 PROTOCOLS = scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
 SHARE = {"shared": scard.SCARD_SHARE_SHARED, "exclusive": scard.SCARD_SHARE_EXCLUSIVE}
 MAX_STUCK = 4  # abandoned calls still inside pcscd before we stop trying
-MAX_RESPONSE_PARTS = 512  # a 61xx chain longer than this is a broken card
 
 
 def code_of(value: int) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 import serial
 
+from farecore.apdu import complete_t0
 from farecore.errors import CardIOError, ReaderIOError
 from readers.pn532_frames import (
     ACK,
@@ -79,7 +80,9 @@ class Pn532Channel:
     def transmit(self, apdu: bytes) -> bytes:
         if self._generation != self._reader._generation:
             raise CardIOError("card is no longer the reader's target")
-        return self._reader._exchange(self._tg, apdu)
+        reader, tg = self._reader, self._tg
+        response = reader._exchange(tg, apdu)
+        return complete_t0(apdu, response, lambda followup: reader._exchange(tg, followup))
 
 
 class Pn532Reader:

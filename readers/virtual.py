@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from farecore.apdu import complete_t0
 from farecore.errors import CardIOError, ReaderIOError
 
 __all__ = ["ApduCard", "VirtualChannel", "VirtualReader", "VirtualReaderFactory"]
@@ -38,7 +39,10 @@ class VirtualChannel:
         if self._reader._card is not self._card:
             raise CardIOError("card is no longer in the field")
         try:
-            return self._card.process_apdu(apdu)
+            response = self._card.process_apdu(apdu)
+            if len(response) >= 2 and response[-2] in (0x61, 0x6C):  # T=0 transport
+                return complete_t0(apdu, response, self._card.process_apdu)
+            return response
         except CardIOError:
             self._reader.remove()
             raise

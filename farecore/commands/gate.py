@@ -86,10 +86,26 @@ def _passback(cfg: GateConfig, stack: contextlib.ExitStack) -> PassbackCheck:
     return store
 
 
+def _check_terminal_key(cfg: GateConfig) -> None:
+    """The key a gate's batches will be signed with must exist and be this terminal's:
+    found wrong at the end of the day, the day's rides could not be handed in."""
+    if cfg.terminal_key is None:
+        return
+    from farecore.keys import load_private_key
+
+    key = load_private_key(cfg.terminal_key, role="terminal")
+    if key.key_id != cfg.terminal_id:
+        raise ConfigError(
+            f"terminal.key {cfg.terminal_key} is terminal {key.key_id}'s key, not terminal "
+            f"{cfg.terminal_id}'s"
+        )
+
+
 def open_gate(
     cfg: GateConfig, reader_url: str, stack: contextlib.ExitStack, *, quiet: bool = False
 ) -> Gate:
     """Build every part of a gate from its configuration; register cleanups on ``stack``."""
+    _check_terminal_key(cfg)
     keyring = Keyring.load(cfg.keyring)
     from farecore.issued import IssuedList
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farecore.commands._args import refuse_rollback, uint
+from farecore.errors import ConfigError
 from farecore.keys import Keyring, load_private_key
 
 __all__ = ["register"]
@@ -44,16 +46,26 @@ def register(sub: Any) -> None:
     build.add_argument(
         "--key", required=True, type=Path, help="the issuer private key (PREFIX.key)"
     )
-    build.add_argument("--generation", required=True, type=int, help="generation number")
+    build.add_argument(
+        "--generation",
+        required=True,
+        type=uint(64, "generation"),
+        help="generation number; must be above the list's in force at the gates",
+    )
     build.add_argument("--out", required=True, type=Path, help="output list file (.fil)")
     build.add_argument(
         "--jobs", type=int, default=1, help="verify the credentials in this many processes"
     )
     build.add_argument(
         "--created-at",
-        type=int,
+        type=uint(63, "created-at"),
         default=None,
         help="build time in UTC Unix seconds (default: now)",
+    )
+    build.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite OUT even when it holds this generation or a later one",
     )
     build.set_defaults(func=_build)
 
@@ -82,9 +94,12 @@ def register(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from farecore.issued import build_issued_list, read_credential_lines
+    from farecore.issued import build_issued_list, peek_generation, read_credential_lines
 
     key = load_private_key(args.key, role="issuer")
+    refuse_rollback(args.out, args.generation, peek_generation, "issued list", args.replace)
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
     data = build_issued_list(

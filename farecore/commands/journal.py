@@ -8,7 +8,7 @@ from typing import Any
 
 from farecore.atomicfile import write_atomic
 from farecore.batch import QINGDAO_UTC_OFFSET_MIN, export_batch, parse_day, verify_batch
-from farecore.errors import ConfigError
+from farecore.errors import ConfigError, JournalError
 from farecore.journal import JournalReader
 from farecore.keys import load_private_key, load_public_key_file
 
@@ -94,6 +94,12 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     pub = load_public_key_file(args.pub, role="terminal") if args.pub else None
     batch = verify_batch(args.file, pub)
+    if pub is not None and pub.key_id != batch.terminal_id:
+        raise JournalError(
+            f"{args.file}: the batch is terminal {batch.terminal_id}'s, but {args.pub} is "
+            f"terminal {pub.key_id}'s key; its signature proves nothing about terminal "
+            f"{batch.terminal_id}"
+        )
     accepted = sum(1 for r in batch.records if r.accepted)
     sig = "signature OK" if pub is not None else "signature NOT checked (no --pub)"
     print(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from farecore.commands._args import uint
 from farecore.crypto import Algorithm
 from farecore.keys import IssuerKey, Keyring, load_public_key_file, new_key_pair
 
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
         "machine that signs; PREFIX.pub is what every other command reads.",
     )
     new.add_argument("--role", required=True, choices=["issuer", "terminal", "revocation"])
-    new.add_argument("--id", required=True, type=int, help="key id (uint32)")
+    new.add_argument("--id", required=True, type=uint(32, "key id"), help="key id (uint32)")
     new.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
     new.add_argument(
         "--algorithm", default="Ed25519", choices=["Ed25519", "ECDSA-P256"], help="default Ed25519"
@@ -42,12 +43,14 @@ def register(sub: Any) -> None:
         help="retire a key at a time: cards valid from before then still pass",
     )
     retire.add_argument("--keyring", required=True, type=Path)
-    retire.add_argument("key_id", type=int)
-    retire.add_argument("--at", required=True, type=int, help="retirement time, UTC Unix seconds")
+    retire.add_argument("key_id", type=uint(32, "key id"))
+    retire.add_argument(
+        "--at", required=True, type=uint(32, "time"), help="retirement time, UTC Unix seconds"
+    )
     retire.set_defaults(func=_keyring_retire)
     revoke = ring_sub.add_parser("revoke", help="revoke a key: no card it signed passes any more")
     revoke.add_argument("--keyring", required=True, type=Path)
-    revoke.add_argument("key_id", type=int)
+    revoke.add_argument("key_id", type=uint(32, "key id"))
     revoke.set_defaults(func=_keyring_revoke)
     show = ring_sub.add_parser("list", help="print the keyring")
     show.add_argument("--keyring", required=True, type=Path)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from farecore.commands._args import refuse_rollback, uint
 from farecore.errors import ConfigError
 from farecore.keys import PublicKeyFile, load_private_key, load_public_key_file
 
@@ -47,15 +48,20 @@ def register(sub: Any) -> None:
     build.add_argument(
         "--generation",
         required=True,
-        type=int,
+        type=uint(64, "generation"),
         help="generation number; must be above the one in force at the gates",
     )
     build.add_argument("--out", required=True, type=Path, help="output table file (.frt)")
     build.add_argument(
         "--created-at",
-        type=int,
+        type=uint(63, "created-at"),
         default=None,
         help="build time in UTC Unix seconds (default: now); gates measure staleness from it",
+    )
+    build.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite OUT even when it holds this generation or a later one",
     )
     build.set_defaults(func=_build)
 
@@ -142,6 +148,7 @@ def _build(args: argparse.Namespace) -> int:
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
     ids, times, reasons = read_revocation_csv(args.csv)
+    refuse_rollback(args.out, args.generation, _table_generation, "revocation table", args.replace)
     t1 = time.perf_counter()
     summary = build_table(
         ids,
@@ -160,6 +167,16 @@ def _build(args: argparse.Namespace) -> int:
         f"(parse {t1 - t0:.2f} s, build {t2 - t1:.2f} s)"
     )
     return 0
+
+
+def _table_generation(head: bytes) -> int | None:
+    from farecore.errors import TableRejected
+    from farecore.revocation.format import parse_header_unverified
+
+    try:
+        return parse_header_unverified(head)[0].generation
+    except TableRejected:
+        return None
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -41,7 +41,6 @@ valid name. This module must never use floats for money or distance.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import Any
 
 from farecore.errors import MalformedFile
 from farecore.records import ROLE_DIRECTION, Direction
+from farecore.strictkeys import check_keys
 
 __all__ = [
     "DEFAULT_CLOCK_TOLERANCE_S",
@@ -252,12 +252,7 @@ def _table(value: Any, where: str, allowed: Iterable[str]) -> dict[str, Any]:
     """A TOML table whose keys are all in ``allowed`` (else: the nearest valid name)."""
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a table")
-    names = list(allowed)
-    for key in value:
-        if key not in names:
-            near = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(names)}"
-            raise ValueError(f"{where}: unknown key {key!r}{hint}")
+    check_keys(value, where, allowed)
     return value
 
 
@@ -305,9 +300,8 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
     if len(text) > _MAX_TEXT:
         raise MalformedFile(f"{source}: larger than {_MAX_TEXT} bytes")
     try:
-        doc = _table(
-            tomllib.loads(text), "fares", ("unpaired", "checks", "operator", "bus", "metro")
-        )
+        doc = tomllib.loads(text)
+        check_keys(doc, "", ("unpaired", "checks", "operator", "bus", "metro"), "section")
         unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
         checks = _table(
             doc.get("checks", {}),

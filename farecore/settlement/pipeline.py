@@ -34,12 +34,13 @@ import numpy as np
 
 from farecore.batch import day_bounds_ms, peek_header
 from farecore.errors import LedgerDamaged, MalformedFile, SettlementError
-from farecore.keys import Keyring
+from farecore.keys import Keyring, load_public_key_file
+from farecore.revocation import RevocationTable
 from farecore.revocation.csvinput import read_revocation_csv
 from farecore.settlement.admission import Admission, Admitted, Settled, admit
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable, parse_fares
-from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch
+from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch, TakenRide
 from farecore.settlement.merge import (
     DayInputs,
     DayResult,
@@ -84,8 +85,8 @@ class SettlementInputs:
     fares: FareTable
     revoked_at: dict[int, int]
     settings: dict[str, str]  # input name -> SHA-256, for the manifest
-    # Verified revocation tables (farecore.revocation), by generation.
-    tables: tuple[object, ...] = field(default=())
+    # Verified revocation tables, by generation.
+    tables: tuple[RevocationTable, ...] = field(default=())
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -146,20 +147,17 @@ def load_inputs(
     if isinstance(revocation_tables, Path):
         revocation_tables = [revocation_tables]
     tables = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
-    gens = [t.generation for t in tables]  # type: ignore[attr-defined]
+    gens = [t.generation for t in tables]
     if len(set(gens)) != len(gens):
         raise SettlementError("two revocation tables of the same generation were given")
-    tables.sort(key=lambda t: t.generation)  # type: ignore[attr-defined]
+    tables.sort(key=lambda t: t.generation)
     return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
 
 
-def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> object:
+def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> RevocationTable:
     """Open and verify a signed revocation table, exactly as a gate would."""
     if signer is None:
         raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
-    from farecore.keys import load_public_key_file
-    from farecore.revocation import RevocationTable
-
     if not path.is_file():
         raise SettlementError(f"revocation table {path} is not a file")
     try:
@@ -451,15 +449,15 @@ def _merge_options(inputs: SettlementInputs, admitted: list[Partial]) -> MergeOp
     cards = np.unique(np.concatenate([p.rides.card_id for p in admitted] or [_NO_CARDS]))
     gens = []
     for table in inputs.tables:
-        found = table.find_many(cards)  # type: ignore[attr-defined]
-        at = table.revoked_at  # type: ignore[attr-defined]
+        found = table.find_many(cards)
+        at = table.revoked_at
         for card, pos in zip(cards[found >= 0].tolist(), found[found >= 0].tolist(), strict=True):
             when = int(at[pos])
             revoked[card] = min(when, revoked.get(card, when))
         gens.append(
             RevocationGeneration(
-                int(table.generation),  # type: ignore[attr-defined]
-                int(table.created_at),  # type: ignore[attr-defined]
+                int(table.generation),
+                int(table.created_at),
                 _holder(table),
             )
         )
@@ -470,9 +468,9 @@ def _merge_options(inputs: SettlementInputs, admitted: list[Partial]) -> MergeOp
     )
 
 
-def _holder(table: object) -> Callable[[np.ndarray], np.ndarray]:
+def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
     def holds(cards: np.ndarray) -> np.ndarray:
-        found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0  # type: ignore[attr-defined]
+        found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0
         return found
 
     return holds
@@ -482,10 +480,10 @@ def _max_window_ms(fares: FareTable) -> int:
     return max((w for p in fares.operators for _, w in p.passback_s), default=0) * 1000
 
 
-def _context(ledger: Ledger, night: int, day: dt.date, fares: FareTable) -> list[object]:
+def _context(ledger: Ledger, night: int, day: dt.date, fares: FareTable) -> list[TakenRide]:
     start, end = day_bounds_ms(day, fares.utc_offset_min)
     tol = fares.clock_tolerance_s * 1000
-    return ledger.taken_between(night, start - tol - _max_window_ms(fares), end + tol)  # type: ignore[return-value]
+    return ledger.taken_between(night, start - tol - _max_window_ms(fares), end + tol)
 
 
 def _taken_check(
@@ -530,7 +528,7 @@ def _corrections(
                 d,
                 admitted,
                 ledger.held(night, day_text),
-                _context(ledger, night, d, inputs.fares),  # type: ignore[arg-type]
+                _context(ledger, night, d, inputs.fares),
                 registered - present,
                 _taken_check(ledger, night, taken),
                 correction=True,
@@ -562,7 +560,7 @@ def _main_day(
             inputs.day,
             admitted,
             ledger.held(night, day_text),
-            _context(ledger, night, inputs.day, inputs.fares),  # type: ignore[arg-type]
+            _context(ledger, night, inputs.day, inputs.fares),
             frozenset(inputs.terminals) - present,
             _taken_check(ledger, night, taken_tonight),
         ),

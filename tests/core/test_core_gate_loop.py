@@ -83,3 +83,65 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_gate_config(cfg)
     with pytest.raises(ConfigError, match="no such configuration"):
         load_gate_config(tmp_path / "absent.toml")
+
+
+_GOOD = (
+    '[terminal]\nid = 1\noperator = "o"\nline = "l"\nplace = "p"\nrole = "bus"\n'
+    '[keyring]\npath = "k.json"\n'
+    '[revocation]\ntable = "t.frt"\nsigner = "r.pub"\nmax_age_s = 3600\n'
+    '[journal]\ngroup_commit_ms = 2\n[passback]\nwindow_s = 300\nstore = "s.sqlite"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ("[revocation]", "[revocaton]", "unknown section 'revocaton'; did you mean 'revocation'?"),
+        ("max_age_s = 3600", "max_age = 3600", "did you mean 'max_age_s'?"),
+        ("window_s = 300", "windows = 300", "did you mean 'window_s'?"),
+        ("group_commit_ms = 2", "group_commit_ms = 1001", "group_commit_ms must be 0..1000"),
+        ("group_commit_ms = 2", "group_commit_ms = nan", "group_commit_ms must be 0..1000"),
+        ("group_commit_ms = 2", "group_commit_ms = inf", "group_commit_ms must be 0..1000"),
+        ('operator = "o"', 'operator = ""', "terminal.operator must be a non-empty string"),
+        ('place = "p"', 'place = ""', "terminal.place must be a non-empty string"),
+        ('path = "k.json"', 'path = ""', "keyring.path must name the keyring file"),
+        ("window_s = 300", "window_s = 10000000000000000", "passback.window_s must be 0"),
+        ("max_age_s = 3600", "max_age_s = 0", "revocation.max_age_s must be 1.."),
+    ],
+)
+def test_every_typo_and_bad_value_is_named(tmp_path: Path, old: str, new: str, says: str) -> None:
+    cfg = tmp_path / "gate.toml"
+    assert old in _GOOD
+    cfg.write_text(_GOOD)
+    load_gate_config(cfg)  # the good one loads
+    cfg.write_text(_GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as err:
+        load_gate_config(cfg)
+    assert says in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_a_gate_refuses_another_terminals_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from farecore.keys import SigningKey, save_signing_key
+    from sim.issuer import derive_key
+
+    save_signing_key(SigningKey("terminal", 2, derive_key("x", "t2")), tmp_path / "t2")
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(_GOOD.replace('role = "bus"', 'role = "bus"\nkey = "t2.key"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "terminal 2's key, not terminal 1's" in r.stderr
+    cfg.write_text(_GOOD.replace('role = "bus"', 'role = "bus"\nkey = "nope.key"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "nope.key" in r.stderr and "Traceback" not in r.stderr

@@ -142,3 +142,34 @@ def test_selftest_passes_its_known_answers_and_times_taps(tmp_path: Path) -> Non
     assert r.returncode == (0 if timing["passed"] else 1)
     assert doc["fit"] is timing["passed"]
     assert doc["figures"]["tap_p99_ms"] > 0
+
+
+_PUB = Issuer.from_seed("strict").key.private.public_bytes.hex()
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        (b'{"format": "farecore-keyring/1", "keys": null}', "keys must be a list"),
+        (b'{"format": "farecore-keyring/1", "kyes": []}', "did you mean 'keys'?"),
+        (b"[" * 5000 + b"]" * 5000, "not a keyring"),
+        (b'{"format": "farecore-keyring/1", "keys": [' + b"1" * 5000 + b"]}", "not a keyring"),
+        (
+            b'{"format": "farecore-keyring/1", "keys": [{"key_id": 1, "algorithm": "Ed25519",'
+            b' "public_key": "'
+            + _PUB.encode()
+            + b'", "status": "retired", "retired_at": "soon"}]}',
+            "retired_at must be UTC Unix seconds",
+        ),
+        (
+            b'{"format": "farecore-keyring/1", "keys": [{"key_id": 1, "algorithm": "Ed25519",'
+            b' "public_key": "' + _PUB.encode() + b'", "statuss": "active"}]}',
+            "did you mean 'status'?",
+        ),
+        (b'{"format": "farecore-keyring/1", "keys": [7]}', "a key entry must be an object"),
+    ],
+)
+def test_a_keyring_that_would_crash_a_gate_later_does_not_load(doc: bytes, says: str) -> None:
+    with pytest.raises(MalformedFile) as err:
+        Keyring.from_bytes(doc)
+    assert says in str(err.value)

@@ -178,3 +178,24 @@ def test_short_responses_have_no_status_word(data: bytes) -> None:
     assume(len(data) < 2)
     with pytest.raises(MalformedApdu):
         split_response(data)
+
+
+@given(command=st.binary(min_size=4, max_size=40), response=st.binary(max_size=40))
+def test_t0_is_completed_at_most_once(command: bytes, response: bytes) -> None:
+    from farecore.apdu import complete_t0, t0_followup
+
+    sent: list[bytes] = []
+
+    def exchange(apdu: bytes) -> bytes:
+        sent.append(apdu)
+        return b"\x61\x10"  # a card that would ask again, for ever
+
+    out = complete_t0(command, response, exchange)
+    assert len(sent) <= 1
+    if t0_followup(command, response) is None:
+        assert out == response and not sent
+    elif response[-2] == 0x61:
+        assert sent == [bytes((command[0] & 3, 0xC0, 0, 0, response[-1]))]
+        assert out == response[:-2] + b"\x61\x10"
+    else:
+        assert sent[0][:-1] == command[:-1] and sent[0][-1] == response[-1]

@@ -241,3 +241,32 @@ def test_credential_lines_name_their_line(tmp_path: Path) -> None:
         list(read_credential_lines(path))
     with pytest.raises(MalformedInput, match="cannot read"):
         list(read_credential_lines(tmp_path / "missing.txt"))
+
+
+def test_issued_build_refuses_to_roll_back(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from farecore.keys import save_signing_key
+    from sim.issuer import Issuer, derive_key
+
+    issuer = Issuer.from_seed("rollback")
+    key, _ = save_signing_key(issuer.key, tmp_path / "issuer")
+    cred = issuer.credential(1, derive_key("rollback", "card-1"))
+    creds = tmp_path / "issued.txt"
+    creds.write_text(cred.hex() + "\n")
+    out = tmp_path / "issued.fil"
+
+    def build(generation: int, *more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "farecore", "issued", "build", "--credentials", str(creds),
+             "--key", str(key), "--out", str(out), "--generation", str(generation), *more],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert build(5).returncode == 0
+    published = out.read_bytes()
+    r = build(5)
+    assert r.returncode == 2 and "holds generation 5" in r.stderr
+    assert out.read_bytes() == published
+    assert build(4, "--replace").returncode == 0

@@ -217,3 +217,36 @@ def test_cli_export_and_verify(
         text=True,
     )
     assert proc.returncode == 2 and "YYYY-MM-DD" in proc.stderr
+
+
+def test_a_terminal_signs_only_its_own_batches(
+    tmp_path: Path,
+    tapper: Callable[[int, int], Decision],
+    terminal_key: SigningKey,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "j.sqlite"
+    _fill(path, tapper, [BASE_MS + i for i in range(3)])
+    other = SigningKey("terminal", TERMINAL_ID + 1, derive_key("x", "another terminal"))
+    with pytest.raises(JournalError, match="signed with its own key"):
+        export_batch(path, DAY, other)
+    # A batch signed by another terminal's key (by hand) verifies cryptographically with
+    # that key, but `journal verify` refuses to call it this terminal's.
+    with JournalReader(path) as reader:
+        records = list(reader.records())
+        creds = {c: reader.credential(c) for c in {r.credential_sha256 for r in records} if c}
+    forged = encode_batch(
+        records,
+        creds,
+        terminal_id=TERMINAL_ID,
+        day=DAY,
+        utc_offset_min=480,
+        first_seq=1,
+        prev_hash=records[0].prev_hash,
+        key=other,
+    )
+    out = tmp_path / "forged.fcb"
+    out.write_bytes(forged)
+    _, pub = save_signing_key(other, tmp_path / "other")
+    assert main(["journal", "verify", str(out), "--pub", str(pub)]) == 2
+    assert f"terminal {TERMINAL_ID + 1}'s key" in capsys.readouterr().err

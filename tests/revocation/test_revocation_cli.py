@@ -156,8 +156,9 @@ def test_bad_row_stops_the_build_and_writes_nothing(
     out = tmp_path / "table.frt"
     out.write_bytes(b"previous table")
     rc, _, err = in_process(
-        capsys, "revocation", "build", "--in", src, "--key", key, "--generation", "3", "--out", out
-    )
+        capsys, "revocation", "build", "--in", src, "--key", key, "--generation", "3",
+        "--out", out, "--replace",
+    )  # fmt: skip
     assert rc == 2
     assert message in err, err
     assert err.count("\n") == 1
@@ -249,3 +250,71 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
                  ("revocation", "info", "--help"), ("revocation", "check", "--help")):  # fmt: skip
         rc, out, _ = in_process(capsys, *args)
         assert rc == 0 and "usage:" in out
+
+
+def test_no_silent_rollback_of_a_published_generation(
+    tmp_path: Path, keyfiles: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, _ = keyfiles
+    src = csv_file(tmp_path / "r.csv", GOOD_ROWS)
+    out = tmp_path / "t.frt"
+
+    def build(generation: str, *more: str) -> tuple[int, str, str]:
+        return in_process(
+            capsys, "revocation", "build", "--in", src, "--key", key, "--out", out,
+            "--generation", generation, "--created-at", "1790000000", *more,
+        )  # fmt: skip
+
+    assert build("42")[0] == 0
+    published = out.read_bytes()
+    for older in ("41", "42"):
+        rc, _, err = build(older)
+        assert rc == 2 and "holds generation 42" in err and "--replace" in err
+        assert out.read_bytes() == published  # untouched
+    assert build("41", "--replace")[0] == 0  # said explicitly: allowed
+    assert build("43")[0] == 0
+    out.write_bytes(b"something else entirely")
+    rc, _, err = build("44")
+    assert rc == 2 and "is not a revocation table" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["revocation", "build", "--generation", "-1"], "generation must be 0.."),
+        (["revocation", "build", "--generation", str(2**64)], "generation must be 0.."),
+        (["revocation", "build", "--generation", "1", "--created-at", "-1"], "created-at"),
+        (["issued", "build", "--generation", "-1"], "generation must be 0.."),
+        (["keys", "new", "--role", "issuer", "--id", "-1"], "key id must be 0.."),
+        (["keys", "new", "--role", "issuer", "--id", str(2**32)], "key id must be 0.."),
+        (["keyring", "retire", "--keyring", "k.json", "1", "--at", "-5"], "time must be 0.."),
+    ],
+)
+def test_out_of_range_numbers_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    need = {
+        "revocation": ["--in", "x.csv", "--key", "x.key", "--out", "t.frt"],
+        "issued": ["--credentials", "c.txt", "--key", "x.key", "--out", "l.fil"],
+        "keys": ["--out", str(tmp_path / "k")],
+        "keyring": [],
+    }[args[0]]
+    r = farecore(*args, *need, cwd=tmp_path)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_readme_example_runs_in_a_fresh_directory(tmp_path: Path) -> None:
+    # The README's revocation example, word for word, where nothing exists yet.
+    csv_file(tmp_path / "revoked.csv", GOOD_ROWS)
+    steps = [
+        ("keys", "new", "--role", "revocation", "--id", "1", "--out", "keys/revocation"),
+        ("revocation", "build", "--in", "revoked.csv", "--key", "keys/revocation.key",
+         "--generation", "42", "--out", "tables/today/revocation.frt"),
+        ("revocation", "info", "tables/today/revocation.frt", "--signer", "keys/revocation.pub"),
+    ]  # fmt: skip
+    for step in steps:
+        r = farecore(*step, cwd=tmp_path)
+        assert r.returncode == 0, (step, r.stderr)
+    # A read-only place for the output is one line, not a traceback.
+    r = farecore(*steps[1][:-1], "/proc/revocation.frt", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "/proc" in r.stderr
