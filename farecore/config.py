@@ -23,7 +23,7 @@ Example::
     issued = ["issued-1.fil"]    # optional: the issuer's signed lists of its credentials
 
     [revocation]
-    table = "revocation.frt"     # optional: without it no card is revoked
+    table = "revocation.frt"     # required, unless enabled = false (no card is then revoked)
     signer = "keys/revocation.pub"
     max_age_s = 172800
     stale_policy = "closed"      # closed | open
@@ -109,7 +109,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "terminal": ("id", "key", "operator", "line", "place", "role"),
     "policy": ("regions", "categories"),
     "keyring": ("path", "issued"),
-    "revocation": ("table", "signer", "max_age_s", "stale_policy"),
+    "revocation": ("enabled", "table", "signer", "max_age_s", "stale_policy"),
     "journal": ("path", "group_commit_ms"),
     "passback": ("window_s", "store"),
     "actuator": ("command",),
@@ -216,6 +216,16 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         text = _get(term, "terminal", key, str)
         if not text or len(text.encode()) > 255:
             raise ConfigError(f"terminal.{key} must be a non-empty string of at most 255 bytes")
+    enabled = revocation.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"revocation.enabled must be true or false, not {enabled!r}")
+    if enabled and not table:
+        raise ConfigError(
+            "[revocation] names no table: such a gate accepts revoked cards. Set table and "
+            "signer, or enabled = false to run without revocation on purpose"
+        )
+    if not enabled and table:
+        raise ConfigError("revocation.enabled = false, but revocation.table is set")
     if max_age is not None and not 0 < max_age <= _MAX_AGE_LIMIT_S:
         raise ConfigError(f"revocation.max_age_s must be 1..{_MAX_AGE_LIMIT_S}, not {max_age}")
     group_ms = float(_get(journal, "journal", "group_commit_ms", float, 0))

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,33 @@ def _revocation(cfg: GateConfig, stack: contextlib.ExitStack) -> RevocationSourc
     signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
     hot = HotRevocation(cfg.revocation_table, signer)
     stack.callback(hot.close)
+    _warn_if_stale(cfg, hot.snapshot().generation, hot.snapshot().created_at, time.time())
     return hot
+
+
+def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float) -> None:
+    """Say loudly, at start, what the first taps would otherwise reveal one by one."""
+    age = now - created_at
+    if cfg.revocation_max_age_s is not None and age > cfg.revocation_max_age_s:
+        then = (
+            "every tap will be DENIED REVOCATION_STALE"
+            if cfg.stale_policy == "closed"
+            else "every ride will be accepted flagged revocation_stale"
+        )
+        print(
+            f"farecore gate: WARNING: revocation table generation {generation} is already "
+            f"stale: made {int(age)} s ago, max_age_s {cfg.revocation_max_age_s}; {then} "
+            "until a newer table is published",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif age < -300:
+        print(
+            f"farecore gate: WARNING: revocation table generation {generation} was made "
+            f"{int(-age)} s in this gate's future: check the gate's clock",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _journal(cfg: GateConfig, stack: contextlib.ExitStack) -> tuple[RideLog | None, Any]:

@@ -68,11 +68,14 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_gate_config(cfg)
     cfg.write_text(
         '[terminal]\nid = 1\noperator = "o"\nline = "l"\nplace = "p"\nrole = "tram"\n'
-        '[keyring]\npath = "k.json"\n[policy]\nregions = [370200]\n'
+        '[keyring]\npath = "k.json"\n[policy]\nregions = [370200]\n[revocation]\nenabled = false\n'
     )
     with pytest.raises(ConfigError, match="terminal.role"):
         load_gate_config(cfg)
-    good = '[terminal]\nid = 1\noperator = "o"\nline = "l"\nplace = "p"\nrole = "bus"\n'
+    good = (
+        '[terminal]\nid = 1\noperator = "o"\nline = "l"\nplace = "p"\nrole = "bus"\n'
+        "[revocation]\nenabled = false\n"
+    )
     cfg.write_text(good + '[keyring]\npath = "k.json"\nissued = "lists/a.fil"\n')
     assert load_gate_config(cfg).issued_lists == (tmp_path / "lists/a.fil",)
     cfg.write_text(good + '[keyring]\npath = "k.json"\nissued = ["a.fil", 3]\n')
@@ -107,6 +110,9 @@ _GOOD = (
         ('path = "k.json"', 'path = ""', "keyring.path must name the keyring file"),
         ("window_s = 300", "window_s = 10000000000000000", "passback.window_s must be 0"),
         ("max_age_s = 3600", "max_age_s = 0", "revocation.max_age_s must be 1.."),
+        ('table = "t.frt"\n', "", "names no table: such a gate accepts revoked cards"),
+        ('table = "t.frt"\n', 'enabled = "no"\n', "revocation.enabled must be true or false"),
+        ('table = "t.frt"\n', 'table = "t.frt"\nenabled = false\n', "but revocation.table"),
     ],
 )
 def test_every_typo_and_bad_value_is_named(tmp_path: Path, old: str, new: str, says: str) -> None:

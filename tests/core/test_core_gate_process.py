@@ -40,6 +40,9 @@ issued = "issued.fil"
 [journal]
 path = "journal.sqlite"
 
+[revocation]
+enabled = false
+
 [passback]
 window_s = 600
 store = "station.sqlite"
@@ -103,3 +106,38 @@ def test_gate_process_names_a_missing_reader_adapter(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     r = _refused(cfg, "nfc:usb")
     assert "no reader adapter for 'nfc'" in r.stderr and "pcsc" in r.stderr
+
+
+def test_a_gate_with_a_stale_table_says_so_at_start(tmp_path: Path) -> None:
+    from farecore.keys import SigningKey, save_signing_key
+    from farecore.revocation import build_table
+    from sim.issuer import derive_key
+
+    cfg = _config(tmp_path)
+    signer = SigningKey("revocation", 3, derive_key("stale", "revocation"))
+    _, pub = save_signing_key(signer, tmp_path / "revocation")
+    three_days_ago = int(time.time()) - 3 * 86_400
+    build_table([9], [three_days_ago], [1], signer, 1, three_days_ago, tmp_path / "t.frt")
+    cfg.write_text(
+        cfg.read_text().replace(
+            "enabled = false", f'table = "t.frt"\nsigner = "{pub.name}"\nmax_age_s = 172800'
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farecore", "gate", "--reader", "virtual:", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline()]
+        while "ready" not in lines[-1] and lines[-1]:
+            lines.append(proc.stderr.readline())
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [warning] = [line for line in lines if "WARNING" in line]
+    assert "generation 1 is already stale" in warning and "REVOCATION_STALE" in warning
