@@ -310,11 +310,8 @@ def _parse_hash(header: dict[str, object], name: str) -> bytes:
     return raw
 
 
-def peek_header(data: bytes) -> tuple[int, dt.date] | None:
-    """The (terminal id, day) a batch *claims*, unverified; None if they do not parse.
-
-    Lets the settlement leave a file for a later night without verifying it.
-    """
+def _peek(data: bytes) -> dict[str, object] | None:
+    """A batch's header as it *claims* to be, unverified; None if it does not parse."""
     if not data.startswith(BATCH_MAGIC) or len(data) < len(BATCH_MAGIC) + 4:
         return None
     (n,) = _U32.unpack_from(data, len(BATCH_MAGIC))
@@ -322,10 +319,27 @@ def peek_header(data: bytes) -> tuple[int, dt.date] | None:
     if n > _MAX_HEADER:
         return None
     try:
-        header = _load_header(data[start : start + n])
-        tid, day = header.get("terminal_id"), header.get("day")
-        if not isinstance(tid, int) or isinstance(tid, bool) or not isinstance(day, str):
-            return None
+        return _load_header(data[start : start + n])
+    except BatchRejected:
+        return None
+
+
+def _claimed_id(header: dict[str, object]) -> int | None:
+    value = header.get("terminal_id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def peek_header(data: bytes) -> tuple[int, dt.date] | None:
+    """The (terminal id, day) a batch *claims*, unverified; None if they do not parse.
+
+    Lets the settlement leave a file for a later night without verifying it.
+    """
+    header = _peek(data)
+    tid = None if header is None else _claimed_id(header)
+    day = None if header is None else header.get("day")
+    if tid is None or not isinstance(day, str):
+        return None
+    try:
         return tid, parse_day(day)
     except MalformedFile:
         return None
@@ -336,18 +350,8 @@ def peek_terminal_id(data: bytes) -> int | None:
 
     Used only to pick the key to verify with and to name a rejected file's terminal.
     """
-    if not data.startswith(BATCH_MAGIC) or len(data) < len(BATCH_MAGIC) + 4:
-        return None
-    (n,) = _U32.unpack_from(data, len(BATCH_MAGIC))
-    start = len(BATCH_MAGIC) + 4
-    if n > _MAX_HEADER:
-        return None
-    try:
-        header = _load_header(data[start : start + n])
-    except BatchRejected:
-        return None
-    value = header.get("terminal_id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    header = _peek(data)
+    return None if header is None else _claimed_id(header)
 
 
 @dataclass(frozen=True, slots=True)
