@@ -4,7 +4,8 @@ Usage: python station_gate_driver.py STATION_JOURNAL MAX_GROUP [MOVES]
 
 MOVES: ``commit`` (the default) moves records out of the recent table in every commit
 that gathers 16, so kills land before, in and after moves; ``idle`` leaves them to the
-controller's idle moves (after 5 ms without a group) and to the next open.
+controller's idle moves (after 5 ms without a group) and to the next open; ``none``
+leaves every record of this run in the recent table for the next open to move.
 
 Prints ``READY <records so far>`` once open, then ``OPEN <terminal> <time_ms> <card>``
 for each accepted ride, from the gate's actuator, which the controller signals only
@@ -43,8 +44,10 @@ def main() -> None:
     issuer = Issuer.from_seed("journal-tests")
     if moves == "commit":
         station = StationJournal.open(path, STATION_TERMINALS, move_at=16)
-    else:
+    elif moves == "idle":
         station = StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=0.005)
+    else:
+        station = StationJournal.open(path, STATION_TERMINALS, move_when_idle_s=None)
     store = PassbackStore.in_station(station, PassbackRule(window_s=60), CTX.place)
     clock = {"now": 0}
     gates = []
