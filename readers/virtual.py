@@ -39,10 +39,8 @@ class VirtualChannel:
         if self._reader._card is not self._card:
             raise CardIOError("card is no longer in the field")
         try:
-            response = self._card.process_apdu(apdu)
-            if len(response) >= 2 and response[-2] in (0x61, 0x6C):  # T=0 transport
-                return complete_t0(apdu, response, self._card.process_apdu)
-            return response
+            card = self._card
+            return complete_t0(apdu, card.process_apdu(apdu), card.process_apdu)
         except CardIOError:
             self._reader.remove()
             raise

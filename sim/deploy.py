@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from farecore.issued import build_issued_list
-from farecore.journal import Direction
 from farecore.keys import save_signing_key
+from farecore.records import ROLE_DIRECTION
 from farecore.revocation import build_table
 from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import QINGDAO
@@ -34,7 +34,7 @@ ISSUED_LIST = "issued-1.fil"
 # cards (signed by the simulated issuer, but a real Jinan card is not on Qingdao's list).
 _NOT_LISTED = frozenset({"forged", "other_region"})
 
-DIRECTIONS = {"bus": Direction.BOARD, "metro_entry": Direction.ENTRY, "metro_exit": Direction.EXIT}
+DIRECTIONS = ROLE_DIRECTION
 
 
 def slug(place: str) -> str:

@@ -80,13 +80,10 @@ def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float
 
 
 def _journal(cfg: GateConfig, stack: contextlib.ExitStack) -> tuple[RideLog | None, Any]:
-    from farecore.journal import Direction, Journal, TapContext
+    from farecore.journal import Journal, TapContext
+    from farecore.records import ROLE_DIRECTION
 
-    direction = {
-        "bus": Direction.BOARD,
-        "metro_entry": Direction.ENTRY,
-        "metro_exit": Direction.EXIT,
-    }[cfg.role]
+    direction = ROLE_DIRECTION[cfg.role]
     ctx = TapContext(operator=cfg.operator, line=cfg.line, place=cfg.place, direction=direction)
     if cfg.journal is None:
         return None, ctx

@@ -83,6 +83,10 @@ def _bytes(value: object) -> bytes:
     return value
 
 
+def _signed_int(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _int(value: object) -> int:
     """An integer read back from SQLite (its row values are typed ``object`` here)."""
     if not isinstance(value, int) or isinstance(value, bool):
@@ -282,9 +286,6 @@ class Ledger:
         except LedgerDamaged as exc:
             raise self.damaged(exc) from None
 
-    def nights(self) -> int:
-        return _int(self._query("SELECT COUNT(*) FROM nights")[0][0])
-
     # -- the view before a night ----------------------------------------------------
 
     def done_files(self, night: int) -> set[bytes]:
@@ -320,7 +321,7 @@ class Ledger:
 
     def links_at(self, night: int, terminal_id: int, seq: int, tail_hash: bytes) -> bool:
         """Whether the settled chain has ``tail_hash`` right after record ``seq``."""
-        tid = int(_signed(np.array([terminal_id], dtype=np.uint64))[0])
+        tid = _signed_int(terminal_id)
         rows = self._query(
             "SELECT 1 FROM batches WHERE terminal_id=? AND last_seq=? AND tail_hash=? "
             "AND night<? LIMIT 1",
@@ -330,7 +331,7 @@ class Ledger:
 
     def has_day(self, night: int, terminal_id: int, day: str) -> bool:
         """Whether a batch of ``terminal_id`` for ``day`` was settled before ``night``."""
-        tid = int(_signed(np.array([terminal_id], dtype=np.uint64))[0])
+        tid = _signed_int(terminal_id)
         rows = self._query(
             "SELECT 1 FROM batches WHERE terminal_id=? AND day=? AND night<? LIMIT 1",
             (tid, day, night),
@@ -416,13 +417,6 @@ class Ledger:
             for t, s, d, ms, c, k, h, g, f, op, ln, pl, di in rows
         ]
 
-    def held_days(self, night: int) -> set[str]:
-        rows = self._query(
-            "SELECT DISTINCT day FROM held WHERE night<? AND (resolved IS NULL OR resolved>=?)",
-            (night, night),
-        )
-        return {str(r[0]) for r in rows}
-
     def known_paths(self) -> dict[str, tuple[int, int, bytes]]:
         """path -> (size, mtime_ns, SHA-256) of batch files hashed on earlier nights: a
         file that has not changed is not read again to learn it was settled."""
@@ -463,7 +457,7 @@ class Ledger:
                 (
                     (
                         b.sha256,
-                        int(_signed(np.array([b.terminal_id], dtype=np.uint64))[0]),
+                        _signed_int(b.terminal_id),
                         b.day,
                         b.first_seq,
                         b.last_seq,
@@ -491,11 +485,11 @@ class Ledger:
                 "INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     (
-                        int(_signed(np.array([h.terminal_id], dtype=np.uint64))[0]),
+                        _signed_int(h.terminal_id),
                         h.seq,
                         h.day,
                         h.time_ms,
-                        int(_signed(np.array([h.card_id], dtype=np.uint64))[0]),
+                        _signed_int(h.card_id),
                         h.counter,
                         h.record_hash,
                         h.generation,
@@ -509,7 +503,7 @@ class Ledger:
             db.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?, ?, ?)", paths)
             db.executemany(
                 "UPDATE held SET resolved=? WHERE terminal_id=? AND seq=?",
-                ((night, int(_signed(np.array([t], dtype=np.uint64))[0]), s) for t, s in resolved),
+                ((night, _signed_int(t), s) for t, s in resolved),
             )
             db.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -38,7 +38,7 @@ from farecore.keys import Keyring, load_public_key_file
 from farecore.revocation import RevocationTable
 from farecore.revocation.csvinput import read_revocation_csv
 from farecore.settlement.admission import Admission, Admitted, Settled, admit
-from farecore.settlement.anomalies import Anomaly
+from farecore.settlement.anomalies import REVIEW_KINDS, Anomaly
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch, TakenRide
 from farecore.settlement.merge import (
@@ -413,8 +413,7 @@ def _night(
         ),
     )
     opts = options or _merge_options(inputs, [a.partial for a in admission.admitted])
-    corrections, taken_tonight = _corrections(inputs, admission, ledger, night, opts)
-    main = _main_day(inputs, admission, ledger, night, opts, taken_tonight)
+    corrections, main = _days(inputs, admission, ledger, night, opts)
     result = _assemble(inputs, survey, admission, main, corrections, night, rerun is not None)
     if out_dir is None:
         return result
@@ -501,73 +500,45 @@ def _taken_check(
     return taken
 
 
-def _corrections(
+def _days(
     inputs: SettlementInputs,
     admission: Admission,
     ledger: Ledger,
     night: int,
     opts: MergeOptions,
-) -> tuple[list[DayResult], set[tuple[int, int]]]:
-    """One result per earlier day that a late batch reopened, oldest first; and the card
-    counters they took (so the settled day cannot take them again tonight)."""
-    by_day: dict[str, list[Admitted]] = {}
+) -> tuple[list[DayResult], DayResult]:
+    """Each earlier day a late batch reopened (its correction, oldest first), then the
+    settled day. Every day is settled the same way; the counters each one takes are
+    barred from the days after it tonight."""
+    by_day: dict[str, list[Admitted]] = {inputs.day.isoformat(): []}
     for a in admission.admitted:
-        if a.partial.day != inputs.day.isoformat():
-            by_day.setdefault(a.partial.day, []).append(a)
-    out: list[DayResult] = []
+        by_day.setdefault(a.partial.day, []).append(a)
+    results: list[DayResult] = []
     taken: set[tuple[int, int]] = set()
-    registered = frozenset(inputs.terminals)
     for day_text in sorted(by_day):
-        d = dt.date.fromisoformat(day_text)
-        admitted = by_day[day_text]
+        day, admitted = dt.date.fromisoformat(day_text), by_day[day_text]
         present = ledger.settled_terminals(night, day_text) | {
             a.partial.terminal_id for a in admitted
         }
         result = settle_day(
             DayInputs(
-                d,
+                day,
                 admitted,
                 ledger.held(night, day_text),
-                _context(ledger, night, d, inputs.fares),
-                registered - present,
+                _context(ledger, night, day, inputs.fares),
+                frozenset(inputs.terminals) - present,
                 _taken_check(ledger, night, taken),
-                correction=True,
+                correction=day != inputs.day,
             ),
             inputs.fares,
             inputs.terminals,
             opts,
         )
-        out.append(result)
+        results.append(result)
         rides = result.rides.rides
         taken |= set(zip(rides.card_id.tolist(), rides.counter.tolist(), strict=True))
         taken |= {(h.card_id, h.counter) for h in result.held}
-    return out, taken
-
-
-def _main_day(
-    inputs: SettlementInputs,
-    admission: Admission,
-    ledger: Ledger,
-    night: int,
-    opts: MergeOptions,
-    taken_tonight: set[tuple[int, int]],
-) -> DayResult:
-    day_text = inputs.day.isoformat()
-    admitted = [a for a in admission.admitted if a.partial.day == day_text]
-    present = {a.partial.terminal_id for a in admitted} | ledger.settled_terminals(night, day_text)
-    return settle_day(
-        DayInputs(
-            inputs.day,
-            admitted,
-            ledger.held(night, day_text),
-            _context(ledger, night, inputs.day, inputs.fares),
-            frozenset(inputs.terminals) - present,
-            _taken_check(ledger, night, taken_tonight),
-        ),
-        inputs.fares,
-        inputs.terminals,
-        opts,
-    )
+    return results[:-1], results[-1]
 
 
 def _assemble(
@@ -694,8 +665,6 @@ def _record(
 
 def exit_status(s: Settlement) -> int:
     """0 when the night needs no review, else 3 (see ``farecore settle --help``)."""
-    from farecore.settlement.anomalies import REVIEW_KINDS
-
     if s.stats.get("batches", 0) == 0:
         return 3  # no batch of the day at all: never a clean night
     if any(a.kind in REVIEW_KINDS for a in s.anomalies) or s.corrections:

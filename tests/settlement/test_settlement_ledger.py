@@ -302,9 +302,7 @@ def test_a_rerun_that_differs_writes_nothing(world: World, tmp_path: Path) -> No
     args = _args(world, tmp_path, ledger=str(ledger))
     assert _run(args).returncode == 0
     before = {n: (tmp_path / "out" / n).read_bytes() for n in OUTPUTS}
-    target = world.batches / f"101-{DAY.isoformat()}.fcb"
-    target.rename(world.batches / "renamed.fcb")  # same bytes: the same night, but...
-    (world.batches / "renamed.fcb").rename(target)
+    # Outputs that no longer match what the ledger recorded of the night.
     db = sqlite3.connect(ledger)
     db.execute("UPDATE nights SET outputs='{}'")
     db.commit()
@@ -312,3 +310,72 @@ def test_a_rerun_that_differs_writes_nothing(world: World, tmp_path: Path) -> No
     r = _run(args)
     assert r.returncode == 2 and "nothing was written" in r.stderr
     assert {n: (tmp_path / "out" / n).read_bytes() for n in OUTPUTS} == before
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ("[unpaired]", "[checks]\nclock_tolerance_s = -1\n[unpaired]", "clock_tolerance_s must be"),
+        ("[unpaired]", "[checks]\nrevocation_max_age_s = 0\n[unpaired]", "revocation_max_age_s"),
+        ("[unpaired]", "[checks]\nutc_offset_min = 900\n[unpaired]", "utc_offset_min must be"),
+        (
+            "[unpaired]",
+            "[checks]\nclock_tolerence_s = 5\n[unpaired]",
+            "did you mean 'clock_tolerance_s'",
+        ),
+        ("regions = [370200]\n", 'regions = "370200"\n', "regions must be an array"),
+        ("regions = [370200]\n", "regions = []\n", "regions must not be empty"),
+        (
+            "regions = [370200]\n",
+            "regions = [370200]\npassback_s = {tram = 5}\n",
+            "unknown key 'tram'",
+        ),
+        ("regions = [370200]\n", 'regions = [370200]\npassback_scope = "city"\n', "passback_scope"),
+        ("regions = [370200]\n", "regions = [370200]\ncategories = [256]\n", "categories must be"),
+        ('entry = "max"', 'entry = "most"', "unpaired.entry must be"),
+        ('entry = "max"', "entry = true", "unpaired.entry must be"),
+        ("[unpaired]", "[unpaired]\n" + "x = [" * 2000, "not valid TOML"),
+    ],
+)
+def test_a_bad_fares_file_is_one_line_and_exit_2(
+    world: World, tmp_path: Path, old: str, new: str, says: str
+) -> None:
+    assert old in FARES
+    world.export()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(FARES.replace(old, new, 1))
+    r = _run(_args(world, tmp_path, fares=str(bad)))
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_bad_revocation_table_argument_is_one_line(world: World, tmp_path: Path) -> None:
+    world.export()
+    for table in (tmp_path, tmp_path / "nope.frt"):
+        r = _run(
+            [
+                *_args(world, tmp_path),
+                "--revocation-table",
+                str(table),
+                "--revocation-signer",
+                str(tmp_path / "x.pub"),
+            ]
+        )
+        assert r.returncode == 2 and "is not a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_batch_in_another_time_zone_is_rejected(world: World, tmp_path: Path) -> None:
+    from settle_world import terminal_key
+
+    from farecore.batch import export_batch
+
+    world.tap(101, 1, day_ms(8))
+    world.export()
+    (world.batches / f"101-{DAY.isoformat()}.fcb").write_bytes(
+        export_batch(world.root / "journal-101.sqlite", DAY, terminal_key(101), 0)
+    )
+    files = settle(world, tmp_path / "out")
+    [a] = [
+        a for a in json.loads(files["anomalies.json"])["anomalies"] if a["kind"] == "batch_rejected"
+    ]
+    assert a["terminal_id"] == 101 and "UTC+0 min" in a["detail"]
