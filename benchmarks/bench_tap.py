@@ -1,7 +1,8 @@
 """Engine-only tap time through the virtual reader, against the raw card-signature cost.
 
 A tap is timed from "card present" to the decision: SELECT, READ CREDENTIAL, INTERNAL
-AUTHENTICATE (the virtual card signs), and the validator's checks (the terminal verifies).
+AUTHENTICATE (the virtual card signs), and the validator's checks (the terminal verifies),
+with the clock guard a gate runs (farecore.clockguard).
 The durable journal is off. The baseline, measured interleaved in the same loop, is the
 irreducible crypto of one tap: one card signature plus one verification of it.
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _report import goal, p50, percentile, write_report
 
+from farecore.clockguard import ClockGuard
 from farecore.crypto import Algorithm, set_ed25519_backend
 from farecore.issued import IssuedList, build_issued_list
 from farecore.proof import auth_message
@@ -35,7 +37,8 @@ clock = time.perf_counter_ns
 def interleaved(taps: int, algorithm: Algorithm) -> tuple[list[float], list[float]]:
     """Repeat taps of one card and raw sign+verify, alternating; microseconds each."""
     issuer = Issuer.from_seed("bench-tap")
-    validator = Validator(TerminalPolicy(1, frozenset({370200})), issuer.keyring())
+    policy = TerminalPolicy(1, frozenset({370200}))
+    validator = Validator(policy, issuer.keyring(), clock=ClockGuard())
     card = issuer.card(4242, card_algorithm=algorithm)
     channel = VirtualReader().tap(card)
     public = card.key.public_key()

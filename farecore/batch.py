@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from farecore.boundedinput import check_json_nesting
 from farecore.crypto import PublicKey
 from farecore.errors import BadSignature, JournalError, MalformedFile
 from farecore.journal import (
@@ -200,8 +201,7 @@ def export_batch(
                 f"the key is terminal {key.key_id}'s, not terminal {reader.terminal_id}'s: "
                 "a terminal's batch is signed with its own key"
             )
-        first = reader.first_seq_from(start)
-        last = max(reader.first_seq_from(end) - 1, first - 1)
+        first, last = reader.day_range(start, end)
         prev = reader.hash_of(first - 1)
         chain = list(reader.rows(first, last)) if last >= first else []
         credentials = reader.credentials(row[9] for row, _ in chain if row[9] is not None)
@@ -225,38 +225,9 @@ _MAX_HEADER_DEPTH = 2
 _MAX_DIGITS = 20
 
 
-def _check_header_shape(raw: bytes) -> None:
-    depth = 0
-    digits = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-            continue
-        if 0x30 <= byte <= 0x39:
-            digits += 1
-            if digits > _MAX_DIGITS:
-                raise BatchRejected(f"batch header has a number longer than {_MAX_DIGITS} digits")
-            continue
-        digits = 0
-        if byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > _MAX_HEADER_DEPTH:
-                raise BatchRejected(f"batch header is nested deeper than {_MAX_HEADER_DEPTH}")
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-
-
 def _load_header(raw: bytes) -> dict[str, object]:
     """The header object, parsed only once its size, depth and numbers are bounded."""
-    _check_header_shape(raw)
+    check_json_nesting(raw, _MAX_HEADER_DEPTH, "batch header", BatchRejected, _MAX_DIGITS)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -13,6 +13,7 @@ Example::
     line = "M3"
     place = "wusi-square"        # station, stop or vehicle id
     role = "metro_entry"         # bus | metro_entry | metro_exit
+    register = "terminals.csv"   # optional: the key and context must be the registered ones
 
     [policy]
     regions = [370200]
@@ -27,6 +28,7 @@ Example::
     signer = "keys/revocation.pub"
     max_age_s = 172800
     stale_policy = "closed"      # closed | open
+    store = "state/tables"       # the gate's verified copies; share it among a host's gates
 
     [journal]
     path = "journal-1001.sqlite"
@@ -38,21 +40,35 @@ Example::
 
     [actuator]
     command = []                 # e.g. ["gpioset", "gpiochip0", "17=1"] run on ACCEPT
+
+    [state]
+    dir = "state"                # the gate's durable marks (marks-<id>.json)
+
+    [clock]
+    tolerance_s = 300            # how far behind a time it has seen the clock may be
 """
 
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farecore.boundedinput import load_toml, read_limited
+from farecore.clockguard import DEFAULT_TOLERANCE_S
 from farecore.errors import ConfigError
 from farecore.strictkeys import check_keys
 from farecore.validator import ALL_CATEGORIES, TerminalPolicy
 
-__all__ = ["DEFAULT_MAX_AGE_S", "ROLES", "SCHEMA", "GateConfig", "load_gate_config"]
+__all__ = [
+    "DEFAULT_MAX_AGE_S",
+    "ROLES",
+    "SCHEMA",
+    "GateConfig",
+    "load_gate_config",
+    "read_gate_toml",
+]
 
 ROLES = ("bus", "metro_entry", "metro_exit")
 DEFAULT_MAX_AGE_S = 172_800
@@ -79,6 +95,15 @@ class GateConfig:
     passback_window_s: int
     passback_store: Path | None
     actuator_command: tuple[str, ...]
+    register: Path | None = None
+    state_dir: Path = Path("state")
+    revocation_store: Path = Path("state/tables")
+    clock_tolerance_s: int = DEFAULT_TOLERANCE_S
+
+    @property
+    def marks(self) -> Path:
+        """The file of this gate's durable high-water marks (``farecore.marks``)."""
+        return self.state_dir / f"marks-{self.terminal_id}.json"
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -106,18 +131,22 @@ class GateConfig:
 # Every section and key a gate configuration may hold: anything else is a typo, and an
 # error naming the nearest of these, never a setting silently left at its default.
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "terminal": ("id", "key", "operator", "line", "place", "role"),
+    "terminal": ("id", "key", "operator", "line", "place", "role", "register"),
     "policy": ("regions", "categories"),
     "keyring": ("path", "issued"),
-    "revocation": ("enabled", "table", "signer", "max_age_s", "stale_policy"),
+    "revocation": ("enabled", "table", "signer", "max_age_s", "stale_policy", "store"),
     "journal": ("path", "group_commit_ms"),
     "passback": ("window_s", "store"),
     "actuator": ("command",),
+    "state": ("dir",),
+    "clock": ("tolerance_s",),
 }
 _MAX_GROUP_COMMIT_MS = 1000
 _MAX_WINDOW_S = 7 * 86_400
 _MAX_AGE_LIMIT_S = 10 * 365 * 86_400
+_MAX_CLOCK_TOLERANCE_S = 86_400
 _MAX_CONFIG_BYTES = 1 << 20
+_MAX_CONFIG_DEPTH = 8  # a section, a key's list, and room to spare
 
 
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -165,21 +194,25 @@ def _paths(section: dict[str, Any], where: str, key: str, base: Path) -> tuple[P
     return tuple(base / v for v in values)
 
 
-def load_gate_config(path: str | Path) -> GateConfig:
-    """Read and check a gate configuration; raise ConfigError naming what is wrong."""
+def read_gate_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a gate configuration, its size and nesting bounded before it
+    is parsed; ConfigError naming the file otherwise. Its keys are not checked here."""
     p = Path(path)
     try:
         if p.is_dir():
             raise ConfigError(f"{p}: is a directory, not a configuration file")
-        if p.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: larger than a gate configuration can be")
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = read_limited(p, _MAX_CONFIG_BYTES, str(p), ConfigError).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such configuration file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}") from None
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return load_toml(text, _MAX_CONFIG_DEPTH, str(p), ConfigError)
+
+
+def load_gate_config(path: str | Path) -> GateConfig:
+    """Read and check a gate configuration; raise ConfigError naming what is wrong."""
+    p = Path(path)
+    doc = read_gate_toml(p)
     try:
         return _load(doc, p)
     except ConfigError as exc:
@@ -200,6 +233,11 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     journal = _table(doc, "journal")
     passback = _table(doc, "passback")
     actuator = _table(doc, "actuator")
+    state_dir = rel(_get(_table(doc, "state"), "state", "dir", str, "state")) or base / "state"
+    tolerance = _get(_table(doc, "clock"), "clock", "tolerance_s", int, DEFAULT_TOLERANCE_S)
+    if not 0 <= tolerance <= _MAX_CLOCK_TOLERANCE_S:
+        raise ConfigError(f"clock.tolerance_s must be 0..{_MAX_CLOCK_TOLERANCE_S}, not {tolerance}")
+    store = _get(revocation, "revocation", "store", str, None)
     command = _get(actuator, "actuator", "command", list, [])
     if not all(isinstance(c, str) for c in command):
         raise ConfigError("actuator.command must be a list of strings")
@@ -254,4 +292,8 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         passback_window_s=window,
         passback_store=rel(_get(passback, "passback", "store", str, None)),
         actuator_command=tuple(command),
+        register=rel(_get(term, "terminal", "register", str, None)),
+        state_dir=state_dir,
+        revocation_store=rel(store) or state_dir / "tables",
+        clock_tolerance_s=tolerance,
     )

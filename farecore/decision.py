@@ -23,21 +23,25 @@ class Reason(enum.IntEnum):
 
     ``REVOCATION_STALE`` is farecore's own: the revocation table in force is older than
     the configured maximum age and the gate fails closed. It ranks with ``REVOKED``,
-    because it is the revocation check that cannot be answered.
+    because it is the revocation check that cannot be answered. ``CLOCK_FAULT`` (the
+    terminal's clock is behind a time it has durably seen, ``farecore.clockguard``) is a
+    terminal state and ranks right after ``UNREADABLE``. The values order the reasons;
+    records store names, so the values may change.
     """
 
     UNREADABLE = 1
-    CARD_BLOCKED = 2
-    UNKNOWN_ISSUER_KEY = 3
-    BAD_CREDENTIAL_SIGNATURE = 4
-    NOT_YET_VALID = 5
-    EXPIRED = 6
-    WRONG_REGION = 7
-    CATEGORY_NOT_ACCEPTED = 8
-    REVOKED = 9
-    REVOCATION_STALE = 10
-    CARD_AUTH_FAILED = 11
-    PASSBACK = 12
+    CLOCK_FAULT = 2
+    CARD_BLOCKED = 3
+    UNKNOWN_ISSUER_KEY = 4
+    BAD_CREDENTIAL_SIGNATURE = 5
+    NOT_YET_VALID = 6
+    EXPIRED = 7
+    WRONG_REGION = 8
+    CATEGORY_NOT_ACCEPTED = 9
+    REVOKED = 10
+    REVOCATION_STALE = 11
+    CARD_AUTH_FAILED = 12
+    PASSBACK = 13
 
     def __str__(self) -> str:
         return self.name

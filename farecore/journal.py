@@ -16,11 +16,13 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from farecore.decision import Decision
 from farecore.errors import JournalError, MalformedFile
@@ -53,16 +55,21 @@ __all__ = [
     "RecordRow",
     "TapContext",
     "chain_hash",
+    "checked_head",
     "credential_hash",
     "decode_record",
     "decode_record_row",
     "draft_records",
     "encode_record",
+    "meta_terminal_id",
     "record_row",
     "station_records_table",
 ]
 
 _MAX_SEQ = (1 << 63) - 1  # the largest seq an SQLite integer holds
+_FORMAT = "farecore-journal/1"
+# A terminal journal's tables (``wal_reserve``: farecore.walfile).
+_TABLES = frozenset({"meta", "credentials", "records", "wal_reserve"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,13 +111,27 @@ class Journal:
             self._init_meta()
             reserve_wal(self._db, path)
             row = self._db.execute(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+                "SELECT seq, hash, time_ms FROM records ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            self._seq, self._head = checked_head(path, row)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalError(f"{path}: cannot read the journal: {exc}") from None
+        except JournalError:
+            self._db.close()
+            raise
+        # The gate's clock must not fall behind its own records (farecore.clockguard). The
+        # latest of the recent ones: a record written with the clock already a little
+        # behind must not lower the mark.
+        try:
+            recent = self._db.execute(
+                "SELECT MAX(time_ms) FROM (SELECT time_ms FROM records ORDER BY seq DESC "
+                "LIMIT 10000) WHERE typeof(time_ms) = 'integer'"
             ).fetchone()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(f"{path}: cannot read the journal: {exc}") from None
-        self._seq: int = row[0] if row else 0
-        self._head: bytes = bytes(row[1]) if row else GENESIS_HASH
+        self.last_time_ms: int = recent[0] if recent and recent[0] is not None else 0
         if group_commit_ms is not None:
             self._committer = threading.Thread(
                 target=self._commit_loop, name="journal-committer", daemon=True
@@ -136,18 +157,34 @@ class Journal:
         return cls(Path(path), terminal_id, group_commit_ms)
 
     def _init_meta(self) -> None:
-        with self._db:
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='terminal_id'").fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO meta VALUES ('terminal_id', ?), ('format', 'farecore-journal/1')",
-                    (str(self.terminal_id),),
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        meta = (
+            dict(db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        )
+        if not meta:  # a new file, or one whose first open stopped before its meta rows
+            other = sorted(tables - _TABLES)
+            if other:  # another kind of file is refused before anything is written to it
+                raise JournalError(f"{self.path} is not a terminal journal (table {other[0]!r})")
+            if "records" in tables and db.execute("SELECT 1 FROM records LIMIT 1").fetchone():
+                raise JournalError(f"{self.path}: damaged journal: records, but no terminal id")
+            with db:
+                db.executescript(_SCHEMA)
+                db.execute(
+                    "INSERT INTO meta VALUES ('terminal_id', ?), ('format', ?)",
+                    (str(self.terminal_id), _FORMAT),
                 )
-            elif int(row[0]) != self.terminal_id:
-                raise JournalError(
-                    f"{self.path} is the journal of terminal {row[0]}, not {self.terminal_id}"
-                )
+            return
+        if meta.get("format") != _FORMAT:
+            raise JournalError(f"{self.path} is not a terminal journal ({meta.get('format')!r})")
+        missing = sorted({"records", "credentials"} - tables)
+        if missing:  # made afresh, the table would restart the chain at seq 1
+            raise JournalError(f"{self.path}: damaged journal: no {missing[0]} table")
+        held = meta_terminal_id(self.path, meta)
+        if held != self.terminal_id:
+            raise JournalError(
+                f"{self.path} is the journal of terminal {held}, not {self.terminal_id}"
+            )
 
     @property
     def last_seq(self) -> int:
@@ -259,16 +296,16 @@ class Journal:
 _T = TypeVar("_T")
 
 
-def _as_record(body: bytes, prev: bytes) -> tuple[JournalRecord, int, int, bytes]:
+def _as_record(body: bytes, prev: bytes) -> tuple[JournalRecord, int, int, int, bytes]:
     r = decode_record(body, prev)
-    return r, r.terminal_id, r.seq, r.hash
+    return r, r.terminal_id, r.seq, r.time_ms, r.hash
 
 
-def _as_row(body: bytes, prev: bytes) -> tuple[RecordRow, int, int, bytes]:
+def _as_row(body: bytes, prev: bytes) -> tuple[RecordRow, int, int, int, bytes]:
     row = decode_record_row(body, prev)
     if row is None:  # the precise error, or the rare record the fast path leaves alone
         row = record_row(decode_record(body, prev))
-    return row, row[0], row[1], row[-1]
+    return row, row[0], row[1], row[2], row[-1]
 
 
 def draft_records(
@@ -329,6 +366,39 @@ def _sql_int(value: int | None) -> int | None:
     return value - (1 << 64) if value is not None and value >= 1 << 63 else value
 
 
+def checked_head(path: Path, row: tuple[Any, ...] | None) -> tuple[int, bytes]:
+    """(seq, hash) of a terminal's newest stored record, ``row`` as read (seq, hash, then
+    any integer columns), or the start of a chain for None. A damaged one is a
+    JournalError: the next record would chain onto it."""
+    if row is None:
+        return 0, GENESIS_HASH
+    seq, own = row[0], row[1]
+    if (
+        not (isinstance(seq, int) and 0 < seq <= _MAX_SEQ)
+        or not (isinstance(own, bytes) and len(own) == len(GENESIS_HASH))
+        or not all(isinstance(v, int) for v in row[2:])
+    ):
+        raise JournalError(f"{path}: damaged journal: its newest record (seq {seq!r}) is garbled")
+    return seq, own
+
+
+def meta_terminal_id(path: Path, meta: dict[Any, Any]) -> int:
+    """The terminal id a journal's meta table names, or JournalError."""
+    value = meta.get("terminal_id")
+    if value is None:
+        raise JournalError(f"{path}: not a farecore journal (no terminal id)")
+    try:
+        return int(value)  # kept as text
+    except (TypeError, ValueError, OverflowError):
+        raise JournalError(f"{path}: damaged journal: terminal id {value!r}") from None
+
+
+def _read_only(path: Path) -> str:
+    """The URI that opens ``path`` read-only. Quoted: a '?' or '#' in the name would
+    otherwise end the path, and the file opened would be another one, writable."""
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         # Autocommit: ``_write`` opens and commits its own transactions.
@@ -373,26 +443,33 @@ class JournalReader:
         if not self.path.exists():
             raise JournalError(f"{self.path}: no such journal")
         try:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            station = meta.get("format") in STATION_FORMATS
-            held = (
-                [int(r[0]) for r in self._db.execute("SELECT terminal_id FROM terminals")]
-                if station
-                else []
-            )
+            self._db = sqlite3.connect(_read_only(self.path), uri=True)
         except sqlite3.Error as exc:
-            self._db.close()
-            raise JournalError(f"{self.path}: not a farecore journal: {exc}") from None
+            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from None
         # Every query names the terminal in a station file; in a terminal's file the
         # condition is empty and the arguments too.
         self._table = "records"
         self._credential_tables: tuple[str, ...] = ("credentials",)
         self._where: str = ""
         self._args: tuple[int, ...] = ()
+        try:
+            self._choose(terminal_id)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise JournalError(f"{self.path}: not a farecore journal: {exc}") from None
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _choose(self, terminal_id: int | None) -> None:
+        """Read the file's meta table; set the terminal and the tables to read."""
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        station = meta.get("format") in STATION_FORMATS
+        held = (
+            [r[0] for r in self._db.execute("SELECT terminal_id FROM terminals")] if station else []
+        )
         if station:
             if terminal_id is None or terminal_id not in held:
-                self._db.close()
                 which = "name one" if terminal_id is None else f"not {terminal_id}"
                 raise JournalError(
                     f"{self.path} is a station journal of terminals "
@@ -408,35 +485,47 @@ class JournalReader:
                     f"WHERE terminal_id = {int(terminal_id)})"
                 )
                 self._credential_tables = ("credentials", RECENT_CREDENTIALS)
-        elif "terminal_id" not in meta:
-            self._db.close()
-            raise JournalError(f"{self.path}: not a farecore journal (no terminal id)")
         else:
-            self.terminal_id = int(meta["terminal_id"])
+            self.terminal_id = meta_terminal_id(self.path, meta)
             if terminal_id is not None and terminal_id != self.terminal_id:
-                self._db.close()
                 raise JournalError(
                     f"{self.path} is the journal of terminal {self.terminal_id}, not {terminal_id}"
                 )
+        # A table the reader needs and cannot find is damage, not an empty journal.
+        need = set(self._credential_tables)
+        if self._table == "records":
+            need.add("records")
+        else:
+            need |= {station_records_table(self.terminal_id).strip('"'), RECENT_RECORDS}
+        query = "SELECT name FROM sqlite_master WHERE type='table'"
+        missing = sorted(need - {r[0] for r in self._db.execute(query)})
+        if missing:
+            raise JournalError(f"{self.path}: damaged journal: no {missing[0]} table")
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """An SQLite error here means a damaged file: say so as the journal's error."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc}") from None
 
     @staticmethod
     def terminals_in(path: str | os.PathLike[str]) -> list[int]:
         """The terminal ids a journal file holds (one, or a station's several)."""
         try:
-            db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+            db = sqlite3.connect(_read_only(Path(path)), uri=True)
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from None
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("format") in STATION_FORMATS:
-                return [int(r[0]) for r in db.execute("SELECT terminal_id FROM terminals")]
-            if "terminal_id" in meta:
-                return [int(meta["terminal_id"])]
+                return [r[0] for r in db.execute("SELECT terminal_id FROM terminals")]
+            return [meta_terminal_id(Path(path), meta)]
         except sqlite3.Error as exc:
             raise JournalError(f"{path}: not a farecore journal: {exc}") from None
         finally:
             db.close()
-        raise JournalError(f"{path}: not a farecore journal (no terminal id)")
 
     def close(self) -> None:
         self._db.close()
@@ -444,22 +533,63 @@ class JournalReader:
     def first_seq_from(self, time_ms: int) -> int:
         """The lowest seq timed at or after ``time_ms``; one past the last if none is."""
         t, w, a = self._table, self._where, self._args
-        row = self._db.execute(f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms))
-        value = row.fetchone()[0]
-        if value is not None:
-            return int(value)
-        last = self._db.execute(f"SELECT MAX(seq) FROM {t} WHERE {w}seq > 0", a).fetchone()[0]
-        return int(last or 0) + 1
+        with self._reading():
+            value = self._db.execute(
+                f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms)
+            ).fetchone()[0]
+            if value is None:
+                last = self._db.execute(f"SELECT MAX(seq) FROM {t} WHERE {w}seq > 0", a)
+                value = (last.fetchone()[0] or 0) + 1
+        if not isinstance(value, int):
+            raise JournalError(f"{self.path}: damaged journal: seq {value!r}")
+        return value
+
+    def day_range(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """``(first, last)``: the seqs of the records from ``start_ms`` to before
+        ``end_ms`` by the cut rule (``last`` is ``first - 1`` when there are none).
+
+        The cuts are found by the time column; the record on the far side of each is
+        read back from its body too, so a damaged column cannot move a cut and leave
+        records out. (``rows`` checks the column of every record it returns.)
+        """
+        first = self.first_seq_from(start_ms)
+        last = max(self.first_seq_from(end_ms) - 1, first - 1)
+        for seq in (first - 1, last + 1):
+            self._check_time(seq)
+        return first, last
+
+    def _check_time(self, seq: int) -> None:
+        with self._reading():
+            row = self._db.execute(
+                f"SELECT time_ms, body FROM {self._table} WHERE {self._where}seq = ?",
+                (*self._args, seq),
+            ).fetchone()
+        if row is None:
+            return
+        time_ms, body = row
+        if not isinstance(body, bytes):
+            raise JournalError(f"{self.path}: record {seq} is garbled (its body is no blob)")
+        try:
+            stored = decode_record(body).time_ms
+        except MalformedFile as exc:
+            raise JournalError(f"{self.path}: record {seq}: {exc}") from None
+        if stored != time_ms:
+            raise JournalError(
+                f"{self.path}: record {seq}: time column {time_ms!r} is not its time"
+            )
 
     def hash_of(self, seq: int) -> bytes:
         if seq == 0:
             return GENESIS_HASH
-        row = self._db.execute(
-            f"SELECT hash FROM {self._table} WHERE {self._where}seq = ?", (*self._args, seq)
-        ).fetchone()
+        with self._reading():
+            row = self._db.execute(
+                f"SELECT hash FROM {self._table} WHERE {self._where}seq = ?", (*self._args, seq)
+            ).fetchone()
         if row is None:
             raise JournalError(f"{self.path}: record {seq} is missing")
-        return bytes(row[0])
+        if not (isinstance(row[0], bytes) and len(row[0]) == len(GENESIS_HASH)):
+            raise JournalError(f"{self.path}: record {seq} is garbled (its hash)")
+        return row[0]
 
     def records(self, first: int = 1, last: int | None = None) -> Iterator[JournalRecord]:
         """Records ``first..last`` in seq order, each checked against the chain.
@@ -478,30 +608,36 @@ class JournalReader:
         self,
         first: int,
         last: int | None,
-        decode: Callable[[bytes, bytes], tuple[_T, int, int, bytes]],
+        decode: Callable[[bytes, bytes], tuple[_T, int, int, int, bytes]],
     ) -> Iterator[tuple[_T, bytes]]:
         prev = self.hash_of(first - 1)
         expected = first
-        cur = self._db.execute(
-            f"SELECT seq, body, hash FROM {self._table} WHERE {self._where}seq >= ? AND seq <= ? "
-            "ORDER BY seq",
-            (*self._args, first, last if last is not None else _MAX_SEQ),
-        )
-        for seq, stored, own in cur:
-            if seq != expected:
-                raise JournalError(f"{self.path}: sequence gap: {expected} missing")
-            body = bytes(stored)
-            try:
-                item, terminal_id, own_seq, own_hash = decode(body, prev)
-            except MalformedFile as exc:
-                raise JournalError(f"{self.path}: record {seq}: {exc}") from None
-            if own_hash != bytes(own) or own_seq != seq:
-                raise JournalError(f"{self.path}: record {seq} breaks the hash chain")
-            if terminal_id != self.terminal_id:
-                raise JournalError(f"{self.path}: record {seq} names another terminal")
-            yield item, body
-            prev = own_hash
-            expected += 1
+        with self._reading():
+            cur = self._db.execute(
+                f"SELECT seq, time_ms, body, hash FROM {self._table} "
+                f"WHERE {self._where}seq >= ? AND seq <= ? ORDER BY seq",
+                (*self._args, first, last if last is not None else _MAX_SEQ),
+            )
+            for seq, time_ms, body, own in cur:
+                if seq != expected:
+                    raise JournalError(f"{self.path}: sequence gap: {expected} missing")
+                if not (isinstance(body, bytes) and isinstance(own, bytes)):
+                    raise JournalError(f"{self.path}: record {seq} is garbled (not blobs)")
+                try:
+                    item, terminal_id, own_seq, own_time, own_hash = decode(body, prev)
+                except MalformedFile as exc:
+                    raise JournalError(f"{self.path}: record {seq}: {exc}") from None
+                if own_hash != own or own_seq != seq:
+                    raise JournalError(f"{self.path}: record {seq} breaks the hash chain")
+                if terminal_id != self.terminal_id:
+                    raise JournalError(f"{self.path}: record {seq} names another terminal")
+                if own_time != time_ms:  # the export cuts days by this column
+                    raise JournalError(
+                        f"{self.path}: record {seq}: time column {time_ms!r} is not its time"
+                    )
+                yield item, body
+                prev = own_hash
+                expected += 1
         if last is not None and expected != last + 1:
             raise JournalError(f"{self.path}: sequence gap: {expected} missing")
 
@@ -516,16 +652,17 @@ class JournalReader:
             chunk = wanted[i : i + 500]
             marks = ",".join("?" * len(chunk))
             for table in self._credential_tables:
-                rows = self._db.execute(
-                    f"SELECT sha256, data FROM {table} WHERE sha256 IN ({marks})", chunk
-                )
+                with self._reading():
+                    rows = self._db.execute(
+                        f"SELECT sha256, data FROM {table} WHERE sha256 IN ({marks})", chunk
+                    ).fetchall()
                 for sha, data in rows:
-                    found[bytes(sha)] = bytes(data)
+                    found[sha] = data  # a blob matched ``sha``; ``data`` is checked below
         for sha in wanted:
             data = found.get(sha)
             if data is None:
                 raise JournalError(f"{self.path}: credential {sha.hex()[:16]}… is missing")
-            if credential_hash(data) != sha:
+            if not isinstance(data, bytes) or credential_hash(data) != sha:
                 raise JournalError(f"{self.path}: credential {sha.hex()[:16]}… is corrupt")
         return found
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from farecore.atomicfile import write_atomic
+from farecore.boundedinput import check_json_nesting, read_limited
 from farecore.crypto import Algorithm, PrivateKey, PublicKey, load_public_key
 from farecore.errors import ConfigError, KeyFileError, KeyringError, MalformedFile, MalformedInput
 from farecore.strictkeys import check_keys
@@ -39,6 +40,8 @@ ROLES = ("issuer", "terminal", "revocation", "card")
 _KEY_FORMAT = "farecore-key/1"
 _KEYRING_FORMAT = "farecore-keyring/1"
 _U32_MAX = 0xFFFFFFFF
+_MAX_KEY_FILE_BYTES = 1 << 16  # a key file is a few hundred bytes
+_MAX_JSON_DEPTH = 8  # a keyring is an object of a list of objects
 
 
 def _check_role(role: str) -> None:
@@ -136,15 +139,18 @@ def save_signing_key(key: SigningKey, out_prefix: str | os.PathLike[str]) -> tup
 
 def _read_key_doc(path: Path, kind: str) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_limited(path, _MAX_KEY_FILE_BYTES, str(path), KeyFileError)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc}") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
+    check_json_nesting(data, _MAX_JSON_DEPTH, str(path), KeyFileError)
     try:
-        doc = json.loads(text)
+        doc = json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise KeyFileError(f"{path}: not a farecore key file (bad JSON: {exc.msg})") from None
+    except ValueError as exc:  # not UTF-8, or a number too long to convert
+        raise KeyFileError(f"{path}: not a farecore key file ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != _KEY_FORMAT:
         raise KeyFileError(f"{path}: not a farecore key file (format must be {_KEY_FORMAT!r})")
     if doc.get("kind") != kind:
@@ -244,7 +250,7 @@ class IssuerKey:
         }
 
 
-_MAX_KEYRING_BYTES = 16 << 20
+_MAX_KEYRING_BYTES = 1 << 20  # thousands of issuer keys; a city has a handful
 _ENTRY_KEYS = ("key_id", "algorithm", "public_key", "status", "retired_at", "label")
 
 
@@ -312,7 +318,8 @@ class Keyring:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "keyring") -> Keyring:
         if len(data) > _MAX_KEYRING_BYTES:
-            raise MalformedFile(f"{source}: {len(data)} bytes is more than a keyring can be")
+            raise MalformedFile(f"{source}: larger than {_MAX_KEYRING_BYTES} bytes")
+        check_json_nesting(data, _MAX_JSON_DEPTH, source, MalformedFile)
         try:
             doc = json.loads(data)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -357,7 +364,7 @@ class Keyring:
     def load(cls, path: str | os.PathLike[str]) -> Keyring:
         p = Path(path)
         try:
-            data = p.read_bytes()
+            data = read_limited(p, _MAX_KEYRING_BYTES, str(p), MalformedFile)
         except OSError as exc:
             raise MalformedFile(f"{p}: cannot read keyring: {exc.strerror or exc}") from None
         return cls.from_bytes(data, str(p))

@@ -41,12 +41,12 @@ from typing import Any
 from farecore.decision import Decision
 from farecore.errors import JournalError
 from farecore.journal import (
-    GENESIS_HASH,
     RECENT_CREDENTIALS,
     RECENT_RECORDS,
     STATION_FORMAT,
     STATION_FORMATS,
     TapContext,
+    checked_head,
     station_records_table,
 )
 from farecore.records import chain_hash, credential_hash, encode_tap
@@ -261,6 +261,8 @@ class StationJournal:
             if tables and meta.get("format") not in STATION_FORMATS:
                 what = meta.get("format", "not a farecore file")
                 raise JournalError(f"{path} is not a station journal ({what})")
+            if meta.get("format") == STATION_FORMAT:
+                _check_tables(db, path, tables)
             make_durable(db)
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA cache_size=-16384")
@@ -277,6 +279,7 @@ class StationJournal:
                     db.execute("INSERT INTO meta VALUES ('format', ?)", (STATION_FORMAT,))
                 elif meta["format"] != STATION_FORMAT:
                     _upgrade_from_1(db, held)
+            _check_rows(db, path)
             reserve_wal(db, path)
             for tid in held:
                 # A move takes every recent record, so a terminal's newest record is
@@ -289,7 +292,7 @@ class StationJournal:
                         f"SELECT seq, hash FROM {station_records_table(tid)} "
                         "ORDER BY seq DESC LIMIT 1"
                     ).fetchone()
-                journal._heads[tid] = (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
+                journal._heads[tid] = checked_head(path, row)
             journal._passback = replay_passback(db.execute(_SELECT_LOG))
             journal._recent = db.execute(f"SELECT COUNT(*) FROM {RECENT_RECORDS}").fetchone()[0]
             try:
@@ -302,6 +305,9 @@ class StationJournal:
         except sqlite3.DatabaseError as exc:
             db.close()
             raise JournalError(f"{path}: cannot read the station journal: {exc}") from None
+        except (ValueError, TypeError, OverflowError) as exc:  # a value the checks missed
+            db.close()
+            raise JournalError(f"{path}: damaged station journal: {exc}") from None
         except BaseException:
             db.close()
             raise
@@ -695,6 +701,37 @@ class StationController:
         if self._opened is not None:
             self._opened(batch.taps)
         return len(batch.taps)
+
+
+def _check_tables(db: sqlite3.Connection, path: Path, tables: set[str]) -> None:
+    """A version-2 file must still hold every table it was made with: made afresh at
+    open, a lost one would pass unnoticed (a terminal's chain would restart at seq 1)."""
+    need = {"terminals", "credentials", RECENT_RECORDS, RECENT_CREDENTIALS, "passback_log"}
+    if "terminals" in tables:
+        held = db.execute("SELECT terminal_id FROM terminals").fetchall()
+        need |= {station_records_table(tid).strip('"') for (tid,) in held}
+    missing = sorted(need - tables)
+    if missing:
+        raise JournalError(f"{path}: damaged station journal: no {missing[0]} table")
+
+
+# Rows the open reads in full (the recent records to move, the lockout log to replay),
+# with a column of the wrong type: a damaged file, not a Python error later.
+_GARBLED_ROWS = f"""
+SELECT 'recent record', rowid FROM {RECENT_RECORDS}
+    WHERE typeof(terminal_id) != 'integer' OR typeof(seq) != 'integer'
+    OR typeof(time_ms) != 'integer' OR typeof(body) != 'blob' OR typeof(hash) != 'blob'
+UNION ALL SELECT 'lockout', id FROM passback_log
+    WHERE typeof(place) != 'text' OR typeof(card_id) NOT IN ('integer', 'null')
+    OR typeof(wall_ms) != 'integer' OR typeof(mono_ms) != 'integer' OR typeof(boot) != 'text'
+LIMIT 1
+"""
+
+
+def _check_rows(db: sqlite3.Connection, path: Path) -> None:
+    row = db.execute(_GARBLED_ROWS).fetchone()
+    if row is not None:
+        raise JournalError(f"{path}: damaged station journal: {row[0]} row {row[1]} is garbled")
 
 
 def _execute_script(db: sqlite3.Connection, script: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from farecore.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
+from farecore.clockguard import ClockGuard
 from farecore.credential import Credential
 from farecore.crypto import load_public_key
 from farecore.decision import Decision, Reason, Timings
@@ -78,6 +79,7 @@ class Validator:
     __slots__ = (
         "_cache",
         "_cache_size",
+        "clock",
         "issued",
         "issuer_checks",
         "issuer_vouched",
@@ -96,15 +98,18 @@ class Validator:
         cache_size: int = 100_000,
         cache: dict[bytes, object] | None = None,
         issued: Sequence[IssuedList] = (),
+        clock: ClockGuard | None = None,
     ) -> None:
         """``cache``: a credential cache to share, e.g. among the gates of one station
         controller that trust the same keyring. Never share it across keyrings.
         ``issued``: the issuer's lists of the credentials it issued (one per issuer key),
-        each verified against this ``keyring``."""
+        each verified against this ``keyring``. ``clock``: the guard that turns a tap
+        time behind what the gate has seen into CLOCK_FAULT (none: no such check)."""
         self.policy = policy
         self.keyring = keyring
         self.revocation: RevocationSource = revocation or InMemoryRevocation()
         self.passback = passback
+        self.clock = clock
         self._cache: dict[bytes, object] = {} if cache is None else cache
         self._cache_size = cache_size
         # One list per issuer key; of two for the same key, the later generation.
@@ -151,8 +156,15 @@ class Validator:
         """Turn one transaction's result into a Decision. Never raises for card data."""
         cred = result.credential
         verdict: _Verdict
+        # Every tap's time goes through the guard, an unreadable one's too: a fault is
+        # noted (and made durable by the gate) before any record with that time is written.
+        fault = None
+        if self.clock is not None:
+            fault = self.clock.check(now_ms, self.revocation.snapshot().created_at * 1000)
         if result.outcome is Outcome.UNREADABLE or cred is None:
             verdict = (Reason.UNREADABLE, result.detail, _NO_FLAGS, None)
+        elif fault:
+            verdict = (Reason.CLOCK_FAULT, fault, _NO_FLAGS, None)
         elif result.outcome is Outcome.BLOCKED:
             verdict = (Reason.CARD_BLOCKED, result.detail, _NO_FLAGS, None)
         else:

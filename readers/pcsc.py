@@ -314,11 +314,19 @@ class PcscReader:
         up). Taking that for a removal would let the gate serve the same card twice. Our
         handle is the authority: pcscd invalidates it when its card leaves, so a handle
         that still answers ``SCardStatus`` means the same card is still in the field.
+
+        After a failed transaction the handle is gone. Then one event while the slot still
+        shows a card is no removal either (a removal and an insertion are two events): it
+        is the failed card, or its ghost until pcscd's next presence poll, and a connect
+        to it would be a tap for no card.
         """
         if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
             return False
         handle = self._handle
         if handle is None:
+            if self._events >= 0 and ((state >> 16) - self._events) & 0xFFFF == 1:
+                self._events = state >> 16
+                return True
             return False
         try:
             hr = scard.SCardStatus(handle)[0]

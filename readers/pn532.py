@@ -48,6 +48,7 @@ BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1288000
 
 WAKE_UP = b"\x55\x55" + bytes(14)
 _MAX_CHUNK = 252  # command data per InDataExchange frame before MI chaining
+_MAX_ANSWER = 258  # a short R-APDU: at most 256 data bytes and the status word
 _CARD_GONE = {
     0x01: "timeout",
     0x02: "CRC error",
@@ -323,7 +324,12 @@ class Pn532Reader:
         data = self._command(0x40, bytes([tg]) + chunks[-1])
         status = self._check(data)
         answer = bytearray(data[1:])
+        rounds = 0
         while status & 0x40:  # MI: the card has more to say
+            # ...but never more than a short answer, nor in more frames than it has bytes.
+            rounds += 1
+            if len(answer) >= _MAX_ANSWER or rounds >= _MAX_ANSWER:
+                raise CardIOError(f"card chains (MI) past {_MAX_ANSWER} bytes or frames")
             data = self._command(0x40, bytes([tg]))
             status = self._check(data)
             answer += data[1:]

@@ -221,8 +221,10 @@ class FrameDecoder:
 
     def _consume(self, count: int, event: Event) -> Event:
         del self._buffer[:count]
-        # The postamble is optional on the wire; swallow it when it is already here.
-        if self._buffer[:1] == b"\x00" and self._buffer[:3] != PREAMBLE:
+        # The postamble is optional on the wire; swallow it when it is already here. Only
+        # three bytes tell it from the start of a next frame's preamble: until then the
+        # zeros stay, and the preamble search skips them.
+        if len(self._buffer) >= 3 and self._buffer[0] == 0 and self._buffer[:3] != PREAMBLE:
             del self._buffer[:1]
         return event
 

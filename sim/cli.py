@@ -9,9 +9,9 @@ not, and 2 when the run could not be done at all.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from farecore.commands._args import path
 from sim.population import FraudMix
 
 __all__ = ["register"]
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--out", required=True, type=Path, metavar="RUNDIR", help="run directory (new or empty)"
+        "--out", required=True, type=path, metavar="RUNDIR", help="run directory (new or empty)"
     )
     p.add_argument(
         "--seed", type=int, default=1, help="random seed; same seed, same day (default 1)"
@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
         metavar="KIND=SHARE,...",
         help="override the default fraud and fault shares",
     )
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     p.add_argument(
         "--lanes",
         type=int,

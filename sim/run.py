@@ -41,7 +41,7 @@ from farecore.issued import IssuedList
 from farecore.journal import JournalReader, TapContext
 from farecore.keys import SigningKey
 from farecore.passback import PassbackRule, PassbackStore
-from farecore.revocation import HotRevocation
+from farecore.revocation import HotRevocation, TableStore
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
 from farecore.station import StationController, StationJournal
 from farecore.validator import TerminalPolicy, Validator
@@ -81,7 +81,7 @@ class SimOptions:
     gates: int = 16
     reader: str = "virtual"
     mix: FraudMix = field(default_factory=FraudMix)
-    workers: int = 0  # 0: one per CPU
+    workers: int | None = None  # None: one per CPU
     lanes: int = 1  # station controllers (threads) per worker, each with its own journal
     max_group: int = 32  # taps made durable by one commit of a station journal
     transport_taps: int = 20  # with --reader pcsc/pn532: this many taps go through it
@@ -91,8 +91,12 @@ class SimOptions:
     def __post_init__(self) -> None:
         if self.cards < 100 or self.taps < 10 or self.gates < 5:
             raise ValueError("need --cards >= 100, --taps >= 10 and --gates >= 5")
-        if self.workers < 0 or not 1 <= self.lanes <= 64:
-            raise ValueError("--workers must be >= 0 and --lanes between 1 and 64")
+        if not 0 <= self.seed < 1 << 64:
+            raise ValueError(f"--seed must be 0..{(1 << 64) - 1}, not {self.seed}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        if not 1 <= self.lanes <= 64:
+            raise ValueError(f"--lanes must be between 1 and 64, not {self.lanes}")
         if not 1 <= self.max_group <= 1000:
             raise ValueError("--max-group must be between 1 and 1000")
         if self.reader not in ("virtual", *TRANSPORTS):
@@ -240,7 +244,9 @@ def _lane(
         work / "journals" / f"station-{lane_id}.sqlite",
         [world.gates[g].terminal_id for g in lane_gates],
     )
-    with station, HotRevocation(in_force, signer, poll_interval_s=None) as revocation:
+    # The lanes' gates adopt the published table into one shared store, as a host's gates do.
+    store = TableStore(work / "state" / "tables")
+    with station, HotRevocation(in_force, signer, poll_interval_s=None, store=store) as revocation:
         try:
             for g in lane_gates:
                 plan = world.gates[g]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -59,6 +59,14 @@ class GateProcess:
             self._lines.put(line)
         self._lines.put(None)
 
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Block until the gate says it is ready (it has loaded everything it decides from)."""
+        deadline = time.monotonic() + timeout
+        while "ready on" not in self.err.read_text():
+            assert self.proc.poll() is None, f"gate exited:\n{self.err.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"gate not ready in {timeout} s"
+            time.sleep(0.05)
+
     def next_decision(self, timeout: float) -> dict[str, Any]:
         try:
             line = self._lines.get(timeout=timeout)
@@ -71,16 +79,18 @@ class GateProcess:
 
 @contextmanager
 def gate_process(
-    reader_url: str, config: Path, env: Mapping[str, str] | None = None
+    reader_url: str,
+    config: Path,
+    env: Mapping[str, str] | None = None,
+    farecore: Sequence[str] = (sys.executable, "-m", "farecore"),
 ) -> Iterator[GateProcess]:
-    """Start ``farecore gate --quiet``; terminate it (then kill it) when the block ends."""
+    """Start ``farecore gate --quiet`` (``farecore`` is how to run the command) and wait
+    until it is ready; terminate it (then kill it) when the block ends."""
     err = config.parent / "gate.err"
     with open(err, "w") as err_file:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "farecore",
+                *farecore,
                 "gate",
                 "--reader",
                 reader_url,
@@ -95,7 +105,11 @@ def gate_process(
             env=dict(env) if env is not None else None,
         )
     try:
-        yield GateProcess(proc, err)
+        gate = GateProcess(proc, err)
+        # Decisions are awaited with short timeouts; starting (imports, verifying the
+        # table) may take seconds on a loaded machine, so it is awaited here.
+        gate.wait_ready(60)
+        yield gate
     finally:
         if proc.poll() is None:
             proc.terminate()

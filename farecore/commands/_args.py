@@ -1,4 +1,6 @@
-"""Checks shared by the subcommands: integer arguments in range, and no silent rollback."""
+"""Checks shared by the subcommands: integers in range, paths that name something, and
+no silent rollback. A bad argument is refused by argparse (one line, exit 2) before the
+command reads or writes anything."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ from pathlib import Path
 
 from farecore.errors import ConfigError
 
-__all__ = ["refuse_rollback", "uint"]
+__all__ = ["count", "path", "refuse_rollback", "uint"]
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
 def uint(bits: int, what: str) -> Callable[[str], int]:
@@ -16,16 +25,33 @@ def uint(bits: int, what: str) -> Callable[[str], int]:
     top = (1 << bits) - 1
 
     def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = _whole(text)
         if not 0 <= value <= top:
             raise argparse.ArgumentTypeError(f"{what} must be 0..{top}, not {value}")
         return value
 
     parse.__name__ = what  # argparse names the type in its messages
     return parse
+
+
+def count(what: str, low: int = 1) -> Callable[[str], int]:
+    """An argparse type: how many of something, a decimal integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, not {value}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def path(text: str) -> Path:
+    """An argparse type: a path that is not empty (``Path("")`` would quietly mean ".")."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return Path(text)
 
 
 def refuse_rollback(

@@ -8,15 +8,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationSource
+from farecore.clockguard import ClockGuard
+from farecore.commands._args import count
 from farecore.config import GateConfig, load_gate_config
 from farecore.errors import ConfigError, JournalError
 from farecore.gate import Actuator, CommandActuator, ConsoleActuator, Gate, RideLog
 from farecore.keys import Keyring
+from farecore.marks import GateMarks
 from farecore.reader_port import open_reader
 from farecore.validator import Validator
+
+if TYPE_CHECKING:
+    from farecore.issued import IssuedList
 
 __all__ = ["open_gate", "register"]
 
@@ -36,22 +42,98 @@ def register(sub: Any) -> None:
         help="pcsc: | pcsc:NAME | pn532:/dev/ttyUSB0 | virtual:",
     )
     p.add_argument("--config", required=True, type=Path, help="gate configuration (TOML)")
-    p.add_argument("--max-taps", type=int, default=None, help="stop after this many taps")
+    p.add_argument("--max-taps", type=count("the number of taps"), help="stop after this many taps")
     p.add_argument("--quiet", action="store_true", help="no human line per tap on stderr")
     p.set_defaults(func=_run)
 
 
-def _revocation(cfg: GateConfig, stack: contextlib.ExitStack) -> RevocationSource | None:
+def _revocation(
+    cfg: GateConfig, stack: contextlib.ExitStack, marks: GateMarks
+) -> RevocationSource | None:
     if cfg.revocation_table is None:
         return None
     from farecore.keys import load_public_key_file
-    from farecore.revocation import HotRevocation
+    from farecore.revocation import HotRevocation, RevocationTable, TableStore
 
     signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
-    hot = HotRevocation(cfg.revocation_table, signer)
+    store = TableStore(cfg.revocation_store)
+
+    def adopt(table: RevocationTable) -> None:
+        # Durable before the table goes in force: a restart can never fall back below it.
+        marks.revocation = (table.generation, table.path.name)
+        marks.save()
+
+    hot = HotRevocation(
+        cfg.revocation_table, signer, store=store, floor=marks.revocation, on_adopt=adopt
+    )
     stack.callback(hot.close)
+    if hot.rejected:
+        _loud(f"WARNING: {hot.last_rejection}; this gate keeps generation {hot.generation}")
     _warn_if_stale(cfg, hot.snapshot().generation, hot.snapshot().created_at, time.time())
     return hot
+
+
+def _issued(cfg: GateConfig, keyring: Keyring, marks: GateMarks) -> list[IssuedList]:
+    """The issued lists to use: none older than one this gate already used (rollback)."""
+    from farecore.issued import IssuedList
+
+    lists = []
+    # Oldest first: of two lists for one issuer key, the later one is kept, not refused.
+    opened = sorted((IssuedList.open(p, keyring) for p in cfg.issued_lists), key=_generation)
+    for listed in opened:
+        path = listed.path
+        digest = listed.header.body_sha256.hex()
+        seen = marks.issued.get(listed.key_id)
+        if seen is not None and (
+            listed.generation < seen[0] or (listed.generation == seen[0] and digest != seen[1])
+        ):
+            _loud(
+                f"WARNING: issued list {path}: generation {listed.generation} for issuer key "
+                f"{listed.key_id} is a rollback (this gate used generation {seen[0]}); not used"
+            )
+            continue
+        marks.issued[listed.key_id] = (listed.generation, digest)
+        lists.append(listed)
+    marks.save()
+    return lists
+
+
+def _generation(listed: IssuedList) -> int:
+    return listed.generation
+
+
+def _clock(
+    cfg: GateConfig, marks: GateMarks, journal: RideLog | None, stack: contextlib.ExitStack
+) -> ClockGuard:
+    last = getattr(journal, "last_time_ms", 0)
+
+    def changed(faulted: bool, now_ms: int, floor_ms: int) -> None:
+        if faulted:
+            try:
+                marks.raise_time(floor_ms)  # the records now written must not lower the mark
+            except ConfigError as exc:  # the journal's records still hold the time
+                _loud(f"WARNING: {exc}")
+            _loud(
+                f"CLOCK FAULT: the clock is {(floor_ms - now_ms) // 1000} s behind a time this "
+                "gate has seen; every tap is DENIED CLOCK_FAULT until the clock is right"
+            )
+        else:
+            _loud("clock fault over: the clock is ahead of every time this gate has seen")
+
+    guard = ClockGuard(max(marks.time_ms, last), cfg.clock_tolerance_s, changed)
+
+    def keep_floor() -> None:
+        try:
+            marks.raise_time(guard.floor_ms)
+        except ConfigError as exc:
+            _loud(f"WARNING: {exc}")
+
+    stack.callback(keep_floor)  # at a clean stop, the latest time seen outlives the journal
+    return guard
+
+
+def _loud(message: str) -> None:
+    print(f"farecore gate: {message}", file=sys.stderr, flush=True)
 
 
 def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float) -> None:
@@ -111,9 +193,12 @@ def _passback(cfg: GateConfig, stack: contextlib.ExitStack) -> PassbackCheck:
 
 
 def _check_terminal_key(cfg: GateConfig) -> None:
-    """The key a gate's batches will be signed with must exist and be this terminal's:
-    found wrong at the end of the day, the day's rides could not be handed in."""
+    """The key a gate's batches will be signed with must exist and be this terminal's, and,
+    with a register, be the one registered for it, for the same place: found wrong at the
+    end of the day, the day's rides could not be paid."""
     if cfg.terminal_key is None:
+        if cfg.register is not None:
+            raise ConfigError("terminal.register is set but terminal.key is not")
         return
     from farecore.keys import load_private_key
 
@@ -123,6 +208,32 @@ def _check_terminal_key(cfg: GateConfig) -> None:
             f"terminal.key {cfg.terminal_key} is terminal {key.key_id}'s key, not terminal "
             f"{cfg.terminal_id}'s"
         )
+    if cfg.register is None:
+        return
+    from farecore.records import ROLE_DIRECTION
+    from farecore.settlement.terminals import parse_terminals
+
+    try:
+        text = cfg.register.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"terminal.register {cfg.register}: cannot read: {exc}") from None
+    info = parse_terminals(text, str(cfg.register)).get(cfg.terminal_id)
+    if info is None:
+        raise ConfigError(f"terminal {cfg.terminal_id} is not in the register {cfg.register}")
+    public = key.public()
+    if (info.algorithm, info.public_key) != (public.algorithm, public.public_key):
+        raise ConfigError(
+            f"terminal.key {cfg.terminal_key} is not the key the register {cfg.register} "
+            f"holds for terminal {cfg.terminal_id}"
+        )
+    mine = (cfg.operator, cfg.line, cfg.place, ROLE_DIRECTION[cfg.role])
+    registered = (info.operator, info.line, info.place, info.direction)
+    if mine != registered:
+        raise ConfigError(
+            f"terminal {cfg.terminal_id} is registered as {'/'.join(map(str, registered))} "
+            f"in {cfg.register}, but configured as {'/'.join(map(str, mine))}: its rides "
+            "would not be paid"
+        )
 
 
 def open_gate(
@@ -131,11 +242,16 @@ def open_gate(
     """Build every part of a gate from its configuration; register cleanups on ``stack``."""
     _check_terminal_key(cfg)
     keyring = Keyring.load(cfg.keyring)
-    from farecore.issued import IssuedList
-
-    issued = [IssuedList.open(path, keyring) for path in cfg.issued_lists]
-    validator = Validator(cfg.policy(), keyring, _revocation(cfg, stack), issued=issued)
+    marks = GateMarks.load(cfg.marks, cfg.terminal_id)
+    issued = _issued(cfg, keyring, marks)
+    revocation = _revocation(cfg, stack, marks)
     journal, ctx = _journal(cfg, stack)
+    clock = _clock(cfg, marks, journal, stack)
+    validator = Validator(cfg.policy(), keyring, revocation, issued=issued, clock=clock)
+    # A clock already behind is said loudly now, not at the first tap.
+    clock.check(
+        int(time.time() * 1000), revocation.snapshot().created_at * 1000 if revocation else 0
+    )
     passback = _passback(cfg, stack)
     validator.passback = passback
     reader = open_reader(reader_url)

@@ -10,11 +10,9 @@ import argparse
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from farecore.commands._args import refuse_rollback, uint
-from farecore.errors import ConfigError
+from farecore.commands._args import count, path, refuse_rollback, uint
 from farecore.keys import Keyring, load_private_key
 
 __all__ = ["register"]
@@ -41,10 +39,10 @@ def register(sub: Any) -> None:
         "number, and nothing is written. The output replaces OUT atomically.",
     )
     build.add_argument(
-        "--credentials", required=True, type=Path, help="text file, one hex credential a line"
+        "--credentials", required=True, type=path, help="text file, one hex credential a line"
     )
     build.add_argument(
-        "--key", required=True, type=Path, help="the issuer private key (PREFIX.key)"
+        "--key", required=True, type=path, help="the issuer private key (PREFIX.key)"
     )
     build.add_argument(
         "--generation",
@@ -52,9 +50,12 @@ def register(sub: Any) -> None:
         type=uint(64, "generation"),
         help="generation number; must be above the list's in force at the gates",
     )
-    build.add_argument("--out", required=True, type=Path, help="output list file (.fil)")
+    build.add_argument("--out", required=True, type=path, help="output list file (.fil)")
     build.add_argument(
-        "--jobs", type=int, default=1, help="verify the credentials in this many processes"
+        "--jobs",
+        type=count("the number of processes"),
+        default=1,
+        help="verify the credentials in this many processes",
     )
     build.add_argument(
         "--created-at",
@@ -75,8 +76,8 @@ def register(sub: Any) -> None:
         description="Verify a list against the keyring and print its header facts. "
         "Exit status: 0 when it verifies, 2 when it does not.",
     )
-    info.add_argument("list", type=Path, help="list file (.fil)")
-    info.add_argument("--keyring", required=True, type=Path, help="issuer keyring (JSON)")
+    info.add_argument("list", type=path, help="list file (.fil)")
+    info.add_argument("--keyring", required=True, type=path, help="issuer keyring (JSON)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
 
@@ -87,8 +88,8 @@ def register(sub: Any) -> None:
         "whether the list vouches for it. Exit status: 0 when every one is listed, 1 when "
         "any is not, 2 on error.",
     )
-    check.add_argument("list", type=Path, help="list file (.fil)")
-    check.add_argument("--keyring", required=True, type=Path, help="issuer keyring (JSON)")
+    check.add_argument("list", type=path, help="list file (.fil)")
+    check.add_argument("--keyring", required=True, type=path, help="issuer keyring (JSON)")
     check.add_argument("credentials", nargs="+", metavar="HEX", help="credentials in hex")
     check.set_defaults(func=_check)
 
@@ -98,8 +99,6 @@ def _build(args: argparse.Namespace) -> int:
 
     key = load_private_key(args.key, role="issuer")
     refuse_rollback(args.out, args.generation, peek_generation, "issued list", args.replace)
-    if args.jobs < 1:
-        raise ConfigError("--jobs must be at least 1")
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
     data = build_issued_list(

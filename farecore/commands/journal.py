@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from farecore.atomicfile import write_atomic
-from farecore.batch import QINGDAO_UTC_OFFSET_MIN, export_batch, parse_day, verify_batch
+from farecore.batch import export_batch, parse_day, verify_batch
+from farecore.commands._args import path, uint
 from farecore.errors import ConfigError, JournalError
 from farecore.journal import JournalReader
 from farecore.keys import load_private_key, load_public_key_file
@@ -43,17 +43,19 @@ def register(sub: Any) -> None:
         help="write one service day of the journal as a signed batch file",
         description="Check the journal's hash chain, then write the records of one service "
         "day (in the given time zone, Qingdao +08:00 by default) as a self-contained batch "
-        "signed with the terminal key. Use the .fcb suffix: the settlement looks for it.",
+        "signed with the terminal key. Use the .fcb suffix: the settlement looks for it. "
+        "Exit status: 0 when the batch is written; 2 when an argument is wrong, or the "
+        "journal or key cannot be read, is damaged or breaks its chain (nothing is written).",
     )
-    exp.add_argument("--journal", required=True, type=Path, help="the terminal's journal file")
+    exp.add_argument("--journal", required=True, type=path, help="the terminal's journal file")
     exp.add_argument("--day", required=True, help="service day, YYYY-MM-DD")
-    exp.add_argument("--key", required=True, type=Path, help="terminal private key (.key)")
+    exp.add_argument("--key", required=True, type=path, help="terminal private key (.key)")
     exp.add_argument(
         "--terminal",
-        type=int,
+        type=uint(64, "terminal id"),
         help="the terminal to export from a station journal (which holds several)",
     )
-    exp.add_argument("--out", required=True, type=Path, help="batch file to write (.fcb)")
+    exp.add_argument("--out", required=True, type=path, help="batch file to write (.fcb)")
     exp.add_argument(
         "--tz", default="+08:00", help="UTC offset that defines the service day (default +08:00)"
     )
@@ -62,25 +64,32 @@ def register(sub: Any) -> None:
         "verify",
         help="check a batch file: format, hash chain and (with --pub) the terminal signature",
         description="Verify a batch file completely and print its summary. Without --pub "
-        "the signature is not checked, and the output says so.",
+        "the signature is not checked, and the output says so. Exit status: 0 when the "
+        "batch verifies, 2 when it does not or cannot be read.",
     )
-    ver.add_argument("file", type=Path, help="batch file (.fcb)")
-    ver.add_argument("--pub", type=Path, help="terminal public key (.pub)")
+    ver.add_argument("file", type=path, help="batch file (.fcb)")
+    ver.add_argument("--pub", type=path, help="terminal public key (.pub)")
     ver.set_defaults(func=_verify)
     chk = actions.add_parser(
         "check",
         help="walk a journal's whole hash chain and report its length",
-        description="Read-only: verify every record's link and that no seq is missing.",
+        description="Read-only: verify every record's link and that no seq is missing. "
+        "Exit status: 0 when the chain is whole, 2 when the journal cannot be read, is "
+        "damaged or breaks its chain.",
     )
-    chk.add_argument("journal", type=Path)
-    chk.add_argument("--terminal", type=int, help="the terminal to check in a station journal")
+    chk.add_argument("journal", type=path)
+    chk.add_argument(
+        "--terminal",
+        type=uint(64, "terminal id"),
+        help="the terminal to check in a station journal",
+    )
     chk.set_defaults(func=_check)
 
 
 def _export(args: argparse.Namespace) -> int:
-    key = load_private_key(args.key, role="terminal")
     day = parse_day(args.day)
-    offset = parse_utc_offset(args.tz) if args.tz else QINGDAO_UTC_OFFSET_MIN
+    offset = parse_utc_offset(args.tz)  # the default is +08:00; an empty one is an error
+    key = load_private_key(args.key, role="terminal")
     data = export_batch(args.journal, day, key, offset, args.terminal)
     batch = verify_batch(data, key.public())
     write_atomic(args.out, data)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from farecore.commands._args import uint
+from farecore.commands._args import path, uint
 from farecore.crypto import Algorithm
 from farecore.keys import IssuerKey, Keyring, load_public_key_file, new_key_pair
 
@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     )
     new.add_argument("--role", required=True, choices=["issuer", "terminal", "revocation"])
     new.add_argument("--id", required=True, type=uint(32, "key id"), help="key id (uint32)")
-    new.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
+    new.add_argument("--out", required=True, type=path, metavar="PREFIX", help="output path prefix")
     new.add_argument(
         "--algorithm", default="Ed25519", choices=["Ed25519", "ECDSA-P256"], help="default Ed25519"
     )
@@ -34,26 +34,26 @@ def register(sub: Any) -> None:
     ring = sub.add_parser("keyring", help="maintain the issuer keyring that terminals trust")
     ring_sub = ring.add_subparsers(dest="keyring_command", metavar="ACTION", required=True)
     add = ring_sub.add_parser("add", help="add an issuer public key (PREFIX.pub) as active")
-    add.add_argument("--keyring", required=True, type=Path, help="keyring file (created if absent)")
-    add.add_argument("pub", type=Path, help="issuer public key file (.pub)")
+    add.add_argument("--keyring", required=True, type=path, help="keyring file (created if absent)")
+    add.add_argument("pub", type=path, help="issuer public key file (.pub)")
     add.add_argument("--label", default="", help="a note for people reading the keyring")
     add.set_defaults(func=_keyring_add)
     retire = ring_sub.add_parser(
         "retire",
         help="retire a key at a time: cards valid from before then still pass",
     )
-    retire.add_argument("--keyring", required=True, type=Path)
+    retire.add_argument("--keyring", required=True, type=path)
     retire.add_argument("key_id", type=uint(32, "key id"))
     retire.add_argument(
         "--at", required=True, type=uint(32, "time"), help="retirement time, UTC Unix seconds"
     )
     retire.set_defaults(func=_keyring_retire)
     revoke = ring_sub.add_parser("revoke", help="revoke a key: no card it signed passes any more")
-    revoke.add_argument("--keyring", required=True, type=Path)
+    revoke.add_argument("--keyring", required=True, type=path)
     revoke.add_argument("key_id", type=uint(32, "key id"))
     revoke.set_defaults(func=_keyring_revoke)
     show = ring_sub.add_parser("list", help="print the keyring")
-    show.add_argument("--keyring", required=True, type=Path)
+    show.add_argument("--keyring", required=True, type=path)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_keyring_list)
 

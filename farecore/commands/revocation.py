@@ -10,12 +10,12 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from farecore.commands._args import refuse_rollback, uint
+from farecore.commands._args import path, refuse_rollback, uint
+from farecore.config import read_gate_toml
 from farecore.errors import ConfigError
 from farecore.keys import PublicKeyFile, load_private_key, load_public_key_file
 
@@ -37,13 +37,14 @@ def register(sub: Any) -> None:
         help="build a signed table from a CSV of revoked cards",
         description="Build a signed table from a CSV with the header "
         "'card_id,revoked_at,reason'. Reasons are names (lost, stolen, deceased, "
-        "eligibility_ended, fraud, other) or their codes 1-6. A bad row or a duplicate "
-        "card id stops the build with its line number, and nothing is written. The "
+        "eligibility_ended, fraud, other) or their codes 1-6. Card ids start at 1 (no card "
+        "has id 0). A bad row or a duplicate card id stops the build with its line number, "
+        "and nothing is written. The "
         "output replaces OUT atomically, so gates polling it never see half a table.",
     )
-    build.add_argument("--in", dest="csv", required=True, type=Path, help="input CSV file")
+    build.add_argument("--in", dest="csv", required=True, type=path, help="input CSV file")
     build.add_argument(
-        "--key", required=True, type=Path, help="revocation signer private key (PREFIX.key)"
+        "--key", required=True, type=path, help="revocation signer private key (PREFIX.key)"
     )
     build.add_argument(
         "--generation",
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
         type=uint(64, "generation"),
         help="generation number; must be above the one in force at the gates",
     )
-    build.add_argument("--out", required=True, type=Path, help="output table file (.frt)")
+    build.add_argument("--out", required=True, type=path, help="output table file (.frt)")
     build.add_argument(
         "--created-at",
         type=uint(63, "created-at"),
@@ -85,15 +86,15 @@ def register(sub: Any) -> None:
             p.add_argument(
                 "table",
                 nargs="?",
-                type=Path,
+                type=path,
                 help="table file (default: the table of the --config gate config)",
             )
         else:
-            p.add_argument("table", type=Path, help="table file (.frt)")
+            p.add_argument("table", type=path, help="table file (.frt)")
         who = p.add_mutually_exclusive_group(required=True)
-        who.add_argument("--signer", type=Path, help="revocation signer public key (PREFIX.pub)")
+        who.add_argument("--signer", type=path, help="revocation signer public key (PREFIX.pub)")
         who.add_argument(
-            "--config", type=Path, help="gate config (TOML) whose [revocation] names the signer"
+            "--config", type=path, help="gate config (TOML) whose [revocation] names the signer"
         )
         if name == "info":
             p.add_argument("--json", action="store_true", help="print JSON")
@@ -105,12 +106,7 @@ def register(sub: Any) -> None:
 
 def _from_config(config: Path) -> tuple[Path, Path | None]:
     """(signer, table or None) from a gate config; relative paths are from its directory."""
-    try:
-        doc = tomllib.loads(config.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{config}: cannot read: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config}: not valid TOML: {exc}") from None
+    doc = read_gate_toml(config)
     section = doc.get("revocation")
     if not isinstance(section, dict) or not isinstance(section.get("signer"), str):
         raise ConfigError(f'{config}: needs [revocation] with signer = "path/to/revocation.pub"')
@@ -142,12 +138,17 @@ def _when(seconds: int) -> str:
 
 def _build(args: argparse.Namespace) -> int:
     from farecore.revocation import build_table, read_revocation_csv
+    from farecore.revocation.builder import BuildError
     from farecore.revocation.csvinput import line_name
 
     key = load_private_key(args.key, role="revocation")
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
     ids, times, reasons = read_revocation_csv(args.csv)
+    zero = ids == 0
+    if zero.any():  # no card has id 0 (CARD-SPEC §4): a 0 is a fault in the export
+        where = line_name(int(zero.argmax()))
+        raise BuildError(f"{args.csv}: {where}: card id 0 is no card's id (card ids start at 1)")
     refuse_rollback(args.out, args.generation, _table_generation, "revocation table", args.replace)
     t1 = time.perf_counter()
     summary = build_table(

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from farecore.commands._args import count
 from farecore.selftest import run_selftest
 
 __all__ = ["register"]
@@ -18,7 +19,9 @@ def register(sub: Any) -> None:
         description="Run the golden-vector known-answer tests (issuer and card signatures, "
         "every decision reason) and time whole taps. Exits 0 only if every check passes.",
     )
-    p.add_argument("--taps", type=int, default=500, help="taps to time (default 500)")
+    p.add_argument(
+        "--taps", type=count("the number of taps"), default=500, help="taps to time (default 500)"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_run)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from farecore.batch import parse_day
-from farecore.errors import SettlementError
+from farecore.commands._args import count, path
 from farecore.settlement.ledger import Ledger
 from farecore.settlement.merge import Settlement
 from farecore.settlement.pipeline import (
@@ -53,34 +53,39 @@ def register(sub: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--batches", required=True, type=Path, help="directory of *.fcb batch files")
-    p.add_argument("--terminals", required=True, type=Path, help="terminal register (CSV)")
-    p.add_argument("--keyring", required=True, type=Path, help="issuer keyring (JSON)")
-    p.add_argument("--fares", required=True, type=Path, help="fares file (TOML)")
+    p.add_argument("--batches", required=True, type=path, help="directory of *.fcb batch files")
+    p.add_argument("--terminals", required=True, type=path, help="terminal register (CSV)")
+    p.add_argument("--keyring", required=True, type=path, help="issuer keyring (JSON)")
+    p.add_argument("--fares", required=True, type=path, help="fares file (TOML)")
     p.add_argument("--day", required=True, help="service day to settle, YYYY-MM-DD")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=path, help="output directory")
     p.add_argument(
         "--ledger",
         required=True,
-        type=Path,
+        type=path,
         help="the settlement ledger (SQLite; created on the first night)",
     )
-    p.add_argument("--jobs", type=int, default=1, help="verify over N processes (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=count("the number of processes"),
+        default=1,
+        help="verify over N processes (default 1)",
+    )
     p.add_argument(
         "--revocations",
-        type=Path,
+        type=path,
         help="optional CSV card_id,revoked_at,reason: flag rides after revoked-at",
     )
     p.add_argument(
         "--revocation-table",
-        type=Path,
+        type=path,
         action="append",
         default=[],
         help="a signed revocation table (.frt), repeatable: a ride decided under a "
         "generation that held its card is not paid; rides after revoked-at are flagged",
     )
     p.add_argument(
-        "--revocation-signer", type=Path, help="public key (.pub) that signs --revocation-table"
+        "--revocation-signer", type=path, help="public key (.pub) that signs --revocation-table"
     )
     dask = p.add_argument_group(
         "Dask (pip install 'farecore[dask]')",
@@ -92,11 +97,14 @@ def register(sub: Any) -> None:
         "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://HOST:8786"
     )
     where.add_argument(
-        "--dask-workers", type=int, metavar="N", help="start a local Dask cluster of N workers"
+        "--dask-workers",
+        type=count("the number of workers"),
+        metavar="N",
+        help="start a local Dask cluster of N workers",
     )
     dask.add_argument(
         "--dask-threads",
-        type=int,
+        type=count("the number of threads"),
         default=1,
         metavar="T",
         help="threads per local worker (default 1; see docs/settlement-cluster.md)",
@@ -119,8 +127,6 @@ def _bar(done: int, total: int, started: float) -> None:
 
 def _settle(args: argparse.Namespace) -> int:
     day = parse_day(args.day)
-    if args.jobs < 1:
-        raise SettlementError("--jobs must be at least 1")
     inputs = load_inputs(
         day,
         args.terminals,

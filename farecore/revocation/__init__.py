@@ -13,6 +13,7 @@ from farecore.revocation.builder import BuildError, TableSummary, build_table
 from farecore.revocation.csvinput import read_revocation_csv
 from farecore.revocation.format import Reason, reason_code
 from farecore.revocation.hot import HotRevocation
+from farecore.revocation.store import TableStore
 from farecore.revocation.table import RevocationTable
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "HotRevocation",
     "Reason",
     "RevocationTable",
+    "TableStore",
     "TableSummary",
     "build_table",
     "read_revocation_csv",

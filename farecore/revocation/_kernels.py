@@ -139,6 +139,8 @@ def verify_body(ids, revoked_at, reasons, index, filt, min_id, max_id, shift, fi
         key = ids[i]
         if i > 0 and ids[i - 1] >= key:
             return 1, i
+        if key > max_id:  # before it indexes anything: a signed header may be inconsistent
+            return 2, i
         bucket = np.int64((key - min_id) >> ushift)
         if bucket >= buckets:
             return 3, i

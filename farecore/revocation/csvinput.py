@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from farecore.errors import MalformedFile
 from farecore.revocation.builder import BuildError
-from farecore.revocation.format import reason_code
+from farecore.revocation.format import Reason, reason_code
 
 __all__ = ["HEADER_LINE", "Columns", "line_name", "read_revocation_csv"]
 
@@ -32,6 +32,13 @@ HEADER_LINE = "card_id,revoked_at,reason"
 _U64 = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
 Columns = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]
+# The bytes a row can hold: digits, commas, line ends and the letters of reason names.
+# pyarrow reads more than the format allows (blanks around a number, 0x hex, a sign, any
+# Unicode digit as a reason code), so a file with any other byte goes to the careful reader.
+_ROW_BYTES = bytes(
+    set(b"0123456789,\r\n" + b"".join(r.name.encode() + r.name.lower().encode() for r in Reason))
+)
+_SCAN_CHUNK = 32 << 20
 
 
 def line_name(row: int) -> str:
@@ -59,11 +66,21 @@ def read_revocation_csv(path: str | os.PathLike[str], *, use_pyarrow: bool = Tru
             import pyarrow  # noqa: F401
         except ImportError:
             use_pyarrow = False
-    if use_pyarrow:
+    if use_pyarrow and _only_row_bytes(p):
         columns = _read_pyarrow(p)
         if columns is not None:
             return columns
     return _read_python(p)
+
+
+def _only_row_bytes(p: Path) -> bool:
+    """Whether every byte after the header line is one a row can hold (``_ROW_BYTES``)."""
+    with open(p, "rb") as fh:
+        fh.readline()
+        while chunk := fh.read(_SCAN_CHUNK):
+            if chunk.translate(None, _ROW_BYTES):  # what is left is a byte rows never hold
+                return False
+    return True
 
 
 def _read_pyarrow(p: Path) -> Columns | None:

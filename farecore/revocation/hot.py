@@ -7,9 +7,18 @@ inode, size, mtime), verifies it completely off the tap path, and swaps it in wi
 reference assignment. A tap that already took a snapshot finishes on the old table and
 records the old generation; the next tap sees the new one.
 
+With a :class:`~farecore.revocation.store.TableStore`, what is verified and mapped is
+the gate's own read-only copy, never the published file: writing that file in place,
+truncating it or renaming another over it changes no decision
+(docs/revocation-format.md).
+
 A file that fails verification, or whose generation is not newer than the one in force
 (a rollback), is refused with one log line and counted; the old table keeps serving and
-the same refused file is not re-verified until it changes.
+the same refused file is not re-verified until it changes. ``floor`` is the newest table
+this gate ever put in force (its durable marks): at start, a published file older than
+that, or of the same generation with other contents, is refused and the floor's own
+verified copy serves instead. ``on_adopt`` is called with each table before it goes in
+force, so the gate can make it its new floor; if it raises, the table is not swapped in.
 
 This module must never block ``snapshot()``, never serve an unverified table, and never
 leave its thread running after ``close()``.
@@ -20,11 +29,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from farecore.errors import TableRejected
+from farecore.errors import FarecoreError, TableRejected
 from farecore.keys import PublicKeyFile
+from farecore.revocation.store import TableStore
 from farecore.revocation.table import RevocationTable, TableChanged
 
 __all__ = ["HotRevocation"]
@@ -57,24 +68,33 @@ class HotRevocation:
         *,
         poll_interval_s: float | None = 1.0,
         logger: logging.Logger | None = None,
+        store: TableStore | None = None,
+        floor: tuple[int, str] | None = None,
+        on_adopt: Callable[[RevocationTable], None] | None = None,
     ) -> None:
         if poll_interval_s is not None and poll_interval_s < 0:
             raise ValueError("poll_interval_s must be >= 0 (0 or None: no background thread)")
         self.path = Path(path)
         self._signer = signer
+        self._store = store
+        self._on_adopt = on_adopt
         self._log = logger or _log
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._table = RevocationTable.open(self.path, signer)
-        self._seen: _Identity | None = self._table.identity
         self.swaps = 0
         self.rejected = 0
         self.last_rejection: str | None = None
+        self._seen = _identity_of(self.path)
+        self._table = self._first_table(floor)
+        self._in_force = self._seen
+        if on_adopt is not None:
+            on_adopt(self._table)
+        self._tidy()
         self._log.info(
             "revocation table generation %d in force (%d ids) from %s",
             self._table.generation,
             self._table.count,
-            self.path,
+            self._table.source,
         )
         self._thread: threading.Thread | None = None
         if poll_interval_s:
@@ -85,6 +105,42 @@ class HotRevocation:
                 daemon=True,
             )
             self._thread.start()
+
+    def _load(self) -> RevocationTable:
+        if self._store is None:
+            return RevocationTable.open(self.path, self._signer)
+        return self._store.adopt(self.path, self._signer)
+
+    def _tidy(self) -> None:
+        # Copies older than the table in force serve no one (a gate that still maps one
+        # keeps its mapping); the marks name the one in force, so it is never removed.
+        if self._store is not None:
+            try:
+                self._store.prune(self._table.path.name, self._signer)
+            except OSError as exc:
+                self._log.warning("revocation table store not tidied: %s", exc)
+
+    def _first_table(self, floor: tuple[int, str] | None) -> RevocationTable:
+        if floor is None or self._store is None:
+            return self._load()
+        generation, name = floor
+        try:
+            table = self._load()
+        except TableRejected as exc:
+            why = str(exc)
+        else:
+            if table.generation > generation or table.path.name == name:
+                return table
+            why = (
+                f"{self.path}: generation {table.generation} is older than generation "
+                f"{generation}, which this gate already held"
+                if table.generation < generation
+                else f"{self.path}: generation {generation} with other contents than the "
+                "copy this gate already held"
+            )
+        kept = self._store.open_copy(generation, name, self._signer)
+        self._refuse(why, kept)
+        return kept
 
     # --- RevocationSource -------------------------------------------------------------
 
@@ -110,11 +166,14 @@ class HotRevocation:
             seen = _identity_of(self.path)
             if seen is None or seen == self._seen:
                 return False
-            if seen == self._table.identity:  # back to the file in force
+            if seen == self._in_force:  # back to the file in force
                 self._seen = seen
                 return False
+            current = self._table.generation
             try:
-                table = RevocationTable.open(self.path, self._signer)
+                table = self._load()
+                if _identity_of(self.path) != seen:
+                    raise TableChanged(f"{self.path}: replaced while it was being read")
             except TableChanged as exc:
                 self._seen = None  # replaced mid-read: look again at the next poll
                 self._refuse(str(exc))
@@ -123,16 +182,27 @@ class HotRevocation:
                 self._seen = seen  # do not re-verify (and re-log) the same bad file
                 self._refuse(str(exc))
                 return False
-            self._seen = table.identity
-            current = self._table.generation
+            self._seen = seen
+            if self._store is not None and table.path == self._table.path:
+                return False  # the same signed table: its verified copy is already in force
             if table.generation <= current:
                 self._refuse(
                     f"{self.path}: generation {table.generation} is not newer than "
                     f"generation {current} in force (rollback refused)"
                 )
+                self._tidy()
                 return False
+            if self._on_adopt is not None:
+                try:
+                    self._on_adopt(table)
+                except (OSError, FarecoreError) as exc:
+                    self._seen = None  # try again at the next poll
+                    self._refuse(f"cannot record generation {table.generation}: {exc}")
+                    return False
             self._table = table
+            self._in_force = seen
             self.swaps += 1
+            self._tidy()
         self._log.info(
             "revocation table generation %d in force (%d ids), replacing generation %d",
             table.generation,
@@ -141,13 +211,13 @@ class HotRevocation:
         )
         return True
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, table: RevocationTable | None = None) -> None:
         self.rejected += 1
         self.last_rejection = why
         self._log.warning(
             "revocation table refused: %s; generation %d stays in force",
             why,
-            self._table.generation,
+            (table or self._table).generation,
         )
 
     def _run(self, interval: float) -> None:

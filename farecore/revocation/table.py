@@ -10,8 +10,9 @@ Its columns are read-only numpy views of one shared, read-only mapping, so any n
 gate processes on a host share one copy in the page cache.
 
 This module must never write a table, read the clock, or serve bytes it has not
-verified. A table file must be replaced by rename, never rewritten in place: the mapping
-of the table in force would see an in-place write (see docs/revocation-format.md).
+verified. A mapping sees whatever is later written to its file, and a truncation under
+it is a SIGBUS: so a gate opens only its own read-only copy
+(``farecore.revocation.store``), never the published file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import bisect
 import hashlib
 import mmap
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -42,7 +44,7 @@ from farecore.revocation.format import (
     slot_shift,
 )
 
-__all__ = ["RevocationTable", "TableChanged"]
+__all__ = ["RevocationTable", "TableChanged", "open_regular", "signed_header"]
 
 _M64 = (1 << 64) - 1
 _PARALLEL_CHECK_FROM = 200_000
@@ -57,6 +59,49 @@ _PROBLEMS = {
     5: "negative revoked-at at position {}",
     6: "unknown reason code at position {}",
 }
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of the regular file at ``path``; TableRejected otherwise."""
+    # O_NONBLOCK: a FIFO put at the path must not block the opening thread forever.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise TableRejected(f"{path}: cannot open: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TableRejected(f"{path}: not a regular file")
+    return fd
+
+
+def signed_header(p: Path, head: bytes, size: int, signer: PublicKeyFile) -> tuple[Header, Layout]:
+    """The header of a table file of ``size`` bytes that starts with ``head``, once its
+    signature verifies and its sizes agree with the file; TableRejected otherwise."""
+    try:
+        header, signature = parse_header_unverified(head)
+    except TableRejected as exc:
+        raise TableRejected(f"{p}: {exc}") from None
+    if header.signer_key_id != signer.key_id:
+        raise TableRejected(
+            f"{p}: signed by key id {header.signer_key_id}, but the trusted signer "
+            f"is key id {signer.key_id}"
+        )
+    if header.signer_algorithm != signer.algorithm:
+        raise TableRejected(f"{p}: signer algorithm differs from the trusted key's")
+    try:
+        signer.key().verify(signature, header.signed_bytes())
+    except BadSignature as exc:
+        raise TableRejected(f"{p}: header signature does not verify ({exc})") from None
+    layout = layout_for(header.count, header.index_bits, header.filter_bits)
+    if header.body_size != layout.body_size:
+        raise TableRejected(f"{p}: corrupt header: body size does not match the entry count")
+    if size < layout.end:
+        raise TableRejected(f"{p}: truncated: {size} bytes, the header says {layout.end}")
+    if size > layout.end:
+        raise TableRejected(f"{p}: {size - layout.end} unexpected bytes after the body")
+    if header.shift != slot_shift(header.min_id, header.max_id, header.index_bits):
+        raise TableRejected(f"{p}: corrupt header: index shift does not fit the id range")
+    return header, layout
 
 
 class TableChanged(TableRejected):
@@ -89,10 +134,13 @@ class RevocationTable:
         "ids",
         "lookup",
         "path",
+        "source",
     )
 
     ids: npt.NDArray[np.uint64]
     path: Path
+    source: Path
+    """The published file this table came from (``path`` itself unless it is a copy)."""
     identity: tuple[int, int, int, int]
     """(device, inode, size, mtime_ns) of the file as it was verified."""
     lookup: Callable[[int], RevocationEntry | None]
@@ -111,10 +159,7 @@ class RevocationTable:
         p = Path(path)
         if signer.role != "revocation":
             raise TableRejected(f"signer key has role {signer.role!r}; 'revocation' is needed")
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise TableRejected(f"{p}: cannot open: {exc.strerror or exc}") from None
+        fd = open_regular(p)
         try:
             return cls._open_fd(p, fd, signer)
         finally:
@@ -126,27 +171,7 @@ class RevocationTable:
         size = before.st_size
         if size == 0:
             raise TableRejected(f"{p}: empty file (zero length)")
-        header, signature = parse_header_unverified(os.pread(fd, HEADER_SIZE, 0))
-        if header.signer_key_id != signer.key_id:
-            raise TableRejected(
-                f"{p}: signed by key id {header.signer_key_id}, but the trusted signer "
-                f"is key id {signer.key_id}"
-            )
-        if header.signer_algorithm != signer.algorithm:
-            raise TableRejected(f"{p}: signer algorithm differs from the trusted key's")
-        try:
-            signer.key().verify(signature, header.signed_bytes())
-        except BadSignature as exc:
-            raise TableRejected(f"{p}: header signature does not verify ({exc})") from None
-        layout = layout_for(header.count, header.index_bits, header.filter_bits)
-        if header.body_size != layout.body_size:
-            raise TableRejected(f"{p}: corrupt header: body size does not match the entry count")
-        if size < layout.end:
-            raise TableRejected(f"{p}: truncated: {size} bytes, the header says {layout.end}")
-        if size > layout.end:
-            raise TableRejected(f"{p}: {size - layout.end} unexpected bytes after the body")
-        if header.shift != slot_shift(header.min_id, header.max_id, header.index_bits):
-            raise TableRejected(f"{p}: corrupt header: index shift does not fit the id range")
+        header, layout = signed_header(p, os.pread(fd, HEADER_SIZE, 0), size, signer)
         try:
             mm = mmap.mmap(
                 fd,
@@ -204,7 +229,7 @@ class RevocationTable:
 
     def _bind(self, p: Path, mm: mmap.mmap, header: Header, layout: Layout) -> None:
         n = header.count
-        self.path = p
+        self.path = self.source = p
         self._mmap = mm
         self._header = header
         self._layout = layout
@@ -364,6 +389,10 @@ class RevocationTable:
     @property
     def body_sha256(self) -> str:
         return self._header.body_sha256.hex()
+
+    def header_bytes(self) -> bytes:
+        """The verified header, signature included (256 bytes)."""
+        return bytes(self._mmap[:HEADER_SIZE])
 
     @property
     def file_size(self) -> int:

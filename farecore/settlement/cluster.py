@@ -88,6 +88,15 @@ class DaskSettings:
             raise ConfigError("--dask-workers must be at least 1")
         if threads_per_worker < 1:
             raise ConfigError("threads per worker must be at least 1")
+        if scheduler is not None:
+            # Checked here, before anything is written: a Client that fails on a
+            # malformed address also hangs at exit.
+            _distributed()  # the extra's hint, if Dask is missing
+            addressing = importlib.import_module("distributed.comm.addressing")
+            try:
+                addressing.get_address_host_port(scheduler)
+            except ValueError as exc:
+                raise ConfigError(f"--scheduler {scheduler!r}: {exc}") from None
         self.scheduler = scheduler
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker

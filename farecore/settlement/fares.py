@@ -41,11 +41,11 @@ valid name. This module must never use floats for money or distance.
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from farecore.boundedinput import load_toml
 from farecore.errors import MalformedFile
 from farecore.records import ROLE_DIRECTION, Direction
 from farecore.strictkeys import check_keys
@@ -69,6 +69,7 @@ _MAX_FEN = 10**9
 _MAX_WINDOW_S = 7 * 86_400
 _MAX_TOLERANCE_S = 86_400
 _MAX_TEXT = 1 << 20  # a fares file is a few kilobytes; refuse a huge one before parsing
+_MAX_DEPTH = 8  # [[metro]] with its list of bands is four deep
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +300,8 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
     """Parse and check the fares file; raise MalformedFile naming the problem."""
     if len(text) > _MAX_TEXT:
         raise MalformedFile(f"{source}: larger than {_MAX_TEXT} bytes")
+    doc = load_toml(text, _MAX_DEPTH, source, MalformedFile)
     try:
-        doc = tomllib.loads(text)
         check_keys(doc, "", ("unpaired", "checks", "operator", "bus", "metro"), "section")
         unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
         checks = _table(
@@ -386,7 +387,5 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
             max_age,
             offset,
         )
-    except tomllib.TOMLDecodeError as exc:
-        raise MalformedFile(f"{source}: not valid TOML: {exc}") from None
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError) as exc:
         raise MalformedFile(f"{source}: {exc}") from None

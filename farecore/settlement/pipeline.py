@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from farecore.batch import day_bounds_ms, peek_header
+from farecore.boundedinput import read_limited
 from farecore.errors import LedgerDamaged, MalformedFile, SettlementError
 from farecore.keys import Keyring, load_public_key_file
 from farecore.revocation import RevocationTable
@@ -93,10 +94,8 @@ def _read(path: Path, what: str) -> bytes:
     try:
         if path.is_dir():
             raise SettlementError(f"{what} {path} is a directory, not a file")
-        size = path.stat().st_size
-        if size > _MAX_INPUT_BYTES:
-            raise SettlementError(f"{what} {path} is {size} bytes; more than a {what} can be")
-        return path.read_bytes()
+        # Bounded as it is read: the size a stat reports can change, or be 0 for a device.
+        return read_limited(path, _MAX_INPUT_BYTES, f"{what} {path}", SettlementError)
     except OSError as exc:
         raise SettlementError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 

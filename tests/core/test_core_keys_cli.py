@@ -152,7 +152,7 @@ _PUB = Issuer.from_seed("strict").key.private.public_bytes.hex()
     [
         (b'{"format": "farecore-keyring/1", "keys": null}', "keys must be a list"),
         (b'{"format": "farecore-keyring/1", "kyes": []}', "did you mean 'keys'?"),
-        (b"[" * 5000 + b"]" * 5000, "not a keyring"),
+        (b"[" * 5000 + b"]" * 5000, "keyring: nested deeper than 8"),
         (b'{"format": "farecore-keyring/1", "keys": [' + b"1" * 5000 + b"]}", "not a keyring"),
         (
             b'{"format": "farecore-keyring/1", "keys": [{"key_id": 1, "algorithm": "Ed25519",'

@@ -55,7 +55,8 @@ def _serve_plan(
     rng.shuffle(plan)
     cards = [deck.card(kind, card_id=20_000 + i) for i, kind in enumerate(plan)]
     wrong: list[tuple[int, str, Any]] = []
-    logs: list[str] = []  # pcscd's log from the insertion to the decision of each wrong tap
+    seen: list[dict[str, Any]] = []  # every decision line, in order
+    logs: list[str] = []  # card servers' events and pcscd's log around each wrong tap
     restart_at = TAPS // 2
     mark = _log_size(pcscd)
     servers[0].insert(cards[0])
@@ -65,13 +66,18 @@ def _serve_plan(
         got = entry["reason"] or entry["decision"]
         # A card whose credential was read is identified: the gate served *this* card.
         identified = kind not in ("removed_select", "removed_read")
+        seen.append(entry)
         if got != want or (identified and entry["card_id"] != cards[i].card_id):
             wrong.append((i, kind, entry))
-            logs.append(f"tap {i}:\n" + pcscd._log_since(mark).decode("utf-8", "replace")[-20000:])
             t0 = time.monotonic()
+            logs.append(f"tap {i} on card server {i % 2}; the decisions before it:")
+            logs += [f"  {e}" for e in seen[-4:-1]]
             for n, server in enumerate(servers):
-                logs.append(f"card server {n}:")
-                logs += [f"  {t - t0:+.3f} s {what}" for t, what in server.events]
+                logs.append(f"card server {n} (times relative to tap {i}'s decision):")
+                logs += [f"  {t - t0:+.3f} s {what}" for t, what in list(server.events)[-24:]]
+            log = pcscd._log_since(mark).decode("utf-8", "replace")
+            logs.append(f"pcscd log since the insertion, last 8000 of {len(log)} characters:")
+            logs.append(log[-8000:])
         servers[i % 2].remove()
         if i + 1 < len(plan):
             # The other slot's last card left before the gate served this one; wait
@@ -86,7 +92,7 @@ def _serve_plan(
             pcscd.start()
     assert wrong == [], "\n".join(
         [f"tap {i} ({kind}): {entry}" for i, kind, entry in wrong]
-        + ["gate stderr:", gate.err.read_text()[-3000:], "pcscd log:", *logs]
+        + ["gate stderr:", gate.err.read_text()[-3000:], *logs]
     )
     assert len(plan) >= 200 or TAPS < 200
     assert gate.proc.poll() is None, "the gate must still be running"

@@ -95,3 +95,30 @@ def test_insert_remove_cycles(
         assert reader.wait_for_removal(3)
         # pcscd polls ~400 ms: a faster re-insertion could go unseen (RECIPES).
         assert reader.wait_for_card(0.6) is None
+
+
+def test_a_failed_card_leaves_no_ghost_for_the_next_tap(
+    deck: Any, card_server: VpcdCardServer, card_server_01: VpcdCardServer, now_ms: int
+) -> None:
+    """A card that fails mid-transaction is gone from vpcd at once, but pcscd still shows
+    its slot present until its next poll. The next card, in the other slot, must be the
+    next tap: never a connect to the failed card's slot and an UNREADABLE for no card."""
+    validator = deck.validator()
+    with PcscReader("Virtual PCD 00 0?") as reader:
+        for n, step in enumerate(["select", "read", "auth"] * 3):
+            card_server.insert(deck.card(f"removed_{step}", card_id=70 + n))
+            channel = reader.wait_for_card(5)
+            assert channel is not None and reader.name == "Virtual PCD 00 00"
+            assert run_tap(channel, validator, now_ms, bytes(16)).reason is Reason.UNREADABLE
+            card_server_01.insert(deck.card("good", card_id=80 + n))  # at once, in the other slot
+            assert reader.wait_for_removal(3)
+            channel = reader.wait_for_card(5)
+            assert channel is not None
+            decision = run_tap(channel, validator, now_ms, bytes(16))
+            assert (reader.name, decision.card_id, decision.accepted) == (
+                "Virtual PCD 00 01",
+                80 + n,
+                True,
+            ), decision
+            card_server_01.remove()
+            assert reader.wait_for_removal(3)

@@ -53,7 +53,7 @@ def csv_file(path: Path, rows: list[str]) -> Path:
     return path
 
 
-GOOD_ROWS = [f"{U64},1790000000,lost", "42,1790000001,2", "0,1790000002,fraud", "7,1,other"]
+GOOD_ROWS = [f"{U64},1790000000,lost", "42,1790000001,2", "1,1790000002,fraud", "7,1,other"]
 
 
 def test_build_info_check(

@@ -222,7 +222,7 @@ def test_exit_statuses(world: World, tmp_path: Path) -> None:
         ({"ledger": str(tmp_path / "ledger-dir")}, 2, "is not a file"),
         ({"ledger": str(tmp_path / "ledger-junk")}, 2, "not a farecore ledger"),
         ({"day": "2026-13-01"}, 2, "not YYYY-MM-DD"),
-        ({"jobs": "0"}, 2, "--jobs must be at least 1"),
+        ({"jobs": "0"}, 2, "--jobs: the number of processes must be at least 1"),
         ({"ledger": str(tmp_path / "l3")}, 0, ""),
     ]
     for change, status, says in cases:
@@ -334,7 +334,8 @@ def test_a_rerun_that_differs_writes_nothing(world: World, tmp_path: Path) -> No
         ("regions = [370200]\n", "regions = [370200]\ncategories = [256]\n", "categories must be"),
         ('entry = "max"', 'entry = "most"', "unpaired.entry must be"),
         ('entry = "max"', "entry = true", "unpaired.entry must be"),
-        ("[unpaired]", "[unpaired]\n" + "x = [" * 2000, "not valid TOML"),
+        ("[unpaired]", "[unpaired]\n" + "x = [" * 2000, "nested deeper than 8"),
+        ("[unpaired]", "[unpaired]\nx = [1\n", "not valid TOML"),
     ],
 )
 def test_a_bad_fares_file_is_one_line_and_exit_2(
