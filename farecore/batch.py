@@ -24,7 +24,7 @@ from pathlib import Path
 
 from farecore.boundedinput import check_json_nesting
 from farecore.crypto import PublicKey
-from farecore.errors import BadSignature, JournalError, MalformedFile
+from farecore.errors import BadSignature, BatchRejected, JournalError, MalformedFile
 from farecore.journal import (
     JournalReader,
     JournalRecord,
@@ -61,10 +61,6 @@ QINGDAO_UTC_OFFSET_MIN = 480
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _MAX_HEADER = 1 << 16
-
-
-class BatchRejected(MalformedFile):
-    """A batch file is malformed, inconsistent, or its chain does not verify."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
-"""The two signature schemes of the Rongjun card, behind one small interface.
+"""The signature schemes of the Rongjun card, behind one small interface.
 
 Ed25519 (RFC 8032) and ECDSA P-256 over SHA-256 with raw ``r ‖ s`` signatures. Both give
-64-byte signatures. Verification returns None or raises :class:`BadSignature`; it never
+64-byte signatures. Each scheme is one entry of ``_SCHEMES`` (how to decode a public
+key, make a signer from a 32-byte secret, and draw a new secret), so a new algorithm is
+one class and one ``Algorithm`` member. Verification returns None or raises :class:`BadSignature`; it never
 returns a bool a caller could forget to check. Decoded public keys are cached, because
 decoding a P-256 point costs as much as half a verification.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -21,7 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from farecore.errors import BadSignature, MalformedInput
 
@@ -46,18 +54,19 @@ class Algorithm(enum.IntEnum):
 
     @property
     def public_key_length(self) -> int:
-        return 32 if self is Algorithm.ED25519 else 65
+        return _SCHEMES[self].public_key_length
 
     @property
     def label(self) -> str:
-        return "Ed25519" if self is Algorithm.ED25519 else "ECDSA-P256"
+        return _SCHEMES[self].label
 
     @classmethod
     def from_label(cls, label: str) -> Algorithm:
         for alg in cls:
             if label.lower() in (alg.label.lower(), alg.name.lower()):
                 return alg
-        raise ValueError(f"unknown algorithm {label!r}: expected 'Ed25519' or 'ECDSA-P256'")
+        known = " or ".join(repr(alg.label) for alg in cls)
+        raise ValueError(f"unknown algorithm {label!r}: expected {known}")
 
 
 class PublicKey(Protocol):
@@ -69,6 +78,36 @@ class PublicKey(Protocol):
     def verify(self, signature: bytes, message: bytes) -> None:
         """Return None if ``signature`` is valid for ``message``; raise BadSignature otherwise."""
         ...
+
+
+class _Signer(Protocol):
+    """A scheme's private key: its public half and its signing function."""
+
+    public_bytes: bytes
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class _Scheme(Protocol):
+    """One signature scheme: a new algorithm is one of these and one Algorithm member."""
+
+    label: str
+    public_key_length: int
+
+    def public(self, raw: bytes) -> PublicKey:
+        """Decode a public key; MalformedInput if ``raw`` is not one."""
+        ...
+
+    def signer(self, secret: bytes) -> _Signer:
+        """The private key of a 32-byte secret; ValueError if it is out of range."""
+        ...
+
+    def new_secret(self) -> bytes: ...
+
+
+def _check_length(signature: bytes) -> None:
+    if len(signature) != SIGNATURE_LENGTH:
+        raise BadSignature(f"signature is {len(signature)} bytes, expected 64")
 
 
 class _Ed25519Public:
@@ -83,8 +122,7 @@ class _Ed25519Public:
             raise MalformedInput(f"not an Ed25519 public key: {exc}") from None
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        if len(signature) != SIGNATURE_LENGTH:
-            raise BadSignature(f"signature is {len(signature)} bytes, expected 64")
+        _check_length(signature)
         try:
             self._key.verify(signature, message)
         except InvalidSignature:
@@ -108,8 +146,7 @@ class _NaclEd25519Public:
     def verify(self, signature: bytes, message: bytes) -> None:
         import nacl.exceptions
 
-        if len(signature) != SIGNATURE_LENGTH:
-            raise BadSignature(f"signature is {len(signature)} bytes, expected 64")
+        _check_length(signature)
         try:
             self._key.verify(message, signature)
         except nacl.exceptions.BadSignatureError:
@@ -132,8 +169,7 @@ class _P256Public:
             raise MalformedInput(f"not a P-256 point: {exc}") from None
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        if len(signature) != SIGNATURE_LENGTH:
-            raise BadSignature(f"signature is {len(signature)} bytes, expected 64")
+        _check_length(signature)
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
         if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
@@ -143,6 +179,72 @@ class _P256Public:
         except InvalidSignature:
             raise BadSignature("ECDSA P-256 signature does not verify") from None
 
+
+class _Ed25519Signer:
+    __slots__ = ("public_bytes", "sign")
+
+    def __init__(self, secret: bytes) -> None:
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
+        self.public_bytes = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.sign = key.sign
+
+
+class _P256Signer:
+    __slots__ = ("_key", "public_bytes")
+
+    def __init__(self, secret: bytes) -> None:
+        scalar = int.from_bytes(secret, "big")
+        if not 0 < scalar < _P256_ORDER:
+            raise ValueError("P-256 private scalar out of range")
+        self._key = ec.derive_private_key(scalar, ec.SECP256R1())
+        self.public_bytes = self._key.public_key().public_bytes(
+            Encoding.X962, PublicFormat.UncompressedPoint
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        # Deterministic (RFC 6979): the same message always gives the same signature,
+        # which is what makes the golden vectors byte-exact.
+        der = self._key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+class _Ed25519:
+    label = "Ed25519"
+    public_key_length = 32
+
+    def public(self, raw: bytes) -> PublicKey:
+        if len(raw) != 32:
+            raise MalformedInput("an Ed25519 public key must be 32 bytes")
+        return _ed25519_class(raw)
+
+    def signer(self, secret: bytes) -> _Signer:
+        return _Ed25519Signer(secret)
+
+    def new_secret(self) -> bytes:
+        key = ed25519.Ed25519PrivateKey.generate()
+        return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+class _P256:
+    label = "ECDSA-P256"
+    public_key_length = 65
+
+    def public(self, raw: bytes) -> PublicKey:
+        return _P256Public(raw)
+
+    def signer(self, secret: bytes) -> _Signer:
+        return _P256Signer(secret)
+
+    def new_secret(self) -> bytes:
+        return (
+            ec.generate_private_key(ec.SECP256R1())
+            .private_numbers()
+            .private_value.to_bytes(32, "big")
+        )
+
+
+_SCHEMES: dict[Algorithm, _Scheme] = {Algorithm.ED25519: _Ed25519(), Algorithm.P256: _P256()}
 
 _ed25519_class: type[_Ed25519Public] | type[_NaclEd25519Public] = _Ed25519Public
 
@@ -171,72 +273,34 @@ def load_public_key(algorithm: Algorithm, raw: bytes) -> PublicKey:
 
     Raises MalformedInput if the bytes are not a key of that algorithm.
     """
-    if algorithm == Algorithm.ED25519:
-        if len(raw) != 32:
-            raise MalformedInput("an Ed25519 public key must be 32 bytes")
-        return _ed25519_class(raw)
-    if algorithm == Algorithm.P256:
-        return _P256Public(raw)
-    raise MalformedInput(f"unknown algorithm code {int(algorithm)}")
+    scheme = _SCHEMES.get(algorithm)
+    if scheme is None:
+        raise MalformedInput(f"unknown algorithm code {int(algorithm)}")
+    return scheme.public(raw)
 
 
 class PrivateKey:
-    """A signing key: an Ed25519 seed or a P-256 scalar, both 32 bytes.
+    """A signing key of one scheme, from its 32-byte secret (an Ed25519 seed, a P-256
+    scalar). ``sign(message)`` returns a 64-byte signature."""
 
-    P-256 signing is deterministic (RFC 6979), so the same message always gives the same
-    signature; that is what makes the golden vectors byte-exact.
-    """
-
-    __slots__ = ("_ed25519", "_key", "algorithm", "secret")
+    __slots__ = ("algorithm", "public_bytes", "secret", "sign")
 
     def __init__(self, algorithm: Algorithm, secret: bytes) -> None:
         if len(secret) != 32:
             raise ValueError("a private key is 32 bytes (Ed25519 seed or P-256 scalar)")
         self.algorithm = Algorithm(algorithm)
         self.secret = bytes(secret)
-        self._key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-        # The Ed25519 key again, typed as such: ``sign`` tells the two kinds apart by
-        # this attribute, not by an isinstance check against cryptography's abstract key
-        # classes on every signature.
-        self._ed25519: ed25519.Ed25519PrivateKey | None = None
-        if self.algorithm == Algorithm.ED25519:
-            self._key = self._ed25519 = ed25519.Ed25519PrivateKey.from_private_bytes(self.secret)
-        else:
-            scalar = int.from_bytes(self.secret, "big")
-            if not 0 < scalar < _P256_ORDER:
-                raise ValueError("P-256 private scalar out of range")
-            self._key = ec.derive_private_key(scalar, ec.SECP256R1())
+        signer = _SCHEMES[self.algorithm].signer(self.secret)
+        self.public_bytes: bytes = signer.public_bytes
+        # The scheme's own bound function: a card signs on every tap, with no dispatch.
+        self.sign: Callable[[bytes], bytes] = signer.sign
 
     @classmethod
     def generate(cls, algorithm: Algorithm) -> PrivateKey:
-        if algorithm == Algorithm.ED25519:
-            key = ed25519.Ed25519PrivateKey.generate()
-            from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
-            seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-            return cls(algorithm, seed)
-        ec_key = ec.generate_private_key(ec.SECP256R1())
-        return cls(algorithm, ec_key.private_numbers().private_value.to_bytes(32, "big"))
-
-    @property
-    def public_bytes(self) -> bytes:
-        pub = self._key.public_key()
-        if isinstance(pub, ed25519.Ed25519PublicKey):
-            return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return pub.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return cls(algorithm, _SCHEMES[Algorithm(algorithm)].new_secret())
 
     def public_key(self) -> PublicKey:
         return load_public_key(self.algorithm, self.public_bytes)
-
-    def sign(self, message: bytes) -> bytes:
-        """Return a 64-byte signature over ``message``."""
-        if self._ed25519 is not None:
-            return self._ed25519.sign(message)
-        key = self._key
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        der = key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def __repr__(self) -> str:
         return f"PrivateKey({self.algorithm.label}, <secret>)"

@@ -8,12 +8,16 @@ gate runtime turns reader failures into a recovery.
      ├── MalformedInput (ValueError)          bytes from outside do not parse
      │    ├── MalformedCredential
      │    ├── MalformedApdu
-     │    └── MalformedFile                   key, keyring, table, journal or batch file
+     │    ├── MalformedFile                   key, keyring, table, journal or batch file
+     │    │    └── BatchRejected              a batch is malformed or its chain is broken
+     │    └── BuildError                      rows that cannot make a revocation table
      ├── BadSignature                         a signature did not verify
      ├── KeyFileError                         a key file is unreadable or of the wrong kind
      ├── KeyringError (ValueError)            keyring misuse: duplicate id, unknown id
      ├── ConfigError (ValueError)             a gate or settlement configuration is wrong
      ├── TableRejected                        a revocation table failed a check
+     │    ├── TableChanged                    ... because it changed while read: retry
+     │    └── IssuedListError                 an issued-credentials list failed a check
      ├── JournalError                         the ride journal cannot be written or read
      ├── SettlementError                      the settlement cannot proceed
      │    └── LedgerDamaged                   the ledger holds what no night wrote
@@ -26,9 +30,12 @@ from __future__ import annotations
 
 __all__ = [
     "BadSignature",
+    "BatchRejected",
+    "BuildError",
     "CardIOError",
     "ConfigError",
     "FarecoreError",
+    "IssuedListError",
     "JournalError",
     "KeyFileError",
     "KeyringError",
@@ -40,6 +47,7 @@ __all__ = [
     "ReaderError",
     "ReaderIOError",
     "SettlementError",
+    "TableChanged",
     "TableRejected",
 ]
 
@@ -64,6 +72,14 @@ class MalformedFile(MalformedInput):
     """A file farecore reads (key, keyring, table, journal, batch) is not well formed."""
 
 
+class BatchRejected(MalformedFile):
+    """A batch file is malformed, inconsistent, or its chain does not verify."""
+
+
+class BuildError(MalformedInput):
+    """The input rows cannot make a revocation table; the message names the row and the problem."""
+
+
 class BadSignature(FarecoreError):
     """A signature did not verify against the message and key it was checked with."""
 
@@ -82,6 +98,14 @@ class ConfigError(FarecoreError, ValueError):
 
 class TableRejected(FarecoreError):
     """A revocation table failed verification and must not be put in force."""
+
+
+class TableChanged(TableRejected):
+    """The table file was replaced or rewritten while it was being verified; try again later."""
+
+
+class IssuedListError(TableRejected):
+    """An issued-credentials list failed a check and must not be used."""
 
 
 class JournalError(FarecoreError):

@@ -203,10 +203,6 @@ class Gate:
         """Ask the loop to finish after the current tap (safe from a signal handler)."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, poll_s: float = 0.25, max_taps: int | None = None) -> int:
         """Serve taps until stop() or ``max_taps``; return the number of taps served.
 

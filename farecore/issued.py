@@ -43,7 +43,7 @@ import numpy as np
 from farecore.atomicfile import atomic_writer
 from farecore.credential import Credential, parse_unverified
 from farecore.crypto import Algorithm, PublicKey, load_public_key
-from farecore.errors import BadSignature, MalformedInput, TableRejected
+from farecore.errors import BadSignature, IssuedListError, MalformedInput
 from farecore.keys import Keyring, SigningKey
 
 __all__ = [
@@ -68,10 +68,6 @@ _DIGEST = 32
 _SIGNED = struct.Struct("<8sHHB3xI4xQQQ32s48x")
 assert _SIGNED.size == _SIGNED_SIZE
 _U64 = (1 << 64) - 1
-
-
-class IssuedListError(TableRejected):
-    """An issued-credentials list failed a check and must not be used."""
 
 
 @dataclass(frozen=True, slots=True)

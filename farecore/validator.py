@@ -13,7 +13,7 @@ state: the gate records a ride there only after the journal has it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -230,14 +230,3 @@ class Validator:
         if self.passback.refuses(f.card_id, now_ms):
             return (Reason.PASSBACK, "", flags, generation)
         return (None, "", flags, generation)
-
-    def forget_cached_credentials(self) -> None:
-        """Drop the credential cache (after the keyring changed)."""
-        self._cache.clear()
-
-
-def policy_from_lists(
-    terminal_id: int, regions: Iterable[int], categories: Iterable[int] = ALL_CATEGORIES
-) -> TerminalPolicy:
-    """Convenience for tests and the simulator."""
-    return TerminalPolicy(terminal_id, frozenset(regions), frozenset(categories))

@@ -10,7 +10,7 @@
 | errors            | ReaderIOError (pcscd/reader trouble), CardIOError (the card)     |
 | recovery          | by itself, on the next call: see below                           |
 
-Recovery, with no restart of the caller (the cases of RECIPES.md):
+Recovery, with no restart of the caller (every case in docs/readers-pcsc.md):
 - card removed mid-transaction (empty response, ``0x80100016``): CardIOError, the handle
   is dropped, the next ``wait_for_card`` connects afresh;
 - stale handle (``0x80100069`` removed / ``0x80100068`` reset) on a channel's first
@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# pyscard ships neither inline types nor stubs.
 from smartcard import scard  # type: ignore[import-untyped]
 
 from farecore.apdu import complete_t0

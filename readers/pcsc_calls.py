@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+# pyscard ships neither inline types nor stubs.
 from smartcard import scard  # type: ignore[import-untyped]
 
 __all__ = [

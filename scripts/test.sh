@@ -9,10 +9,16 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint: ruff"
 ruff check .
 ruff format --check .
-echo "== types: mypy --strict farecore"
-mypy farecore
+echo "== types: mypy --strict farecore readers sim"
+mypy farecore readers sim
 echo "== layering: import-linter"
 lint-imports
+echo "== vectors: the project's copy is the contract's (where ../shared is next to the checkout)"
+if [ -f ../shared/card-vectors.json ]; then
+  python -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
+    ../shared/card-vectors.json farecore/data/card-vectors.json \
+    || { echo "farecore/data/card-vectors.json differs from ../shared/card-vectors.json" >&2; exit 1; }
+fi
 echo "== tests"
 pytest -p no:cacheprovider "$@"
 echo "== numba kernels again, interpreted (NUMBA_DISABLE_JIT=1)"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from farecore.credential import CredentialFields, build_credential
 from farecore.crypto import Algorithm, PrivateKey
 from farecore.keys import IssuerKey, Keyring, SigningKey
 from sim.card import CardFaults, VirtualCard
 
-__all__ = ["QINGDAO", "Issuer", "derive_key"]
+__all__ = ["QINGDAO", "CredentialOptions", "Issuer", "derive_key"]
 
 QINGDAO = 370200
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -32,6 +33,16 @@ def derive_key(
         if algorithm == Algorithm.ED25519 or 0 < int.from_bytes(secret, "big") < _P256_ORDER:
             return PrivateKey(algorithm, secret)
         counter += 1
+
+
+class CredentialOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Issuer.credential`, for callers that pass them on."""
+
+    category: int
+    region: int | None
+    valid_from: int | None
+    valid_until: int | None
+    signer: SigningKey | None
 
 
 @dataclass
@@ -88,9 +99,9 @@ class Issuer:
         card_algorithm: Algorithm = Algorithm.ED25519,
         faults: CardFaults | None = None,
         counter: int = 0,
-        **credential_options: int | SigningKey | None,
+        **credential_options: Unpack[CredentialOptions],
     ) -> VirtualCard:
         """A personalised virtual card whose key derives from ``seed`` and ``card_id``."""
         card_key = derive_key(seed, f"card-{card_id}", card_algorithm)
-        cred = self.credential(card_id, card_key, **credential_options)  # type: ignore[arg-type]
+        cred = self.credential(card_id, card_key, **credential_options)
         return VirtualCard(cred, card_key, counter=counter, faults=faults)

@@ -241,10 +241,6 @@ class PcscDaemon:
             proc.kill()
             proc.wait()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         self.stop()
         if self._own_workdir:

@@ -56,6 +56,15 @@ class EmulatedCard(Protocol):
     def process_apdu(self, apdu: bytes) -> bytes: ...
 
 
+def _simple(code: int, extra: bytes = b"") -> Callable[[Pn532Emulator, bytes], bytes]:
+    """A command handler whose answer is always the same: ``code`` then ``extra``."""
+
+    def handler(self: Pn532Emulator, p: bytes) -> bytes:
+        return bytes([code]) + extra
+
+    return handler
+
+
 class Pn532Emulator:
     """A PN532 behind a pty. Use as a context manager; ``path`` is what clients open."""
 
@@ -388,12 +397,6 @@ class Pn532Emulator:
             self._active = False
             return b"\x43\x00" + p[:head]
         return no_answer
-
-    def _simple(code: int, extra: bytes = b"") -> Callable[[Pn532Emulator, bytes], bytes]:  # type: ignore[misc]
-        def handler(self: Pn532Emulator, p: bytes) -> bytes:
-            return bytes([code]) + extra
-
-        return handler
 
     def _set_baud_rate(self, p: bytes) -> bytes:
         # A pty has no rate; only the modelled line speed changes.

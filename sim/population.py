@@ -21,7 +21,7 @@ import numpy.typing as npt
 from farecore.crypto import Algorithm, PrivateKey
 from farecore.keys import SigningKey
 from sim.card import CardFaults, VirtualCard
-from sim.issuer import Issuer
+from sim.issuer import CredentialOptions, Issuer
 
 __all__ = [
     "CARD_KINDS",
@@ -181,15 +181,16 @@ class CardFactory:
         card_id = int(self._pop.card_ids[index])
         kind = CARD_KINDS[int(self._pop.kinds[index])]
         key = self._key(card_id.to_bytes(8, "big"))
-        options: dict[str, int | SigningKey | None] = {"category": int(self._pop.categories[index])}
+        options: CredentialOptions = {"category": int(self._pop.categories[index])}
         if kind == "expired":
-            options["valid_until"] = self._day_start_s - 86_400 * (1 + index % 200)
-            options["valid_from"] = options["valid_until"] - 86_400 * 365 * 3  # type: ignore[operator]
+            valid_until = self._day_start_s - 86_400 * (1 + index % 200)
+            options["valid_until"] = valid_until
+            options["valid_from"] = valid_until - 86_400 * 365 * 3
         elif kind == "forged":
             options["signer"] = self._forger  # same key id, wrong key: the signature fails
         elif kind == "other_region":
             options["region"] = JINAN
-        credential = self._issuer.credential(card_id, key, **options)  # type: ignore[arg-type]
+        credential = self._issuer.credential(card_id, key, **options)
         if kind == "clone":
             # The genuine credential, copied onto a chip with a key the cloner made up.
             key = self._key(b"clone/" + card_id.to_bytes(8, "big"))

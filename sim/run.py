@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from farecore.batch import export_batch
 from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
@@ -201,11 +202,38 @@ class _SimClock:
         return self.now_ms
 
 
+@dataclass(frozen=True, slots=True)
+class _LaneResult:
+    """What one lane measures, filled in as it runs (per-tap arrays: one entry a tap)."""
+
+    got: npt.NDArray[np.uint8]  # the decision's code (0 ACCEPT, else a Reason)
+    latency_us: npt.NDArray[np.float64]  # the engine's own timing of each decision
+    gate_us: npt.NDArray[np.float64]  # tap to gate open, the commit included
+    span_ns: npt.NDArray[np.int64]  # first tap starts, last tap durable
+    # commits, taps they made durable, issuer signatures verified, listed instead
+    groups: npt.NDArray[np.int64]
+    # ns: the lane thread's CPU, the committer thread's CPU, waiting for commits
+    cpu_ns: npt.NDArray[np.int64]
+    close_ns: npt.NDArray[np.int64]  # closing the station journal
+
+    @classmethod
+    def zeros(cls, taps: int) -> _LaneResult:
+        return cls(
+            got=np.zeros(taps, dtype=np.uint8),
+            latency_us=np.zeros(taps),
+            gate_us=np.zeros(taps),
+            span_ns=np.zeros(2, dtype=np.int64),
+            groups=np.zeros(4, dtype=np.int64),
+            cpu_ns=np.zeros(3, dtype=np.int64),
+            close_ns=np.zeros(1, dtype=np.int64),
+        )
+
+
 def _lane(
     world: _World,
     lane_id: str,
     taps: np.ndarray,
-    out: dict[str, np.ndarray],
+    out: _LaneResult,
     progress: Any,
     slot: int,
     work: Path,
@@ -288,7 +316,7 @@ def _lane(
                     nonce=tin.next_nonce,
                 )
                 gates[g] = (gate, reader, tin)
-            got, latency, gate_us = out["got"], out["latency_us"], out["gate_us"]
+            got, latency, gate_us = out.got, out.latency_us, out.gate_us
             transport = _TRANSPORT if _TRANSPORT is not None and _TRANSPORT.gate in gates else None
             if transport is not None:
                 link = open_link(transport)
@@ -320,7 +348,7 @@ def _lane(
                 (wl.fault[taps] == FAULT_PULLED).tolist(),
                 strict=True,
             )
-            out["span_ns"][0] = perf()
+            out.span_ns[0] = perf()
             cpu0 = time.thread_time_ns()
             for n, (i, g, now_ms, card_index, counter, pulled) in enumerate(columns):
                 gate, reader, tin = gates[g]
@@ -354,16 +382,16 @@ def _lane(
                 if n % 64 == 63:
                     progress[slot] += 64
             controller.flush()
-            out["span_ns"][1] = perf()
+            out.span_ns[1] = perf()
             # Where the lane's time went: its own thread's CPU (deciding, staging, the
             # simulated cards' signatures), the committer thread's, and the wait for commits.
-            out["cpu_ns"][:] = (
+            out.cpu_ns[:] = (
                 time.thread_time_ns() - cpu0,
                 round(station.commit_cpu_s * 1e9),
                 round(controller.wait_s * 1e9),
             )
             validators = [gate.validator for gate, _, _ in gates.values()]
-            out["groups"][:] = (
+            out.groups[:] = (
                 controller.groups,
                 controller.grouped_taps,
                 sum(v.issuer_checks for v in validators),
@@ -374,7 +402,7 @@ def _lane(
             # terminals' tables as the controller closes it (``farecore.station``).
             t_close = perf()
             station.close()
-            out["close_ns"][0] = perf() - t_close
+            out.close_ns[0] = perf() - t_close
             if station.move_error is not None:
                 raise SimError(f"lane {lane_id}: {station.move_error}")
         finally:
@@ -404,20 +432,7 @@ def _worker(
     # With several lanes (threads), hand the GIL over quickly when a lane's commit
     # returns, so that lane does not sit out a whole 5 ms switch interval.
     sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
-    results = [
-        {
-            "got": np.zeros(len(t), dtype=np.uint8),
-            "latency_us": np.zeros(len(t)),
-            "gate_us": np.zeros(len(t)),
-            "span_ns": np.zeros(2, dtype=np.int64),  # first tap starts, last tap durable
-            # commits, taps they made durable, issuer signatures verified, listed instead
-            "groups": np.zeros(4, dtype=np.int64),
-            # ns: the lane thread's CPU, the committer thread's CPU, waiting for commits
-            "cpu_ns": np.zeros(3, dtype=np.int64),
-            "close_ns": np.zeros(1, dtype=np.int64),  # closing the station journal
-        }
-        for t in lanes
-    ]
+    results = [_LaneResult.zeros(len(t)) for t in lanes]
     errors: list[BaseException] = []
 
     def run_lane(j: int) -> None:
@@ -449,13 +464,13 @@ def _worker(
     np.savez(
         work_dir / f"worker-{k}.npz",
         taps=np.concatenate(lanes) if lanes else np.zeros(0, np.int64),
-        got=np.concatenate([r["got"] for r in results]),
-        latency_us=np.concatenate([r["latency_us"] for r in results]),
-        gate_us=np.concatenate([r["gate_us"] for r in results]),
-        spans=np.array([r["span_ns"] for r in results if r["got"].size]).reshape(-1, 2),
-        groups=np.sum([r["groups"] for r in results], axis=0),
-        cpu_ns=np.sum([r["cpu_ns"] for r in results], axis=0),
-        close_ns=np.max([r["close_ns"] for r in results], axis=0),
+        got=np.concatenate([r.got for r in results]),
+        latency_us=np.concatenate([r.latency_us for r in results]),
+        gate_us=np.concatenate([r.gate_us for r in results]),
+        spans=np.array([r.span_ns for r in results if r.got.size]).reshape(-1, 2),
+        groups=np.sum([r.groups for r in results], axis=0),
+        cpu_ns=np.sum([r.cpu_ns for r in results], axis=0),
+        close_ns=np.max([r.close_ns for r in results], axis=0),
         ceiling_us=ceiling_us,
     )
 

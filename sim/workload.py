@@ -69,9 +69,6 @@ class DayClock:
         """Generation 2 (the cards revoked during the day) is in force from 13:00 local."""
         return self.start_ms + 13 * 3_600_000
 
-    def hour_of(self, time_ms: int) -> int:
-        return int((time_ms - self.start_ms) // 3_600_000)
-
 
 @dataclass(frozen=True, slots=True)
 class Workload:

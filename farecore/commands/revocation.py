@@ -202,7 +202,7 @@ def _parse_id(text: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farecore.revocation import Reason, RevocationTable
+    from farecore.revocation import RevocationReason, RevocationTable
 
     ids = [_parse_id(t) for t in args.ids]
     signer, path = _signer_and_table(args)
@@ -214,7 +214,7 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{card_id} not revoked (generation {table.generation})")
             continue
         any_revoked = True
-        reason = Reason(entry.reason).name.lower()
+        reason = RevocationReason(entry.reason).name.lower()
         print(
             f"{card_id} REVOKED at {entry.revoked_at} ({_when(entry.revoked_at)}), "
             f"reason {reason} ({entry.reason}) (generation {table.generation})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from farecore.revocation.builder import BuildError, TableSummary, build_table
 from farecore.revocation.csvinput import read_revocation_csv
-from farecore.revocation.format import Reason, reason_code
+from farecore.revocation.format import RevocationReason, reason_code
 from farecore.revocation.hot import HotRevocation
 from farecore.revocation.store import TableStore
 from farecore.revocation.table import RevocationTable
@@ -19,7 +19,7 @@ from farecore.revocation.table import RevocationTable
 __all__ = [
     "BuildError",
     "HotRevocation",
-    "Reason",
+    "RevocationReason",
     "RevocationTable",
     "TableStore",
     "TableSummary",

@@ -27,14 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from farecore.atomicfile import atomic_writer
-from farecore.errors import KeyFileError, MalformedInput
+from farecore.errors import BuildError, KeyFileError
 from farecore.keys import SigningKey
 from farecore.revocation import _kernels
 from farecore.revocation.format import (
     HEADER_SIZE,
     Header,
     Layout,
-    Reason,
+    RevocationReason,
     filter_bits_for,
     index_bits_for,
     layout_for,
@@ -45,11 +45,7 @@ __all__ = ["BuildError", "TableSummary", "build_table"]
 
 _U64 = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
-_KNOWN = np.array(sorted(int(r) for r in Reason), dtype=np.uint8)
-
-
-class BuildError(MalformedInput):
-    """The input rows cannot make a table; the message names the row and the problem."""
+_KNOWN = np.array(sorted(int(r) for r in RevocationReason), dtype=np.uint8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +105,7 @@ def _check_reasons(arr: npt.NDArray[Any], row: Callable[[int], str]) -> npt.NDAr
         bad = int(np.flatnonzero(~ok)[0])
         raise BuildError(
             f"{row(bad)}: unknown reason code {int(arr[bad])} "
-            f"(known: {', '.join(f'{r.value}={r.name.lower()}' for r in Reason)})"
+            f"(known: {', '.join(f'{r.value}={r.name.lower()}' for r in RevocationReason)})"
         )
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
@@ -173,7 +169,7 @@ def build_table(
 ) -> TableSummary:
     """Write a signed table of ``card_ids`` (uint64) to ``out``, atomically.
 
-    ``revoked_at`` are UTC Unix seconds (>= 0) and ``reasons`` are :class:`Reason`
+    ``revoked_at`` are UTC Unix seconds (>= 0) and ``reasons`` are :class:`RevocationReason`
     codes, one per id, in any order. ``key`` is the revocation signer (role
     "revocation"). ``generation`` must exceed the generation in force at the gates, or
     they refuse the table as a rollback. ``row_name`` turns a row number into the words

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from farecore.errors import MalformedFile
 from farecore.revocation.builder import BuildError
-from farecore.revocation.format import Reason, reason_code
+from farecore.revocation.format import RevocationReason, reason_code
 
 __all__ = ["HEADER_LINE", "Columns", "line_name", "read_revocation_csv"]
 
@@ -36,7 +36,10 @@ Columns = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.ui
 # pyarrow reads more than the format allows (blanks around a number, 0x hex, a sign, any
 # Unicode digit as a reason code), so a file with any other byte goes to the careful reader.
 _ROW_BYTES = bytes(
-    set(b"0123456789,\r\n" + b"".join(r.name.encode() + r.name.lower().encode() for r in Reason))
+    set(
+        b"0123456789,\r\n"
+        + b"".join(r.name.encode() + r.name.lower().encode() for r in RevocationReason)
+    )
 )
 _SCAN_CHUNK = 32 << 20
 

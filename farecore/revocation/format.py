@@ -25,7 +25,7 @@ __all__ = [
     "VERSION",
     "Header",
     "Layout",
-    "Reason",
+    "RevocationReason",
     "filter_bits_for",
     "index_bits_for",
     "layout_for",
@@ -49,7 +49,7 @@ _SIGNED = struct.Struct("<8sHHBBBBII6Q32s24x")
 assert _SIGNED.size == SIGNED_SIZE
 
 
-class Reason(enum.IntEnum):
+class RevocationReason(enum.IntEnum):
     """Why a card was revoked; the code is what the file stores."""
 
     LOST = 1
@@ -65,17 +65,17 @@ def reason_code(text: str) -> int:
     word = text.strip()
     if word.isdigit():
         code = int(word)
-        if code in Reason._value2member_map_:
+        if code in RevocationReason._value2member_map_:
             return code
         raise ValueError(f"unknown reason code {code} (known: {_known()})")
     try:
-        return int(Reason[word.upper()])
+        return int(RevocationReason[word.upper()])
     except KeyError:
         raise ValueError(f"unknown reason {text!r} (known: {_known()})") from None
 
 
 def _known() -> str:
-    return ", ".join(f"{r.value}={r.name.lower()}" for r in Reason)
+    return ", ".join(f"{r.value}={r.name.lower()}" for r in RevocationReason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,14 +31,14 @@ import numpy as np
 import numpy.typing as npt
 
 from farecore.checks import RevocationEntry
-from farecore.errors import BadSignature, TableRejected
+from farecore.errors import BadSignature, TableChanged, TableRejected
 from farecore.keys import PublicKeyFile
 from farecore.revocation import _kernels
 from farecore.revocation.format import (
     HEADER_SIZE,
     Header,
     Layout,
-    Reason,
+    RevocationReason,
     layout_for,
     parse_header_unverified,
     slot_shift,
@@ -50,7 +50,7 @@ _M64 = (1 << 64) - 1
 _PARALLEL_CHECK_FROM = 200_000
 _CHUNK = 8 << 20
 _KNOWN_REASONS = np.zeros(256, dtype=np.uint8)
-_KNOWN_REASONS[[int(r) for r in Reason]] = 1
+_KNOWN_REASONS[[int(r) for r in RevocationReason]] = 1
 _PROBLEMS = {
     1: "card ids are not sorted and unique (position {})",
     2: "min/max id in the header do not match the id column",
@@ -102,10 +102,6 @@ def signed_header(p: Path, head: bytes, size: int, signer: PublicKeyFile) -> tup
     if header.shift != slot_shift(header.min_id, header.max_id, header.index_bits):
         raise TableRejected(f"{p}: corrupt header: index shift does not fit the id range")
     return header, layout
-
-
-class TableChanged(TableRejected):
-    """The file was replaced or rewritten while it was being verified; try again later."""
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -358,14 +354,6 @@ class RevocationTable:
             out,
         )
         return out
-
-    def entry_at(self, position: int) -> RevocationEntry:
-        """The entry at a position returned by :meth:`find` or :meth:`find_many`."""
-        return RevocationEntry(
-            int(self.ids[position]),
-            int(self._revoked_at[position]),
-            int(self._reasons[position]),
-        )
 
     @property
     def revoked_at(self) -> npt.NDArray[np.int64]:

@@ -21,13 +21,7 @@ from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "card-vectors.json"
 CASES = json.loads(VECTORS_PATH.read_text())
-
-
-@pytest.mark.skipif(not SHARED.exists(), reason="no ../shared next to this checkout")
-def test_copy_matches_shared_vectors() -> None:
-    assert json.loads(SHARED.read_text()) == json.loads(VECTORS_PATH.read_text())
 
 
 def test_tests_copy_is_the_packaged_copy() -> None:

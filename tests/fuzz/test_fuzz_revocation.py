@@ -29,7 +29,7 @@ from farecore.crypto import Algorithm, PrivateKey
 from farecore.errors import MalformedInput, TableRejected
 from farecore.keys import PublicKeyFile, SigningKey
 from farecore.revocation import RevocationTable, build_table, read_revocation_csv
-from farecore.revocation.format import HEADER_SIZE, Header, Reason, layout_for, slot_shift
+from farecore.revocation.format import HEADER_SIZE, Header, RevocationReason, layout_for, slot_shift
 
 pytestmark = pytest.mark.fuzz
 
@@ -52,7 +52,7 @@ def genuine(workdir: Path) -> bytes:
     path = workdir / "genuine.frt"
     ids = np.array(IDS, dtype=np.uint64)
     times = np.arange(len(IDS), dtype=np.int64)
-    reasons = np.array([int(r) for r in Reason] + [1, 2], dtype=np.uint8)
+    reasons = np.array([int(r) for r in RevocationReason] + [1, 2], dtype=np.uint8)
     build_table(ids, times, reasons, SIGNER, 7, 1_790_000_000, path)
     return path.read_bytes()
 
@@ -74,7 +74,7 @@ def _check_served(table: RevocationTable) -> None:
         entry = table.lookup(card_id)
         assert entry is not None and entry.card_id == card_id
         assert table.find(card_id) == position
-        assert entry.revoked_at >= 0 and entry.reason in set(Reason)
+        assert entry.revoked_at >= 0 and entry.reason in set(RevocationReason)
     probes = sorted({0, U64, *(i + 1 for i in ids if i < U64), *(i - 1 for i in ids if i)})
     absent = [p for p in probes if p not in set(ids)]
     assert all(table.lookup(p) is None for p in absent)
@@ -145,7 +145,9 @@ def signed_tables(draw: st.DrawFn) -> tuple[bytes, bool]:
     else:
         filt[:] = draw(st.sampled_from([0, 0xFF]))
     times = draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n))
-    reasons = draw(st.lists(st.sampled_from([int(r) for r in Reason]), min_size=n, max_size=n))
+    reasons = draw(
+        st.lists(st.sampled_from([int(r) for r in RevocationReason]), min_size=n, max_size=n)
+    )
     if not choose("times and reasons"):
         times = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n))
         reasons = draw(st.lists(st.integers(0, 255), min_size=n, max_size=n))

@@ -93,7 +93,7 @@ def test_insert_remove_cycles(
         assert not reader.wait_for_removal(0.1)  # still there
         card_server.remove()
         assert reader.wait_for_removal(3)
-        # pcscd polls ~400 ms: a faster re-insertion could go unseen (RECIPES).
+        # pcscd polls ~400 ms: a faster re-insertion could go unseen (docs/readers-pcsc.md).
         assert reader.wait_for_card(0.6) is None
 
 
