@@ -20,6 +20,7 @@ __all__ = [
     "AUTH_SIGNING_TAG",
     "ProofOfTap",
     "auth_message",
+    "challenge_head",
     "make_challenge",
     "parse_auth_response",
     "verify_card_signature",
@@ -30,6 +31,7 @@ AUTH_SIGNING_TAG = b"RJCARD/auth/v1"
 AUTH_RESPONSE_LENGTH = 68
 _U64 = struct.Struct(">Q")
 _CHALLENGE = struct.Struct(">QQ16s")
+_CHALLENGE_HEAD = struct.Struct(">QQ")
 _U32 = struct.Struct(">I")
 
 
@@ -46,6 +48,12 @@ def challenge_fields(challenge: bytes) -> tuple[int, int, bytes]:
         raise ValueError("challenge must be 32 bytes")
     terminal_id, time_ms, nonce = _CHALLENGE.unpack(challenge)
     return terminal_id, time_ms, nonce
+
+
+def challenge_head(challenge: bytes) -> tuple[int, int]:
+    """(terminal id, time in ms) of a challenge: what a settlement checks of it."""
+    terminal_id, time_ms = _CHALLENGE_HEAD.unpack_from(challenge)
+    return terminal_id, time_ms
 
 
 def auth_message(card_id: int, counter: int, challenge: bytes) -> bytes:

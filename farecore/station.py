@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farecore.decision import Decision
 from farecore.errors import JournalError
@@ -51,6 +51,10 @@ from farecore.journal import (
 )
 from farecore.records import chain_hash, credential_hash, encode_tap
 from farecore.walfile import make_durable, reserve_wal
+
+if TYPE_CHECKING:
+    from farecore.gate import Gate
+    from farecore.reader_port import CardChannel
 
 __all__ = [
     "MOVE_AT",
@@ -573,7 +577,7 @@ class StationTerminal:
         """The station journal belongs to the controller, which closes it."""
 
 
-Opened = Callable[[list[tuple[Any, Decision]]], None]
+Opened = Callable[[list[tuple["Gate", Decision]]], None]
 
 
 class _Batch:
@@ -582,8 +586,8 @@ class _Batch:
     __slots__ = ("gates", "taps")
 
     def __init__(self) -> None:
-        self.taps: list[tuple[Any, Decision]] = []
-        self.gates: set[Any] = set()
+        self.taps: list[tuple[Gate, Decision]] = []
+        self.gates: set[Gate] = set()
 
 
 class StationController:
@@ -621,14 +625,14 @@ class StationController:
         self.grouped_taps = 0
         self.wait_s = 0.0  # seconds the controller stood still until a commit was durable
 
-    def busy(self, gate: Any) -> bool:
+    def busy(self, gate: Gate) -> bool:
         """True while ``gate``'s last ride is not durable yet (its gate still shut)."""
         committing = self._committing
         return gate in self._waiting.gates or (
             committing is not None and gate in committing[1].gates
         )
 
-    def tap(self, gate: Any, channel: Any) -> Decision:
+    def tap(self, gate: Gate, channel: CardChannel) -> Decision:
         """Decide a tap at ``gate`` (a ``farecore.gate.Gate`` on this station's journal)
         and stage its ride; the gate is signalled once the ride is durable."""
         waiting = self._waiting
@@ -641,7 +645,7 @@ class StationController:
             committing[0].done or (self.one_rider_per_gate and gate in committing[1].gates)
         ):
             self._finish()
-        decision: Decision = gate.stage(channel)
+        decision = gate.stage(channel)
         waiting = self._waiting
         waiting.taps.append((gate, decision))
         waiting.gates.add(gate)

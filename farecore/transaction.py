@@ -25,6 +25,7 @@ from farecore.apdu import (
     SW_OK,
     describe_sw,
     internal_authenticate,
+    split_response,
 )
 from farecore.credential import Credential, parse_unverified
 from farecore.errors import MalformedApdu, MalformedCredential
@@ -107,10 +108,11 @@ class Transaction:
 
     def receive(self, response: bytes) -> str:
         """Feed the card's R-APDU for the last command; return the new state."""
-        if len(response) < 2:
-            return self._fire(_Event.BAD, f"response of {len(response)} bytes has no status word")
-        sw = (response[-2] << 8) | response[-1]
-        data = response[:-2]
+        try:
+            reply = split_response(response)
+        except MalformedApdu as exc:
+            return self._fire(_Event.BAD, str(exc))
+        sw, data = reply.sw, reply.data
         state = self.state
         if state == State.AUTHENTICATE and sw == SW_BLOCKED and not data:
             return self._fire(_Event.BLOCKED, "card answered 69 83: counter exhausted")

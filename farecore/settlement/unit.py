@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import os
 import stat
-import struct
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -27,7 +26,7 @@ from farecore.credential import parse_unverified
 from farecore.crypto import PublicKey
 from farecore.errors import BadSignature, MalformedInput
 from farecore.keys import Keyring
-from farecore.proof import verify_card_signature, verify_credential
+from farecore.proof import challenge_head, verify_card_signature, verify_credential
 from farecore.records import Direction
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import OperatorPolicy
@@ -149,8 +148,6 @@ _CardEntry = tuple[int, PublicKey, int, int, int, int] | str
 # caching it per process changes no result, only the cost: each process verifies each
 # card's credential once, however many batches it settles.
 _CARD_KEYS: dict[bytes, dict[bytes, _CardEntry]] = {}
-# The challenge's terminal id and time (farecore.proof's challenge layout, nonce unread).
-_CHALLENGE_HEAD = struct.Struct(">QQ")
 _CARD_KEYS_MAX = 1_000_000
 
 
@@ -322,7 +319,7 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
         if cred_card != card_id:
             flag("bad_proof", tid, seq, card_id, f"credential is for card {cred_card}")
             continue
-        ch_tid, ch_ms = _CHALLENGE_HEAD.unpack_from(challenge)
+        ch_tid, ch_ms = challenge_head(challenge)
         if ch_tid != tid or ch_ms != time_ms:
             flag("bad_proof", tid, seq, card_id, "challenge does not name this terminal and time")
             continue
