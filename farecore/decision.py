@@ -89,10 +89,6 @@ class Decision:
         ):
             raise ValueError("an accepted decision must carry a full proof of tap")
 
-    def _stamp(self, timings: Timings) -> None:
-        # Set once by run_tap, which measures the total only after the decision exists.
-        object.__setattr__(self, "timings", timings)
-
     @property
     def label(self) -> str:
         """``"ACCEPT"`` or the deny reason's name: one word for tables and logs."""

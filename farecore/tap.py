@@ -45,15 +45,12 @@ def run_tap(channel: CardChannel, validator: Validator, now_ms: int, nonce: byte
         sent += 1
         tx.receive(response)
     t_decide = clock()
-    decision = validator.decide(tx.result(), challenge, now_ms)
-    end = clock()
-    decision._stamp(
-        Timings(
-            steps[0] / 1000,
-            steps[1] / 1000,
-            steps[2] / 1000,
-            (end - t_decide) / 1000,
-            (end - start) / 1000,
+
+    def timer() -> Timings:
+        end = clock()
+        s0, s1, s2 = steps
+        return Timings(
+            s0 / 1000, s1 / 1000, s2 / 1000, (end - t_decide) / 1000, (end - start) / 1000
         )
-    )
-    return decision
+
+    return validator.decide(tx.result(), challenge, now_ms, timer)

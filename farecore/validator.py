@@ -13,7 +13,7 @@ state: the gate records a ride there only after the journal has it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -151,9 +151,12 @@ class Validator:
         result: TransactionResult,
         challenge: bytes,
         now_ms: int,
-        timings: Timings | None = None,
+        timer: Callable[[], Timings] | None = None,
     ) -> Decision:
-        """Turn one transaction's result into a Decision. Never raises for card data."""
+        """Turn one transaction's result into a Decision. Never raises for card data.
+
+        ``timer`` is called once the checks are done and gives the tap's timings, so the
+        decision is built once, complete (``farecore.tap.run_tap`` passes one)."""
         cred = result.credential
         verdict: _Verdict
         # Every tap's time goes through the guard, an unreadable one's too: a fault is
@@ -183,7 +186,7 @@ class Validator:
             revocation_generation=generation,
             flags=flags,
             detail=detail,
-            timings=timings if timings is not None else _NO_TIMINGS,
+            timings=timer() if timer is not None else _NO_TIMINGS,
         )
 
     def _check(
