@@ -114,16 +114,9 @@ class Journal:
                 "SELECT seq, hash, time_ms FROM records ORDER BY seq DESC LIMIT 1"
             ).fetchone()
             self._seq, self._head = checked_head(path, row)
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise JournalError(f"{path}: cannot read the journal: {exc}") from None
-        except JournalError:
-            self._db.close()
-            raise
-        # The gate's clock must not fall behind its own records (farecore.clockguard). The
-        # latest of the recent ones: a record written with the clock already a little
-        # behind must not lower the mark.
-        try:
+            # The gate's clock must not fall behind its own records (farecore.clockguard):
+            # the latest of the recent ones, so that a record written with the clock
+            # already a little behind does not lower the mark.
             recent = self._db.execute(
                 "SELECT MAX(time_ms) FROM (SELECT time_ms FROM records ORDER BY seq DESC "
                 "LIMIT 10000) WHERE typeof(time_ms) = 'integer'"
@@ -131,7 +124,10 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(f"{path}: cannot read the journal: {exc}") from None
-        self.last_time_ms: int = recent[0] if recent and recent[0] is not None else 0
+        except JournalError:
+            self._db.close()
+            raise
+        self.last_time_ms: int = recent[0] if recent[0] is not None else 0
         if group_commit_ms is not None:
             self._committer = threading.Thread(
                 target=self._commit_loop, name="journal-committer", daemon=True

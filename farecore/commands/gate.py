@@ -137,7 +137,8 @@ def _loud(message: str) -> None:
 
 
 def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float) -> None:
-    """Say loudly, at start, what the first taps would otherwise reveal one by one."""
+    """Say loudly, at start, what the first taps would otherwise reveal one by one. (A
+    table made in the gate's future is a clock fault, which the clock guard says.)"""
     age = now - created_at
     if cfg.revocation_max_age_s is not None and age > cfg.revocation_max_age_s:
         then = (
@@ -145,19 +146,10 @@ def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float
             if cfg.stale_policy == "closed"
             else "every ride will be accepted flagged revocation_stale"
         )
-        print(
-            f"farecore gate: WARNING: revocation table generation {generation} is already "
-            f"stale: made {int(age)} s ago, max_age_s {cfg.revocation_max_age_s}; {then} "
-            "until a newer table is published",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif age < -300:
-        print(
-            f"farecore gate: WARNING: revocation table generation {generation} was made "
-            f"{int(-age)} s in this gate's future: check the gate's clock",
-            file=sys.stderr,
-            flush=True,
+        _loud(
+            f"WARNING: revocation table generation {generation} is already stale: made "
+            f"{int(age)} s ago, max_age_s {cfg.revocation_max_age_s}; {then} until a newer "
+            "table is published"
         )
 
 

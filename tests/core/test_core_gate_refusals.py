@@ -119,6 +119,21 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
         "writable by no one else",
     ),
     (
+        "a register that is not a register",
+        lambda tmp: (tmp / "terminals.csv").write_text("terminal_id,operater\n4401,x\n"),
+        "terminals.csv: header must be",
+    ),
+    (
+        "a state dir that is a file",
+        lambda tmp: (tmp / "state").write_text(""),
+        "state/marks-4401.json: cannot read the gate's marks",
+    ),
+    (
+        "a table store that is a file",
+        lambda tmp: (tmp / "state").mkdir() or (tmp / "state" / "tables").write_text(""),
+        "table store",
+    ),
+    (
         "damaged marks",
         lambda tmp: (
             (tmp / "state").mkdir()
@@ -156,6 +171,8 @@ def test_a_gate_refuses_to_start(
     ("extra", "message"),
     [
         ("[clock]\ntolerance_s = -1\n", "clock.tolerance_s must be 0..86400"),
+        ("[clock]\ntolerance_s = '300'\n", "clock.tolerance_s must be an integer"),
+        ("[state]\ndir = 7\n", "state.dir must be a string"),
         ("[clock]\ntolerance_s = 86401\n", "clock.tolerance_s must be 0..86400"),
         ("[clock]\ntolerence_s = 5\n", "did you mean 'tolerance_s'"),
         ("[stat]\ndir = 'x'\n", "did you mean 'state'"),

@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from farecore.errors import CardIOError, ConfigError, ReaderIOError
@@ -222,3 +222,29 @@ def test_any_card_answer_is_data_or_a_card_error(
                 assert response in answers
         decision = run_tap(channel, deck.validator(), now_ms, bytes(16))
         assert decision.reason is not None  # a scripted card is never accepted
+
+
+@given(
+    events=st.integers(0, 0xFFFF),
+    moved=st.integers(0, 3) | st.integers(0, 0xFFFF),
+    present=st.booleans(),
+    mute=st.booleans(),
+)
+@example(events=0xFFFF, moved=1, present=True, mute=False)  # the counter wraps
+def test_after_a_failed_card_only_a_true_removal_ends_the_wait(
+    events: int, moved: int, present: bool, mute: bool
+) -> None:
+    """With its handle dropped after a failed transaction, the reader takes the card for
+    gone when the slot is empty or mute, or when pcscd counted at least a removal and an
+    insertion since (two events); one event while a card is shown is the failed card, or
+    its ghost until pcscd's next poll, never room for the next tap."""
+    from smartcard import scard
+
+    reader = PcscReader("Virtual PCD 00 00")  # never opened: the rule is pure logic
+    reader._events, reader._handle = events, None
+    counter = (events + moved) & 0xFFFF
+    state = (counter << 16) | (scard.SCARD_STATE_PRESENT if present else scard.SCARD_STATE_EMPTY)
+    if mute:
+        state |= scard.SCARD_STATE_MUTE
+    gone = reader._card_gone(state) and not reader._still_ours(state)
+    assert gone == (not present or mute or moved >= 2)
