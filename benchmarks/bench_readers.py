@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _report import goal, p50, percentile, write_report
 
-from farecore.reader_port import CardChannel
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.reader_port import CardChannel
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 

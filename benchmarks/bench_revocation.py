@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 from _report import goal, write_report
 
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import SigningKey, save_signing_key
-from farecore.revocation import RevocationTable, TableStore, build_table, read_revocation_csv
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.decide.revocation import RevocationTable, TableStore, build_table, read_revocation_csv
 
 KEY = SigningKey("revocation", 1, PrivateKey(Algorithm.ED25519, bytes(range(32))))
 clock = time.perf_counter
@@ -180,9 +180,9 @@ def open_verify_first(path: Path, signer: Any, probe: int, rounds: int) -> tuple
 
 COLD = """
 import sys, time
-from farecore.keys import load_public_key_file
-from farecore.revocation import TableStore
-import farecore.tap, farecore.validator
+from farecore.card.keys import load_public_key_file
+from farecore.decide.revocation import TableStore
+import farecore.gate.tap, farecore.decide.validator
 store = TableStore(sys.argv[3])
 t = store.adopt(sys.argv[1], load_public_key_file(sys.argv[2], role="revocation"))
 t.lookup(12345)
@@ -198,8 +198,8 @@ def status():
         if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0]) * 1024
     return out
-from farecore.keys import load_public_key_file
-from farecore.revocation import TableStore
+from farecore.card.keys import load_public_key_file
+from farecore.decide.revocation import TableStore
 import numpy as np
 def pss():
     for line in open("/proc/self/smaps_rollup"):

@@ -42,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, goal, p50, percentile, write_report
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from farecore.batch import day_bounds_ms, encode_batch
-from farecore.decision import Decision
-from farecore.journal import (
+from farecore.card.keys import SigningKey
+from farecore.card.proof import auth_message, make_challenge
+from farecore.decide.decision import Decision
+from farecore.journal.batch import day_bounds_ms, encode_batch
+from farecore.journal.terminal import (
     GENESIS_HASH,
     Direction,
     Journal,
@@ -54,8 +56,6 @@ from farecore.journal import (
     decode_record,
     encode_record,
 )
-from farecore.keys import SigningKey
-from farecore.proof import auth_message, make_challenge
 from farecore.settlement import Ledger, format_terminals, run_settlement
 from farecore.settlement.pipeline import MapUnits, load_inputs, map_with_processes
 from farecore.settlement.terminals import TerminalInfo

@@ -2,7 +2,7 @@
 
 A tap is timed from "card present" to the decision: SELECT, READ CREDENTIAL, INTERNAL
 AUTHENTICATE (the virtual card signs), and the validator's checks (the terminal verifies),
-with the clock guard a gate runs (farecore.clockguard).
+with the clock guard a gate runs (farecore.decide.clockguard).
 The durable journal is off. The baseline, measured interleaved in the same loop, is the
 irreducible crypto of one tap: one card signature plus one verification of it.
 
@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _report import goal, p50, percentile, write_report
 
-from farecore.clockguard import ClockGuard
-from farecore.crypto import Algorithm, set_ed25519_backend
-from farecore.issued import IssuedList, build_issued_list
-from farecore.proof import auth_message
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.crypto import Algorithm, set_ed25519_backend
+from farecore.card.proof import auth_message
+from farecore.decide.clockguard import ClockGuard
+from farecore.decide.issued import IssuedList, build_issued_list
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 

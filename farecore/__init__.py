@@ -4,15 +4,20 @@ The core decides taps, keeps the revocation table, journals rides and settles th
 does no device I/O: readers (``readers/``) and the simulator (``sim/``) plug into it.
 """
 
-from farecore.checks import InMemoryRevocation, NoPassback, RevocationEntry
-from farecore.credential import Credential, CredentialFields, build_credential, parse_unverified
-from farecore.crypto import Algorithm, PrivateKey, load_public_key
-from farecore.decision import Decision, Reason, Timings
-from farecore.keys import IssuerKey, Keyring
-from farecore.proof import ProofOfTap, make_challenge
-from farecore.tap import run_tap
-from farecore.transaction import Transaction, TransactionResult
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.credential import (
+    Credential,
+    CredentialFields,
+    build_credential,
+    parse_unverified,
+)
+from farecore.card.crypto import Algorithm, PrivateKey, load_public_key
+from farecore.card.keys import IssuerKey, Keyring
+from farecore.card.proof import ProofOfTap, make_challenge
+from farecore.card.transaction import Transaction, TransactionResult
+from farecore.decide.checks import InMemoryRevocation, NoPassback, RevocationEntry
+from farecore.decide.decision import Decision, Reason, Timings
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 
 __all__ = [
     "Algorithm",

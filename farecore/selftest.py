@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from farecore.apdu import READ_CREDENTIAL, SELECT_RONGJUN
-from farecore.credential import CredentialFields, build_credential
-from farecore.crypto import Algorithm, PrivateKey
+from farecore.card.apdu import READ_CREDENTIAL, SELECT_RONGJUN
+from farecore.card.credential import CredentialFields, build_credential
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import IssuerKey, Keyring
+from farecore.card.proof import auth_message
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import BadSignature
-from farecore.keys import IssuerKey, Keyring
-from farecore.proof import auth_message
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 
 __all__ = ["TAP_P99_BUDGET_MS", "Check", "load_vectors", "run_selftest"]
 

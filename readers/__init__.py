@@ -1,6 +1,6 @@
 """Reader adapters for farecore: thin shells that move APDUs between a device and the core.
 
-Each adapter implements ``farecore.reader_port.Reader`` and registers a factory under the
+Each adapter implements ``farecore.gate.reader_port.Reader`` and registers a factory under the
 ``farecore.readers`` entry-point group.
 """
 

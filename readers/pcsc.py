@@ -38,7 +38,7 @@ from typing import Any
 # pyscard ships neither inline types nor stubs.
 from smartcard import scard  # type: ignore[import-untyped]
 
-from farecore.apdu import complete_t0
+from farecore.card.apdu import complete_t0
 from farecore.errors import CardIOError, ConfigError, ReaderIOError
 from readers.pcsc_calls import (
     CONTEXT_LOST,

@@ -24,7 +24,7 @@ from typing import Any
 
 import serial
 
-from farecore.apdu import complete_t0
+from farecore.card.apdu import complete_t0
 from farecore.errors import CardIOError, ReaderIOError
 from readers.pn532_frames import (
     ACK,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
-from farecore.apdu import complete_t0
+from farecore.card.apdu import complete_t0
 from farecore.errors import CardIOError, ReaderIOError
 
 __all__ = ["ApduCard", "VirtualChannel", "VirtualReader", "VirtualReaderFactory"]

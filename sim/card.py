@@ -16,7 +16,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from farecore.apdu import (
+from farecore.card.apdu import (
     AID,
     READ_CREDENTIAL,
     SELECT_RONGJUN,
@@ -30,10 +30,10 @@ from farecore.apdu import (
     SW_WRONG_P1P2,
     CommandApdu,
 )
-from farecore.credential import parse_unverified
-from farecore.crypto import PrivateKey
+from farecore.card.credential import parse_unverified
+from farecore.card.crypto import PrivateKey
+from farecore.card.proof import auth_message
 from farecore.errors import CardIOError, MalformedApdu
-from farecore.proof import auth_message
 
 __all__ = ["SPEC_VERSION", "STEPS", "CardFaults", "VirtualCard"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.proof import auth_message
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.proof import auth_message
 
 __all__ = ["crypto_us_per_tap"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from farecore.checks import InMemoryRevocation, RevocationEntry
-from farecore.crypto import Algorithm
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.crypto import Algorithm
+from farecore.decide.checks import InMemoryRevocation, RevocationEntry
+from farecore.decide.validator import TerminalPolicy, Validator
 from sim.card import CardFaults, VirtualCard
 from sim.issuer import QINGDAO, Issuer
 

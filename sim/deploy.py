@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from farecore.issued import build_issued_list
-from farecore.keys import save_signing_key
-from farecore.records import ROLE_DIRECTION
-from farecore.revocation import build_table
+from farecore.card.keys import save_signing_key
+from farecore.decide.issued import build_issued_list
+from farecore.decide.revocation import build_table
+from farecore.journal.records import ROLE_DIRECTION
 from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import QINGDAO
 from sim.network import BUS_LINES, METRO_BANDS, OPERATORS

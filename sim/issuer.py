@@ -10,9 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
-from farecore.credential import CredentialFields, build_credential
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import IssuerKey, Keyring, SigningKey
+from farecore.card.credential import CredentialFields, build_credential
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import IssuerKey, Keyring, SigningKey
 from sim.card import CardFaults, VirtualCard
 
 __all__ = ["QINGDAO", "CredentialOptions", "Issuer", "derive_key"]

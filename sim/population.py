@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import SigningKey
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import SigningKey
 from sim.card import CardFaults, VirtualCard
 from sim.issuer import CredentialOptions, Issuer
 

@@ -33,19 +33,20 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from farecore.batch import export_batch
-from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
-from farecore.decision import Decision
+from farecore.card.keys import SigningKey
+from farecore.decide.checks import NO_PASSBACK, PassbackCheck, RevocationEntry
+from farecore.decide.decision import Decision
+from farecore.decide.issued import IssuedList
+from farecore.decide.revocation import HotRevocation, TableStore
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import FarecoreError
-from farecore.gate import Gate
-from farecore.issued import IssuedList
-from farecore.journal import JournalReader, TapContext
-from farecore.keys import SigningKey
-from farecore.passback import PassbackRule, PassbackStore
-from farecore.revocation import HotRevocation, TableStore
+from farecore.gate.controller import StationController
+from farecore.gate.runtime import Gate
+from farecore.journal.batch import export_batch
+from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.station import StationJournal
+from farecore.journal.terminal import JournalReader, TapContext
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
-from farecore.station import StationController, StationJournal
-from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.ceiling import crypto_us_per_tap
@@ -242,7 +243,7 @@ def _lane(
 
     The controller's gates share one station journal (their passback state in the same
     file) and commit in groups: a tap's gate opens once the commit that holds its ride
-    returns (``farecore.station``).
+    returns (``farecore.journal.station``).
     """
     wl, clock, opts = world.workload, world.clock, world.opts
     keyring = world.issuer.keyring()
@@ -399,7 +400,7 @@ def _lane(
             )
             progress[slot] += len(taps) % 64
             # After the day: the station file's rows move from the recent tables to their
-            # terminals' tables as the controller closes it (``farecore.station``).
+            # terminals' tables as the controller closes it (``farecore.journal.station``).
             t_close = perf()
             station.close()
             out.close_ns[0] = perf() - t_close

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from farecore.decision import Decision
+from farecore.decide.decision import Decision
 from farecore.errors import ReaderIOError
-from farecore.gate import Gate
+from farecore.gate.runtime import Gate
 from sim.workload import label_name
 
 __all__ = [

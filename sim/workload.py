@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from farecore.decision import Reason
+from farecore.decide.decision import Reason
 from sim.network import METRO_BANDS, GatePlan, Network
 from sim.population import CARD_KINDS, FraudMix, Population
 

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import IssuerKey, Keyring
-from farecore.validator import TerminalPolicy
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import IssuerKey, Keyring
+from farecore.decide.validator import TerminalPolicy
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "card-vectors.json"
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from card_vectors import load_vectors, vector_keyring, vector_policy
 
-from farecore.keys import Keyring
-from farecore.validator import TerminalPolicy
+from farecore.card.keys import Keyring
+from farecore.decide.validator import TerminalPolicy
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from farecore.keys import SigningKey, save_signing_key
-from farecore.revocation import build_table
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.decide.revocation import build_table
 from sim.deck import Deck
 from sim.issuer import derive_key
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from farecore.config import load_gate_config
+from farecore.card.keys import Keyring, SigningKey, load_public_key_file, save_signing_key
 from farecore.errors import ConfigError, KeyFileError, MalformedFile
-from farecore.keys import Keyring, SigningKey, load_public_key_file, save_signing_key
+from farecore.gate.config import load_gate_config
 from farecore.settlement.fares import parse_fares
 from sim.issuer import Issuer, derive_key
 

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from farecore.batch import export_batch, parse_day
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import JournalError
-from farecore.journal import RECENT_RECORDS, Journal, JournalReader, TapContext
-from farecore.keys import SigningKey, save_signing_key
-from farecore.records import Direction
-from farecore.station import StationJournal
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
+from farecore.journal.batch import export_batch, parse_day
+from farecore.journal.records import Direction
+from farecore.journal.station import StationJournal
+from farecore.journal.terminal import RECENT_RECORDS, Journal, JournalReader, TapContext
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer, derive_key
 

@@ -10,19 +10,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from farecore.checks import NO_PASSBACK, PassbackCheck, RevocationSource
-from farecore.clockguard import ClockGuard
+from farecore.card.keys import Keyring
 from farecore.commands._args import count
-from farecore.config import GateConfig, load_gate_config
+from farecore.decide.checks import NO_PASSBACK, PassbackCheck, RevocationSource
+from farecore.decide.clockguard import ClockGuard
+from farecore.decide.validator import Validator
 from farecore.errors import ConfigError, JournalError
-from farecore.gate import Actuator, CommandActuator, ConsoleActuator, Gate, RideLog
-from farecore.keys import Keyring
-from farecore.marks import GateMarks
-from farecore.reader_port import open_reader
-from farecore.validator import Validator
+from farecore.gate.config import GateConfig, load_gate_config
+from farecore.gate.marks import GateMarks
+from farecore.gate.reader_port import open_reader
+from farecore.gate.runtime import Actuator, CommandActuator, ConsoleActuator, Gate, RideLog
 
 if TYPE_CHECKING:
-    from farecore.issued import IssuedList
+    from farecore.decide.issued import IssuedList
 
 __all__ = ["open_gate", "register"]
 
@@ -52,8 +52,8 @@ def _revocation(
 ) -> RevocationSource | None:
     if cfg.revocation_table is None:
         return None
-    from farecore.keys import load_public_key_file
-    from farecore.revocation import HotRevocation, RevocationTable, TableStore
+    from farecore.card.keys import load_public_key_file
+    from farecore.decide.revocation import HotRevocation, RevocationTable, TableStore
 
     signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
     store = TableStore(cfg.revocation_store)
@@ -75,7 +75,7 @@ def _revocation(
 
 def _issued(cfg: GateConfig, keyring: Keyring, marks: GateMarks) -> list[IssuedList]:
     """The issued lists to use: none older than one this gate already used (rollback)."""
-    from farecore.issued import IssuedList
+    from farecore.decide.issued import IssuedList
 
     lists = []
     # Oldest first: of two lists for one issuer key, the later one is kept, not refused.
@@ -154,8 +154,8 @@ def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float
 
 
 def _journal(cfg: GateConfig, stack: contextlib.ExitStack) -> tuple[RideLog | None, Any]:
-    from farecore.journal import Journal, TapContext
-    from farecore.records import ROLE_DIRECTION
+    from farecore.journal.records import ROLE_DIRECTION
+    from farecore.journal.terminal import Journal, TapContext
 
     direction = ROLE_DIRECTION[cfg.role]
     ctx = TapContext(operator=cfg.operator, line=cfg.line, place=cfg.place, direction=direction)
@@ -173,7 +173,7 @@ def _passback(cfg: GateConfig, stack: contextlib.ExitStack) -> PassbackCheck:
         return NO_PASSBACK
     if cfg.passback_store is None:
         raise ConfigError("passback.window_s is set but passback.store is not")
-    from farecore.passback import PassbackRule, PassbackStore
+    from farecore.journal.passback import PassbackRule, PassbackStore
 
     store = PassbackStore.open(
         cfg.passback_store, PassbackRule(window_s=cfg.passback_window_s), cfg.place
@@ -192,7 +192,7 @@ def _check_terminal_key(cfg: GateConfig) -> None:
         if cfg.register is not None:
             raise ConfigError("terminal.register is set but terminal.key is not")
         return
-    from farecore.keys import load_private_key
+    from farecore.card.keys import load_private_key
 
     key = load_private_key(cfg.terminal_key, role="terminal")
     if key.key_id != cfg.terminal_id:
@@ -202,7 +202,7 @@ def _check_terminal_key(cfg: GateConfig) -> None:
         )
     if cfg.register is None:
         return
-    from farecore.records import ROLE_DIRECTION
+    from farecore.journal.records import ROLE_DIRECTION
     from farecore.settlement.terminals import parse_terminals
 
     try:

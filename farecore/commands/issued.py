@@ -12,8 +12,8 @@ import json
 import time
 from typing import Any
 
+from farecore.card.keys import Keyring, load_private_key
 from farecore.commands._args import count, path, refuse_rollback, uint
-from farecore.keys import Keyring, load_private_key
 
 __all__ = ["register"]
 
@@ -95,7 +95,7 @@ def register(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from farecore.issued import build_issued_list, peek_generation, read_credential_lines
+    from farecore.decide.issued import build_issued_list, peek_generation, read_credential_lines
 
     key = load_private_key(args.key, role="issuer")
     refuse_rollback(args.out, args.generation, peek_generation, "issued list", args.replace)
@@ -118,7 +118,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from farecore.issued import IssuedList
+    from farecore.decide.issued import IssuedList
 
     facts = IssuedList.open(args.list, Keyring.load(args.keyring)).describe()
     if args.json:
@@ -131,8 +131,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from farecore.decide.issued import IssuedList
     from farecore.errors import MalformedInput
-    from farecore.issued import IssuedList
 
     raws = []
     for text in args.credentials:

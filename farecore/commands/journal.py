@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from farecore.atomicfile import write_atomic
-from farecore.batch import export_batch, parse_day, verify_batch
+from farecore.card.keys import load_private_key, load_public_key_file
 from farecore.commands._args import path, uint
 from farecore.errors import ConfigError, JournalError
-from farecore.journal import JournalReader
-from farecore.keys import load_private_key, load_public_key_file
+from farecore.journal.batch import export_batch, parse_day, verify_batch
+from farecore.journal.terminal import JournalReader
 
 __all__ = ["parse_utc_offset", "register"]
 

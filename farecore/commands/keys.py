@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from farecore.card.crypto import Algorithm
+from farecore.card.keys import IssuerKey, Keyring, load_public_key_file, new_key_pair
 from farecore.commands._args import path, uint
-from farecore.crypto import Algorithm
-from farecore.keys import IssuerKey, Keyring, load_public_key_file, new_key_pair
 
 __all__ = ["register"]
 

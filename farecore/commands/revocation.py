@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from farecore.card.keys import PublicKeyFile, load_private_key, load_public_key_file
 from farecore.commands._args import path, refuse_rollback, uint
-from farecore.config import read_gate_toml
 from farecore.errors import ConfigError
-from farecore.keys import PublicKeyFile, load_private_key, load_public_key_file
+from farecore.gate.config import read_gate_toml
 
 __all__ = ["register"]
 
@@ -137,9 +137,9 @@ def _when(seconds: int) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from farecore.revocation import build_table, read_revocation_csv
-    from farecore.revocation.builder import BuildError
-    from farecore.revocation.csvinput import line_name
+    from farecore.decide.revocation import build_table, read_revocation_csv
+    from farecore.decide.revocation.builder import BuildError
+    from farecore.decide.revocation.csvinput import line_name
 
     key = load_private_key(args.key, role="revocation")
     created_at = args.created_at if args.created_at is not None else int(time.time())
@@ -171,8 +171,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _table_generation(head: bytes) -> int | None:
+    from farecore.decide.revocation.format import parse_header_unverified
     from farecore.errors import TableRejected
-    from farecore.revocation.format import parse_header_unverified
 
     try:
         return parse_header_unverified(head)[0].generation
@@ -181,7 +181,7 @@ def _table_generation(head: bytes) -> int | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from farecore.revocation import RevocationTable
+    from farecore.decide.revocation import RevocationTable
 
     signer, path = _signer_and_table(args)
     facts = RevocationTable.open(path, signer).describe()
@@ -202,7 +202,7 @@ def _parse_id(text: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farecore.revocation import RevocationReason, RevocationTable
+    from farecore.decide.revocation import RevocationReason, RevocationTable
 
     ids = [_parse_id(t) for t in args.ids]
     signer, path = _signer_and_table(args)

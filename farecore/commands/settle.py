@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farecore.batch import parse_day
 from farecore.commands._args import count, path
+from farecore.journal.batch import parse_day
 from farecore.settlement.ledger import Ledger
 from farecore.settlement.merge import Settlement
 from farecore.settlement.pipeline import (

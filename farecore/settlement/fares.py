@@ -47,7 +47,7 @@ from typing import Any
 
 from farecore.boundedinput import load_toml
 from farecore.errors import MalformedFile
-from farecore.records import ROLE_DIRECTION, Direction
+from farecore.journal.records import ROLE_DIRECTION, Direction
 from farecore.strictkeys import check_keys
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
 
 UNPAIRED_RULES = ("min", "max", "hold", "zero")
 DEFAULT_CLOCK_TOLERANCE_S = 300
-DEFAULT_REVOCATION_MAX_AGE_S = 172_800  # the gates' default (farecore.config)
+DEFAULT_REVOCATION_MAX_AGE_S = 172_800  # the gates' default (farecore.gate.config)
 DEFAULT_UTC_OFFSET_MIN = 480
 ALL_CATEGORIES = frozenset({1, 2, 3, 4, 5})
 _MAX_FEN = 10**9
@@ -132,7 +132,7 @@ class OperatorPolicy:
 
     ``passback_s`` maps a terminal direction to its anti-passback window in seconds
     (a direction not in it has no rule); ``scope`` "place" shares the rule among the
-    gates of one place, "terminal" keeps it per gate, as ``farecore.passback`` does.
+    gates of one place, "terminal" keeps it per gate, as ``farecore.journal.passback`` does.
     """
 
     operator: str

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from farecore.records import Direction
+from farecore.journal.records import Direction
 from farecore.settlement.admission import Admitted
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable

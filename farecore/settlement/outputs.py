@@ -21,7 +21,7 @@ import numpy as np
 
 from farecore.atomicfile import write_atomic
 from farecore.errors import SettlementError
-from farecore.journal import Direction
+from farecore.journal.terminal import Direction
 from farecore.settlement.anomalies import KINDS
 from farecore.settlement.merge import Settlement, Total
 from farecore.settlement.rides import TRIPS, PricedRides

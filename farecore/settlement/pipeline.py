@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from farecore.batch import day_bounds_ms, peek_header
 from farecore.boundedinput import read_limited
+from farecore.card.keys import Keyring, load_public_key_file
+from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation.csvinput import read_revocation_csv
 from farecore.errors import LedgerDamaged, MalformedFile, SettlementError
-from farecore.keys import Keyring, load_public_key_file
-from farecore.revocation import RevocationTable
-from farecore.revocation.csvinput import read_revocation_csv
+from farecore.journal.batch import day_bounds_ms, peek_header
 from farecore.settlement.admission import Admission, Admitted, Settled, admit
 from farecore.settlement.anomalies import REVIEW_KINDS, Anomaly
 from farecore.settlement.fares import FareTable, parse_fares

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farecore.journal import Direction
+from farecore.journal.terminal import Direction
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import FareTable, MetroFare
 from farecore.settlement.rides import (

@@ -13,9 +13,9 @@ import csv
 import io
 from dataclasses import dataclass
 
-from farecore.crypto import Algorithm, PublicKey, load_public_key
+from farecore.card.crypto import Algorithm, PublicKey, load_public_key
 from farecore.errors import MalformedFile
-from farecore.journal import Direction
+from farecore.journal.terminal import Direction
 
 __all__ = ["COLUMNS", "TerminalInfo", "format_terminals", "parse_terminals"]
 

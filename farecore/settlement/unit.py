@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from farecore.batch import day_bounds_ms, peek_terminal_id, verify_batch, verify_batch_rows
-from farecore.credential import parse_unverified
-from farecore.crypto import PublicKey
+from farecore.card.credential import parse_unverified
+from farecore.card.crypto import PublicKey
+from farecore.card.keys import Keyring
+from farecore.card.proof import challenge_head, verify_card_signature, verify_credential
 from farecore.errors import BadSignature, MalformedInput
-from farecore.keys import Keyring
-from farecore.proof import challenge_head, verify_card_signature, verify_credential
-from farecore.records import Direction
+from farecore.journal.batch import day_bounds_ms, peek_terminal_id, verify_batch, verify_batch_rows
+from farecore.journal.records import Direction
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.fares import OperatorPolicy
 from farecore.settlement.terminals import TerminalInfo

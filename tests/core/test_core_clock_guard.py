@@ -15,14 +15,14 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farecore.checks import InMemoryRevocation
-from farecore.clockguard import ClockGuard
-from farecore.decision import Reason
-from farecore.journal import Journal, TapContext
-from farecore.marks import GateMarks
-from farecore.records import Direction
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.checks import InMemoryRevocation
+from farecore.decide.clockguard import ClockGuard
+from farecore.decide.decision import Reason
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.marks import GateMarks
+from farecore.gate.tap import run_tap
+from farecore.journal.records import Direction
+from farecore.journal.terminal import Journal, TapContext
 from readers.virtual import VirtualReader
 from sim.card import CardFaults
 from sim.issuer import Issuer

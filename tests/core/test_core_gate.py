@@ -10,10 +10,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from farecore.checks import InMemoryRevocation, RevocationEntry
-from farecore.crypto import Algorithm
-from farecore.gate import Gate
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.crypto import Algorithm
+from farecore.decide.checks import InMemoryRevocation, RevocationEntry
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.runtime import Gate
 from readers.virtual import VirtualReader
 from sim.card import STEPS, CardFaults, VirtualCard
 from sim.issuer import Issuer

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from farecore.config import load_gate_config
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import ConfigError
-from farecore.gate import Gate
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.config import load_gate_config
+from farecore.gate.runtime import Gate
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 
@@ -130,7 +130,7 @@ def test_a_gate_refuses_another_terminals_key(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from farecore.keys import SigningKey, save_signing_key
+    from farecore.card.keys import SigningKey, save_signing_key
     from sim.issuer import derive_key
 
     save_signing_key(SigningKey("terminal", 2, derive_key("x", "t2")), tmp_path / "t2")

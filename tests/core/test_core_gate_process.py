@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from farecore.issued import build_issued_list
-from farecore.journal import JournalReader
+from farecore.decide.issued import build_issued_list
+from farecore.journal.terminal import JournalReader
 from sim.issuer import Issuer
 
 
@@ -109,8 +109,8 @@ def test_gate_process_names_a_missing_reader_adapter(tmp_path: Path) -> None:
 
 
 def test_a_gate_with_a_stale_table_says_so_at_start(tmp_path: Path) -> None:
-    from farecore.keys import SigningKey, save_signing_key
-    from farecore.revocation import build_table
+    from farecore.card.keys import SigningKey, save_signing_key
+    from farecore.decide.revocation import build_table
     from sim.issuer import derive_key
 
     cfg = _config(tmp_path)

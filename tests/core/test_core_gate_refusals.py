@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from farecore.keys import SigningKey, save_signing_key
-from farecore.records import Direction
-from farecore.revocation import build_table
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.decide.revocation import build_table
+from farecore.journal.records import Direction
 from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import Issuer, derive_key
 

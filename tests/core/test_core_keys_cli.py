@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from farecore.card.crypto import Algorithm
+from farecore.card.keys import Keyring, load_private_key, load_public_key_file, new_key_pair
 from farecore.cli import build_parser
-from farecore.crypto import Algorithm
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import KeyFileError, KeyringError, MalformedFile
-from farecore.keys import Keyring, load_private_key, load_public_key_file, new_key_pair
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 

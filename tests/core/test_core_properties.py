@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from farecore.apdu import CommandApdu, split_response
-from farecore.credential import CredentialFields, build_credential, parse_unverified
-from farecore.crypto import Algorithm
+from farecore.card.apdu import CommandApdu, split_response
+from farecore.card.credential import CredentialFields, build_credential, parse_unverified
+from farecore.card.crypto import Algorithm
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import MalformedApdu, MalformedCredential
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.issuer import Issuer, derive_key
@@ -182,7 +182,7 @@ def test_short_responses_have_no_status_word(data: bytes) -> None:
 
 @given(command=st.binary(min_size=4, max_size=40), response=st.binary(max_size=40))
 def test_t0_is_completed_at_most_once(command: bytes, response: bytes) -> None:
-    from farecore.apdu import complete_t0, t0_followup
+    from farecore.card.apdu import complete_t0, t0_followup
 
     sent: list[bytes] = []
 

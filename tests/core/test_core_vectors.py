@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from card_vectors import VECTORS_PATH, vector_private_key
 
-from farecore.apdu import READ_CREDENTIAL, SELECT_RONGJUN, internal_authenticate
-from farecore.credential import CredentialFields, build_credential, parse_unverified
-from farecore.crypto import Algorithm, PrivateKey
+from farecore.card.apdu import READ_CREDENTIAL, SELECT_RONGJUN, internal_authenticate
+from farecore.card.credential import CredentialFields, build_credential, parse_unverified
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import Keyring, SigningKey
+from farecore.card.proof import verify_credential
+from farecore.decide.issued import IssuedList, build_issued_list
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import BadSignature, MalformedInput
-from farecore.issued import IssuedList, build_issued_list
-from farecore.keys import Keyring, SigningKey
-from farecore.proof import verify_credential
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 
@@ -158,7 +158,7 @@ def test_p256_signature_is_not_required_to_be_deterministic(
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-    from farecore.proof import auth_message
+    from farecore.card.proof import auth_message
 
     ec_key = ec.derive_private_key(int.from_bytes(key.secret, "big"), ec.SECP256R1())
     der = ec_key.sign(auth_message(1, 1, challenge), ec.ECDSA(hashes.SHA256()))  # random k

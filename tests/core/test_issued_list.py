@@ -9,19 +9,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from farecore.card.credential import parse_unverified
+from farecore.card.keys import SigningKey, save_signing_key
 from farecore.cli import main
-from farecore.credential import parse_unverified
-from farecore.errors import MalformedInput
-from farecore.issued import (
+from farecore.decide.issued import (
     IssuedList,
     IssuedListError,
     build_issued_list,
     encode_list,
     read_credential_lines,
 )
-from farecore.keys import SigningKey, save_signing_key
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.errors import MalformedInput
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.issuer import QINGDAO, Issuer, derive_key
@@ -247,7 +247,7 @@ def test_issued_build_refuses_to_roll_back(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from farecore.keys import save_signing_key
+    from farecore.card.keys import save_signing_key
     from sim.issuer import Issuer, derive_key
 
     issuer = Issuer.from_seed("rollback")

@@ -22,7 +22,10 @@ from fuzz_support import attempt, fuzz_settings, mutated
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from farecore.batch import (
+from farecore.card.keys import SigningKey
+from farecore.errors import BadSignature, MalformedFile
+from farecore.gate.tap import run_tap
+from farecore.journal.batch import (
     BATCH_SIGNING_TAG,
     _sign_batch,
     encode_batch,
@@ -31,9 +34,7 @@ from farecore.batch import (
     verify_batch,
     verify_batch_rows,
 )
-from farecore.errors import BadSignature, MalformedFile
-from farecore.keys import SigningKey
-from farecore.records import (
+from farecore.journal.records import (
     GENESIS_HASH,
     Direction,
     JournalRecord,
@@ -47,7 +48,6 @@ from farecore.records import (
 from farecore.settlement.fares import parse_fares
 from farecore.settlement.terminals import TerminalInfo
 from farecore.settlement.unit import Partial, UnitConfig, settle_bytes
-from farecore.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.deck import Deck
 from sim.issuer import derive_key

@@ -20,10 +20,10 @@ from fuzz_support import attempt, fuzz_settings, mutated, mutated_text
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from farecore.config import load_gate_config
-from farecore.crypto import Algorithm, PrivateKey
+from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.errors import ConfigError, MalformedFile
-from farecore.records import Direction
+from farecore.gate.config import load_gate_config
+from farecore.journal.records import Direction
 from farecore.settlement.fares import parse_fares
 from farecore.settlement.terminals import TerminalInfo, format_terminals, parse_terminals
 

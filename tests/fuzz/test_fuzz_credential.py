@@ -8,8 +8,8 @@ from fuzz_support import attempt, fuzz_settings, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farecore.credential import parse_unverified
-from farecore.crypto import Algorithm
+from farecore.card.credential import parse_unverified
+from farecore.card.crypto import Algorithm
 from farecore.errors import MalformedCredential
 from sim.issuer import Issuer, derive_key
 

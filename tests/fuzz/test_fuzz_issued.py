@@ -19,8 +19,7 @@ from fuzz_support import attempt, fuzz_settings, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farecore.errors import MalformedInput
-from farecore.issued import (
+from farecore.decide.issued import (
     HEADER_SIZE,
     LIST_SIGNING_TAG,
     MAGIC,
@@ -30,6 +29,7 @@ from farecore.issued import (
     peek_generation,
     read_credential_lines,
 )
+from farecore.errors import MalformedInput
 from sim.issuer import Issuer, derive_key
 
 pytestmark = pytest.mark.fuzz

@@ -20,15 +20,15 @@ from fuzz_support import attempt, fuzz_settings, mutated
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from farecore.crypto import Algorithm
-from farecore.errors import KeyFileError, MalformedFile
-from farecore.keys import (
+from farecore.card.crypto import Algorithm
+from farecore.card.keys import (
     Keyring,
     SigningKey,
     load_private_key,
     load_public_key_file,
     save_signing_key,
 )
+from farecore.errors import KeyFileError, MalformedFile
 from sim.issuer import Issuer, derive_key
 
 pytestmark = pytest.mark.fuzz

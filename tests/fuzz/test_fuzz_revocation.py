@@ -25,11 +25,17 @@ from fuzz_support import attempt, fuzz_settings, mutated, mutated_text
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-from farecore.crypto import Algorithm, PrivateKey
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import PublicKeyFile, SigningKey
+from farecore.decide.revocation import RevocationTable, build_table, read_revocation_csv
+from farecore.decide.revocation.format import (
+    HEADER_SIZE,
+    Header,
+    RevocationReason,
+    layout_for,
+    slot_shift,
+)
 from farecore.errors import MalformedInput, TableRejected
-from farecore.keys import PublicKeyFile, SigningKey
-from farecore.revocation import RevocationTable, build_table, read_revocation_csv
-from farecore.revocation.format import HEADER_SIZE, Header, RevocationReason, layout_for, slot_shift
 
 pytestmark = pytest.mark.fuzz
 

@@ -18,7 +18,7 @@ from fuzz_support import attempt, fuzz_settings, mutated
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from farecore.apdu import (
+from farecore.card.apdu import (
     READ_CREDENTIAL,
     SELECT_RONGJUN,
     CommandApdu,
@@ -26,14 +26,14 @@ from farecore.apdu import (
     internal_authenticate,
     split_response,
 )
-from farecore.credential import parse_unverified
-from farecore.decision import Decision, Reason
+from farecore.card.credential import parse_unverified
+from farecore.card.proof import parse_auth_response
+from farecore.card.transaction import Outcome, Transaction
+from farecore.decide.decision import Decision, Reason
+from farecore.decide.issued import IssuedList, build_issued_list
+from farecore.decide.validator import Validator
 from farecore.errors import CardIOError, MalformedApdu, MalformedCredential
-from farecore.issued import IssuedList, build_issued_list
-from farecore.proof import parse_auth_response
-from farecore.tap import run_tap
-from farecore.transaction import Outcome, Transaction
-from farecore.validator import Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualChannel, VirtualReader
 from sim.card import VirtualCard
 from sim.deck import Deck

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from journal_support import TERMINAL_ID
 
-from farecore.decision import Decision
-from farecore.journal import Journal
-from farecore.keys import SigningKey
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.keys import SigningKey
+from farecore.decide.decision import Decision
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
+from farecore.journal.terminal import Journal
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.issuer import Issuer, derive_key

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from journal_support import BASE_MS, CTX, TERMINAL_ID
 
-from farecore.journal import Journal
-from farecore.passback import PassbackRule, PassbackStore
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
+from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.terminal import Journal
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 

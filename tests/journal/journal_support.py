@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farecore.journal import Direction, TapContext
+from farecore.journal.terminal import Direction, TapContext
 
 TERMINAL_ID = 4242
 # 2026-03-02 10:00 in Qingdao (UTC+8)

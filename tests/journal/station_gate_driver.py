@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from journal_support import BASE_MS, CTX
 
-from farecore.decision import Decision
-from farecore.gate import Gate
-from farecore.passback import PassbackRule, PassbackStore
-from farecore.station import StationController, StationJournal
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.decision import Decision
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.controller import StationController
+from farecore.gate.runtime import Gate
+from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.station import StationJournal
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer
 

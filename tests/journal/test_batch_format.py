@@ -13,18 +13,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from journal_support import BASE_MS, CTX, TERMINAL_ID
 
-from farecore.batch import (
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.cli import main
+from farecore.decide.decision import Decision
+from farecore.errors import BadSignature, JournalError, MalformedFile
+from farecore.journal.batch import (
     BatchRejected,
     day_bounds_ms,
     encode_batch,
     export_batch,
     verify_batch,
 )
-from farecore.cli import main
-from farecore.decision import Decision
-from farecore.errors import BadSignature, JournalError, MalformedFile
-from farecore.journal import Journal, JournalReader
-from farecore.keys import SigningKey, save_signing_key
+from farecore.journal.terminal import Journal, JournalReader
 from sim.issuer import derive_key
 
 DAY = dt.date(2026, 3, 2)

@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from journal_support import BASE_MS, CTX, TERMINAL_ID
 
-from farecore.batch import export_batch
-from farecore.decision import Decision
+from farecore.card.keys import SigningKey
+from farecore.decide.decision import Decision
 from farecore.errors import JournalError, MalformedFile
-from farecore.journal import (
+from farecore.journal.batch import export_batch
+from farecore.journal.terminal import (
     GENESIS_HASH,
     Direction,
     Journal,
@@ -28,7 +29,6 @@ from farecore.journal import (
     decode_record,
     encode_record,
 )
-from farecore.keys import SigningKey
 from sim.issuer import derive_key
 
 
@@ -55,7 +55,7 @@ def test_appends_chain_and_reopen_continues(
 def test_denied_taps_are_journaled_without_proof(
     journal: Journal, tapper: Callable[[int, int], Decision], issuer: object
 ) -> None:
-    from farecore.decision import Reason
+    from farecore.decide.decision import Reason
 
     denied = Decision(False, Reason.UNREADABLE, TERMINAL_ID, BASE_MS, b"\x01" * 32)
     rec = journal.append(denied, CTX)

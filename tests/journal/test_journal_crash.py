@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from journal_support import TERMINAL_ID
 
-from farecore.journal import JournalReader
+from farecore.journal.terminal import JournalReader
 
 DRIVER = Path(__file__).with_name("journal_gate_driver.py")
 

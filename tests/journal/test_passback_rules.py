@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from journal_support import BASE_MS
 
-from farecore.checks import PassbackCheck
+from farecore.decide.checks import PassbackCheck
 from farecore.errors import ConfigError
-from farecore.passback import PassbackRule, PassbackStore
+from farecore.journal.passback import PassbackRule, PassbackStore
 
 WINDOW_S = 600
 
@@ -117,7 +117,7 @@ def test_lockout_never_exceeds_window_plus_skew(
 _GATE = textwrap.dedent(
     """
     import sys
-    from farecore.passback import PassbackRule, PassbackStore
+    from farecore.journal.passback import PassbackRule, PassbackStore
     store = PassbackStore.open(sys.argv[1], PassbackRule(window_s=600), "station-1")
     first, count, now = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     refused = 0

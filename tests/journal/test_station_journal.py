@@ -20,13 +20,24 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from journal_support import BASE_MS, CTX
 from station_gate_driver import STATION_TERMINALS
 
-import farecore.station as station_module
-from farecore.batch import export_batch, verify_batch
+import farecore.journal.station as station_module
+from farecore.card.keys import SigningKey, save_signing_key
 from farecore.cli import main
-from farecore.decision import Decision, Reason
+from farecore.decide.decision import Decision, Reason
+from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import JournalError
-from farecore.gate import Gate
-from farecore.journal import (
+from farecore.gate.controller import StationController
+from farecore.gate.runtime import Gate
+from farecore.gate.tap import run_tap
+from farecore.journal.batch import export_batch, verify_batch
+from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.records import Direction, credential_hash, encode_record, encode_tap
+from farecore.journal.station import (
+    STATION_FORMAT,
+    StationJournal,
+    replay_passback,
+)
+from farecore.journal.terminal import (
     GENESIS_HASH,
     RECENT_RECORDS,
     Journal,
@@ -34,17 +45,6 @@ from farecore.journal import (
     TapContext,
     draft_records,
 )
-from farecore.keys import SigningKey, save_signing_key
-from farecore.passback import PassbackRule, PassbackStore
-from farecore.records import Direction, credential_hash, encode_record, encode_tap
-from farecore.station import (
-    STATION_FORMAT,
-    StationController,
-    StationJournal,
-    replay_passback,
-)
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.issuer import Issuer, derive_key

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from journal_support import BASE_MS, CTX, TERMINAL_ID
 
-from farecore.decision import Decision
-from farecore.journal import Journal, JournalReader
-from farecore.passback import PassbackRule, PassbackStore
-from farecore.walfile import WAL_CHECKPOINT_PAGES, reserve_wal, wal_reserve_bytes
+from farecore.decide.decision import Decision
+from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.terminal import Journal, JournalReader
+from farecore.journal.walfile import WAL_CHECKPOINT_PAGES, reserve_wal, wal_reserve_bytes
 
 
 def _wal_size(path: Path) -> int:

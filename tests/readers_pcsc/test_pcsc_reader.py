@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from farecore.errors import CardIOError, ConfigError, ReaderIOError
-from farecore.reader_port import open_reader
-from farecore.tap import run_tap
+from farecore.gate.reader_port import open_reader
+from farecore.gate.tap import run_tap
 from readers.pcsc import PcscReader, PcscReaderFactory
 from sim.card import VirtualCard
 from sim.pcscd import PcscDaemon, _remove_stale, can_isolate

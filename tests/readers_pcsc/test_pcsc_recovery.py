@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from farecore.decision import Reason
+from farecore.decide.decision import Reason
 from farecore.errors import ReaderIOError
-from farecore.tap import run_tap
+from farecore.gate.tap import run_tap
 from readers.pcsc import PcscReader
 from sim.pcscd import PcscDaemon
 from sim.vpcd import VpcdCardServer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from farecore.decision import Reason
-from farecore.tap import run_tap
+from farecore.decide.decision import Reason
+from farecore.gate.tap import run_tap
 from readers.pcsc import PcscReader
 from sim.deck import Deck
 from sim.vpcd import VpcdCardServer

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from farecore.apdu import AID
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.proof import challenge_fields
-from farecore.tap import run_tap
-from farecore.validator import Validator
+from farecore.card.apdu import AID
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.proof import challenge_fields
+from farecore.decide.validator import Validator
+from farecore.gate.tap import run_tap
 from readers.pcsc import PcscReader
 from sim.card import VirtualCard
 from sim.vpcd import VpcdCardServer

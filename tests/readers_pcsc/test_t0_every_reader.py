@@ -2,7 +2,7 @@
 
 The same card, answering 61xx and 6Cxx, taps through the virtual reader, a real pcscd
 with the vpcd virtual reader, and our PN532 driver on an emulated PN532 on a pty: every
-reader completes the transport once (``farecore.apdu.complete_t0``) and decides alike.
+reader completes the transport once (``farecore.card.apdu.complete_t0``) and decides alike.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from test_pcsc_reader import T0Card
 
-from farecore.reader_port import Reader
-from farecore.tap import run_tap
+from farecore.gate.reader_port import Reader
+from farecore.gate.tap import run_tap
 from readers.pcsc import PcscReader
 from readers.pn532 import Pn532Reader
 from readers.virtual import VirtualReader

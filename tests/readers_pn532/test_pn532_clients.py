@@ -13,10 +13,10 @@ from typing import Any
 
 import nfc
 
-from farecore.apdu import AID
-from farecore.credential import parse_unverified
-from farecore.crypto import Algorithm, PrivateKey, load_public_key
-from farecore.proof import parse_auth_response, verify_card_signature
+from farecore.card.apdu import AID
+from farecore.card.credential import parse_unverified
+from farecore.card.crypto import Algorithm, PrivateKey, load_public_key
+from farecore.card.proof import parse_auth_response, verify_card_signature
 from sim.card import VirtualCard
 from sim.issuer import Issuer
 from sim.pn532_emulator import Pn532Emulator

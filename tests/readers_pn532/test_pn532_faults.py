@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farecore.errors import CardIOError, ReaderIOError
-from farecore.reader_port import open_reader
-from farecore.tap import run_tap
+from farecore.gate.reader_port import open_reader
+from farecore.gate.tap import run_tap
 from readers.pn532 import Pn532Reader
 from readers.pn532_frames import ERROR_FRAME
 from sim.card import CardFaults

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from gate_process import GateProcess, gate_process, write_gate_config
 
-from farecore.keys import SigningKey
-from farecore.revocation import build_table
+from farecore.card.keys import SigningKey
+from farecore.decide.revocation import build_table
 from sim.deck import Deck
 from sim.issuer import derive_key
 from sim.pn532_emulator import Pn532Emulator

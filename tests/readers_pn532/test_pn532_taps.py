@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from farecore.decision import Decision
-from farecore.tap import run_tap
+from farecore.decide.decision import Decision
+from farecore.gate.tap import run_tap
 from readers.pn532 import Pn532Reader
 from sim.pn532_emulator import Pn532Emulator
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farecore.crypto import Algorithm, PrivateKey
-from farecore.keys import PublicKeyFile, SigningKey
-from farecore.revocation import TableSummary, build_table
+from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.keys import PublicKeyFile, SigningKey
+from farecore.decide.revocation import TableSummary, build_table
 
 
 def signing_key(label: str, key_id: int, role: str = "revocation") -> SigningKey:

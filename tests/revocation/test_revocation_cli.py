@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farecore.card.keys import PublicKeyFile, SigningKey, save_signing_key
 from farecore.cli import main
-from farecore.keys import PublicKeyFile, SigningKey, save_signing_key
-from farecore.revocation import BuildError, RevocationTable, build_table, read_revocation_csv
+from farecore.decide.revocation import BuildError, RevocationTable, build_table, read_revocation_csv
 
 U64 = 2**64 - 1
 

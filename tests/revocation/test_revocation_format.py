@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farecore.errors import TableRejected
-from farecore.keys import PublicKeyFile, SigningKey
-from farecore.revocation import RevocationTable
-from farecore.revocation.format import (
+from farecore.card.keys import PublicKeyFile, SigningKey
+from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation.format import (
     HEADER_SIZE,
     SIGNED_SIZE,
     Header,
     layout_for,
     parse_header_unverified,
 )
+from farecore.errors import TableRejected
 
 IDS = [5, 17, 2**40, 2**63, 2**64 - 1]
 

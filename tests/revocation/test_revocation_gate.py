@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from farecore.keys import PublicKeyFile
-from farecore.revocation import HotRevocation, RevocationTable
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation import HotRevocation, RevocationTable
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.issuer import QINGDAO, Issuer
 

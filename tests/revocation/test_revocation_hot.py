@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from farecore.card.keys import PublicKeyFile, SigningKey
+from farecore.decide.revocation import HotRevocation
+from farecore.decide.revocation.format import HEADER_SIZE
 from farecore.errors import TableRejected
-from farecore.keys import PublicKeyFile, SigningKey
-from farecore.revocation import HotRevocation
-from farecore.revocation.format import HEADER_SIZE
 
 OLD_IDS = [10, 20, 30]
 NEW_IDS = [10, 40]
@@ -104,7 +104,7 @@ def test_bad_table_is_refused_and_old_one_kept(
 ) -> None:
     old = hot.snapshot()
     publish(hot.path, _damaged(kind, tmp_path, writer, keys))
-    with caplog.at_level(logging.WARNING, logger="farecore.revocation"):
+    with caplog.at_level(logging.WARNING, logger="farecore.decide.revocation"):
         assert hot.poll() is False
         assert hot.poll() is False  # the same refused file is not re-verified or re-logged
     assert hot.snapshot() is old and hot.generation == 5

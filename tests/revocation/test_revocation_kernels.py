@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farecore.keys import PublicKeyFile
-from farecore.revocation import RevocationTable, _kernels
-from farecore.revocation.format import filter_bits_for, index_bits_for
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation import RevocationTable, _kernels
+from farecore.decide.revocation.format import filter_bits_for, index_bits_for
 
 pytestmark = pytest.mark.kernels
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation import HotRevocation, TableStore
+from farecore.decide.revocation.table import TableChanged
 from farecore.errors import TableRejected
-from farecore.keys import PublicKeyFile
-from farecore.revocation import HotRevocation, TableStore
-from farecore.revocation.table import TableChanged
 
 REVOKED = [11, 12, 13, 2**64 - 1]
 

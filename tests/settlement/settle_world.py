@@ -11,12 +11,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farecore.batch import day_bounds_ms, export_batch
-from farecore.journal import Direction, Journal, TapContext
-from farecore.keys import SigningKey
+from farecore.card.keys import SigningKey
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
+from farecore.journal.batch import day_bounds_ms, export_batch
+from farecore.journal.terminal import Direction, Journal, TapContext
 from farecore.settlement.terminals import TerminalInfo, format_terminals
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
 from readers.virtual import VirtualReader
 from sim.card import VirtualCard
 from sim.issuer import Issuer, derive_key

@@ -10,12 +10,18 @@ from typing import Any
 from settle_world import DAY, World, day_ms, terminal_key
 from test_settlement_outputs import scripted_day, settle, totals
 
-from farecore.batch import encode_batch, verify_batch
-from farecore.checks import InMemoryRevocation
-from farecore.journal import Journal, JournalReader, JournalRecord, decode_record, encode_record
-from farecore.proof import make_challenge
+from farecore.card.proof import make_challenge
+from farecore.decide.checks import InMemoryRevocation
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.journal.batch import encode_batch, verify_batch
+from farecore.journal.terminal import (
+    Journal,
+    JournalReader,
+    JournalRecord,
+    decode_record,
+    encode_record,
+)
 from farecore.settlement import find_batches, load_inputs, run_settlement
-from farecore.validator import TerminalPolicy, Validator
 from sim.card import VirtualCard
 
 
@@ -226,8 +232,8 @@ def test_verify_rejects_batch_with_unknown_terminal(world: World, tmp_path: Path
 def test_signed_revocation_table_flags_rides_after_revoked_at(world: World, tmp_path: Path) -> None:
     import numpy as np
 
-    from farecore.keys import SigningKey, save_signing_key
-    from farecore.revocation import build_table
+    from farecore.card.keys import SigningKey, save_signing_key
+    from farecore.decide.revocation import build_table
     from sim.issuer import derive_key
 
     world.tap(101, 1, day_ms(8))

@@ -19,13 +19,13 @@ import pytest
 from settle_world import DAY, FARES, World, day_ms, random_day, terminal_key
 from test_settlement_outputs import scripted_day, settle
 
-from farecore.batch import BATCH_MAGIC, encode_batch
-from farecore.checks import InMemoryRevocation, RevocationEntry
-from farecore.journal import JournalReader, JournalRecord, decode_record, encode_record
-from farecore.keys import SigningKey, save_signing_key
-from farecore.revocation import build_table
+from farecore.card.keys import SigningKey, save_signing_key
+from farecore.decide.checks import InMemoryRevocation, RevocationEntry
+from farecore.decide.revocation import build_table
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.journal.batch import BATCH_MAGIC, encode_batch
+from farecore.journal.terminal import JournalReader, JournalRecord, decode_record, encode_record
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
-from farecore.validator import TerminalPolicy, Validator
 from sim.issuer import derive_key
 
 NEXT = DAY + dt.timedelta(days=1)
@@ -307,7 +307,7 @@ def test_relabelled_revoked_pays_nothing_with_the_table_in_force(
 
 
 def _journal(world: World, tid: int) -> Any:
-    from farecore.journal import Journal
+    from farecore.journal.terminal import Journal
 
     return Journal.open(world.root / f"journal-{tid}.sqlite", tid)
 

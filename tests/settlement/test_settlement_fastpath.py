@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from settle_world import DAY, terminal_key
 
-from farecore.batch import BATCH_SIGNING_TAG, encode_batch, verify_batch, verify_batch_rows
 from farecore.errors import BadSignature, MalformedFile
-from farecore.journal import (
+from farecore.journal.batch import BATCH_SIGNING_TAG, encode_batch, verify_batch, verify_batch_rows
+from farecore.journal.terminal import (
     GENESIS_HASH,
     Direction,
     JournalRecord,

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from settle_world import DAY, World, day_ms, terminal_key
 
-from farecore.batch import BATCH_MAGIC, peek_header, verify_batch
+from farecore.card.keys import Keyring
 from farecore.errors import BadSignature, MalformedInput
-from farecore.keys import Keyring
+from farecore.journal.batch import BATCH_MAGIC, peek_header, verify_batch
 from farecore.settlement.fares import parse_fares
 from farecore.settlement.terminals import parse_terminals
 from farecore.settlement.unit import Partial, UnitConfig, settle_bytes
@@ -128,7 +128,7 @@ def test_random_bytes_of_every_small_length(valid: tuple[bytes, UnitConfig]) -> 
 def test_the_key_of_one_terminal_cannot_sign_for_another(
     valid: tuple[bytes, UnitConfig], tmp_path: Path
 ) -> None:
-    from farecore.batch import encode_batch
+    from farecore.journal.batch import encode_batch
 
     _, cfg = valid
     data = encode_batch(

@@ -368,7 +368,7 @@ def test_a_bad_revocation_table_argument_is_one_line(world: World, tmp_path: Pat
 def test_a_batch_in_another_time_zone_is_rejected(world: World, tmp_path: Path) -> None:
     from settle_world import terminal_key
 
-    from farecore.batch import export_batch
+    from farecore.journal.batch import export_batch
 
     world.tap(101, 1, day_ms(8))
     world.export()

@@ -14,8 +14,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farecore.crypto import Algorithm
-from farecore.journal import Direction
+from farecore.card.crypto import Algorithm
+from farecore.journal.terminal import Direction
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.merge import MergeOptions, _reused_counters, _travel
 from farecore.settlement.rides import Rides

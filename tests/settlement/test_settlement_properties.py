@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from settle_world import DAY, LAYOUT, World, random_day
 
 from farecore.errors import MalformedFile
-from farecore.journal import Direction, JournalReader
+from farecore.journal.terminal import Direction, JournalReader
 from farecore.settlement import find_batches, load_inputs, run_settlement
 from farecore.settlement.fares import parse_fares
 from farecore.settlement.terminals import parse_terminals

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farecore.decision import Reason
-from farecore.tap import run_tap
-from farecore.validator import TerminalPolicy, Validator
+from farecore.decide.decision import Reason
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
 from readers.virtual import VirtualReader
 from sim.issuer import QINGDAO, Issuer
 from sim.network import METRO_BANDS, Network, band_fare

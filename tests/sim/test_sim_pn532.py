@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sim_support import SMALL, TRANSPORT_SEED, SimRun, run_sim
 
-from farecore.journal import JournalReader, JournalRecord
+from farecore.journal.terminal import JournalReader, JournalRecord
 from sim.transport import Transport
 
 

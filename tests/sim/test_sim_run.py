@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sim_support import MIX, SMALL, SimRun, run_sim
 
-from farecore.config import load_gate_config
-from farecore.issued import IssuedList
-from farecore.keys import Keyring
+from farecore.card.keys import Keyring
+from farecore.decide.issued import IssuedList
+from farecore.gate.config import load_gate_config
 from sim.population import FraudMix, Population
 
 FRAUD_KINDS = {
@@ -246,7 +246,7 @@ def test_a_journal_that_cannot_commit_stops_the_day_with_one_line(
     import io
     import sqlite3
 
-    from farecore.station import StationJournal
+    from farecore.journal.station import StationJournal
     from sim.run import SimError, SimOptions, run_simulation
 
     def refuse(self: StationJournal, group: object) -> None:
@@ -269,7 +269,7 @@ def test_a_failed_worker_does_not_leave_the_others_waiting_to_time_the_ceiling(
     import io
     import sqlite3
 
-    from farecore.station import StationJournal
+    from farecore.journal.station import StationJournal
     from sim.run import SimError, SimOptions, run_simulation
 
     real_write = StationJournal._write

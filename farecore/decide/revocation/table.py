@@ -5,14 +5,14 @@ algorithm, the header signature, file size, the body SHA-256, and every structur
 promise of the body (sorted unique ids, index, filter, reason codes). A table that fails
 any of them raises :class:`TableRejected` with a message that says which.
 
-The verified table is immutable and implements ``farecore.checks.RevocationSnapshot``.
+The verified table is immutable and implements ``farecore.decide.checks.RevocationSnapshot``.
 Its columns are read-only numpy views of one shared, read-only mapping, so any number of
 gate processes on a host share one copy in the page cache.
 
 This module must never write a table, read the clock, or serve bytes it has not
 verified. A mapping sees whatever is later written to its file, and a truncation under
 it is a SIGBUS: so a gate opens only its own read-only copy
-(``farecore.revocation.store``), never the published file.
+(``farecore.decide.revocation.store``), never the published file.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from farecore.checks import RevocationEntry
-from farecore.errors import BadSignature, TableChanged, TableRejected
-from farecore.keys import PublicKeyFile
-from farecore.revocation import _kernels
-from farecore.revocation.format import (
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.checks import RevocationEntry
+from farecore.decide.revocation import _kernels
+from farecore.decide.revocation.format import (
     HEADER_SIZE,
     Header,
     Layout,
@@ -43,6 +42,7 @@ from farecore.revocation.format import (
     parse_header_unverified,
     slot_shift,
 )
+from farecore.errors import BadSignature, TableChanged, TableRejected
 
 __all__ = ["RevocationTable", "TableChanged", "open_regular", "signed_header"]
 

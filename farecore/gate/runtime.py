@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
-from farecore.checks import NO_PASSBACK, PassbackCheck
-from farecore.decision import Decision
+from farecore.decide.checks import NO_PASSBACK, PassbackCheck
+from farecore.decide.decision import Decision
+from farecore.decide.validator import Validator
 from farecore.errors import ReaderError
-from farecore.reader_port import CardChannel, Reader
-from farecore.tap import run_tap
-from farecore.validator import Validator
+from farecore.gate.reader_port import CardChannel, Reader
+from farecore.gate.tap import run_tap
 
 __all__ = [
     "Actuator",
@@ -39,7 +39,7 @@ __all__ = [
 
 
 class RideLog(Protocol):
-    """The durable journal as the gate sees it (``farecore.journal.Journal``)."""
+    """The durable journal as the gate sees it (``farecore.journal.terminal.Journal``)."""
 
     def append(self, decision: Decision, ctx: Any) -> object: ...
 
@@ -175,14 +175,14 @@ class Gate:
 
     def stage(self, channel: CardChannel) -> Decision:
         """Decide a tap and write its ride into a station journal's open group, without
-        signalling: ``farecore.station.StationController`` commits the group and then
+        signalling: ``farecore.journal.station.StationController`` commits the group and then
         calls ``complete``. The journal must be a ``StationTerminal`` and the passback
         state the station's own (``PassbackStore.in_station``), so that the ride and its
         lockout become durable in the same commit."""
         journal = self.journal
         stage = getattr(journal, "stage", None)
         if stage is None:
-            raise TypeError("Gate.stage needs a station journal (farecore.station)")
+            raise TypeError("Gate.stage needs a station journal (farecore.journal.station)")
         now = self._clock_ms()
         decision = run_tap(channel, self.validator, now, self._nonce())
         stage(decision, self.context)

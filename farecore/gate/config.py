@@ -56,10 +56,10 @@ from pathlib import Path
 from typing import Any
 
 from farecore.boundedinput import load_toml, read_limited
-from farecore.clockguard import DEFAULT_TOLERANCE_S
+from farecore.decide.clockguard import DEFAULT_TOLERANCE_S
+from farecore.decide.validator import ALL_CATEGORIES, TerminalPolicy
 from farecore.errors import ConfigError
 from farecore.strictkeys import check_keys
-from farecore.validator import ALL_CATEGORIES, TerminalPolicy
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
@@ -102,7 +102,7 @@ class GateConfig:
 
     @property
     def marks(self) -> Path:
-        """The file of this gate's durable high-water marks (``farecore.marks``)."""
+        """The file of this gate's durable high-water marks (``farecore.gate.marks``)."""
         return self.state_dir / f"marks-{self.terminal_id}.json"
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from farecore.errors import MalformedFile
 
 if TYPE_CHECKING:
-    from farecore.decision import Decision, Reason
+    from farecore.decide.decision import Decision, Reason
 
 __all__ = [
     "GENESIS_HASH",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 GENESIS_HASH = b"\x00" * 32
-_CHAIN_TAG = b"farecore/journal/v1"
+_CHAIN_TAG = b"farecore/journal/terminal/v1"
 _NO_HASH = b"\x00" * 32
 _NO_SIG = b"\x00" * 64
 # terminal_id, seq, time_ms, direction, presence, card_id, counter, generation,

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from farecore.decide.revocation.builder import BuildError
+from farecore.decide.revocation.format import RevocationReason, reason_code
 from farecore.errors import MalformedFile
-from farecore.revocation.builder import BuildError
-from farecore.revocation.format import RevocationReason, reason_code
 
 __all__ = ["HEADER_LINE", "Columns", "line_name", "read_revocation_csv"]
 

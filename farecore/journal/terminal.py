@@ -5,7 +5,7 @@ so a gate that signals "open" after it returns never loses the ride, even to SIG
 power loss. Records carry a gap-free sequence number per terminal and the hash of the
 previous record, so a deleted, altered or reordered record breaks the chain.
 
-The record itself, its byte encoding and the chain hash live in ``farecore.records``
+The record itself, its byte encoding and the chain hash live in ``farecore.journal.records``
 (re-exported here). This module must never read a clock: record times come from the
 decision.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from farecore.decision import Decision
+from farecore.decide.decision import Decision
 from farecore.errors import JournalError, MalformedFile
-from farecore.records import (
+from farecore.journal.records import (
     GENESIS_HASH,
     Direction,
     JournalRecord,
@@ -39,7 +39,7 @@ from farecore.records import (
     encode_record,
     record_row,
 )
-from farecore.walfile import make_durable, reserve_wal
+from farecore.journal.walfile import make_durable, reserve_wal
 
 __all__ = [
     "GENESIS_HASH",
@@ -68,7 +68,7 @@ __all__ = [
 
 _MAX_SEQ = (1 << 63) - 1  # the largest seq an SQLite integer holds
 _FORMAT = "farecore-journal/1"
-# A terminal journal's tables (``wal_reserve``: farecore.walfile).
+# A terminal journal's tables (``wal_reserve``: farecore.journal.walfile).
 _TABLES = frozenset({"meta", "credentials", "records", "wal_reserve"})
 
 _SCHEMA = """
@@ -114,7 +114,7 @@ class Journal:
                 "SELECT seq, hash, time_ms FROM records ORDER BY seq DESC LIMIT 1"
             ).fetchone()
             self._seq, self._head = checked_head(path, row)
-            # The gate's clock must not fall behind its own records (farecore.clockguard):
+            # The gate's clock must not fall behind its own records (farecore.decide.clockguard):
             # the latest of the recent ones, so that a record written with the clock
             # already a little behind does not lower the mark.
             recent = self._db.execute(
@@ -430,7 +430,7 @@ def station_records_table(terminal_id: int) -> str:
 class JournalReader:
     """Read-only access to a journal file: records by seq, credentials, chain check.
 
-    A station journal (``farecore.station``) holds several terminals; name the one to
+    A station journal (``farecore.journal.station``) holds several terminals; name the one to
     read with ``terminal_id``. For a terminal's own journal it is optional and checked.
     """
 

@@ -9,12 +9,12 @@ This package must never import readers or sim, and never serve an unverified tab
 
 from __future__ import annotations
 
-from farecore.revocation.builder import BuildError, TableSummary, build_table
-from farecore.revocation.csvinput import read_revocation_csv
-from farecore.revocation.format import RevocationReason, reason_code
-from farecore.revocation.hot import HotRevocation
-from farecore.revocation.store import TableStore
-from farecore.revocation.table import RevocationTable
+from farecore.decide.revocation.builder import BuildError, TableSummary, build_table
+from farecore.decide.revocation.csvinput import read_revocation_csv
+from farecore.decide.revocation.format import RevocationReason, reason_code
+from farecore.decide.revocation.hot import HotRevocation
+from farecore.decide.revocation.store import TableStore
+from farecore.decide.revocation.table import RevocationTable
 
 __all__ = [
     "BuildError",

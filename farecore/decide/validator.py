@@ -4,7 +4,7 @@ Checks run in the precedence order of CARD-SPEC §7 and the first failure is rep
 so the reason never depends on which check happens to be cheaper. A credential whose
 issuer signature verified once is cached by its exact bytes; a repeat tap then costs one
 card-signature verification. With the issuer's signed list of the credentials it issued
-(``farecore.issued``), a listed credential needs no issuer verification even on its first
+(``farecore.decide.issued``), a listed credential needs no issuer verification even on its first
 tap; the decision is the same either way.
 
 The validator reads no clock (``now_ms`` is passed in) and never changes passback
@@ -17,18 +17,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from farecore.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
-from farecore.clockguard import ClockGuard
-from farecore.credential import Credential
-from farecore.crypto import load_public_key
-from farecore.decision import Decision, Reason, Timings
+from farecore.card.credential import Credential
+from farecore.card.crypto import load_public_key
+from farecore.card.keys import Keyring
+from farecore.card.proof import verify_card_signature
+from farecore.card.transaction import Outcome, TransactionResult
+from farecore.decide.checks import NO_PASSBACK, InMemoryRevocation, PassbackCheck, RevocationSource
+from farecore.decide.clockguard import ClockGuard
+from farecore.decide.decision import Decision, Reason, Timings
 from farecore.errors import BadSignature, MalformedInput
-from farecore.keys import Keyring
-from farecore.proof import verify_card_signature
-from farecore.transaction import Outcome, TransactionResult
 
 if TYPE_CHECKING:
-    from farecore.issued import IssuedList
+    from farecore.decide.issued import IssuedList
 
 __all__ = ["ALL_CATEGORIES", "TerminalPolicy", "Validator"]
 
@@ -156,7 +156,7 @@ class Validator:
         """Turn one transaction's result into a Decision. Never raises for card data.
 
         ``timer`` is called once the checks are done and gives the tap's timings, so the
-        decision is built once, complete (``farecore.tap.run_tap`` passes one)."""
+        decision is built once, complete (``farecore.gate.tap.run_tap`` passes one)."""
         cred = result.credential
         verdict: _Verdict
         # Every tap's time goes through the guard, an unreadable one's too: a fault is

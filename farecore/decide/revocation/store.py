@@ -30,10 +30,15 @@ import time
 from pathlib import Path
 
 from farecore.atomicfile import fsync_directory
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation.format import HEADER_SIZE
+from farecore.decide.revocation.table import (
+    RevocationTable,
+    TableChanged,
+    open_regular,
+    signed_header,
+)
 from farecore.errors import TableRejected
-from farecore.keys import PublicKeyFile
-from farecore.revocation.format import HEADER_SIZE
-from farecore.revocation.table import RevocationTable, TableChanged, open_regular, signed_header
 
 __all__ = ["TableStore"]
 

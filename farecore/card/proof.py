@@ -10,10 +10,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from farecore.credential import Credential, parse_unverified
-from farecore.crypto import PublicKey, load_public_key
+from farecore.card.credential import Credential, parse_unverified
+from farecore.card.crypto import PublicKey, load_public_key
+from farecore.card.keys import Keyring
 from farecore.errors import BadSignature, MalformedApdu
-from farecore.keys import Keyring
 
 __all__ = [
     "AUTH_RESPONSE_LENGTH",

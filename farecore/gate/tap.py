@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
-from farecore.decision import Decision, Timings
-from farecore.proof import make_challenge
-from farecore.reader_port import CardChannel
-from farecore.transaction import Transaction
-from farecore.validator import Validator
+from farecore.card.proof import make_challenge
+from farecore.card.transaction import Transaction
+from farecore.decide.decision import Decision, Timings
+from farecore.decide.validator import Validator
+from farecore.gate.reader_port import CardChannel
 
 __all__ = ["run_tap"]
 

@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from farecore.errors import ConfigError, JournalError
-from farecore.walfile import make_durable, reserve_wal
+from farecore.journal.walfile import make_durable, reserve_wal
 
 if TYPE_CHECKING:
-    from farecore.station import StationJournal
+    from farecore.journal.station import StationJournal
 
 __all__ = [
     "PASSBACK_PRUNE",
@@ -146,7 +146,7 @@ class PassbackStore:
         """The state of ``place`` inside a station controller's journal file.
 
         ``record`` then joins the station's open group, so the ride and its lockout
-        become durable in the same commit (``farecore.station``); ``refuses`` reads the
+        become durable in the same commit (``farecore.journal.station``); ``refuses`` reads the
         controller's copy of the state, which already holds a ride staged in that group.
         Only the controller writes a station file, so its copy is the whole truth.
         """

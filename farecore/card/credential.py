@@ -16,7 +16,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
-from farecore.crypto import Algorithm, PrivateKey
+from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.errors import MalformedCredential
 
 __all__ = [

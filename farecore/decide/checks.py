@@ -1,8 +1,8 @@
 """The two stateful checks the validator asks about: revocation and anti-passback.
 
 Both sit behind small protocols so the validator does not care where the answers come
-from. The real ones are the memory-mapped revocation table (``farecore.revocation``) and
-the durable passback store (``farecore.passback``); the in-memory ones here serve tests
+from. The real ones are the memory-mapped revocation table (``farecore.decide.revocation``) and
+the durable passback store (``farecore.journal.passback``); the in-memory ones here serve tests
 and the vectors.
 
 A revocation *source* hands out immutable *snapshots*. The validator takes one snapshot

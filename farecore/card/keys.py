@@ -20,7 +20,7 @@ from typing import Any
 
 from farecore.atomicfile import write_atomic
 from farecore.boundedinput import check_json_nesting, read_limited
-from farecore.crypto import Algorithm, PrivateKey, PublicKey, load_public_key
+from farecore.card.crypto import Algorithm, PrivateKey, PublicKey, load_public_key
 from farecore.errors import ConfigError, KeyFileError, KeyringError, MalformedFile, MalformedInput
 from farecore.strictkeys import check_keys
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farecore.boundedinput import check_json_nesting
-from farecore.crypto import PublicKey
+from farecore.card.crypto import PublicKey
+from farecore.card.keys import PublicKeyFile, SigningKey
 from farecore.errors import BadSignature, BatchRejected, JournalError, MalformedFile
-from farecore.journal import (
+from farecore.journal.terminal import (
     JournalReader,
     JournalRecord,
     RecordRow,
@@ -35,7 +36,6 @@ from farecore.journal import (
     encode_record,
     record_row,
 )
-from farecore.keys import PublicKeyFile, SigningKey
 
 __all__ = [
     "BATCH_FORMAT",
@@ -56,7 +56,7 @@ __all__ = [
 
 BATCH_MAGIC = b"FCBATCH1"
 BATCH_FORMAT = "farecore-batch/1"
-BATCH_SIGNING_TAG = b"farecore/batch/v1"
+BATCH_SIGNING_TAG = b"farecore/journal/batch/v1"
 QINGDAO_UTC_OFFSET_MIN = 480
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

@@ -27,10 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from farecore.atomicfile import atomic_writer
-from farecore.errors import BuildError, KeyFileError
-from farecore.keys import SigningKey
-from farecore.revocation import _kernels
-from farecore.revocation.format import (
+from farecore.card.keys import SigningKey
+from farecore.decide.revocation import _kernels
+from farecore.decide.revocation.format import (
     HEADER_SIZE,
     Header,
     Layout,
@@ -40,6 +39,7 @@ from farecore.revocation.format import (
     layout_for,
     slot_shift,
 )
+from farecore.errors import BuildError, KeyFileError
 
 __all__ = ["BuildError", "TableSummary", "build_table"]
 

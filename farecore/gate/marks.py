@@ -5,7 +5,7 @@ an older one: every card revoked since comes back to life. So the gate writes do
 one small file of its own, the generation (and exact copy) of the table in force, the
 generation and digest of each issuer's issued list, and the latest time it has durably
 seen. At start it refuses anything older, or of the same generation with other contents,
-and a clock behind the time mark is a fault (``farecore.clockguard``).
+and a clock behind the time mark is a fault (``farecore.decide.clockguard``).
 
 The file is written atomically and durably (``farecore.atomicfile``). It is read
 strictly: a damaged file is a ConfigError naming it, never a silent fresh start, because

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from farecore.apdu import (
+from farecore.card.apdu import (
     READ_CREDENTIAL,
     SELECT_RONGJUN,
     SW_BLOCKED,
@@ -27,9 +27,9 @@ from farecore.apdu import (
     internal_authenticate,
     split_response,
 )
-from farecore.credential import Credential, parse_unverified
+from farecore.card.credential import Credential, parse_unverified
+from farecore.card.proof import parse_auth_response
 from farecore.errors import MalformedApdu, MalformedCredential
-from farecore.proof import parse_auth_response
 
 __all__ = ["Outcome", "State", "Transaction", "TransactionResult"]
 

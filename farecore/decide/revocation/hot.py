@@ -1,13 +1,13 @@
 """Keep the newest verified revocation table in force while the gate keeps tapping.
 
-``HotRevocation`` is a ``farecore.checks.RevocationSource``. ``snapshot()`` returns the
+``HotRevocation`` is a ``farecore.decide.checks.RevocationSource``. ``snapshot()`` returns the
 table in force with one attribute read, so a tap never waits. A background thread (or a
 caller of ``poll()``) notices a new file at the configured path by its identity (device,
 inode, size, mtime), verifies it completely off the tap path, and swaps it in with one
 reference assignment. A tap that already took a snapshot finishes on the old table and
 records the old generation; the next tap sees the new one.
 
-With a :class:`~farecore.revocation.store.TableStore`, what is verified and mapped is
+With a :class:`~farecore.decide.revocation.store.TableStore`, what is verified and mapped is
 the gate's own read-only copy, never the published file: writing that file in place,
 truncating it or renaming another over it changes no decision
 (docs/revocation-format.md).
@@ -33,14 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation.store import TableStore
+from farecore.decide.revocation.table import RevocationTable, TableChanged
 from farecore.errors import FarecoreError, TableRejected
-from farecore.keys import PublicKeyFile
-from farecore.revocation.store import TableStore
-from farecore.revocation.table import RevocationTable, TableChanged
 
 __all__ = ["HotRevocation"]
 
-_log = logging.getLogger("farecore.revocation")
+_log = logging.getLogger("farecore.decide.revocation")
 _Identity = tuple[int, int, int, int]
 
 

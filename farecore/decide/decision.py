@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from farecore.proof import ProofOfTap
+from farecore.card.proof import ProofOfTap
 
 __all__ = ["ACCEPT", "Decision", "Reason", "Timings"]
 
@@ -24,7 +24,7 @@ class Reason(enum.IntEnum):
     ``REVOCATION_STALE`` is farecore's own: the revocation table in force is older than
     the configured maximum age and the gate fails closed. It ranks with ``REVOKED``,
     because it is the revocation check that cannot be answered. ``CLOCK_FAULT`` (the
-    terminal's clock is behind a time it has durably seen, ``farecore.clockguard``) is a
+    terminal's clock is behind a time it has durably seen, ``farecore.decide.clockguard``) is a
     terminal state and ranks right after ``UNREADABLE``. The values order the reasons;
     records store names, so the values may change.
     """

@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from farecore.atomicfile import atomic_writer
-from farecore.credential import Credential, parse_unverified
-from farecore.crypto import Algorithm, PublicKey, load_public_key
+from farecore.card.credential import Credential, parse_unverified
+from farecore.card.crypto import Algorithm, PublicKey, load_public_key
+from farecore.card.keys import Keyring, SigningKey
 from farecore.errors import BadSignature, IssuedListError, MalformedInput
-from farecore.keys import Keyring, SigningKey
 
 __all__ = [
     "HEADER_SIZE",
