@@ -6,12 +6,16 @@ through the in-process virtual reader on an identical card, so the transport's s
 the latency is visible. The pcscd and the PN532 emulator are started here and stopped
 at the end.
 
-    python benchmarks/bench_readers.py [--quick] [--out PATH]
+    python benchmarks/bench_readers.py [--quick] [--skip pcsc] [--out PATH]
+
+``--skip pcsc`` leaves out the transport that starts a pcscd (on a machine where
+another pcscd must not be disturbed); its goal is then reported as not measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -21,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _report import goal, p50, percentile, write_report
+from _report import goal, logged, p50, percentile, write_report
 
 from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.gate.reader_port import CardChannel
@@ -32,6 +36,7 @@ from sim.issuer import Issuer
 NOW_MS = 1_796_083_200_000
 ISSUER = Issuer.from_seed("bench-readers")
 clock = time.perf_counter_ns
+_log = logging.getLogger(__name__)
 
 
 def _validator() -> Validator:
@@ -94,10 +99,28 @@ def measure_pn532(taps: int, line_baud: int | None = None) -> dict[str, Any]:
     return {"via": via, "alone": alone, "wrong": wrong}
 
 
+def _measure(
+    name: str, measure: Callable[[int], dict[str, Any]], taps: int, metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    try:
+        return measure(taps)
+    except Exception as exc:
+        _log.warning("%s: not measured: %s: %s", name, type(exc).__name__, exc)
+        metrics[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer taps")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["pcsc", "pn532"],
+        help="leave out a transport (repeatable); its goal is reported as not measured",
+    )
     args = parser.parse_args()
     taps = 1000 if args.quick else 5000
     metrics: dict[str, Any] = {"taps_per_transport": taps}
@@ -113,12 +136,11 @@ def main() -> None:
     ]
     for name, measure, has_goal in transports:
         line_taps = taps if has_goal else max(200, taps // 5)
-        try:
-            got = measure(line_taps)
-        except Exception as exc:
-            print(f"{name}: not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
-            metrics[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+        if name.split("_")[0] in args.skip:
+            metrics[f"{name}_error"] = "skipped (--skip)"
             got = None
+        else:
+            got = _measure(name, measure, line_taps, metrics)
         if got is not None:
             metrics[f"{name}_p50_ms"] = p50(got["via"])
             metrics[f"{name}_p99_ms"] = percentile(got["via"], 99)
@@ -142,4 +164,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with logged("bench_readers"):
+        main()

@@ -4,7 +4,7 @@ Baselines measured in the same run, interleaved with the subject: numpy.searchso
 the same memory-mapped id column, a Python ``set`` of the same ids, and LMDB when the
 ``lmdb`` module is importable (otherwise that row is skipped and reported as null).
 
-Goals (issue 3):
+Goals:
 - batch lookups at 10 M ids >= 20 x numpy.searchsorted;
 - a single lookup called from Python <= 2 x ``x in python_set``;
 - open + verify + first lookup of a 10 M table < 1 s (page cache warm), the way a gate
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np
-from _report import goal, write_report
+from _report import goal, logged, write_report
 
 from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.card.keys import SigningKey, save_signing_key
@@ -338,10 +339,11 @@ def csv_build_rate(directory: Path, n: int) -> float | None:
 
 
 _T0 = clock()
+_log = logging.getLogger(__name__)
 
 
 def progress(what: str) -> None:
-    print(f"[{clock() - _T0:6.1f} s] {what}", file=sys.stderr, flush=True)
+    _log.info("[%6.1f s] %s", clock() - _T0, what)
 
 
 def main() -> None:
@@ -446,4 +448,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with logged("bench_revocation"):
+        main()

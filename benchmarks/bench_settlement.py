@@ -16,6 +16,11 @@ million rides takes a while. Baselines measured in the same run:
 - a year's ledger: the same night against a ledger already holding 30 M paid (card,
   counter) pairs (3 M with ``--quick``), against the night on an empty ledger.
 
+- an SM2 night (``sm`` extra): the same shape with SM2 issuer, card and terminal keys,
+  a fifth of the rides, settled ``--jobs 1``, against the raw SM2 verify bound: gmssl-pyx's
+  digest verifications per second of as many card signatures as the night has rides
+  (the one SM3 of Z ‖ M each needs included), timed before and after the night.
+
 Engines are rows in ``ENGINES``; another engine (e.g. Dask) is one more row.
 
     python benchmarks/bench_settlement.py [--quick] [--out PATH]
@@ -42,10 +47,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, goal, p50, percentile, write_report
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from farecore.card import sm2
+from farecore.card.crypto import Algorithm
 from farecore.card.keys import SigningKey
 from farecore.card.proof import auth_message, make_challenge
 from farecore.decide.decision import Decision
-from farecore.journal.batch import day_bounds_ms, encode_batch
+from farecore.journal.batch import BATCH_FORMAT, BATCH_SIGNING_TAG, day_bounds_ms, encode_batch
 from farecore.journal.terminal import (
     GENESIS_HASH,
     Direction,
@@ -97,17 +104,29 @@ def _terminal(tid: int) -> tuple[str, str, str, Direction]:
     return "metro", "M", f"S{tid % 3}", Direction.ENTRY if kind == 2 else Direction.EXIT
 
 
-def generate(root: Path, rides: int, terminals: int, cards: int = 2000) -> Path:
-    """Deterministic signed batches (cached by parameters); return the cache directory."""
-    tag = hashlib.sha256(f"{SEED}/{rides}/{terminals}/{cards}/v1".encode()).hexdigest()[:12]
-    cache = root / f"settle-{rides}-{terminals}-{tag}"
+def generate(
+    root: Path,
+    rides: int,
+    terminals: int,
+    cards: int = 2000,
+    algorithm: Algorithm = Algorithm.ED25519,
+) -> Path:
+    """Deterministic signed batches (cached by parameters); return the cache directory.
+    ``algorithm`` is that of every key: issuer, cards and terminals."""
+    # The batch format and signing tag are in the key: batches of another format would
+    # all be rejected, and the night would measure nothing.
+    version = f"{BATCH_FORMAT}/{BATCH_SIGNING_TAG.decode()}"
+    alg = "" if algorithm == Algorithm.ED25519 else f"/{algorithm.label}"
+    key = f"{SEED}/{rides}/{terminals}/{cards}/{version}{alg}"
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
+    cache = root / f"settle-{rides}-{terminals}{alg.replace('/', '-')}-{tag}"
     if (cache / "done").exists():
         return cache
     shutil.rmtree(cache, ignore_errors=True)
     (cache / "batches").mkdir(parents=True)
-    issuer = Issuer.from_seed(SEED)
+    issuer = Issuer.from_seed(SEED, algorithm=algorithm)
     issuer.keyring().save(cache / "keyring.json")
-    card_keys = [derive_key(SEED, f"card-{c}") for c in range(cards)]
+    card_keys = [derive_key(SEED, f"card-{c}", algorithm) for c in range(cards)]
     creds = [issuer.credential(c + 1, card_keys[c]) for c in range(cards)]
     counters = [0] * cards
     infos = []
@@ -116,7 +135,7 @@ def generate(root: Path, rides: int, terminals: int, cards: int = 2000) -> Path:
     per_terminal = rides // terminals
     for t in range(terminals):
         tid = 1000 + t
-        key = SigningKey("terminal", tid, derive_key(SEED, f"terminal-{tid}"))
+        key = SigningKey("terminal", tid, derive_key(SEED, f"terminal-{tid}", algorithm))
         op, line, place, direction = _terminal(tid)
         infos.append(
             TerminalInfo(
@@ -183,6 +202,58 @@ def raw_verify_per_s(n: int) -> float:
         j = i & 15
         pubs[j].verify(sigs[j], msgs[j])
     return n / ((clock() - t0) / 1e9)
+
+
+def raw_sm2_verify_per_s(n: int) -> float:
+    """Single-core SM2 verifications per second straight through gmssl-pyx: ``n``
+    distinct card signatures (16 card keys, 58-byte messages as a ride's), each with the
+    one SM3 of Z ‖ M a verification needs."""
+    gm = sm2.backend()
+    rng = random.Random(3)
+    keys = [derive_key(SEED, f"raw-sm2-{i}", Algorithm.SM2_SM3) for i in range(16)]
+    xys = [k.public_bytes[1:] for k in keys]
+    zs = [sm2.z_value(xy) for xy in xys]
+    work = []
+    for i in range(n):
+        msg = rng.randbytes(58)
+        e = sm2.message_digest(zs[i & 15], msg)
+        work.append((xys[i & 15], zs[i & 15], msg, gm.sm2_sign_sm3_digest(keys[i & 15].secret, e)))
+    verify, digest = gm.sm2_verify_sm3_digest, sm2.message_digest
+    t0 = clock()
+    for xy, z, msg, der in work:
+        if not verify(xy, digest(z, msg), der):
+            raise SystemExit("gmssl-pyx refused its own signature")
+    return n / ((clock() - t0) / 1e9)
+
+
+def sm2_night(rides: int, terminals: int, tmp: Path) -> dict[str, Any] | None:
+    """The SM2 night's figures, or None without the SM2 backend."""
+    try:
+        sm2.backend()
+    except ValueError as exc:  # MalformedInput: the sm extra is not installed
+        print(f"bench_settlement: SM2 night skipped: {exc}", file=sys.stderr)
+        return None
+    t0 = time.monotonic()
+    cache = generate(RESULTS / "cache", rides, terminals, algorithm=Algorithm.SM2_SM3)
+    generate_s = time.monotonic() - t0
+    before = raw_sm2_verify_per_s(rides)
+    seconds, verified, cpu, in_ledger = settle_once(cache, tmp / "sm2", None, 1)
+    after = raw_sm2_verify_per_s(rides)
+    if verified != rides:
+        raise SystemExit(f"bench_settlement: error: the SM2 night verified {verified} of {rides}")
+    raw = (before + after) / 2
+    rate = verified / seconds
+    return {
+        "sm2_rides": rides,
+        "sm2_generate_s": round(generate_s, 2),
+        "sm2_jobs1_s": round(seconds, 3),
+        "sm2_jobs1_ledger_s": round(in_ledger, 3),
+        "sm2_jobs1_cpu_s": round(cpu, 3),
+        "sm2_jobs1_rides_per_s": round(rate, 1),
+        "sm2_raw_verify_per_s": round(raw, 1),
+        "sm2_raw_verify_us": round(1e6 / raw, 2),
+        "sm2_jobs1_over_raw": round(rate / raw, 3),
+    }
 
 
 class TimedLedger(Ledger):
@@ -378,6 +449,11 @@ def main() -> int:
             # when other tenants took the second core (load average alongside).
             metrics[f"{name}_cpu_s"] = round(cpu, 3)
             metrics[f"{name}_load_avg_1m"] = round(load, 2)
+            if not verified:
+                raise SystemExit(
+                    f"bench_settlement: error: {name} verified no ride of {cache}; "
+                    "remove that folder to make the batches again"
+                )
             metrics[f"{name}_rides_per_s"] = round(verified / seconds, 1)
             outputs[name] = b"".join(
                 (tmp / name / f).read_bytes()
@@ -410,6 +486,10 @@ def main() -> int:
                 (tmp / name / f).read_bytes()
                 for f in ("totals.csv", "rides.parquet", "anomalies.json", "manifest.json")
             )
+        # The SM2 night: a fifth of the rides (an SM2 verification costs several Ed25519
+        # ones), on an empty ledger, against its own raw bound timed around it.
+        sm2_figures = sm2_night(rides // 5, terminals, tmp)
+        metrics |= sm2_figures or {"sm2_jobs1_rides_per_s": None, "sm2_jobs1_over_raw": None}
         raw_after = raw_verify_per_s(n_raw)
         raw = (raw_before + raw_after) / 2
         metrics["raw_verify_per_s"] = round(raw, 1)
@@ -451,6 +531,13 @@ def main() -> int:
         goal("append p50 vs raw fsync", round(append_ratio, 3), "<=", 1.2, "ratio"),
         goal(
             "dask 2-worker LocalCluster vs 2-core raw verify bound", dask_ratio, ">=", 0.8, "ratio"
+        ),
+        goal(
+            "SM2 night: settle --jobs 1 with the ledger vs raw SM2 verify bound",
+            metrics["sm2_jobs1_over_raw"],
+            ">=",
+            0.8,
+            "ratio",
         ),
     ]
     rows = [
@@ -497,6 +584,19 @@ def main() -> int:
             "-",
         ),
     ]
+    if metrics["sm2_jobs1_rides_per_s"] is not None:
+        rows.append(
+            (
+                "SM2 night, --jobs 1 (rides/s)",
+                f"{metrics['sm2_jobs1_rides_per_s']:.0f}",
+                f"{metrics['sm2_raw_verify_per_s']:.0f}",
+                f"{metrics['sm2_jobs1_over_raw']:.2f}",
+                ">= 0.8 of raw SM2 verify",
+            )
+        )
+        metrics["sm2_over_ed25519_rides_per_s"] = round(
+            metrics["sm2_jobs1_rides_per_s"] / metrics["jobs1_rides_per_s"], 3
+        )
     for name in ("dask_2x1", "dask_1x2"):
         rate = metrics.get(f"{name}_rides_per_s")
         if rate is not None:

@@ -12,7 +12,7 @@ compares the same cores at the same moment: on this shared virtual machine the c
 alone drifts by a fifth from one second to the next. The day runs several times; the
 goal's value is the median ratio, and every round's ratio is in the report, with the
 CPU each tap took on the controllers' threads and on their committer threads.
-Goal (issue 6): taps/s >= 60 % of that ceiling.
+Goal: taps/s >= 60 % of that ceiling.
 
 For comparison the report also has one process's rate, timed alone in this process
 before and after the rounds, times the number of processes.

@@ -26,7 +26,6 @@ as a daemon thread, so the gate can go on). Only ReaderIOError and CardIOError l
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import logging
 import re
@@ -48,19 +47,17 @@ from readers.pcsc_calls import (
     SHARE,
     STALE_HANDLE,
     SUCCESS,
-    TIMEOUT,
     CallThread,
     code_of,
     describe,
 )
+from readers.pcsc_slots import NOW as _NOW
+from readers.pcsc_slots import Retry as _Retry
+from readers.pcsc_slots import SlotWatch
 
 __all__ = ["PcscChannel", "PcscReader", "PcscReaderFactory"]
 
 log = logging.getLogger(__name__)
-
-
-class _Retry(Exception):
-    """pcscd or the reader is unavailable right now; the caller retries until its timeout."""
 
 
 class PcscChannel:
@@ -80,7 +77,7 @@ class PcscChannel:
         return response
 
 
-class PcscReader:
+class PcscReader(SlotWatch):
     """One PC/SC reader slot. Not thread-safe, except :meth:`close` from another thread."""
 
     def __init__(
@@ -250,94 +247,6 @@ class PcscReader:
             self._forget_reader()
         return _Retry(f"{what}: {describe(hresult)}")
 
-    def _matches(self, name: str) -> bool:
-        if not self.target or name == self.target:
-            return True
-        if fnmatch.fnmatchcase(name, self.target):
-            return True
-        return self._regex is not None and self._regex.search(name) is not None
-
-    def _find_slots(self, ctx: int) -> list[str]:
-        """The readers we watch: the first one for "", else every one that matches."""
-        if self._slots:
-            return self._slots
-        hr, names = scard.SCardListReaders(ctx, [])
-        if code_of(hr) not in (SUCCESS, 0x8010002E):
-            raise self._fail(hr, "cannot list readers")
-        names = [str(n) for n in names] if code_of(hr) == SUCCESS else []
-        found = [n for n in names if self._matches(n)]
-        if not found:
-            raise _Retry(f"no reader matches {self.target!r} (have: {', '.join(names) or 'none'})")
-        self._slots = found[:1] if not self.target or self.target in found else found
-        if len(self._slots) == 1:
-            self.name = self._slots[0]
-        return self._slots
-
-    def _states(
-        self, ctx: int, readers: list[str], wait_s: float, known: dict[str, int] | None = None
-    ) -> dict[str, int]:
-        """Each reader's event state now (``wait_s`` 0) or after a change or the timeout."""
-        ms = max(0, int(wait_s * 1000))
-        # ``known`` keeps pcscd's event counter in its high 16 bits, so a removal and
-        # re-insertion between two calls still counts as a change.
-        query = [(r, scard.SCARD_STATE_UNAWARE if known is None else known[r]) for r in readers]
-        hr, states = scard.SCardGetStatusChange(ctx, ms, query)
-        code = code_of(hr)
-        if code == TIMEOUT:
-            return dict(known) if known is not None else dict.fromkeys(readers, 0)
-        if code != SUCCESS:
-            raise self._fail(hr, "cannot read reader state")
-        out = {str(name): int(state) for name, state, _atr in states}
-        for name, state in out.items():
-            if state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
-                self._forget_reader()
-                raise _Retry(f"reader {name!r} is unavailable")
-        return out
-
-    def _state(self, ctx: int, reader: str, wait_s: float, known: int | None = None) -> int:
-        known_map = None if known is None else {reader: known}
-        return self._states(ctx, [reader], wait_s, known_map)[reader]
-
-    def _forget_reader(self) -> None:
-        self._disconnect()
-        self._reader = None
-        self._slots = None
-
-    def _card_gone(self, state: int) -> bool:
-        if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
-            return True
-        return self._events >= 0 and (state >> 16) != self._events
-
-    def _still_ours(self, state: int) -> bool:
-        """The event counter moved while a card is present: is it still the card we hold?
-
-        pcscd's counter can move without a removal (seen right after a card was powered
-        up). Taking that for a removal would let the gate serve the same card twice. Our
-        handle is the authority: pcscd invalidates it when its card leaves, so a handle
-        that still answers ``SCardStatus`` means the same card is still in the field.
-
-        After a failed transaction the handle is gone. Then one event while the slot still
-        shows a card is no removal either (a removal and an insertion are two events): it
-        is the failed card, or its ghost until pcscd's next presence poll, and a connect
-        to it would be a tap for no card.
-        """
-        if not state & scard.SCARD_STATE_PRESENT or state & scard.SCARD_STATE_MUTE:
-            return False
-        handle = self._handle
-        if handle is None:
-            if self._events >= 0 and ((state >> 16) - self._events) & 0xFFFF == 1:
-                self._events = state >> 16
-                return True
-            return False
-        try:
-            hr = scard.SCardStatus(handle)[0]
-        except Exception:  # pyscard misbehaving: do not claim the card is ours
-            return False
-        if code_of(hr) != SUCCESS:
-            return False
-        self._events = state >> 16
-        return True
-
     def _try_card(self, deadline: float) -> PcscChannel | None:
         ctx = self._context()
         slots = self._find_slots(ctx)
@@ -468,18 +377,6 @@ class PcscReader:
             self._handle = None
             self._drop_context(release=False)
             raise
-
-    def _refresh_events(self) -> None:
-        if self._ctx is None or self._reader is None:
-            return
-        try:
-            state = self._state(self._ctx, self._reader, _NOW)
-        except _Retry:
-            return
-        self._events = state >> 16
-
-
-_NOW = 0.0
 
 
 def PcscReaderFactory(target: str, **options: Any) -> PcscReader:

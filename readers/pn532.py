@@ -19,6 +19,7 @@ never raise anything but ReaderIOError or CardIOError out of the Reader methods.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -42,6 +43,8 @@ from readers.pn532_frames import (
 )
 
 __all__ = ["BAUD_RATES", "Pn532Channel", "Pn532Reader", "Pn532ReaderFactory"]
+
+log = logging.getLogger(__name__)
 
 # SetSerialBaudRate codes 0..8, in the chip's order.
 BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1288000)
@@ -191,6 +194,7 @@ class Pn532Reader:
                 raise ReaderIOError(f"{self.name}: reader is not open")
             self._connect()
             self.reconnects += 1
+            log.info("pn532: %s reopened", self.name)
         assert self._serial is not None
         return self._serial
 
@@ -237,6 +241,7 @@ class Pn532Reader:
                 reply = self._await_reply(want, timeout)
             except _Timeout:
                 self.resends += 1
+                log.debug("pn532: no answer to command %#04x; sending it again", code)
                 self._write(ACK)  # abort whatever the chip may still be doing
                 continue
             except _Rejected:
@@ -244,6 +249,7 @@ class Pn532Reader:
                 # in); the command was not run, so sending it again is safe.
                 self.resends += 1
                 rejected = True
+                log.debug("pn532: command %#04x rejected by the chip; sending it again", code)
                 continue
             if reply is not None:
                 # After a resend the chip may answer the first copy late; that stale
@@ -251,6 +257,9 @@ class Pn532Reader:
                 self._stale = attempt > 0
                 return reply
         self._disconnect()  # the chip is lost; next call starts afresh
+        log.debug(
+            "pn532: %s closed after %d attempts at command %#04x", self.name, self.retries + 1, code
+        )
         if rejected:
             raise ReaderIOError(f"{self.name}: chip reports a syntax error in command {code:#04x}")
         raise ReaderIOError(f"{self.name}: no answer to command {code:#04x}")
@@ -283,6 +292,7 @@ class Pn532Reader:
                 # A damaged reply: the chip sends it again on a NACK.
                 nacks += 1
                 self.nacks_sent += 1
+                log.debug("pn532: damaged reply to command %#04x; NACK", want - 1)
                 self._write(NACK)
                 deadline = time.monotonic() + (timeout or self.response_timeout)
             # anything else (stray frames, our own echo) is ignored

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/system-packages.sh
-scripts/setup.sh "dev,pcsc,dask,nacl"
+scripts/setup.sh "dev,pcsc,dask,nacl,sm"
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint: ruff"
 ruff check .
@@ -19,7 +19,13 @@ if [ -f ../shared/card-vectors.json ]; then
     ../shared/card-vectors.json farecore/data/card-vectors.json \
     || { echo "farecore/data/card-vectors.json differs from ../shared/card-vectors.json" >&2; exit 1; }
 fi
+if [ -f ../shared/card-vectors-sm2.json ]; then
+  python -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
+    ../shared/card-vectors-sm2.json farecore/data/card-vectors-sm2.json \
+    || { echo "farecore/data/card-vectors-sm2.json differs from ../shared/card-vectors-sm2.json" >&2; exit 1; }
+fi
 echo "== tests"
-pytest -p no:cacheprovider "$@"
+# Workers: one per CPU; the PC/SC tests share one worker (tests/conftest.py).
+pytest -p no:cacheprovider -n "${FARECORE_TEST_WORKERS:-auto}" --dist loadgroup "$@"
 echo "== numba kernels again, interpreted (NUMBA_DISABLE_JIT=1)"
 NUMBA_DISABLE_JIT=1 pytest -p no:cacheprovider -q -m kernels || [ $? -eq 5 ]

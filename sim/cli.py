@@ -9,6 +9,7 @@ not, and 2 when the run could not be done at all.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from farecore.commands._args import path
@@ -20,6 +21,9 @@ _EPILOG = """\
 fraud mix kinds (shares): per card expired, forged, clone, other_region,
 revoked_before, revoked_during; per tap passback, pulled.
 Example: --fraud-mix forged=0.01,pulled=0.02   or   --fraud-mix none
+
+--crypto sm2 or mix needs the SM2 backend: pip install 'farecore[sm]'. With mix the
+keyring has two issuer keys and each has its own issued list (issued-1.fil, issued-2.fil).
 
 The run directory gets keys/, keyring.json, revocation/ (signed tables and their
 CSV), fares.toml, terminals.csv, gates/ (one gate config each), work/ (journals and
@@ -40,6 +44,14 @@ def register(sub: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _day_arguments(p)
+    _engine_arguments(p)
+    # Each simulated gate's table reloader says what it loads; the day's summary is enough.
+    p.set_defaults(func=_run, log_level=logging.WARNING)
+
+
+def _day_arguments(p: argparse.ArgumentParser) -> None:
+    """What the day is: where it goes, its seed, its size, its fraud and its reader."""
     p.add_argument(
         "--out", required=True, type=path, metavar="RUNDIR", help="run directory (new or empty)"
     )
@@ -68,6 +80,26 @@ def register(sub: Any) -> None:
         metavar="KIND=SHARE,...",
         help="override the default fraud and fault shares",
     )
+    p.add_argument(
+        "--transport-taps",
+        type=int,
+        default=20,
+        help="with --reader pcsc or pn532: how many taps go through the transport (default 20)",
+    )
+    p.add_argument(
+        "--crypto",
+        default="ed25519",
+        choices=["ed25519", "sm2", "mix"],
+        help="signature schemes of the day: ed25519 (default) for every issuer, card, "
+        "terminal and revocation key; sm2 (SM2 with SM3, needs the 'sm' extra) for all of "
+        "them; mix: issuer key 1 Ed25519 and issuer key 2 SM2, each signing Ed25519 and SM2 "
+        "cards alike, terminals alternating between the two, an SM2 revocation signer",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def _engine_arguments(p: argparse.ArgumentParser) -> None:
+    """How the day runs: processes, controllers, group commits, the ceiling."""
     p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     p.add_argument(
         "--lanes",
@@ -76,18 +108,11 @@ def register(sub: Any) -> None:
         help="station controllers per worker, each a thread with its own journal (default 1)",
     )
     p.add_argument(
-        "--transport-taps",
-        type=int,
-        default=20,
-        help="with --reader pcsc or pn532: how many taps go through the transport (default 20)",
-    )
-    p.add_argument(
         "--max-group",
         type=int,
         default=32,
         help="most taps one station-journal commit makes durable (default 32; 1: a commit per tap)",
     )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--measure-ceiling",
         action="store_true",
@@ -95,7 +120,6 @@ def register(sub: Any) -> None:
         "per tap) in the workers, all at once, just before and after the taps, and report "
         "taps/s against it",
     )
-    p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -116,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
             max_group=args.max_group,
             transport_taps=args.transport_taps,
             ceiling_ops=2000 if args.measure_ceiling else 0,
+            crypto=args.crypto,
         )
     except ValueError as exc:
         raise SimError(str(exc)) from None

@@ -1,9 +1,10 @@
 """The files a real deployment of the simulated city has, written into the run directory.
 
 Keys (issuer, revocation signer, one per terminal), the issuer keyring, the issuer's
-signed list of the credentials it issued, both signed revocation tables with their CSV sources, the fares file, the terminal register and one
-``farecore gate`` configuration per gate. Everything is derived from the seed, so two
-runs with one seed write the same files. This module must never write outside the run
+signed list of the credentials it issued, both signed revocation tables with their CSV
+sources, the fares file, the terminal register and one ``farecore gate`` configuration
+per gate. Everything is derived from the seed, so two runs with one seed write the same
+files. This module must never write outside the run
 directory, and must never read a clock.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,29 +23,41 @@ from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import QINGDAO
 from sim.network import BUS_LINES, METRO_BANDS, OPERATORS
 from sim.population import CARD_KINDS
+from sim.world import World
 
-if TYPE_CHECKING:
-    from sim.run import _World
+__all__ = ["ISSUED_LIST", "issued_lists", "slug", "write_city"]
 
-__all__ = ["DIRECTIONS", "ISSUED_LIST", "slug", "write_city"]
-
-ISSUED_LIST = "issued-1.fil"
+ISSUED_LIST = "issued-1.fil"  # issuer key 1's; with --crypto mix issuer key 2 has issued-2.fil
 # Cards the Qingdao issuer did not issue: a forger's credentials, and another region's
 # cards (signed by the simulated issuer, but a real Jinan card is not on Qingdao's list).
 _NOT_LISTED = frozenset({"forged", "other_region"})
 
-DIRECTIONS = ROLE_DIRECTION
+
+def issued_lists(world: World) -> list[str]:
+    """The issued lists' file names, one per issuer key."""
+    return [f"issued-{i.key.key_id}.fil" for i in world.issuers]
 
 
 def slug(place: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in place)
 
 
-def write_city(world: _World, out: Path) -> None:
+def write_city(world: World, out: Path) -> None:
     """Keys, keyring, signed revocation tables, fares, terminal register, gate configs."""
+    _write_keys_and_register(world, out)
+    world.keyring().save(out / "keyring.json")
+    _write_issued_list(world, out)
+    _write_revocation(world, out / "revocation")
+    (out / "fares.toml").write_text("\n".join(_fares(world)) + "\n")
+    _write_gate_configs(world, out / "gates")
+
+
+def _write_keys_and_register(world: World, out: Path) -> None:
+    """The issuer's, the revocation signer's and each terminal's key; the register."""
     keys = out / "keys"
     keys.mkdir(parents=True)
-    save_signing_key(world.issuer.key, keys / "issuer-1")
+    for issuer in world.issuers:
+        save_signing_key(issuer.key, keys / f"issuer-{issuer.key.key_id}")
     save_signing_key(world.revocation_signer, keys / "revocation-1")
     terminals = []
     for g in world.gates:
@@ -58,7 +70,7 @@ def write_city(world: _World, out: Path) -> None:
                 g.operator,
                 g.line,
                 g.place,
-                DIRECTIONS[g.role],
+                ROLE_DIRECTION[g.role],
                 tkey.algorithm,
                 tkey.private.public_bytes,
                 x,
@@ -66,9 +78,10 @@ def write_city(world: _World, out: Path) -> None:
             )
         )
     (out / "terminals.csv").write_text(format_terminals(terminals))
-    world.issuer.keyring().save(out / "keyring.json")
-    _write_issued_list(world, out)
-    rev = out / "revocation"
+
+
+def _write_revocation(world: World, rev: Path) -> None:
+    """Both generations' signed tables and their CSV sources."""
     rev.mkdir()
     clock = world.clock
     for gen, entries, at_ms in (
@@ -88,6 +101,12 @@ def write_city(world: _World, out: Path) -> None:
             at_ms // 1000,
             rev / f"gen{gen}.frt",
         )
+
+
+def _fares(world: World) -> list[str]:
+    """The lines of fares.toml: each operator's regions and passback window, the bus
+    lines' flat fares and the metro's distance bands."""
+    clock = world.clock
     fares = [
         "# Fares the city reimburses per free ride, in fen; distances in metres.",
         "# Written by farecore sim from its network (see docs/simulator.md).",
@@ -127,10 +146,15 @@ def write_city(world: _World, out: Path) -> None:
         f"bands = [{bands}]",
         "[metro.stations]",
     ]
-    fares += [f'"{st}" = {world.network.chainage_m(st)}' for st in world.network.stations]
-    (out / "fares.toml").write_text("\n".join(fares) + "\n")
-    gdir = out / "gates"
+    return fares + [f'"{st}" = {world.network.chainage_m(st)}' for st in world.network.stations]
+
+
+def _write_gate_configs(world: World, gdir: Path) -> None:
+    """One ``farecore gate`` configuration per gate. The simulator builds its gates from
+    them; their marks and verified table copies go to the run's ``work/state``."""
     gdir.mkdir()
+    clock = world.clock
+    issued = ", ".join(f'"../{name}"' for name in issued_lists(world))
     for g in world.gates:
         window = {"metro_entry": clock.passback_metro_s, "bus": clock.passback_bus_s}.get(g.role, 0)
         (gdir / f"gate-{g.terminal_id}.toml").write_text(
@@ -138,25 +162,29 @@ def write_city(world: _World, out: Path) -> None:
             f'[terminal]\nid = {g.terminal_id}\nkey = "../keys/terminal-{g.terminal_id}.key"\n'
             f'operator = "{g.operator}"\nline = "{g.line}"\nplace = "{g.place}"\nrole = "{g.role}"\n\n'
             f'[policy]\nregions = [{QINGDAO}]\n\n[keyring]\npath = "../keyring.json"\n'
-            f'issued = ["../{ISSUED_LIST}"]\n\n'
+            f"issued = [{issued}]\n\n"
             f'[revocation]\ntable = "../revocation/gen2.frt"\nsigner = "../keys/revocation-1.pub"\n\n'
             f'[journal]\npath = "../work/journals/journal-{g.terminal_id}.sqlite"\n\n'
             f"[passback]\nwindow_s = {window}\n"
             + (f'store = "../work/passback/{slug(g.place)}.sqlite"\n' if window else "")
+            + '\n[state]\ndir = "../work/state"\n'
         )
 
 
-def _write_issued_list(world: _World, out: Path) -> None:
+def _write_issued_list(world: World, out: Path) -> None:
     """Make every card's key and credential, and sign the list of those the issuer issued.
 
     The cards exist before the day, as a real register's do; the workers fork after this
     and find each card's material ready."""
     pop = world.population
-    listed = []
+    listed: list[list[tuple[str, bytes]]] = [[] for _ in world.issuers]
     for index in range(len(pop)):
         credential, _ = world.cards.material(index)
         if CARD_KINDS[int(pop.kinds[index])] not in _NOT_LISTED:
-            listed.append((f"card {int(pop.card_ids[index])}", credential))
+            listed[world.cards.issuer_of(index)].append(
+                (f"card {int(pop.card_ids[index])}", credential)
+            )
     created_at = world.clock.start_ms // 1000 - 86_400  # published the evening before
     jobs = world.opts.workers or os.cpu_count() or 1
-    build_issued_list(listed, world.issuer.key, 1, created_at, out / ISSUED_LIST, jobs=jobs)
+    for issuer, cards, name in zip(world.issuers, listed, issued_lists(world), strict=True):
+        build_issued_list(cards, issuer.key, 1, created_at, out / name, jobs=jobs)

@@ -10,29 +10,42 @@ import hashlib
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
+from farecore.card import sm2
 from farecore.card.credential import CredentialFields, build_credential
 from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.card.keys import IssuerKey, Keyring, SigningKey
 from sim.card import CardFaults, VirtualCard
 
-__all__ = ["QINGDAO", "CredentialOptions", "Issuer", "derive_key"]
+__all__ = ["QINGDAO", "CredentialOptions", "Issuer", "derive_key", "scalar_in_range"]
 
 QINGDAO = 370200
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
+def scalar_in_range(algorithm: Algorithm, secret: bytes) -> bool:
+    """Whether a 32-byte ``secret`` is a valid private key of ``algorithm``: any 32 bytes
+    for Ed25519 (a seed), 1 ≤ d ≤ n−1 for P-256, 1 ≤ d ≤ n−2 for SM2 (1 + d must be
+    invertible mod n)."""
+    d = int.from_bytes(secret, "big")
+    if algorithm == Algorithm.P256:
+        return 0 < d < _P256_ORDER
+    if algorithm == Algorithm.SM2_SM3:
+        return 0 < d < sm2.N - 1
+    return True
+
+
 def derive_key(
     seed: bytes | str, label: str, algorithm: Algorithm = Algorithm.ED25519
 ) -> PrivateKey:
-    """A private key derived from ``seed`` and ``label`` (never use this for real keys)."""
+    """A private key derived from ``seed`` and ``label`` (never use this for real keys).
+    A scalar out of its curve's range is skipped for the next counter's."""
     if isinstance(seed, str):
         seed = seed.encode()
-    counter = 0
-    while True:
+    for counter in range(256):
         secret = hashlib.sha256(seed + b"/" + label.encode() + bytes([counter])).digest()
-        if algorithm == Algorithm.ED25519 or 0 < int.from_bytes(secret, "big") < _P256_ORDER:
+        if scalar_in_range(algorithm, secret):
             return PrivateKey(algorithm, secret)
-        counter += 1
+    raise AssertionError("no scalar in range in 256 tries")  # probability about 2^-8000
 
 
 class CredentialOptions(TypedDict, total=False):

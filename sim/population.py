@@ -21,7 +21,7 @@ import numpy.typing as npt
 from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.card.keys import SigningKey
 from sim.card import CardFaults, VirtualCard
-from sim.issuer import CredentialOptions, Issuer
+from sim.issuer import CredentialOptions, Issuer, scalar_in_range
 
 __all__ = [
     "CARD_KINDS",
@@ -158,20 +158,36 @@ class CardFactory:
         self,
         seed: int,
         population: Population,
-        issuer: Issuer,
-        forger: SigningKey,
+        issuers: Issuer | list[Issuer],
+        forgers: SigningKey | list[SigningKey],
         day_start_s: int,
+        card_algorithms: tuple[Algorithm, ...] = (Algorithm.ED25519,),
     ) -> None:
         self._seed = seed.to_bytes(8, "big", signed=False)
         self._pop = population
-        self._issuer = issuer
-        self._forger = forger
+        self._issuers = issuers if isinstance(issuers, list) else [issuers]
+        self._forgers = forgers if isinstance(forgers, list) else [forgers]
+        if len(self._issuers) != len(self._forgers) or not card_algorithms:
+            raise ValueError("one forger per issuer, and at least one card algorithm")
         self._day_start_s = day_start_s
+        self._algs = card_algorithms
         self._cache: dict[int, tuple[bytes, PrivateKey]] = {}
 
-    def _key(self, label: bytes) -> PrivateKey:
+    def issuer_of(self, index: int) -> int:
+        """Which issuer (0-based) signs card ``index``: with several card algorithms and
+        issuers, the cards take every pairing in turn (index mod algorithms picks the
+        card's key, the quotient the issuer)."""
+        return (index // len(self._algs)) % len(self._issuers)
+
+    def _key(self, label: bytes, algorithm: Algorithm) -> PrivateKey:
         secret = hashlib.sha256(b"farecore-sim/card/" + self._seed + label).digest()
-        return PrivateKey(Algorithm.ED25519, secret)
+        if algorithm == Algorithm.ED25519:
+            return PrivateKey(algorithm, secret)  # the bytes of every earlier release
+        for counter in range(256):
+            if scalar_in_range(algorithm, secret):
+                return PrivateKey(algorithm, secret)
+            secret = hashlib.sha256(secret + bytes([counter])).digest()
+        raise AssertionError("no scalar in range in 256 tries")  # probability about 2^-8000
 
     def material(self, index: int) -> tuple[bytes, PrivateKey]:
         """(credential, the key the tapping card holds) for card ``index``."""
@@ -180,20 +196,22 @@ class CardFactory:
             return hit
         card_id = int(self._pop.card_ids[index])
         kind = CARD_KINDS[int(self._pop.kinds[index])]
-        key = self._key(card_id.to_bytes(8, "big"))
+        alg = self._algs[index % len(self._algs)]
+        issuer = self.issuer_of(index)
+        key = self._key(card_id.to_bytes(8, "big"), alg)
         options: CredentialOptions = {"category": int(self._pop.categories[index])}
         if kind == "expired":
             valid_until = self._day_start_s - 86_400 * (1 + index % 200)
             options["valid_until"] = valid_until
             options["valid_from"] = valid_until - 86_400 * 365 * 3
         elif kind == "forged":
-            options["signer"] = self._forger  # same key id, wrong key: the signature fails
+            options["signer"] = self._forgers[issuer]  # same key id, wrong key: the signature fails
         elif kind == "other_region":
             options["region"] = JINAN
-        credential = self._issuer.credential(card_id, key, **options)
+        credential = self._issuers[issuer].credential(card_id, key, **options)
         if kind == "clone":
             # The genuine credential, copied onto a chip with a key the cloner made up.
-            key = self._key(b"clone/" + card_id.to_bytes(8, "big"))
+            key = self._key(b"clone/" + card_id.to_bytes(8, "big"), alg)
         self._cache[index] = (credential, key)
         return credential, key
 

@@ -2,7 +2,8 @@
 
 It turns the raw per-tap results (expected and got codes, latencies) and the settlement
 totals into ``summary.json``, a one-screen text report and two PNG plots, and shows the
-live progress line while the day runs. It must never change a verdict: a wrong decision or a money mismatch is counted here, not excused.
+live progress line while the day runs. It must never change a verdict: a wrong decision
+or a money mismatch is counted here, not excused.
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import multiprocessing.connection as mp_connection
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
 from sim.population import CARD_KINDS
 from sim.workload import FAULT_PASSBACK, FAULT_PULLED, label_name
-
-if TYPE_CHECKING:
-    from sim.run import _World
+from sim.world import World
 
 __all__ = ["build_summary", "print_summary", "show_progress", "write_plots"]
 
 
-def _fraud_kinds(world: _World) -> npt.NDArray[np.object_]:
+def _fraud_kinds(world: World) -> npt.NDArray[np.object_]:
     """The scenario of each tap: a bad card's kind, a tap fault, or 'normal'."""
     wl = world.workload
     kinds = np.array(CARD_KINDS, dtype=object)[world.population.kinds[wl.card]]
@@ -34,7 +34,7 @@ def _fraud_kinds(world: _World) -> npt.NDArray[np.object_]:
 
 
 def build_summary(
-    world: _World,
+    world: World,
     got: npt.NDArray[np.uint8],
     latency_us: npt.NDArray[np.float64],
     gate_us: npt.NDArray[np.float64],
@@ -43,12 +43,49 @@ def build_summary(
     expected_money: dict[str, dict[str, int]],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
+    """``summary.json``: the decisions against the ground truth, the money, the speed."""
     wl = world.workload
-    expected = wl.expected
+    wrong = int(np.count_nonzero(wl.expected != got))
+    expected_by_op = {op: sum(lines.values()) for op, lines in expected_money.items()}
+    got_by_op = settled["reimbursement_by_operator"]
+    ops = sorted(set(expected_by_op) | set(got_by_op))
+    settlement_ok = all(expected_by_op.get(op, 0) == got_by_op.get(op, 0) for op in ops)
+    return {
+        "seed": world.opts.seed,
+        "crypto": world.opts.crypto,
+        "day": world.clock.day.isoformat(),
+        "cards": len(world.population),
+        "gates": len(world.gates),
+        "taps": len(wl),
+        **_decisions(world, got),
+        "reimbursement_by_operator": dict(sorted(got_by_op.items())),
+        "expected_reimbursement_by_operator": dict(sorted(expected_by_op.items())),
+        "expected_reimbursement_by_line": expected_money,
+        "settlement_matches": settlement_ok,
+        "settled_rides": settled["rides"],
+        "anomalies": settled["anomalies"],
+        "taps_per_second": round(len(wl) / wall_s, 1) if wall_s > 0 else None,
+        "run_seconds": round(wall_s, 3),
+        "latency_us": _percentiles(latency_us),
+        "gate_latency_us": _percentiles(gate_us),
+        "engine": extra,
+        "ok": wrong == 0 and settlement_ok,
+    }
+
+
+def _percentiles(us: npt.NDArray[np.float64]) -> dict[str, float]:
+    return {
+        "p50": round(float(np.percentile(us, 50)), 1),
+        "p99": round(float(np.percentile(us, 99)), 1),
+    }
+
+
+def _decisions(world: World, got: npt.NDArray[np.uint8]) -> dict[str, Any]:
+    """Wrong decisions, decisions by reason, the confusion table and the scenarios."""
+    expected = world.workload.expected
     confusion: Counter[tuple[str, str]] = Counter(
         zip(map(label_name, expected.tolist()), map(label_name, got.tolist()), strict=True)
     )
-    wrong = int(np.count_nonzero(expected != got))
     kinds = _fraud_kinds(world)
     by_kind: dict[str, dict[str, int]] = {}
     for kind in sorted(set(kinds.tolist())):
@@ -58,55 +95,51 @@ def build_summary(
             "denied": int(np.count_nonzero(got[mask] != 0)),
             "wrong": int(np.count_nonzero(got[mask] != expected[mask])),
         }
-    expected_by_op = {op: sum(lines.values()) for op, lines in expected_money.items()}
-    got_by_op = settled["reimbursement_by_operator"]
-    ops = sorted(set(expected_by_op) | set(got_by_op))
-    settlement_ok = all(expected_by_op.get(op, 0) == got_by_op.get(op, 0) for op in ops)
     decisions = Counter(map(label_name, got.tolist()))
     return {
-        "seed": world.opts.seed,
-        "day": world.clock.day.isoformat(),
-        "cards": len(world.population),
-        "gates": len(world.gates),
-        "taps": len(wl),
-        "wrong_decisions": wrong,
+        "wrong_decisions": int(np.count_nonzero(expected != got)),
         "decisions_by_reason": dict(sorted(decisions.items())),
         "confusion": {
             exp: {g: n for (e, g), n in sorted(confusion.items()) if e == exp}
             for exp in sorted({e for e, _ in confusion})
         },
         "scenarios": by_kind,
-        "reimbursement_by_operator": dict(sorted(got_by_op.items())),
-        "expected_reimbursement_by_operator": dict(sorted(expected_by_op.items())),
-        "expected_reimbursement_by_line": expected_money,
-        "settlement_matches": settlement_ok,
-        "settled_rides": settled["rides"],
-        "anomalies": settled["anomalies"],
-        "taps_per_second": round(len(wl) / wall_s, 1) if wall_s > 0 else None,
-        "run_seconds": round(wall_s, 3),
-        "latency_us": {
-            "p50": round(float(np.percentile(latency_us, 50)), 1),
-            "p99": round(float(np.percentile(latency_us, 99)), 1),
-        },
-        "gate_latency_us": {
-            "p50": round(float(np.percentile(gate_us, 50)), 1),
-            "p99": round(float(np.percentile(gate_us, 99)), 1),
-        },
-        "engine": extra,
-        "ok": wrong == 0 and settlement_ok,
     }
 
 
 def print_summary(s: dict[str, Any], out: TextIO) -> None:
+    """The one-screen report of a day."""
     w = out.write
     w("\n")
-    w(f"farecore sim  day {s['day']}  seed {s['seed']}  {s['cards']:,} cards  {s['gates']} gates\n")
+    w(
+        f"farecore sim  day {s['day']}  seed {s['seed']}  {s['cards']:,} cards  {s['gates']} gates"
+        f"  crypto {s.get('crypto', 'ed25519')}\n"
+    )
     w(
         f"  taps {s['taps']:,} in {s['run_seconds']:.1f} s = {s['taps_per_second']:,.0f} taps/s"
         f"   decision p50 {s['latency_us']['p50']:.0f} us  p99 {s['latency_us']['p99']:.0f} us"
         f"   (with journal p50 {s['gate_latency_us']['p50']:.0f} us)\n"
     )
-    e = s["engine"]
+    _print_engine(s["engine"], w)
+    _print_decisions(s, w)
+    w("  reimbursement (fen): settlement vs ground truth\n")
+    exp = s["expected_reimbursement_by_operator"]
+    for op in sorted(set(exp) | set(s["reimbursement_by_operator"])):
+        got = s["reimbursement_by_operator"].get(op, 0)
+        want = exp.get(op, 0)
+        w(f"    {op:<16} {got:>14,}  {want:>14,}  {'ok' if got == want else 'MISMATCH'}\n")
+    kinds = Counter(a["kind"] for a in s["anomalies"])
+    w(f"  anomalies found by the settlement: {dict(kinds) if kinds else 'none'}\n")
+    verdict = "OK" if s["ok"] else "FAILED"
+    w(
+        f"  {verdict}: {s['wrong_decisions']} wrong decisions; settlement "
+        f"{'equals' if s['settlement_matches'] else 'DIFFERS FROM'} the ground truth\n"
+    )
+    out.flush()
+
+
+def _print_engine(e: dict[str, Any], w: Callable[[str], Any]) -> None:
+    """Commits, CPU per tap, the crypto ceiling and the transport, where measured."""
     if "commits" in e:
         w(
             f"  {e['commits']:,} journal commits ({e['taps_per_commit']:.1f} taps each), "
@@ -135,6 +168,10 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
             f"  {tr['taps']} taps through {tr['reader']}: decision p50 {tr['latency_p50_us']:.0f} us"
             f"  p99 {tr['latency_p99_us']:.0f} us\n"
         )
+
+
+def _print_decisions(s: dict[str, Any], w: Callable[[str], Any]) -> None:
+    """The confusion table, expected against got, and the scenarios."""
     w("  expected -> got:\n")
     for exp, row in s["confusion"].items():
         cells = "  ".join(f"{g}={n:,}" for g, n in row.items())
@@ -151,23 +188,9 @@ def print_summary(s: dict[str, Any], out: TextIO) -> None:
             )
             + "\n"
         )
-    w("  reimbursement (fen): settlement vs ground truth\n")
-    exp = s["expected_reimbursement_by_operator"]
-    for op in sorted(set(exp) | set(s["reimbursement_by_operator"])):
-        got = s["reimbursement_by_operator"].get(op, 0)
-        want = exp.get(op, 0)
-        w(f"    {op:<16} {got:>14,}  {want:>14,}  {'ok' if got == want else 'MISMATCH'}\n")
-    kinds = Counter(a["kind"] for a in s["anomalies"])
-    w(f"  anomalies found by the settlement: {dict(kinds) if kinds else 'none'}\n")
-    verdict = "OK" if s["ok"] else "FAILED"
-    w(
-        f"  {verdict}: {s['wrong_decisions']} wrong decisions; settlement "
-        f"{'equals' if s['settlement_matches'] else 'DIFFERS FROM'} the ground truth\n"
-    )
-    out.flush()
 
 
-def write_plots(out_dir: Any, world: _World, latency_us: npt.NDArray[np.float64]) -> None:
+def write_plots(out_dir: Any, world: World, latency_us: npt.NDArray[np.float64]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

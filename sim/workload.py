@@ -104,71 +104,10 @@ class Workload:
         if taps < 10:
             raise ValueError("--taps must be at least 10")
         rng = np.random.default_rng([seed, 2])
-        entry_gates: dict[str, list[int]] = defaultdict(list)
-        exit_gates: dict[str, list[int]] = defaultdict(list)
-        bus_gates: list[int] = []
-        for g in gates:
-            if g.role == "metro_entry":
-                entry_gates[g.place].append(g.index)
-            elif g.role == "metro_exit":
-                exit_gates[g.place].append(g.index)
-            else:
-                bus_gates.append(g.index)
-        stations = sorted(entry_gates)
+        places = _Places.of(gates)
         n_trips = 2 * taps + 100  # ~1.6 taps a trip; trips overlapping one card's are dropped
-        starts = _day_profile(rng, n_trips, clock.start_ms)
-        cards = rng.integers(0, len(population), n_trips)
-        # Make sure every bad card kind shows up even in a small day.
-        bad = np.flatnonzero(population.kinds != 0)
-        if len(bad):
-            take = bad[: max(1, min(len(bad), n_trips // 8))]
-            cards[rng.choice(n_trips, size=len(take), replace=False)] = take
-        is_metro = rng.random(n_trips) < 0.58
-        a_idx = rng.integers(0, len(stations), n_trips)
-        b_off = rng.integers(1, max(2, len(stations)), n_trips)
-        pick = rng.random((n_trips, 4))
-        p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
-
-        # (time, card, gate, fault) rows; trips of one card never overlap in time.
-        rows: list[tuple[int, int, int, int]] = []
-        busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        gap = 90 * 60_000  # between a card's trips: every hop stays under the
-        # settlement's impossible-travel speed.
-        # Trips are taken in random order (not time order) until the day is full, so a
-        # small day still spans the whole service day with its two peaks.
-        for t in rng.permutation(n_trips):
-            start, card = int(starts[t]), int(cards[t])
-            if is_metro[t] and len(stations) >= 2:
-                a = stations[a_idx[t]]
-                b = stations[(a_idx[t] + b_off[t]) % len(stations)]
-                if a == b:
-                    continue
-                km = network.distance_km(a, b)
-                end = start + int((km / 0.55 + 4 + 6 * pick[t, 0]) * 60_000)
-                gin = entry_gates[a][int(pick[t, 1] * len(entry_gates[a]))]
-                gout = exit_gates[b][int(pick[t, 2] * len(exit_gates[b]))]
-                trip = [(start, card, gin, FAULT_NONE), (end, card, gout, FAULT_NONE)]
-                again = entry_gates[a][int(pick[t, 3] * len(entry_gates[a]))]
-            else:
-                gin = bus_gates[int(pick[t, 1] * len(bus_gates))]
-                end = start + int((8 + 30 * pick[t, 0]) * 60_000)
-                trip = [(start, card, gin, FAULT_NONE)]
-                again = gin
-            if any(start < e + gap and s0 < end + gap for s0, e in busy[card]):
-                continue
-            busy[card].append((start, end))
-            rows.extend(trip)
-            u = rng.random(2)
-            if u[0] < p_pulled:
-                # Pulled off the reader mid-transaction; the rider taps again 2-6 s later.
-                lost = trip[int(u[1] * len(trip)) % len(trip)]
-                rows.append((lost[0] - 2000 - int(4000 * u[1]), card, lost[2], FAULT_PULLED))
-            if u[1] < p_passback:
-                rows.append((start + 20_000 + int(200_000 * u[0]), card, again, FAULT_PASSBACK))
-            if len(rows) >= taps:
-                break
-        rows.sort()
-        rows = rows[:taps]
+        draws = _Draws.draw(rng, n_trips, len(places.stations), population, clock)
+        rows = _plan(rng, draws, places, network, mix, taps)
         arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
         time_ms = arr[:, 0].copy()
         card_arr = arr[:, 1].astype(np.int32)
@@ -178,6 +117,128 @@ class Workload:
             time_ms, card_arr, gate_arr, fault, population, gates, clock
         )
         return cls(time_ms, card_arr, gate_arr, counter, fault, expected)
+
+
+@dataclass(frozen=True, slots=True)
+class _Places:
+    """The gates by what they are: a station's entries and exits, the buses."""
+
+    entry: dict[str, list[int]]
+    exit: dict[str, list[int]]
+    bus: list[int]
+    stations: list[str]  # the metro stations, sorted
+
+    @classmethod
+    def of(cls, gates: list[GatePlan]) -> _Places:
+        entry: dict[str, list[int]] = defaultdict(list)
+        exit_: dict[str, list[int]] = defaultdict(list)
+        bus: list[int] = []
+        for g in gates:
+            if g.role == "metro_entry":
+                entry[g.place].append(g.index)
+            elif g.role == "metro_exit":
+                exit_[g.place].append(g.index)
+            else:
+                bus.append(g.index)
+        return cls(entry, exit_, bus, sorted(entry))
+
+
+@dataclass(frozen=True, slots=True)
+class _Draws:
+    """The random draws of every candidate trip, made up front in a fixed order."""
+
+    starts: npt.NDArray[np.int64]
+    cards: npt.NDArray[np.int64]
+    is_metro: npt.NDArray[np.bool_]
+    a_idx: npt.NDArray[np.int64]
+    b_off: npt.NDArray[np.int64]
+    pick: npt.NDArray[np.float64]
+
+    @classmethod
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        n_trips: int,
+        stations: int,
+        population: Population,
+        clock: DayClock,
+    ) -> _Draws:
+        starts = _day_profile(rng, n_trips, clock.start_ms)
+        cards = rng.integers(0, len(population), n_trips)
+        # Make sure every bad card kind shows up even in a small day.
+        bad = np.flatnonzero(population.kinds != 0)
+        if len(bad):
+            take = bad[: max(1, min(len(bad), n_trips // 8))]
+            cards[rng.choice(n_trips, size=len(take), replace=False)] = take
+        is_metro = rng.random(n_trips) < 0.58
+        a_idx = rng.integers(0, stations, n_trips)
+        b_off = rng.integers(1, max(2, stations), n_trips)
+        return cls(starts, cards, is_metro, a_idx, b_off, rng.random((n_trips, 4)))
+
+
+_Row = tuple[int, int, int, int]  # time, card, gate, fault
+_GAP_MS = 90 * 60_000  # between a card's trips: every hop stays under the settlement's
+# impossible-travel speed.
+
+
+def _plan(
+    rng: np.random.Generator,
+    d: _Draws,
+    places: _Places,
+    network: Network,
+    mix: FraudMix,
+    taps: int,
+) -> list[_Row]:
+    """The day's taps, sorted by time. Trips of one card never overlap in time; trips
+    are taken in random order (not time order) until the day is full, so a small day
+    still spans the whole service day with its two peaks."""
+    rows: list[_Row] = []
+    busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
+    for t in rng.permutation(len(d.starts)):
+        planned = _trip(int(t), d, places, network)
+        if planned is None:
+            continue
+        trip, again, start, end = planned
+        card = trip[0][1]
+        if any(start < e + _GAP_MS and s0 < end + _GAP_MS for s0, e in busy[card]):
+            continue
+        busy[card].append((start, end))
+        rows.extend(trip)
+        u = rng.random(2)
+        if u[0] < p_pulled:
+            # Pulled off the reader mid-transaction; the rider taps again 2-6 s later.
+            lost = trip[int(u[1] * len(trip)) % len(trip)]
+            rows.append((lost[0] - 2000 - int(4000 * u[1]), card, lost[2], FAULT_PULLED))
+        if u[1] < p_passback:
+            rows.append((start + 20_000 + int(200_000 * u[0]), card, again, FAULT_PASSBACK))
+        if len(rows) >= taps:
+            break
+    rows.sort()
+    return rows[:taps]
+
+
+def _trip(
+    t: int, d: _Draws, places: _Places, network: Network
+) -> tuple[list[_Row], int, int, int] | None:
+    """Trip ``t``'s taps, the gate a passback attempt would use, its start and end; None
+    if it goes nowhere (a metro trip to the station it starts from)."""
+    start, card, pick = int(d.starts[t]), int(d.cards[t]), d.pick[t]
+    stations = places.stations
+    if d.is_metro[t] and len(stations) >= 2:
+        a = stations[d.a_idx[t]]
+        b = stations[(d.a_idx[t] + d.b_off[t]) % len(stations)]
+        if a == b:
+            return None
+        km = network.distance_km(a, b)
+        end = start + int((km / 0.55 + 4 + 6 * pick[0]) * 60_000)
+        gin = places.entry[a][int(pick[1] * len(places.entry[a]))]
+        gout = places.exit[b][int(pick[2] * len(places.exit[b]))]
+        again = places.entry[a][int(pick[3] * len(places.entry[a]))]
+        return [(start, card, gin, FAULT_NONE), (end, card, gout, FAULT_NONE)], again, start, end
+    gin = places.bus[int(pick[1] * len(places.bus))]
+    end = start + int((8 + 30 * pick[0]) * 60_000)
+    return [(start, card, gin, FAULT_NONE)], gin, start, end
 
 
 def _day_profile(rng: np.random.Generator, n: int, day_start_ms: int) -> npt.NDArray[np.int64]:

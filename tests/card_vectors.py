@@ -15,15 +15,23 @@ from farecore.card.keys import IssuerKey, Keyring
 from farecore.decide.validator import TerminalPolicy
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "card-vectors.json"
+# The superset with algorithm 3 (CARD-SPEC §4a): the same cases plus SM2 ones.
+SM2_VECTORS_PATH = Path(__file__).parents[1] / "farecore" / "data" / "card-vectors-sm2.json"
 
 
 def load_vectors() -> dict[str, Any]:
     return json.loads(VECTORS_PATH.read_text())
 
 
+def load_sm2_vectors() -> dict[str, Any]:
+    return json.loads(SM2_VECTORS_PATH.read_text())
+
+
 def vector_private_key(entry: dict[str, Any]) -> PrivateKey:
     alg = Algorithm.from_label(entry["algorithm"])
-    secret = entry.get("ed25519_seed") or entry["p256_private_scalar"]
+    secret = (
+        entry.get("ed25519_seed") or entry.get("sm2_private_scalar") or entry["p256_private_scalar"]
+    )
     return PrivateKey(alg, bytes.fromhex(secret))
 
 

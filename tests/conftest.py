@@ -29,3 +29,11 @@ def policy(vectors: dict[str, Any]) -> TerminalPolicy:
 @pytest.fixture(scope="session")
 def now_ms(vectors: dict[str, Any]) -> int:
     return int(vectors["terminal"]["now_unix_ms"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The suite runs on several xdist workers (scripts/test.sh); the PC/SC tests share one
+    # session pcscd and its card servers, so they all go to one worker, in order.
+    for item in items:
+        if "tests/readers_pcsc/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("pcscd"))

@@ -26,9 +26,10 @@ from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.errors import JournalError
 from farecore.gate.tap import run_tap
 from farecore.journal.batch import export_batch, parse_day
+from farecore.journal.layout import RECENT_RECORDS
 from farecore.journal.records import Direction
 from farecore.journal.station import StationJournal
-from farecore.journal.terminal import RECENT_RECORDS, Journal, JournalReader, TapContext
+from farecore.journal.terminal import Journal, JournalReader, TapContext
 from readers.virtual import VirtualReader
 from sim.issuer import Issuer, derive_key
 

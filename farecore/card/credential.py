@@ -4,7 +4,7 @@ Layout (CARD-SPEC §4), big-endian::
 
     0  version:1   1 issuer_alg:1   2 issuer_key_id:4   6 card_id:8   14 category:1
     15 region:4    19 valid_from:4  23 valid_until:4    27 card_key_alg:1
-    28 card_public_key:k (32 or 65)  28+k issuer_signature:64
+    28 card_public_key:k (32 Ed25519, 65 P-256 or SM2)  28+k issuer_signature:64
 
 Parsing checks shape only: ``parse_unverified`` never looks at the signature. Whether the
 issuer really signed it is the validator's business, with a keyring.
@@ -33,6 +33,9 @@ CREDENTIAL_SIGNING_TAG = b"RJCARD/credential/v1"
 _HEADER = struct.Struct(">BBIQBIIIB")  # 28 bytes up to the card public key
 _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
+# Every code of the spec (§4), whether or not this machine can verify it: a credential's
+# shape never depends on an optional backend (docs/crypto-sm2.md).
+_ALGORITHMS = frozenset(Algorithm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +131,9 @@ def _parse_cached(data: bytes) -> Credential:
     )
     if version != FORMAT_VERSION:
         raise MalformedCredential(f"unknown credential version {version}")
-    if issuer_alg not in (1, 2):
+    if issuer_alg not in _ALGORITHMS:
         raise MalformedCredential(f"unknown issuer algorithm {issuer_alg}")
-    if card_alg not in (1, 2):
+    if card_alg not in _ALGORITHMS:
         raise MalformedCredential(f"unknown card key algorithm {card_alg}")
     k = Algorithm(card_alg).public_key_length
     if len(data) != 28 + k + 64:

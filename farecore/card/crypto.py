@@ -1,7 +1,8 @@
 """The signature schemes of the Rongjun card, behind one small interface.
 
-Ed25519 (RFC 8032) and ECDSA P-256 over SHA-256 with raw ``r ‖ s`` signatures. Both give
-64-byte signatures. Each scheme is one entry of ``_SCHEMES`` (how to decode a public
+Ed25519 (RFC 8032), ECDSA P-256 over SHA-256 with raw ``r ‖ s`` signatures, and SM2 with
+SM3 (CARD-SPEC §4a, ``farecore.card.sm2``; its backend is the optional ``sm`` extra). All
+give 64-byte signatures. Each scheme is one entry of ``_SCHEMES`` (how to decode a public
 key, make a signer from a 32-byte secret, and draw a new secret), so a new algorithm is
 one class and one ``Algorithm`` member. Verification returns None or raises :class:`BadSignature`; it never
 returns a bool a caller could forget to check. Decoded public keys are cached, because
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from farecore.card import sm2
 from farecore.errors import BadSignature, MalformedInput
 
 __all__ = [
@@ -51,6 +53,7 @@ class Algorithm(enum.IntEnum):
 
     ED25519 = 1
     P256 = 2
+    SM2_SM3 = 3
 
     @property
     def public_key_length(self) -> int:
@@ -244,7 +247,59 @@ class _P256:
         )
 
 
-_SCHEMES: dict[Algorithm, _Scheme] = {Algorithm.ED25519: _Ed25519(), Algorithm.P256: _P256()}
+class _SM2Public:
+    """An SM2 public key: the point checked and Z computed once, here; the backend is
+    asked only about in-range signatures (``farecore.card.sm2``)."""
+
+    __slots__ = ("_xy", "_z", "algorithm", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.algorithm = Algorithm.SM2_SM3
+        self.raw = raw
+        self._xy = sm2.parse_public_key(raw)
+        sm2.backend()  # a key that cannot be used must not load (docs/crypto-sm2.md)
+        self._z = sm2.z_value(self._xy)
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        r, s = sm2.signature_scalars(signature)
+        if not sm2.verify_digest(self._xy, sm2.message_digest(self._z, message), r, s):
+            raise BadSignature("SM2 signature does not verify")
+
+
+class _SM2Signer:
+    __slots__ = ("_secret", "_z", "public_bytes")
+
+    def __init__(self, secret: bytes) -> None:
+        sm2.secret_scalar(secret)
+        sm2.backend()
+        self._secret = secret
+        self.public_bytes = sm2.public_from_secret(secret)
+        self._z = sm2.z_value(self.public_bytes[1:])
+
+    def sign(self, message: bytes) -> bytes:
+        # The backend draws a fresh random nonce for every signature.
+        return sm2.sign_digest(self._secret, sm2.message_digest(self._z, message))
+
+
+class _SM2:
+    label = "SM2-SM3"
+    public_key_length = 65
+
+    def public(self, raw: bytes) -> PublicKey:
+        return _SM2Public(raw)
+
+    def signer(self, secret: bytes) -> _Signer:
+        return _SM2Signer(secret)
+
+    def new_secret(self) -> bytes:
+        return sm2.new_secret()
+
+
+_SCHEMES: dict[Algorithm, _Scheme] = {
+    Algorithm.ED25519: _Ed25519(),
+    Algorithm.P256: _P256(),
+    Algorithm.SM2_SM3: _SM2(),
+}
 
 _ed25519_class: type[_Ed25519Public] | type[_NaclEd25519Public] = _Ed25519Public
 
@@ -280,14 +335,14 @@ def load_public_key(algorithm: Algorithm, raw: bytes) -> PublicKey:
 
 
 class PrivateKey:
-    """A signing key of one scheme, from its 32-byte secret (an Ed25519 seed, a P-256
-    scalar). ``sign(message)`` returns a 64-byte signature."""
+    """A signing key of one scheme, from its 32-byte secret (an Ed25519 seed, a P-256 or
+    SM2 scalar). ``sign(message)`` returns a 64-byte signature."""
 
     __slots__ = ("algorithm", "public_bytes", "secret", "sign")
 
     def __init__(self, algorithm: Algorithm, secret: bytes) -> None:
         if len(secret) != 32:
-            raise ValueError("a private key is 32 bytes (Ed25519 seed or P-256 scalar)")
+            raise ValueError("a private key is 32 bytes (Ed25519 seed, P-256 or SM2 scalar)")
         self.algorithm = Algorithm(algorithm)
         self.secret = bytes(secret)
         signer = _SCHEMES[self.algorithm].signer(self.secret)

@@ -29,6 +29,12 @@ def register(sub: Any) -> None:
     )
     actions = top.add_subparsers(dest="issued_command", metavar="ACTION", required=True)
 
+    _add_build(actions)
+    _add_info(actions)
+    _add_check(actions)
+
+
+def _add_build(actions: Any) -> None:
     build = actions.add_parser(
         "build",
         help="sign a list from a file of credentials",
@@ -70,6 +76,8 @@ def register(sub: Any) -> None:
     )
     build.set_defaults(func=_build)
 
+
+def _add_info(actions: Any) -> None:
     info = actions.add_parser(
         "info",
         help="verify a list and print its header facts",
@@ -81,6 +89,8 @@ def register(sub: Any) -> None:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
 
+
+def _add_check(actions: Any) -> None:
     check = actions.add_parser(
         "check",
         help="verify a list and look credentials up in it",

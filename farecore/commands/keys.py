@@ -27,7 +27,13 @@ def register(sub: Any) -> None:
     new.add_argument("--id", required=True, type=uint(32, "key id"), help="key id (uint32)")
     new.add_argument("--out", required=True, type=path, metavar="PREFIX", help="output path prefix")
     new.add_argument(
-        "--algorithm", default="Ed25519", choices=["Ed25519", "ECDSA-P256"], help="default Ed25519"
+        "--algorithm",
+        "--alg",
+        default=Algorithm.ED25519,
+        type=_algorithm,
+        metavar="{ed25519,p256,sm2}",
+        help="Ed25519 (the default), ECDSA-P256 (p256) or SM2-SM3 (sm2; needs "
+        "pip install 'farecore[sm]')",
     )
     new.set_defaults(func=_keys_new)
 
@@ -58,10 +64,24 @@ def register(sub: Any) -> None:
     show.set_defaults(func=_keyring_list)
 
 
+# The short names a person types; key files and keyrings carry only the labels.
+_SHORT_NAMES = {"ed25519": Algorithm.ED25519, "p256": Algorithm.P256, "sm2": Algorithm.SM2_SM3}
+
+
+def _algorithm(text: str) -> Algorithm:
+    alg = _SHORT_NAMES.get(text.lower())
+    if alg is not None:
+        return alg
+    try:
+        return Algorithm.from_label(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown algorithm {text!r}: expected ed25519, p256 or sm2"
+        ) from None
+
+
 def _keys_new(args: argparse.Namespace) -> int:
-    key_path, pub_path = new_key_pair(
-        args.role, args.id, args.out, Algorithm.from_label(args.algorithm)
-    )
+    key_path, pub_path = new_key_pair(args.role, args.id, args.out, args.algorithm)
     print(f"wrote {key_path} (private, mode 0600) and {pub_path}")
     return 0
 

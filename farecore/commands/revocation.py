@@ -32,6 +32,11 @@ def register(sub: Any) -> None:
     )
     rev_sub = rev.add_subparsers(dest="revocation_command", metavar="ACTION", required=True)
 
+    _add_build(rev_sub)
+    _add_lookups(rev_sub)
+
+
+def _add_build(rev_sub: Any) -> None:
     build = rev_sub.add_parser(
         "build",
         help="build a signed table from a CSV of revoked cards",
@@ -66,6 +71,10 @@ def register(sub: Any) -> None:
     )
     build.set_defaults(func=_build)
 
+
+def _add_lookups(rev_sub: Any) -> None:
+    """``info`` and ``check``: both verify the table first, against a signer given or
+    named by a gate config."""
     for name, helptext in (
         ("info", "verify a table and print its header facts"),
         ("check", "verify a table and look card ids up in it"),
@@ -138,17 +147,12 @@ def _when(seconds: int) -> str:
 
 def _build(args: argparse.Namespace) -> int:
     from farecore.decide.revocation import build_table, read_revocation_csv
-    from farecore.decide.revocation.builder import BuildError
     from farecore.decide.revocation.csvinput import line_name
 
     key = load_private_key(args.key, role="revocation")
     created_at = args.created_at if args.created_at is not None else int(time.time())
     t0 = time.perf_counter()
-    ids, times, reasons = read_revocation_csv(args.csv)
-    zero = ids == 0
-    if zero.any():  # no card has id 0 (CARD-SPEC §4): a 0 is a fault in the export
-        where = line_name(int(zero.argmax()))
-        raise BuildError(f"{args.csv}: {where}: card id 0 is no card's id (card ids start at 1)")
+    ids, times, reasons = read_revocation_csv(args.csv)  # refuses card id 0 and duplicates
     refuse_rollback(args.out, args.generation, _table_generation, "revocation table", args.replace)
     t1 = time.perf_counter()
     summary = build_table(

@@ -53,6 +53,14 @@ def register(sub: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_inputs(p)
+    _add_dask(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_settle)
+
+
+def _add_inputs(p: Any) -> None:
+    """What a night reads and writes."""
     p.add_argument("--batches", required=True, type=path, help="directory of *.fcb batch files")
     p.add_argument("--terminals", required=True, type=path, help="terminal register (CSV)")
     p.add_argument("--keyring", required=True, type=path, help="issuer keyring (JSON)")
@@ -87,6 +95,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--revocation-signer", type=path, help="public key (.pub) that signs --revocation-table"
     )
+
+
+def _add_dask(p: Any) -> None:
+    """Where the units run when not in this machine's processes."""
     dask = p.add_argument_group(
         "Dask (pip install 'farecore[dask]')",
         "Run the per-batch verification on a Dask cluster instead; the outputs are the same "
@@ -109,8 +121,6 @@ def register(sub: Any) -> None:
         metavar="T",
         help="threads per local worker (default 1; see docs/settlement-cluster.md)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=_settle)
 
 
 def _bar(done: int, total: int, started: float) -> None:

@@ -51,6 +51,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from farecore.boundedinput import load_toml, read_limited
 from farecore.decide.clockguard import DEFAULT_TOLERANCE_S
 from farecore.decide.validator import ALL_CATEGORIES, TerminalPolicy
 from farecore.errors import ConfigError
+from farecore.journal.records import ROLE_DIRECTION
 from farecore.strictkeys import check_keys
 
 __all__ = [
@@ -70,7 +72,7 @@ __all__ = [
     "read_gate_toml",
 ]
 
-ROLES = ("bus", "metro_entry", "metro_exit")
+ROLES = tuple(ROLE_DIRECTION)  # the roles a gate may have, as the journal records them
 DEFAULT_MAX_AGE_S = 172_800
 
 
@@ -226,34 +228,70 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     def rel(value: str | None) -> Path | None:
         return None if value in (None, "") else base / str(value)
 
-    term = _table(doc, "terminal")
-    policy = _table(doc, "policy")
-    keyring = _table(doc, "keyring")
-    revocation = _table(doc, "revocation")
-    journal = _table(doc, "journal")
-    passback = _table(doc, "passback")
-    actuator = _table(doc, "actuator")
     state_dir = rel(_get(_table(doc, "state"), "state", "dir", str, "state")) or base / "state"
-    tolerance = _get(_table(doc, "clock"), "clock", "tolerance_s", int, DEFAULT_TOLERANCE_S)
-    if not 0 <= tolerance <= _MAX_CLOCK_TOLERANCE_S:
-        raise ConfigError(f"clock.tolerance_s must be 0..{_MAX_CLOCK_TOLERANCE_S}, not {tolerance}")
-    store = _get(revocation, "revocation", "store", str, None)
-    command = _get(actuator, "actuator", "command", list, [])
-    if not all(isinstance(c, str) for c in command):
-        raise ConfigError("actuator.command must be a list of strings")
-    # With a table, a maximum age is always in force: 48 h by default (README explains why).
-    table = _get(revocation, "revocation", "table", str, None)
-    max_age = _get(revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if table else None)
-    terminal_id = _get(term, "terminal", "id", int)
-    if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
-        raise ConfigError("terminal.id must be a uint64")
+    tolerance = _tolerance(_table(doc, "clock"))
+    command = _command(_table(doc, "actuator"))
+    terminal = _terminal(_table(doc, "terminal"), rel)
+    keyring = _table(doc, "keyring")
     keyring_path = rel(_get(keyring, "keyring", "path", str))
     if keyring_path is None:
         raise ConfigError("keyring.path must name the keyring file")
+    revocation = _table(doc, "revocation")
+    table, max_age, store = _revocation(revocation)
+    journal = _journal(_table(doc, "journal"), rel)
+    passback = _table(doc, "passback")
+    window = _get(passback, "passback", "window_s", int, 0)
+    if not 0 <= window <= _MAX_WINDOW_S:
+        raise ConfigError(f"passback.window_s must be 0 (off)..{_MAX_WINDOW_S}, not {window}")
+    policy = _table(doc, "policy")
+    return GateConfig(
+        **terminal,
+        regions=_int_set(policy, "policy", "regions", frozenset()),
+        categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
+        keyring=keyring_path,
+        issued_lists=_paths(keyring, "keyring", "issued", base),
+        revocation_table=rel(table),
+        revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
+        revocation_max_age_s=max_age,
+        stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),
+        **journal,
+        passback_window_s=window,
+        passback_store=rel(_get(passback, "passback", "store", str, None)),
+        actuator_command=command,
+        state_dir=state_dir,
+        revocation_store=rel(store) or state_dir / "tables",
+        clock_tolerance_s=tolerance,
+    )
+
+
+def _terminal(term: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
+    """The [terminal] section: who the gate is and where it stands."""
+    terminal_id = _get(term, "terminal", "id", int)
+    if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
+        raise ConfigError("terminal.id must be a uint64")
     for key in ("operator", "line", "place"):
         text = _get(term, "terminal", key, str)
         if not text or len(text.encode()) > 255:
             raise ConfigError(f"terminal.{key} must be a non-empty string of at most 255 bytes")
+    return {
+        "terminal_id": terminal_id,
+        "terminal_key": rel(_get(term, "terminal", "key", str, None)),
+        "operator": _get(term, "terminal", "operator", str),
+        "line": _get(term, "terminal", "line", str),
+        "place": _get(term, "terminal", "place", str),
+        "role": _get(term, "terminal", "role", str),
+        "register": rel(_get(term, "terminal", "register", str, None)),
+    }
+
+
+def _revocation(revocation: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+    """The [revocation] section's table, maximum age and store.
+
+    A gate without a table accepts revoked cards, so that must be asked for
+    (``enabled = false``). With a table, a maximum age is always in force: 48 h by
+    default (README explains why)."""
+    table = _get(revocation, "revocation", "table", str, None)
+    max_age = _get(revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if table else None)
     enabled = revocation.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"revocation.enabled must be true or false, not {enabled!r}")
@@ -266,34 +304,28 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         raise ConfigError("revocation.enabled = false, but revocation.table is set")
     if max_age is not None and not 0 < max_age <= _MAX_AGE_LIMIT_S:
         raise ConfigError(f"revocation.max_age_s must be 1..{_MAX_AGE_LIMIT_S}, not {max_age}")
+    return table, max_age, _get(revocation, "revocation", "store", str, None)
+
+
+def _journal(journal: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
     group_ms = float(_get(journal, "journal", "group_commit_ms", float, 0))
     if not (math.isfinite(group_ms) and 0 <= group_ms <= _MAX_GROUP_COMMIT_MS):
         raise ConfigError(f"journal.group_commit_ms must be 0..{_MAX_GROUP_COMMIT_MS}")
-    window = _get(passback, "passback", "window_s", int, 0)
-    if not 0 <= window <= _MAX_WINDOW_S:
-        raise ConfigError(f"passback.window_s must be 0 (off)..{_MAX_WINDOW_S}, not {window}")
-    return GateConfig(
-        terminal_id=terminal_id,
-        terminal_key=rel(_get(term, "terminal", "key", str, None)),
-        operator=_get(term, "terminal", "operator", str),
-        line=_get(term, "terminal", "line", str),
-        place=_get(term, "terminal", "place", str),
-        role=_get(term, "terminal", "role", str),
-        regions=_int_set(policy, "policy", "regions", frozenset()),
-        categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
-        keyring=keyring_path,
-        issued_lists=_paths(keyring, "keyring", "issued", base),
-        revocation_table=rel(table),
-        revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
-        revocation_max_age_s=max_age,
-        stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),
-        journal=rel(_get(journal, "journal", "path", str, None)),
-        group_commit_ms=group_ms,
-        passback_window_s=window,
-        passback_store=rel(_get(passback, "passback", "store", str, None)),
-        actuator_command=tuple(command),
-        register=rel(_get(term, "terminal", "register", str, None)),
-        state_dir=state_dir,
-        revocation_store=rel(store) or state_dir / "tables",
-        clock_tolerance_s=tolerance,
-    )
+    return {
+        "journal": rel(_get(journal, "journal", "path", str, None)),
+        "group_commit_ms": group_ms,
+    }
+
+
+def _command(actuator: dict[str, Any]) -> tuple[str, ...]:
+    command = _get(actuator, "actuator", "command", list, [])
+    if not all(isinstance(c, str) for c in command):
+        raise ConfigError("actuator.command must be a list of strings")
+    return tuple(command)
+
+
+def _tolerance(clock: dict[str, Any]) -> int:
+    tolerance: int = _get(clock, "clock", "tolerance_s", int, DEFAULT_TOLERANCE_S)
+    if not 0 <= tolerance <= _MAX_CLOCK_TOLERANCE_S:
+        raise ConfigError(f"clock.tolerance_s must be 0..{_MAX_CLOCK_TOLERANCE_S}, not {tolerance}")
+    return tolerance

@@ -1,5 +1,7 @@
 """The station controller: the taps of several gates, group-committed over one station
-journal (``farecore.journal.station``).
+journal (``farecore.journal.station``). Each gate's ``Gate.stage`` puts its ride (and
+lockout) in the journal's open group; the controller commits the group, then opens the
+gates with ``Gate.complete``.
 
 A gate opens only once the commit holding its ride is durable, and gates open in the
 order their taps were decided.

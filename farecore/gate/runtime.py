@@ -1,8 +1,13 @@
 """The gate runtime: wait for a card, run the tap, decide, journal, signal, wait for removal.
 
-Order matters and is fixed here: the ride is journaled durably *before* the actuator
-opens the gate and before passback state records it, so an opened gate always has its
-ride on disk, and a tap the gate never opened for never locks a card out.
+Order matters and is fixed here, the same for every ride log: the gate decides, hands
+the ride to the log (``RideLog.stage``), records the lockout the ride causes, has the log
+make the ride durable (``RideLog.commit``), and only then opens (``Gate.complete``). So
+an opened gate always has its ride on disk. A lockout never outlives a ride that did not
+become durable: a terminal's journal makes the ride durable within ``stage``, before the
+lockout is written to the gate's own passback store; a station's journal
+(``StationTerminal``, with ``PassbackStore.in_station``) stages both in one group and
+makes them durable in the same commit.
 
 Reader failures never stop the loop: a card failure is an UNREADABLE deny, a reader
 failure is retried with backoff. Only a journal that cannot write stops the gate,
@@ -12,6 +17,7 @@ because a gate that cannot log a free ride must not give one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -37,13 +43,37 @@ __all__ = [
     "mask_card_id",
 ]
 
+_log = logging.getLogger(__name__)
+
 
 class RideLog(Protocol):
-    """The durable journal as the gate sees it (``farecore.journal.terminal.Journal``)."""
+    """The durable journal as the gate sees it: a terminal's ``Journal`` or a gate's
+    ``StationTerminal`` of a station journal.
 
-    def append(self, decision: Decision, ctx: Any) -> object: ...
+    ``stage`` takes a ride; ``commit`` returns once every ride this gate staged is
+    durable (raising JournalError if it cannot be). What the gate records between the
+    two (the ride's lockout) must become durable no earlier than the ride: a log either
+    makes the ride durable within ``stage``, or writes that lockout in the ride's commit.
+    """
+
+    def stage(self, decision: Decision, ctx: Any) -> None: ...
+
+    def commit(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _NoRideLog:
+    """A gate configured without a journal."""
+
+    def stage(self, decision: Decision, ctx: Any) -> None:
+        return None
+
+    def commit(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class Actuator(Protocol):
@@ -114,7 +144,7 @@ class CommandActuator:
             try:
                 self._running.append(subprocess.Popen(self._command, stdin=subprocess.DEVNULL))
             except OSError as exc:
-                print(f"farecore gate: actuator command failed: {exc}", file=sys.stderr)
+                _log.warning("actuator command failed: %s", exc)
         if self._then is not None:
             self._then.signal(decision)
 
@@ -144,6 +174,7 @@ class Gate:
         self.reader = reader
         self.validator = validator
         self.journal = journal
+        self._log: RideLog = journal if journal is not None else _NoRideLog()
         self.context = context
         self.passback = passback
         self.actuator = actuator
@@ -157,35 +188,19 @@ class Gate:
 
     def process(self, channel: CardChannel) -> Decision:
         """One tap on a card already in the field: decide, journal, record, signal."""
-        commit = getattr(self.journal, "commit", None)
-        if commit is not None:
-            # A station journal: the ride and its lockout become durable in one commit.
-            decision = self.stage(channel)
-            commit()
-            self.complete(decision)
-            return decision
-        now = self._clock_ms()
-        decision = run_tap(channel, self.validator, now, self._nonce())
-        if self.journal is not None:
-            self.journal.append(decision, self.context)  # durable before the gate opens
-        if decision.accepted and decision.card_id is not None:
-            self.passback.record(decision.card_id, now)
+        decision = self.stage(channel)
+        self._log.commit()  # durable before the gate opens
         self.complete(decision)
         return decision
 
     def stage(self, channel: CardChannel) -> Decision:
-        """Decide a tap and write its ride into a station journal's open group, without
-        signalling: ``farecore.journal.station.StationController`` commits the group and then
-        calls ``complete``. The journal must be a ``StationTerminal`` and the passback
-        state the station's own (``PassbackStore.in_station``), so that the ride and its
-        lockout become durable in the same commit."""
-        journal = self.journal
-        stage = getattr(journal, "stage", None)
-        if stage is None:
-            raise TypeError("Gate.stage needs a station journal (farecore.journal.station)")
+        """Decide a tap, hand its ride to the journal and record its lockout, without
+        signalling: ``process`` (or ``farecore.gate.controller.StationController``, which
+        commits the rides of several gates at once) makes the ride durable and then
+        calls ``complete``."""
         now = self._clock_ms()
         decision = run_tap(channel, self.validator, now, self._nonce())
-        stage(decision, self.context)
+        self._log.stage(decision, self.context)
         if decision.accepted and decision.card_id is not None:
             self.passback.record(decision.card_id, now)
         return decision
@@ -238,4 +253,4 @@ class Gate:
                 return
 
     def _note(self, message: str) -> None:
-        print(f"farecore gate: {message}", file=sys.stderr, flush=True)
+        _log.warning("%s", message)

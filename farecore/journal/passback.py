@@ -8,6 +8,14 @@ only across a reboot (or between machines) does the wall clock count, and a wall
 that went backwards by more than ``max_skew_s`` is distrusted rather than allowed to
 stretch the lockout. This module must never refuse a card for longer than the window of
 real elapsed time plus the bounded skew.
+
+A store keeps its rows in one of two places behind one interface: its own SQLite file
+(``PassbackStore.open``, a terminal gate's), or a station controller's journal file
+(``PassbackStore.in_station``), where a lockout joins the open group of the ride that
+caused it. Either way the gate records a lockout only after handing its ride to the ride
+log (``farecore.gate.runtime``): a terminal's journal has made the ride durable by then,
+and a station's makes both durable in one commit. Rows that can no longer refuse are
+forgotten by one rule, ``forgets``, in both places.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from farecore.errors import ConfigError, JournalError
+from farecore.journal.records import sql_int
 from farecore.journal.walfile import make_durable, reserve_wal
 
 if TYPE_CHECKING:
@@ -36,6 +45,7 @@ __all__ = [
     "PassbackRule",
     "PassbackStore",
     "boot_id",
+    "forgets",
     "monotonic_ms",
 ]
 
@@ -46,6 +56,17 @@ PASSBACK_TABLE = (
     "PRIMARY KEY (place, card_id)) WITHOUT ROWID"
 )
 PASSBACK_UPSERT = "INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?, ?)"
+
+
+def forgets(wall_ms: int, mono_ms: int, boot: str, limits: tuple[int, str, int]) -> bool:
+    """True when a stored ride (its wall time, monotonic reading and boot) can no longer
+    refuse, by ``limits`` (wall_before, this boot, mono_before): it is older than the
+    horizon on the wall clock and, if it is of this boot, on the monotonic one too."""
+    wall_before, boot_now, mono_before = limits
+    return wall_ms < wall_before and (boot != boot_now or mono_ms < mono_before)
+
+
+# ``forgets`` over a place's rows, the limits as the last three parameters.
 PASSBACK_PRUNE = "DELETE FROM passback WHERE place=? AND wall_ms < ? AND (boot != ? OR mono_ms < ?)"
 _SELECT = "SELECT wall_ms, mono_ms, boot FROM passback WHERE place=? AND card_id=?"
 
@@ -91,25 +112,80 @@ class PassbackRule:
             raise ConfigError("passback max_skew_s must not be negative")
 
 
+# A stored ride: wall_ms, mono_ms, boot (and, in a station file, its row in the log).
+StoredRide = tuple[Any, ...]
+# A prune: place, wall_before, boot, mono_before.
+PruneArgs = tuple[str, int, str, int]
+
+
+class _Backend(Protocol):
+    def get(self, place: str, card: int) -> StoredRide | None: ...
+
+    def put(self, row: tuple[str, int, int, int, str], prune: PruneArgs | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _FileBackend:
+    """The store's own SQLite file, shared by the gates of a place; each ``put`` is one
+    durable transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+
+    def get(self, place: str, card: int) -> StoredRide | None:
+        with self._lock:
+            try:
+                row: StoredRide | None = self._db.execute(_SELECT, (place, card)).fetchone()
+            except sqlite3.Error:
+                return None  # a store we cannot read must not block free rides
+        return row
+
+    def put(self, row: tuple[str, int, int, int, str], prune: PruneArgs | None) -> None:
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute(PASSBACK_UPSERT, row)
+                    if prune is not None:
+                        self._db.execute(PASSBACK_PRUNE, prune)
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot record passback state: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _StationBackend:
+    """A station controller's journal file: a ``put`` joins its open group."""
+
+    def __init__(self, station: StationJournal) -> None:
+        self._station = station
+
+    def get(self, place: str, card: int) -> StoredRide | None:
+        return self._station.passback_get((place, card))
+
+    def put(self, row: tuple[str, int, int, int, str], prune: PruneArgs | None) -> None:
+        self._station.passback_put(row)
+        if prune is not None:
+            self._station.passback_prune(prune)
+
+    def close(self) -> None:
+        """The state closes with the station journal."""
+
+
 class PassbackStore:
     """The durable passback state of one place; implements ``checks.PassbackCheck``."""
 
     def __init__(
-        self,
-        db: sqlite3.Connection | None,
-        rule: PassbackRule,
-        key: str,
-        clock: Callable[[], int],
-        boot: str,
-        station: StationJournal | None = None,
+        self, backend: _Backend, rule: PassbackRule, key: str, clock: Callable[[], int], boot: str
     ) -> None:
-        self._db = db
-        self._station = station
+        self._backend = backend
         self.rule = rule
         self.key = key
         self._clock = clock
         self._boot = boot
-        self._lock = threading.Lock()
         self._writes = 0
 
     @classmethod
@@ -129,8 +205,8 @@ class PassbackStore:
         read the system's monotonic clock and boot id.
         """
         key = _state_key(rule, place, terminal_id)
-        db = _open_store(path)
-        return cls(db, rule, key, monotonic, boot if boot is not None else boot_id())
+        backend = _FileBackend(_open_store(path))
+        return cls(backend, rule, key, monotonic, boot if boot is not None else boot_id())
 
     @classmethod
     def in_station(
@@ -151,7 +227,8 @@ class PassbackStore:
         Only the controller writes a station file, so its copy is the whole truth.
         """
         key = _state_key(rule, place, terminal_id)
-        return cls(None, rule, key, monotonic, boot if boot is not None else boot_id(), station)
+        backend = _StationBackend(station)
+        return cls(backend, rule, key, monotonic, boot if boot is not None else boot_id())
 
     def _elapsed_ms(self, wall_then: int, mono_then: int, boot_then: str, now_ms: int) -> int:
         """Real time since the stored ride, or -1 when it cannot be trusted."""
@@ -164,52 +241,29 @@ class PassbackStore:
 
     def refuses(self, card_id: int, now_ms: int) -> bool:
         """True when ``card_id`` rode here less than the window ago (reads only)."""
-        args = (self.key, _signed(card_id))
-        if self._station is not None:
-            row = self._station.passback_get(args)
-        else:
-            with self._lock:
-                assert self._db is not None
-                try:
-                    row = self._db.execute(_SELECT, args).fetchone()
-                except sqlite3.Error:
-                    return False  # a store we cannot read must not block free rides
+        row = self._backend.get(self.key, sql_int(card_id))
         if row is None:
             return False
         elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
         return 0 <= elapsed < self.rule.window_s * 1000
 
     def record(self, card_id: int, now_ms: int) -> None:
-        """Remember that ``card_id`` rode here now (after the journal has the ride; in a
-        station file, in the same group as the ride)."""
-        row = (self.key, _signed(card_id), now_ms, self._clock(), self._boot)
-        if self._station is not None:
-            self._station.passback_put(row)
-            self._writes += 1
-            if self._writes % 1000 == 0:
-                self._station.passback_prune(self._prune_args(now_ms))
-            return
-        with self._lock:
-            assert self._db is not None
-            try:
-                with self._db:
-                    self._db.execute(PASSBACK_UPSERT, row)
-                    self._writes += 1
-                    if self._writes % 1000 == 0:
-                        self._db.execute(PASSBACK_PRUNE, self._prune_args(now_ms))
-            except sqlite3.Error as exc:
-                raise JournalError(f"cannot record passback state: {exc}") from None
+        """Remember that ``card_id`` rode here now. Called once the ride log holds the
+        ride (``farecore.gate.runtime``); every 1,000th forgets the rows that can no longer
+        refuse, in the same transaction."""
+        row = (self.key, sql_int(card_id), now_ms, self._clock(), self._boot)
+        self._writes += 1
+        prune = self._prune_args(now_ms) if self._writes % 1000 == 0 else None
+        self._backend.put(row, prune)
 
-    def _prune_args(self, now_ms: int) -> tuple[str, int, str, int]:
+    def _prune_args(self, now_ms: int) -> PruneArgs:
         # Rows older than the window plus skew on both clocks can never refuse again.
         horizon = (self.rule.window_s + self.rule.max_skew_s) * 1000
         return (self.key, now_ms - horizon, self._boot, self._clock() - horizon)
 
     def close(self) -> None:
         """Close the store's file (a station's state closes with the station journal)."""
-        if self._db is not None:
-            with self._lock:
-                self._db.close()
+        self._backend.close()
 
     def __enter__(self) -> PassbackStore:
         return self
@@ -227,11 +281,6 @@ def _state_key(rule: PassbackRule, place: str, terminal_id: int | None) -> str:
     if rule.scope == "terminal" and terminal_id is None:
         raise ConfigError("passback scope 'terminal' needs the terminal id")
     return place if rule.scope == "place" else f"{place}#{terminal_id}"
-
-
-def _signed(card_id: int) -> int:
-    # SQLite integers are signed 64-bit; card ids use the full uint64 range.
-    return card_id - (1 << 64) if card_id >= 1 << 63 else card_id
 
 
 def _open_store(path: str | os.PathLike[str], patience_s: float = 10.0) -> sqlite3.Connection:

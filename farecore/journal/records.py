@@ -1,19 +1,31 @@
-"""The journal record: its fields, its canonical bytes, and the hash chain over them.
+"""The journal record: its fields, the tap it comes from, and its conversions.
 
 ``encode_record`` gives the bytes the chain hashes and the signed daily batch carries
-(docs/journal-and-batches.md); ``decode_record`` parses them back and refuses anything
-else. ``decode_record_row`` is the settlement's fast path over the same bytes.
+(docs/journal-and-batches.md); ``encode_tap`` gives the same bytes straight from a
+decision, for the journals' hot path. One parser reads them back
+(``farecore.journal.record_bytes``, with the layout): ``decode_record`` builds the
+checked JournalRecord, ``decode_record_row`` the settlement's RecordRow (None instead of
+an error, for the caller to ask ``decode_record`` why).
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from farecore.errors import MalformedFile
+from farecore.journal.record_bytes import (
+    GENESIS_HASH,
+    U64_MAX,
+    RecordRow,
+    chain_hash,
+    credential_hash,
+    decode_record_row,
+    encode_texts,
+    pack_record,
+    parse_record,
+)
 
 if TYPE_CHECKING:
     from farecore.decide.decision import Decision, Reason
@@ -32,21 +44,8 @@ __all__ = [
     "encode_record",
     "encode_tap",
     "record_row",
+    "sql_int",
 ]
-
-GENESIS_HASH = b"\x00" * 32
-_CHAIN_TAG = b"farecore/journal/terminal/v1"
-_NO_HASH = b"\x00" * 32
-_NO_SIG = b"\x00" * 64
-# terminal_id, seq, time_ms, direction, presence, card_id, counter, generation,
-# credential hash, challenge, card signature
-_FIXED = struct.Struct(">QQqBBQIQ32s32s64s")
-_U16 = struct.Struct(">H")
-_HAS_CARD, _HAS_CRED, _HAS_COUNTER, _HAS_SIG, _HAS_GEN = 1, 2, 4, 8, 16
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
-_FIXED_UNPACK = _FIXED.unpack_from
-_FIXED_SIZE = _FIXED.size
-_sha256 = hashlib.sha256
 
 
 class Direction(enum.IntEnum):
@@ -85,16 +84,6 @@ class TapContext:
                 raise ValueError(f"{name} must be a non-empty string of at most 255 bytes")
 
 
-def credential_hash(credential: bytes) -> bytes:
-    """The key of the per-card credential table (SHA-256 of the credential bytes)."""
-    return hashlib.sha256(credential).digest()
-
-
-def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
-    """A record's own hash: it covers the previous hash, so the records form a chain."""
-    return hashlib.sha256(_CHAIN_TAG + prev_hash + body).digest()
-
-
 @dataclass(frozen=True, slots=True)
 class JournalRecord:
     """One journaled tap, exactly as hashed and exported.
@@ -123,7 +112,7 @@ class JournalRecord:
     hash: bytes = GENESIS_HASH
 
     def __post_init__(self) -> None:
-        if not 0 <= self.terminal_id <= _U64_MAX or not 1 <= self.seq <= _U64_MAX:
+        if not 0 <= self.terminal_id <= U64_MAX or not 1 <= self.seq <= U64_MAX:
             raise ValueError("terminal id must be a uint64 and seq a positive uint64")
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "flags", tuple(sorted(set(self.flags))))
@@ -150,103 +139,61 @@ class JournalRecord:
         return encode_record(self)
 
 
-def _put_str(parts: list[bytes], text: str) -> None:
-    raw = text.encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError("a journal text field is longer than 65535 bytes")
-    parts.append(_U16.pack(len(raw)))
-    parts.append(raw)
-
-
 def encode_record(r: JournalRecord) -> bytes:
     """The record's canonical bytes (everything but its own hash and prev hash)."""
-    presence = (
-        (_HAS_CARD if r.card_id is not None else 0)
-        | (_HAS_CRED if r.credential_sha256 is not None else 0)
-        | (_HAS_COUNTER if r.counter is not None else 0)
-        | (_HAS_SIG if r.card_signature is not None else 0)
-        | (_HAS_GEN if r.revocation_generation is not None else 0)
+    return pack_record(
+        r.terminal_id,
+        r.seq,
+        r.time_ms,
+        int(r.direction),
+        r.card_id,
+        r.credential_sha256,
+        r.challenge,
+        r.counter,
+        r.card_signature,
+        r.revocation_generation,
+        encode_texts(r.operator, r.line, r.place),
+        encode_texts(r.decision, ",".join(r.flags), r.detail),
     )
-    parts = [
-        _FIXED.pack(
-            r.terminal_id,
-            r.seq,
-            r.time_ms,
-            int(r.direction),
-            presence,
-            r.card_id or 0,
-            r.counter or 0,
-            r.revocation_generation or 0,
-            r.credential_sha256 or _NO_HASH,
-            r.challenge,
-            r.card_signature or _NO_SIG,
-        )
-    ]
-    for text in (r.operator, r.line, r.place, r.decision, ",".join(r.flags), r.detail):
-        _put_str(parts, text)
-    return b"".join(parts)
 
 
-_CONTEXT_TEXT: dict[TapContext, bytes] = {}
-# A decision's closing texts when it has no flags and no detail, by reason (None: accepted).
-_PLAIN_TAIL: dict[Reason | None, bytes] = {}
+# A gate's place texts, and a decision's closing texts when it has no flags and no detail
+# (by reason; None: accepted): most taps encode no text at all.
+_PLACE_TEXTS: dict[TapContext, bytes] = {}
+_PLAIN_DECISION_TEXTS: dict[Reason | None, bytes] = {}
 
 
 def encode_tap(
     terminal_id: int, seq: int, decision: Decision, ctx: TapContext, cred_hash: bytes | None
 ) -> bytes:
-    """``encode_record`` of the record a fresh tap makes, without building the record.
-
-    The station journal's hot path; a property test holds it to ``encode_record``.
-    """
-    if not 0 <= terminal_id <= _U64_MAX or not 1 <= seq <= _U64_MAX:
-        raise ValueError("terminal id must be a uint64 and seq a positive uint64")
-    card_id, counter = decision.card_id, decision.counter
-    signature, generation = decision.card_signature, decision.revocation_generation
-    if len(decision.challenge) != 32 or (signature is not None and len(signature) != 64):
-        raise ValueError("challenge is 32 bytes and a card signature 64")
-    presence = (
-        (_HAS_CARD if card_id is not None else 0)
-        | (_HAS_CRED if cred_hash is not None else 0)
-        | (_HAS_COUNTER if counter is not None else 0)
-        | (_HAS_SIG if signature is not None else 0)
-        | (_HAS_GEN if generation is not None else 0)
-    )
-    place = _CONTEXT_TEXT.get(ctx)
+    """``encode_record`` of the record a fresh tap makes, without building the record."""
+    place = _PLACE_TEXTS.get(ctx)
     if place is None:
-        parts: list[bytes] = []
-        for text in (ctx.operator, ctx.line, ctx.place):
-            _put_str(parts, text)
-        place = _CONTEXT_TEXT.setdefault(ctx, b"".join(parts))
-    parts = [
-        _FIXED.pack(
-            terminal_id,
-            seq,
-            decision.time_ms,
-            int(ctx.direction),
-            presence,
-            card_id or 0,
-            counter or 0,
-            generation or 0,
-            cred_hash or _NO_HASH,
-            decision.challenge,
-            signature or _NO_SIG,
-        ),
-        place,
-    ]
+        place = _PLACE_TEXTS.setdefault(ctx, encode_texts(ctx.operator, ctx.line, ctx.place))
     flags, detail = decision.flags, decision.detail
     if flags or detail:
-        for text in (decision.label, ",".join(sorted(flags)) if flags else "", detail[:1000]):
-            _put_str(parts, text)
-    else:  # most taps: the decision's word, then two empty texts
-        tail = _PLAIN_TAIL.get(decision.reason)
-        if tail is None:
-            texts: list[bytes] = []
-            for text in (decision.label, "", ""):
-                _put_str(texts, text)
-            tail = _PLAIN_TAIL.setdefault(decision.reason, b"".join(texts))
-        parts.append(tail)
-    return b"".join(parts)
+        closing = encode_texts(decision.label, ",".join(sorted(flags)), detail[:1000])
+    else:
+        plain = _PLAIN_DECISION_TEXTS.get(decision.reason)
+        if plain is None:
+            plain = _PLAIN_DECISION_TEXTS.setdefault(
+                decision.reason, encode_texts(decision.label, "", "")
+            )
+        closing = plain
+    return pack_record(
+        terminal_id,
+        seq,
+        decision.time_ms,
+        int(ctx.direction),
+        decision.card_id,
+        cred_hash,
+        decision.challenge,
+        decision.counter,
+        decision.card_signature,
+        decision.revocation_generation,
+        place,
+        closing,
+    )
 
 
 def decode_record(body: bytes, prev_hash: bytes = GENESIS_HASH) -> JournalRecord:
@@ -255,156 +202,35 @@ def decode_record(body: bytes, prev_hash: bytes = GENESIS_HASH) -> JournalRecord
     The result's ``hash`` is computed from ``prev_hash`` and the body, so a decoded record
     always carries the hash it would have in a chain that starts from ``prev_hash``.
     """
+    row = parse_record(body, prev_hash)
     try:
-        (tid, seq, time_ms, direction, presence, card_id, counter, gen, cred, chal, sig) = (
-            _FIXED.unpack_from(body)
-        )
-        pos = _FIXED.size
-        texts: list[str] = []
-        for _ in range(6):
-            (n,) = _U16.unpack_from(body, pos)
-            pos += 2
-            if pos + n > len(body):
-                raise MalformedFile("journal record: a text field runs past the end")
-            texts.append(body[pos : pos + n].decode())
-            pos += n
-        if pos != len(body):
-            raise MalformedFile(f"journal record: {len(body) - pos} trailing bytes")
-        if presence & ~0x1F:
-            raise MalformedFile(f"journal record: unknown presence bits {presence:#x}")
-        operator, line, place, label, flags, detail = texts
-        record = JournalRecord(
-            terminal_id=tid,
-            seq=seq,
-            time_ms=time_ms,
-            operator=operator,
-            line=line,
-            place=place,
-            direction=Direction(direction),
-            decision=label,
-            card_id=card_id if presence & _HAS_CARD else None,
-            credential_sha256=cred if presence & _HAS_CRED else None,
-            challenge=chal,
-            counter=counter if presence & _HAS_COUNTER else None,
-            card_signature=sig if presence & _HAS_SIG else None,
-            revocation_generation=gen if presence & _HAS_GEN else None,
-            flags=tuple(flags.split(",")) if flags else (),
-            detail=detail,
+        return JournalRecord(
+            terminal_id=row.terminal_id,
+            seq=row.seq,
+            time_ms=row.time_ms,
+            operator=row.operator,
+            line=row.line,
+            place=row.place,
+            direction=Direction(row.direction),
+            decision=row.decision,
+            card_id=row.card_id,
+            credential_sha256=row.credential_sha256,
+            challenge=row.challenge,
+            counter=row.counter,
+            card_signature=row.card_signature,
+            revocation_generation=row.revocation_generation,
+            flags=row.flags,
+            detail=row.detail,
             prev_hash=prev_hash,
-            hash=chain_hash(prev_hash, body),
+            hash=row.hash,
         )
-    except MalformedFile:
-        raise
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise MalformedFile(f"journal record does not parse: {exc}") from None
-    # Canonical form without re-encoding (the settlement decodes millions of records):
-    # absent fields are zero and flags are sorted, unique and non-empty.
-    if (
-        (not presence & _HAS_CARD and card_id)
-        or (not presence & _HAS_CRED and cred != _NO_HASH)
-        or (not presence & _HAS_COUNTER and counter)
-        or (not presence & _HAS_SIG and sig != _NO_SIG)
-        or (not presence & _HAS_GEN and gen)
-        or ",".join(record.flags) != flags
-    ):
-        raise MalformedFile("journal record is not in canonical form")
-    return record
-
-
-# A decoded record as a plain tuple, in JournalRecord's field order without prev_hash:
-# (terminal_id, seq, time_ms, operator, line, place, direction, decision, card_id,
-#  credential_sha256, challenge, counter, card_signature, revocation_generation, flags,
-#  detail, hash). The settlement reads millions of records it has already authenticated
-# (the batch signature covers them), so it skips building and validating a dataclass each.
-RecordRow = tuple[
-    int,
-    int,
-    int,
-    str,
-    str,
-    str,
-    int,
-    str,
-    int | None,
-    bytes | None,
-    bytes,
-    int | None,
-    bytes | None,
-    int | None,
-    tuple[str, ...],
-    str,
-    bytes,
-]
-_FULL_PROOF = _HAS_CARD | _HAS_CRED | _HAS_COUNTER | _HAS_SIG
-
-
-def decode_record_row(body: bytes, prev_hash: bytes) -> RecordRow | None:
-    """``decode_record`` as a tuple, or None where ``decode_record`` might object.
-
-    It accepts exactly what ``decode_record`` accepts in canonical form and returns the
-    same values; on anything else (malformed, non-canonical, unknown direction, an
-    accepted record without its proof) it returns None, so the caller can run
-    ``decode_record`` for the precise error. It never raises on bad bytes.
-    """
-    try:
-        (tid, seq, time_ms, direction, presence, card_id, counter, gen, cred, chal, sig) = (
-            _FIXED_UNPACK(body)
-        )
-        pos = _FIXED_SIZE
-        end = len(body)
-        texts: list[str] = []
-        for _ in range(6):
-            stop = pos + 2 + ((body[pos] << 8) | body[pos + 1])
-            if stop > end:
-                return None
-            texts.append(body[pos + 2 : stop].decode())
-            pos = stop
-    except (struct.error, IndexError, UnicodeDecodeError):
-        return None
-    if pos != end or presence & ~0x1F or seq < 1 or not 1 <= direction <= 3:
-        return None
-    operator, line, place, label, flags, detail = texts
-    if label == "ACCEPT" and presence & _FULL_PROOF != _FULL_PROOF:
-        return None
-    if (
-        (not presence & _HAS_CARD and card_id)
-        or (not presence & _HAS_CRED and cred != _NO_HASH)
-        or (not presence & _HAS_COUNTER and counter)
-        or (not presence & _HAS_SIG and sig != _NO_SIG)
-        or (not presence & _HAS_GEN and gen)
-    ):
-        return None
-    flag_tuple: tuple[str, ...] = ()
-    if flags:
-        parts = flags.split(",")
-        # Canonical flags are sorted and unique (what JournalRecord would make of them).
-        if parts != sorted(set(parts)):
-            return None
-        flag_tuple = tuple(parts)
-    return (
-        tid,
-        seq,
-        time_ms,
-        operator,
-        line,
-        place,
-        direction,
-        label,
-        card_id if presence & _HAS_CARD else None,
-        cred if presence & _HAS_CRED else None,
-        chal,
-        counter if presence & _HAS_COUNTER else None,
-        sig if presence & _HAS_SIG else None,
-        gen if presence & _HAS_GEN else None,
-        flag_tuple,
-        detail,
-        _sha256(_CHAIN_TAG + prev_hash + body).digest(),
-    )
 
 
 def record_row(r: JournalRecord) -> RecordRow:
     """A JournalRecord as a RecordRow (the slow path's result in the fast path's shape)."""
-    return (
+    return RecordRow(
         r.terminal_id,
         r.seq,
         r.time_ms,
@@ -423,3 +249,8 @@ def record_row(r: JournalRecord) -> RecordRow:
         r.detail,
         r.hash,
     )
+
+
+def sql_int(value: int) -> int:
+    """A uint64 (a card id) as SQLite stores it: SQLite integers are signed 64-bit."""
+    return value - (1 << 64) if value >= 1 << 63 else value

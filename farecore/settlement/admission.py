@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.ledger import Head
-from farecore.settlement.unit import NO_TIME, Partial
+from farecore.settlement.partial import NO_TIME, Partial
 
 __all__ = ["Admission", "Admitted", "admit"]
 
@@ -94,112 +94,125 @@ def _name(kind: str, p: Partial, detail: str, seq: int = -1) -> Anomaly:
 
 
 def _admit_terminal(tid: int, parts: list[Partial], settled: Settled, out: Admission) -> None:
-    remaining = sorted(parts, key=lambda p: (p.first_seq, p.last_seq, p.day, p.batch_sha256))
-    known = settled.heads.get(tid)
-    links_at = settled.links_at
-    first = remaining[0]
-    head: Head
-    if known is not None:
-        head = known
-    elif settled.first_night:  # settling starts: its lowest batch starts the chain
-        head = Head(first.first_seq - 1, first.prev_hash, NO_TIME)
-    else:  # a new terminal's journal starts at seq 1
-        head = Head(0, GENESIS, NO_TIME)
-    settled_reach = head.last_seq
-    days = set()
+    chain = _Chain(tid, parts, settled, out)
+    while chain.remaining:
+        chain.refuse_behind()
+        nxt = [p for p in chain.remaining if p.first_seq == chain.head.last_seq + 1]
+        if not nxt:
+            break
+        # Empty batches (idle days) hold no record: each may follow the head in turn.
+        for p in [p for p in nxt if _empty(p)]:
+            chain.follow_empty(p)
+        full = [p for p in nxt if not _empty(p)]
+        if full and not chain.follow(full):
+            break
+    chain.hold_gap()
 
-    def take(p: Partial) -> None:
+
+class _Chain:
+    """One terminal's chain during admission: its head, and the batches not yet judged."""
+
+    def __init__(self, tid: int, parts: list[Partial], settled: Settled, out: Admission) -> None:
+        self.tid, self.settled, self.out = tid, settled, out
+        self.remaining = sorted(
+            parts, key=lambda p: (p.first_seq, p.last_seq, p.day, p.batch_sha256)
+        )
+        known = settled.heads.get(tid)
+        first = self.remaining[0]
+        if known is not None:
+            self.head = known
+        elif settled.first_night:  # settling starts: its lowest batch starts the chain
+            self.head = Head(first.first_seq - 1, first.prev_hash, NO_TIME)
+        else:  # a new terminal's journal starts at seq 1
+            self.head = Head(0, GENESIS, NO_TIME)
+        self.settled_reach = self.head.last_seq
+        self.days: set[str] = set()
+
+    def _judge(self, p: Partial, outcome: str, kind: str, detail: str, seq: int = -1) -> None:
+        self.remaining.remove(p)
+        self.out.outcomes[p.batch_sha256] = outcome
+        self.out.anomalies.append(_name(kind, p, detail, seq))
+
+    def _day_taken(self, day: str) -> bool:
+        return day in self.days or self.settled.has_day(self.tid, day)
+
+    def take(self, p: Partial) -> None:
         """Admit ``p``, or only its place in the chain when its day is already in."""
-        nonlocal head
+        out, head = self.out, self.head
+        self.remaining.remove(p)
         out.outcomes[p.batch_sha256] = SETTLED
-        if p.day in days or settled.has_day(tid, p.day):
+        if self._day_taken(p.day):
             out.chain_only.append(p)
             out.anomalies.append(
                 _name(
                     "second_batch",
                     p,
-                    f"terminal {tid} already handed in its batch of {p.day}; "
+                    f"terminal {self.tid} already handed in its batch of {p.day}; "
                     f"seq {p.first_seq}..{p.last_seq} not paid",
                 )
             )
         else:
-            days.add(p.day)
+            self.days.add(p.day)
             out.admitted.append(Admitted(p, head.max_time_ms))
-        head = Head(
-            max(head.last_seq, p.last_seq),
-            p.tail_hash,
-            max(head.max_time_ms, p.max_time_ms),
+        self.head = Head(
+            max(head.last_seq, p.last_seq), p.tail_hash, max(head.max_time_ms, p.max_time_ms)
         )
 
-    while remaining:
-        nxt = [p for p in remaining if p.first_seq == head.last_seq + 1]
-        behind = [p for p in remaining if p.first_seq <= head.last_seq]
-        for p in behind:
-            remaining.remove(p)
-            late_empty = _empty(p) and p.first_seq <= settled_reach + 1
+    def refuse_behind(self) -> None:
+        """Batches that start at or before the head: an idle day's empty batch that
+        arrives late and links where it should is admitted; the rest overlap history."""
+        for p in [p for p in self.remaining if p.first_seq <= self.head.last_seq]:
+            late_empty = _empty(p) and p.first_seq <= self.settled_reach + 1
             if (
                 late_empty
-                and p.day not in days
-                and not settled.has_day(tid, p.day)
-                and links_at(tid, p.first_seq - 1, p.prev_hash)
+                and not self._day_taken(p.day)
+                and self.settled.links_at(self.tid, p.first_seq - 1, p.prev_hash)
             ):
-                days.add(p.day)
-                out.admitted.append(Admitted(p, NO_TIME))  # a late day with no record
-                out.outcomes[p.batch_sha256] = SETTLED
+                self.remaining.remove(p)
+                self.days.add(p.day)
+                self.out.admitted.append(Admitted(p, NO_TIME))  # a late day with no record
+                self.out.outcomes[p.batch_sha256] = SETTLED
                 continue
-            out.outcomes[p.batch_sha256] = REJECTED
-            out.anomalies.append(
-                _name(
-                    "chain_conflict",
-                    p,
-                    f"seq {p.first_seq}..{p.last_seq} overlaps the chain settled or admitted "
-                    f"up to seq {head.last_seq}",
-                )
+            self._judge(
+                p,
+                REJECTED,
+                "chain_conflict",
+                f"seq {p.first_seq}..{p.last_seq} overlaps the chain settled or admitted "
+                f"up to seq {self.head.last_seq}",
             )
-        if not nxt:
-            break
-        # Empty batches (idle days) hold no record: each may follow the head in turn.
-        empties = [p for p in nxt if _empty(p)]
-        for p in empties:
-            remaining.remove(p)
-            if p.prev_hash == head.tail_hash:
-                take(p)
-            else:
-                out.outcomes[p.batch_sha256] = HELD
-                out.anomalies.append(
-                    _name("chain_break", p, "empty batch does not link to the chain's hash")
-                )
-        full = [p for p in nxt if not _empty(p)]
-        if not full:
-            continue
+
+    def follow_empty(self, p: Partial) -> None:
+        if p.prev_hash == self.head.tail_hash:
+            self.take(p)
+        else:
+            self._judge(p, HELD, "chain_break", "empty batch does not link to the chain's hash")
+
+    def follow(self, full: list[Partial]) -> bool:
+        """Admit the one batch with records that continues the head; False (the chain
+        stops here tonight) on a fork or a break."""
         if len(full) > 1:
             for p in full:
-                remaining.remove(p)
-                out.outcomes[p.batch_sha256] = HELD
-                out.anomalies.append(
-                    _name(
-                        "chain_fork",
-                        p,
-                        f"{len(full)} different batches continue seq {head.last_seq}",
-                    )
-                )
-            break
+                detail = f"{len(full)} different batches continue seq {self.head.last_seq}"
+                self._judge(p, HELD, "chain_fork", detail)
+            return False
         p = full[0]
-        if p.prev_hash != head.tail_hash:
-            remaining.remove(p)
-            out.outcomes[p.batch_sha256] = HELD
-            out.anomalies.append(
-                _name("chain_break", p, f"does not link to the hash after seq {head.last_seq}")
-            )
-            break
-        remaining.remove(p)
-        take(p)
-    if remaining:
-        gap_to = min(p.first_seq for p in remaining) - 1
-        for p in remaining:
-            out.outcomes.setdefault(p.batch_sha256, HELD)
-            if out.outcomes[p.batch_sha256] == HELD:
-                out.anomalies.append(
+        if p.prev_hash != self.head.tail_hash:
+            detail = f"does not link to the hash after seq {self.head.last_seq}"
+            self._judge(p, HELD, "chain_break", detail)
+            return False
+        self.take(p)
+        return True
+
+    def hold_gap(self) -> None:
+        """What is left waits for the records missing before it."""
+        if not self.remaining:
+            return
+        head, outcomes = self.head, self.out.outcomes
+        gap_to = min(p.first_seq for p in self.remaining) - 1
+        for p in self.remaining:
+            outcomes.setdefault(p.batch_sha256, HELD)
+            if outcomes[p.batch_sha256] == HELD:
+                self.out.anomalies.append(
                     _name(
                         "seq_gap",
                         p,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import logging
 import pickle
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,6 +34,8 @@ __all__ = [
     "settle_unit_on_worker",
     "start_local_cluster",
 ]
+
+_log = logging.getLogger(__name__)
 
 _EXTRA_HINT = "Dask is not installed: pip install 'farecore[dask]'"
 
@@ -176,4 +178,4 @@ def map_on_dask(settings: DaskSettings) -> MapUnits:
 
 
 def print_dashboard(link: str) -> None:
-    print(f"farecore settle: Dask dashboard at {link}", file=sys.stderr, flush=True)
+    _log.info("Dask dashboard at %s", link)

@@ -304,75 +304,16 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
     try:
         check_keys(doc, "", ("unpaired", "checks", "operator", "bus", "metro"), "section")
         unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
-        checks = _table(
-            doc.get("checks", {}),
-            "[checks]",
-            ("clock_tolerance_s", "revocation_max_age_s", "utc_offset_min"),
-        )
-        tolerance = _int(
-            checks.get("clock_tolerance_s", DEFAULT_CLOCK_TOLERANCE_S),
-            "checks.clock_tolerance_s",
-            0,
-            _MAX_TOLERANCE_S,
-        )
-        max_age = _int(
-            checks.get("revocation_max_age_s", DEFAULT_REVOCATION_MAX_AGE_S),
-            "checks.revocation_max_age_s",
-            1,
-            10 * 365 * 86_400,
-        )
-        offset = _int(
-            checks.get("utc_offset_min", DEFAULT_UTC_OFFSET_MIN),
-            "checks.utc_offset_min",
-            -14 * 60,
-            14 * 60,
-        )
+        tolerance, max_age, offset = _checks(doc.get("checks", {}))
         operators = tuple(
             _operator(o, f"operator[{i}]")
             for i, o in enumerate(_list(doc.get("operator", []), "[[operator]]"))
         )
-        bus = []
-        for i, raw in enumerate(_list(doc.get("bus", []), "[[bus]]")):
-            w = f"bus[{i}]"
-            b = _table(raw, w, ("operator", "line", "fare_fen", "effective_from"))
-            bus.append(
-                BusFare(
-                    _str(b.get("operator"), f"{w}.operator"),
-                    _str(b.get("line"), f"{w}.line"),
-                    _int(b.get("fare_fen"), f"{w}.fare_fen"),
-                    _date(b.get("effective_from"), w),
-                )
-            )
-        metro = []
-        for i, raw in enumerate(_list(doc.get("metro", []), "[[metro]]")):
-            w = f"metro[{i}]"
-            m = _table(raw, w, ("operator", "effective_from", "bands", "stations"))
-            bands = []
-            for j, raw_band in enumerate(_list(m.get("bands"), f"{w}.bands")):
-                band = _table(raw_band, f"{w}.bands[{j}]", ("up_to_m", "fare_fen"))
-                up = band.get("up_to_m")
-                bands.append(
-                    (
-                        None if up is None else _int(up, f"{w}.bands[{j}].up_to_m"),
-                        _int(band.get("fare_fen"), f"{w}.bands[{j}].fare_fen"),
-                    )
-                )
-            stations = m.get("stations", {})
-            if not isinstance(stations, dict):
-                raise ValueError(f"{w}.stations must be a table")
-            metro.append(
-                MetroFare(
-                    _str(m.get("operator"), f"{w}.operator"),
-                    _date(m.get("effective_from"), w),
-                    tuple(bands),
-                    tuple(
-                        sorted(
-                            (str(k), _int(v, f"{w}.stations.{k}", -_MAX_FEN))
-                            for k, v in stations.items()
-                        )
-                    ),
-                )
-            )
+        bus = [_bus(raw, f"bus[{i}]") for i, raw in enumerate(_list(doc.get("bus", []), "[[bus]]"))]
+        metro = [
+            _metro(raw, f"metro[{i}]")
+            for i, raw in enumerate(_list(doc.get("metro", []), "[[metro]]"))
+        ]
         keys = [(f.operator, f.line, f.effective_from) for f in bus]
         keys += [(f.operator, "", f.effective_from) for f in metro]
         if len(set(keys)) != len(keys):
@@ -389,3 +330,64 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
         )
     except (ValueError, TypeError) as exc:
         raise MalformedFile(f"{source}: {exc}") from None
+
+
+def _checks(raw: Any) -> tuple[int, int, int]:
+    """[checks]: (clock tolerance s, revocation max age s, UTC offset min)."""
+    checks = _table(
+        raw, "[checks]", ("clock_tolerance_s", "revocation_max_age_s", "utc_offset_min")
+    )
+    tolerance = _int(
+        checks.get("clock_tolerance_s", DEFAULT_CLOCK_TOLERANCE_S),
+        "checks.clock_tolerance_s",
+        0,
+        _MAX_TOLERANCE_S,
+    )
+    max_age = _int(
+        checks.get("revocation_max_age_s", DEFAULT_REVOCATION_MAX_AGE_S),
+        "checks.revocation_max_age_s",
+        1,
+        10 * 365 * 86_400,
+    )
+    offset = _int(
+        checks.get("utc_offset_min", DEFAULT_UTC_OFFSET_MIN),
+        "checks.utc_offset_min",
+        -14 * 60,
+        14 * 60,
+    )
+    return tolerance, max_age, offset
+
+
+def _bus(raw: Any, w: str) -> BusFare:
+    b = _table(raw, w, ("operator", "line", "fare_fen", "effective_from"))
+    return BusFare(
+        _str(b.get("operator"), f"{w}.operator"),
+        _str(b.get("line"), f"{w}.line"),
+        _int(b.get("fare_fen"), f"{w}.fare_fen"),
+        _date(b.get("effective_from"), w),
+    )
+
+
+def _metro(raw: Any, w: str) -> MetroFare:
+    m = _table(raw, w, ("operator", "effective_from", "bands", "stations"))
+    bands = []
+    for j, raw_band in enumerate(_list(m.get("bands"), f"{w}.bands")):
+        band = _table(raw_band, f"{w}.bands[{j}]", ("up_to_m", "fare_fen"))
+        up = band.get("up_to_m")
+        bands.append(
+            (
+                None if up is None else _int(up, f"{w}.bands[{j}].up_to_m"),
+                _int(band.get("fare_fen"), f"{w}.bands[{j}].fare_fen"),
+            )
+        )
+    stations = m.get("stations", {})
+    if not isinstance(stations, dict):
+        raise ValueError(f"{w}.stations must be a table")
+    return MetroFare(
+        _str(m.get("operator"), f"{w}.operator"),
+        _date(m.get("effective_from"), w),
+        tuple(bands),
+        tuple(
+            sorted((str(k), _int(v, f"{w}.stations.{k}", -_MAX_FEN)) for k, v in stations.items())
+        ),
+    )

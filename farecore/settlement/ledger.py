@@ -19,13 +19,30 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from farecore.errors import LedgerDamaged, SettlementError
+from farecore.settlement.ledger_rows import (
+    LEDGER_FORMAT,
+    SCHEMA,
+    Head,
+    HeldRide,
+    NightRecord,
+    SettledBatch,
+    TakenRide,
+    as_bytes,
+    as_day,
+    as_int,
+    as_unsigned,
+    batch_rows,
+    held_rows,
+    signed,
+    signed_int,
+    taken_rows,
+)
 
 __all__ = [
     "LEDGER_FORMAT",
@@ -36,130 +53,6 @@ __all__ = [
     "SettledBatch",
     "TakenRide",
 ]
-
-LEDGER_FORMAT = "farecore-ledger/1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nights (
-    night INTEGER PRIMARY KEY, day TEXT NOT NULL UNIQUE,
-    inputs_sha256 TEXT NOT NULL, outputs TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
-    sha256 BLOB NOT NULL, night INTEGER NOT NULL, outcome TEXT NOT NULL,
-    PRIMARY KEY (sha256, night)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS batches (
-    sha256 BLOB PRIMARY KEY, terminal_id INTEGER NOT NULL, day TEXT NOT NULL,
-    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, prev_hash BLOB NOT NULL,
-    tail_hash BLOB NOT NULL, max_time_ms INTEGER NOT NULL, night INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS batches_chain ON batches (terminal_id, last_seq);
-CREATE INDEX IF NOT EXISTS batches_day ON batches (day, terminal_id);
-CREATE TABLE IF NOT EXISTS taken (
-    card_id INTEGER NOT NULL, counter INTEGER NOT NULL, terminal_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, night INTEGER NOT NULL,
-    PRIMARY KEY (card_id, counter)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS taken_time ON taken (time_ms);
-CREATE TABLE IF NOT EXISTS held (
-    terminal_id INTEGER NOT NULL, seq INTEGER NOT NULL, day TEXT NOT NULL,
-    time_ms INTEGER NOT NULL, card_id INTEGER NOT NULL, counter INTEGER NOT NULL,
-    record_hash BLOB NOT NULL, generation INTEGER NOT NULL, flags TEXT NOT NULL,
-    operator TEXT NOT NULL, line TEXT NOT NULL, place TEXT NOT NULL,
-    direction INTEGER NOT NULL, night INTEGER NOT NULL, resolved INTEGER,
-    PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS held_day ON held (day);
-CREATE TABLE IF NOT EXISTS paths (
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    sha256 BLOB NOT NULL);
-"""
-
-
-def _signed(values: np.ndarray) -> np.ndarray:
-    # SQLite integers are signed 64-bit; card ids use the whole uint64 range.
-    return np.ascontiguousarray(values, dtype=np.uint64).view(np.int64)
-
-
-def _bytes(value: object) -> bytes:
-    if not isinstance(value, bytes):
-        raise LedgerDamaged(f"a hash or key is {type(value).__name__}, not bytes")
-    return value
-
-
-def _signed_int(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _int(value: object) -> int:
-    """An integer read back from SQLite (its row values are typed ``object`` here)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise LedgerDamaged(f"a number is {type(value).__name__}, not an integer")
-    return value
-
-
-def _day(value: object) -> dt.date:
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise LedgerDamaged(f"a day is {str(value)[:20]!r}") from None
-
-
-def _unsigned(value: object) -> int:
-    v = _int(value)
-    return v + (1 << 64) if v < 0 else v
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """Where a terminal's settled chain ends."""
-
-    last_seq: int
-    tail_hash: bytes
-    max_time_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class NightRecord:
-    night: int
-    day: dt.date
-    inputs_sha256: str
-    outputs: dict[str, str]
-    files: dict[bytes, str]  # batch SHA-256 -> outcome
-
-
-@dataclass(frozen=True, slots=True)
-class HeldRide:
-    """A verified ride kept unpaid until the batch its price depends on arrives."""
-
-    terminal_id: int
-    seq: int
-    day: str
-    time_ms: int
-    card_id: int
-    counter: int
-    record_hash: bytes
-    generation: int
-    flags: tuple[str, ...]
-    context: tuple[str, str, str, int]  # operator, line, place, direction, as verified
-
-
-@dataclass(frozen=True, slots=True)
-class TakenRide:
-    """A card counter the ledger has taken: where and when it rode."""
-
-    card_id: int
-    counter: int
-    terminal_id: int
-    time_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SettledBatch:
-    sha256: bytes
-    terminal_id: int
-    day: str
-    first_seq: int
-    last_seq: int
-    prev_hash: bytes
-    tail_hash: bytes
-    max_time_ms: int
 
 
 class Ledger:
@@ -204,7 +97,7 @@ class Ledger:
             db.execute("PRAGMA temp_store=MEMORY")
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
                 row = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
@@ -266,11 +159,11 @@ class Ledger:
             if not isinstance(digests, dict):
                 raise LedgerDamaged("a night's outputs are not a table")
             return NightRecord(
-                _int(night),
+                as_int(night),
                 day,
                 str(inputs),
                 {str(k): str(v) for k, v in digests.items()},
-                {_bytes(s): str(o) for s, o in files},
+                {as_bytes(s): str(o) for s, o in files},
             )
         except ValueError as exc:
             raise self.damaged(LedgerDamaged(str(exc))) from None
@@ -282,7 +175,7 @@ class Ledger:
         if not rows:
             return None
         try:
-            return _int(rows[0][0]), _day(rows[0][1])
+            return as_int(rows[0][0]), as_day(rows[0][1])
         except LedgerDamaged as exc:
             raise self.damaged(exc) from None
 
@@ -294,7 +187,7 @@ class Ledger:
             "SELECT sha256 FROM files WHERE night<? AND outcome IN ('settled', 'rejected')",
             (night,),
         )
-        return {_bytes(r[0]) for r in rows}
+        return {as_bytes(r[0]) for r in rows}
 
     def heads(self, night: int) -> dict[int, Head]:
         """Each terminal's settled chain head as it stood before ``night``."""
@@ -307,21 +200,21 @@ class Ledger:
         out: dict[int, Head] = {}
         for tid, last, tail, latest in rows:
             # the latest time anywhere in the chain, not only in the head batch
-            out[_unsigned(tid)] = Head(_int(last), _bytes(tail), _int(latest))
+            out[as_unsigned(tid)] = Head(as_int(last), as_bytes(tail), as_int(latest))
         if out:
             for tid, latest in self._query(
                 "SELECT terminal_id, MAX(max_time_ms) FROM batches WHERE night<? "
                 "GROUP BY terminal_id",
                 (night,),
             ):
-                key = _unsigned(tid)
+                key = as_unsigned(tid)
                 h = out[key]
-                out[key] = Head(h.last_seq, h.tail_hash, _int(latest))
+                out[key] = Head(h.last_seq, h.tail_hash, as_int(latest))
         return out
 
     def links_at(self, night: int, terminal_id: int, seq: int, tail_hash: bytes) -> bool:
         """Whether the settled chain has ``tail_hash`` right after record ``seq``."""
-        tid = _signed_int(terminal_id)
+        tid = signed_int(terminal_id)
         rows = self._query(
             "SELECT 1 FROM batches WHERE terminal_id=? AND last_seq=? AND tail_hash=? "
             "AND night<? LIMIT 1",
@@ -331,7 +224,7 @@ class Ledger:
 
     def has_day(self, night: int, terminal_id: int, day: str) -> bool:
         """Whether a batch of ``terminal_id`` for ``day`` was settled before ``night``."""
-        tid = _signed_int(terminal_id)
+        tid = signed_int(terminal_id)
         rows = self._query(
             "SELECT 1 FROM batches WHERE terminal_id=? AND day=? AND night<? LIMIT 1",
             (tid, day, night),
@@ -342,7 +235,7 @@ class Ledger:
         rows = self._query(
             "SELECT DISTINCT terminal_id FROM batches WHERE day=? AND night<?", (day, night)
         )
-        return {_unsigned(r[0]) for r in rows}
+        return {as_unsigned(r[0]) for r in rows}
 
     def taken_mask(self, night: int, card_id: np.ndarray, counter: np.ndarray) -> np.ndarray:
         """For each (card, counter), True when an earlier night already took it."""
@@ -351,7 +244,7 @@ class Ledger:
         if not n:
             return out
         db = self._db
-        cards = _signed(card_id)
+        cards = signed(card_id)
         order = np.lexsort((counter, cards))  # the key order: the join walks the B-tree once
         try:
             db.execute(
@@ -390,7 +283,9 @@ class Ledger:
             "WHERE time_ms >= ? AND time_ms < ? AND night < ? ORDER BY time_ms, terminal_id, seq",
             (start_ms, end_ms, night),
         )
-        return [TakenRide(_unsigned(c), _int(k), _unsigned(t), _int(ms)) for c, k, t, ms in rows]
+        return [
+            TakenRide(as_unsigned(c), as_int(k), as_unsigned(t), as_int(ms)) for c, k, t, ms in rows
+        ]
 
     def held(self, night: int, day: str) -> list[HeldRide]:
         """Rides held by an earlier night for ``day`` and not yet resolved before ``night``."""
@@ -403,16 +298,16 @@ class Ledger:
         )
         return [
             HeldRide(
-                _unsigned(t),
-                _int(s),
+                as_unsigned(t),
+                as_int(s),
                 str(d),
-                _int(ms),
-                _unsigned(c),
-                _int(k),
-                _bytes(h),
-                _int(g),
+                as_int(ms),
+                as_unsigned(c),
+                as_int(k),
+                as_bytes(h),
+                as_int(g),
                 tuple(str(f).split(",")) if f else (),
-                (str(op), str(ln), str(pl), _int(di)),
+                (str(op), str(ln), str(pl), as_int(di)),
             )
             for t, s, d, ms, c, k, h, g, f, op, ln, pl, di in rows
         ]
@@ -421,7 +316,7 @@ class Ledger:
         """path -> (size, mtime_ns, SHA-256) of batch files hashed on earlier nights: a
         file that has not changed is not read again to learn it was settled."""
         rows = self._query("SELECT path, size, mtime_ns, sha256 FROM paths")
-        return {str(p): (_int(n), _int(m), _bytes(h)) for p, n, m, h in rows}
+        return {str(p): (as_int(n), as_int(m), as_bytes(h)) for p, n, m, h in rows}
 
     # -- appending a night ----------------------------------------------------------
 
@@ -439,8 +334,6 @@ class Ledger:
         paths: Iterable[tuple[str, int, int, bytes]] = (),
     ) -> None:
         """Append one night in one transaction: all of it, or (on any failure) none."""
-        card, counter, tid, seq, time_ms = taken
-        order = np.lexsort((counter, _signed(card)))  # insert in key order: a B-tree append
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -454,56 +347,17 @@ class Ledger:
             )
             db.executemany(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (
-                        b.sha256,
-                        _signed_int(b.terminal_id),
-                        b.day,
-                        b.first_seq,
-                        b.last_seq,
-                        b.prev_hash,
-                        b.tail_hash,
-                        b.max_time_ms,
-                        night,
-                    )
-                    for b in batches
-                ),
+                batch_rows(batches, night),
             )
-            db.executemany(
-                "INSERT INTO taken VALUES (?, ?, ?, ?, ?, ?)",
-                zip(
-                    _signed(card)[order].tolist(),
-                    np.asarray(counter)[order].tolist(),
-                    _signed(tid)[order].tolist(),
-                    np.asarray(seq, dtype=np.int64)[order].tolist(),
-                    np.asarray(time_ms)[order].tolist(),
-                    [night] * len(order),
-                    strict=True,
-                ),
-            )
+            db.executemany("INSERT INTO taken VALUES (?, ?, ?, ?, ?, ?)", taken_rows(taken, night))
             db.executemany(
                 "INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    (
-                        _signed_int(h.terminal_id),
-                        h.seq,
-                        h.day,
-                        h.time_ms,
-                        _signed_int(h.card_id),
-                        h.counter,
-                        h.record_hash,
-                        h.generation,
-                        ",".join(h.flags),
-                        *h.context,
-                        night,
-                    )
-                    for h in held
-                ),
+                held_rows(held, night),
             )
             db.executemany("INSERT OR REPLACE INTO paths VALUES (?, ?, ?, ?)", paths)
             db.executemany(
                 "UPDATE held SET resolved=? WHERE terminal_id=? AND seq=?",
-                ((night, _signed_int(t), s) for t, s in resolved),
+                ((night, signed_int(t), s) for t, s in resolved),
             )
             db.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -20,45 +20,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
-import hashlib
-import json
-import os
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial as bind
 from pathlib import Path
 
 import numpy as np
 
-from farecore.boundedinput import read_limited
-from farecore.card.keys import Keyring, load_public_key_file
-from farecore.decide.revocation import RevocationTable
-from farecore.decide.revocation.csvinput import read_revocation_csv
-from farecore.errors import LedgerDamaged, MalformedFile, SettlementError
-from farecore.journal.batch import day_bounds_ms, peek_header
-from farecore.settlement.admission import Admission, Admitted, Settled, admit
+from farecore.errors import LedgerDamaged, SettlementError
+from farecore.settlement.admission import Admission, Settled, admit
 from farecore.settlement.anomalies import REVIEW_KINDS, Anomaly
-from farecore.settlement.fares import FareTable, parse_fares
-from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch, TakenRide
-from farecore.settlement.merge import (
-    DayInputs,
-    DayResult,
-    MergeOptions,
-    RevocationGeneration,
-    Settlement,
-    settle_day,
-)
+from farecore.settlement.days import merge_options, settle_days
+from farecore.settlement.inputs import BATCH_SUFFIX, SettlementInputs, find_batches, load_inputs
+from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch
+from farecore.settlement.merge import DayResult, MergeOptions, Settlement
 from farecore.settlement.outputs import digests_of, prepare_out, render_outputs, write_rendered
-from farecore.settlement.terminals import TerminalInfo, parse_terminals
-from farecore.settlement.unit import (
-    MAX_BATCH_BYTES,
-    Partial,
-    UnitConfig,
-    settle_unit,
-    unreadable_key,
-)
+from farecore.settlement.partial import Partial, UnitConfig
+from farecore.settlement.survey import Survey, inputs_digest, survey
+from farecore.settlement.unit import settle_unit, unreadable_key
 
 __all__ = [
     "BATCH_SUFFIX",
@@ -72,112 +51,7 @@ __all__ = [
     "run_settlement",
 ]
 
-BATCH_SUFFIX = ".fcb"
-_NO_CARDS = np.zeros(0, dtype=np.uint64)
-_MAX_INPUT_BYTES = 64 << 20  # a register, keyring or fares file is far smaller
 MapUnits = Callable[[Sequence[str], UnitConfig], Iterator[Partial]]
-
-
-@dataclass(frozen=True, slots=True)
-class SettlementInputs:
-    day: dt.date
-    terminals: dict[int, TerminalInfo]
-    keyring: bytes
-    fares: FareTable
-    revoked_at: dict[int, int]
-    settings: dict[str, str]  # input name -> SHA-256, for the manifest
-    # Verified revocation tables, by generation.
-    tables: tuple[RevocationTable, ...] = field(default=())
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.is_dir():
-            raise SettlementError(f"{what} {path} is a directory, not a file")
-        # Bounded as it is read: the size a stat reports can change, or be 0 for a device.
-        return read_limited(path, _MAX_INPUT_BYTES, f"{what} {path}", SettlementError)
-    except OSError as exc:
-        raise SettlementError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
-def load_inputs(
-    day: dt.date,
-    terminals: Path,
-    keyring: Path,
-    fares: Path,
-    revocations: Path | None = None,
-    revocation_tables: Sequence[Path] | Path | None = None,
-    revocation_signer: Path | None = None,
-) -> SettlementInputs:
-    """Read and check every input but the batches; SettlementError or MalformedFile
-    naming the file on any problem, before anything is settled or written."""
-    raw_t, raw_k, raw_f = (
-        _read(terminals, "terminal register"),
-        _read(keyring, "keyring"),
-        _read(fares, "fares file"),
-    )
-    Keyring.from_bytes(raw_k, str(keyring))  # fail early, with the file's name
-    settings = {
-        "terminals_sha256": hashlib.sha256(raw_t).hexdigest(),
-        "keyring_sha256": hashlib.sha256(raw_k).hexdigest(),
-        "fares_sha256": hashlib.sha256(raw_f).hexdigest(),
-    }
-    try:
-        t_text, f_text = raw_t.decode(), raw_f.decode()
-    except UnicodeDecodeError:
-        raise MalformedFile("terminals or fares file is not UTF-8") from None
-    register = parse_terminals(t_text, str(terminals))
-    fare_table = parse_fares(f_text, str(fares))
-    unknown = sorted(
-        {t.operator for t in register.values()} - {p.operator for p in fare_table.operators}
-    )
-    if unknown:
-        raise MalformedFile(
-            f"{fares}: no [[operator]] for {', '.join(unknown)} (named by {terminals}); "
-            "the settlement must know which regions and categories each operator accepts"
-        )
-    revoked: dict[int, int] = {}
-    if revocations is not None:
-        raw_r = _read(revocations, "revocations CSV")
-        cards, ats, _ = read_revocation_csv(revocations)  # the builder's strict reader
-        for card, at in zip(cards.tolist(), ats.tolist(), strict=True):
-            revoked[card] = min(at, revoked.get(card, at))
-        settings["revocations_sha256"] = hashlib.sha256(raw_r).hexdigest()
-    if isinstance(revocation_tables, Path):
-        revocation_tables = [revocation_tables]
-    tables = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
-    gens = [t.generation for t in tables]
-    if len(set(gens)) != len(gens):
-        raise SettlementError("two revocation tables of the same generation were given")
-    tables.sort(key=lambda t: t.generation)
-    return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
-
-
-def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> RevocationTable:
-    """Open and verify a signed revocation table, exactly as a gate would."""
-    if signer is None:
-        raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
-    if not path.is_file():
-        raise SettlementError(f"revocation table {path} is not a file")
-    try:
-        table = RevocationTable.open(path, load_public_key_file(signer, role="revocation"))
-    except OSError as exc:
-        raise SettlementError(f"cannot read revocation table {path}: {exc.strerror}") from None
-    # The verified body's hash (what the lookups use), named by generation: the manifest
-    # does not depend on the order the tables were given in.
-    settings[f"revocation_table_generation_{table.generation}_body_sha256"] = table.body_sha256
-    return table
-
-
-def find_batches(directory: Path) -> list[str]:
-    """Every ``*.fcb`` entry under ``directory``, sorted: files, and anything else so named
-    (a directory, a dangling link), which the night then rejects by name."""
-    if not directory.is_dir():
-        raise SettlementError(f"batch directory {directory} does not exist")
-    try:
-        return sorted(str(p) for p in directory.rglob(f"*{BATCH_SUFFIX}"))
-    except OSError as exc:
-        raise SettlementError(f"cannot list batch directory {directory}: {exc.strerror}") from None
 
 
 def map_in_process(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
@@ -191,105 +65,6 @@ def map_with_processes(jobs: int) -> MapUnits:
             yield from pool.map(bind(settle_unit, cfg=cfg), paths, chunksize=1)
 
     return run
-
-
-@dataclass(frozen=True, slots=True)
-class _Survey:
-    """The batch files a night takes, and what it leaves for other nights."""
-
-    paths: list[str]
-    keys: dict[str, bytes]  # path -> SHA-256 (or the key of an unreadable entry)
-    later_days: int
-    done_before: int
-    arrived_after: int
-    stats: list[tuple[str, int, int, bytes]]  # (path, size, mtime_ns, SHA-256) hashed
-
-
-def _file_key(
-    path: str, known: dict[str, tuple[int, int, bytes]], hashed: list[tuple[str, int, int, bytes]]
-) -> tuple[bytes, bytes | None]:
-    """(SHA-256 of the file, its first bytes, or None when it was not read) or a stable
-    key for an entry that cannot be read, so a re-run recognises it. A file whose size
-    and modification time match an earlier night's reading is not read again."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BATCH_BYTES:
-            raise OSError
-        was = known.get(path)
-        if was is not None and was[:2] == (st.st_size, st.st_mtime_ns):
-            return was[2], None
-        h = hashlib.sha256()
-        head = b""
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                if not head:
-                    head = chunk
-                h.update(chunk)
-        hashed.append((path, st.st_size, st.st_mtime_ns, h.digest()))
-        return h.digest(), head
-    except OSError:
-        return unreadable_key(path), None
-
-
-def _peek_day(path: str, head: bytes | None) -> dt.date | None:
-    if head is None:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(1 << 20)
-        except OSError:
-            return None
-    claimed = peek_header(head)
-    return None if claimed is None else claimed[1]
-
-
-def _survey(
-    paths: Sequence[str], day: dt.date, ledger: Ledger, night: int, rerun: NightRecord | None
-) -> _Survey:
-    chosen: list[str] = []
-    keys: dict[str, bytes] = {}
-    seen: set[bytes] = set()
-    later = done = after = 0
-    done_set = set() if rerun is not None else ledger.done_files(night)
-    known = ledger.known_paths()
-    hashed: list[tuple[str, int, int, bytes]] = []
-    for path in paths:
-        key, head = _file_key(path, known, hashed)
-        if key in seen:
-            continue  # the same bytes under another name: one batch
-        seen.add(key)
-        if rerun is not None:
-            if key in rerun.files:
-                chosen.append(path)
-                keys[path] = key
-            else:
-                after += 1
-            continue
-        if key in done_set:
-            done += 1
-            continue
-        claimed = _peek_day(path, head)
-        if claimed is not None and claimed > day:
-            later += 1
-            continue
-        chosen.append(path)
-        keys[path] = key
-    if rerun is not None:
-        absent = set(rerun.files) - set(keys.values())
-        if absent:
-            raise SettlementError(
-                f"night {day} was settled from {len(rerun.files)} batch files; "
-                f"{len(absent)} of them are no longer in the batch directory "
-                f"(first: {sorted(absent)[0].hex()}), so it cannot be re-run"
-            )
-    return _Survey(chosen, keys, later, done, after, hashed)
-
-
-def _inputs_digest(keys: Sequence[bytes], settings: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(keys):
-        h.update(k)
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def run_settlement(
@@ -362,28 +137,64 @@ def _night(
 ) -> Settlement:
     day = inputs.day
     rerun = ledger.night_of(day)
-    if rerun is not None:
-        night = rerun.night
-    else:
-        last = ledger.last_night()
-        if last is not None and last[1] >= day:
-            raise SettlementError(
-                f"ledger {ledger.where} has settled nights up to {last[1]}; {day} cannot be "
-                "settled after them (its late batches settle as corrections on the next night)"
-            )
-        night = last[0] + 1 if last is not None else 1
+    night = rerun.night if rerun is not None else _next_night(ledger, day)
     if out_dir is not None:
         prepare_out(out_dir)
-    survey = _survey(paths, day, ledger, night, rerun)
-    digest = _inputs_digest(list(survey.keys.values()), inputs.settings)
+    taken = survey(paths, day, ledger, night, rerun)
+    digest = inputs_digest(list(taken.keys.values()), inputs.settings)
     if rerun is not None and rerun.inputs_sha256 != digest:
         raise SettlementError(
             f"night {day} was settled with other inputs (register, keyring, fares or "
             "revocation files differ); a settled night is final"
         )
+    partials = _gather(mapper, taken, cfg, progress)
+    gc.disable()
+    admission = _admit(partials, ledger, night)
+    opts = options or merge_options(inputs, [a.partial for a in admission.admitted])
+    corrections, main = settle_days(inputs, admission, ledger, night, opts)
+    result = _assemble(inputs, taken, admission, main, corrections, night, rerun is not None)
+    if out_dir is None:
+        return result
+    blobs = render_outputs(result, inputs.settings)
+    digests = digests_of(blobs)
+    if rerun is not None:
+        _check_rerun(day, digests, rerun)
+        write_rendered(blobs, out_dir)
+        return result
+    # The ledger first: a night whose outputs fail to write is re-run to write them, and
+    # a re-run never appends twice.
+    _record(ledger, night, day, digest, digests, admission, [*corrections, main], taken.stats)
+    try:
+        write_rendered(blobs, out_dir)
+    except SettlementError as exc:
+        raise SettlementError(
+            f"night {day} is recorded in the ledger, but its outputs were not written "
+            f"({exc}); run the same command again to write them"
+        ) from None
+    return result
+
+
+def _next_night(ledger: Ledger, day: dt.date) -> int:
+    """The number of a new night for ``day``, which must come after every night held."""
+    last = ledger.last_night()
+    if last is not None and last[1] >= day:
+        raise SettlementError(
+            f"ledger {ledger.where} has settled nights up to {last[1]}; {day} cannot be "
+            "settled after them (its late batches settle as corrections on the next night)"
+        )
+    return last[0] + 1 if last is not None else 1
+
+
+def _gather(
+    mapper: MapUnits,
+    taken: Survey,
+    cfg: UnitConfig,
+    progress: Callable[[int, int], None] | None,
+) -> list[Partial]:
+    """Every unit's partial, each frozen out of the cycle collector's sight as it arrives."""
     partials: list[Partial] = []
-    read_before = {unreadable_key(p): p for p, k in survey.keys.items() if k != unreadable_key(p)}
-    for i, p in enumerate(mapper(survey.paths, cfg), 1):
+    read_before = {unreadable_key(p): p for p, k in taken.keys.items() if k != unreadable_key(p)}
+    for i, p in enumerate(mapper(taken.paths, cfg), 1):
         if p.unreadable and p.batch_sha256 in read_before:
             # Read when the night began, unreadable where its unit ran: not the file's
             # fault, and settling without it would silently report it missing.
@@ -396,14 +207,17 @@ def _night(
         partials.append(p)
         gc.freeze()
         if progress is not None:
-            progress(i, len(survey.paths))
-    gc.disable()
+            progress(i, len(taken.paths))
+    return partials
+
+
+def _admit(partials: list[Partial], ledger: Ledger, night: int) -> Admission:
+    """Admission of the distinct batches, in SHA-256 order whatever order units finished."""
     unique: dict[bytes, Partial] = {}
     for p in partials:
         unique.setdefault(p.batch_sha256, p)
-    ordered = [unique[k] for k in sorted(unique)]
-    admission = admit(
-        ordered,
+    return admit(
+        [unique[k] for k in sorted(unique)],
         Settled(
             ledger.heads(night),
             lambda tid, seq, h: ledger.links_at(night, tid, seq, h),
@@ -411,138 +225,21 @@ def _night(
             first_night=night == 1,
         ),
     )
-    opts = options or _merge_options(inputs, [a.partial for a in admission.admitted])
-    corrections, main = _days(inputs, admission, ledger, night, opts)
-    result = _assemble(inputs, survey, admission, main, corrections, night, rerun is not None)
-    if out_dir is None:
-        return result
-    blobs = render_outputs(result, inputs.settings)
-    digests = digests_of(blobs)
-    if rerun is not None:
-        if digests != rerun.outputs:
-            differ = sorted(k for k in digests if digests[k] != rerun.outputs.get(k))
-            raise SettlementError(
-                f"re-running night {day} gives other {', '.join(differ)} than its first run "
-                "(a batch file renamed, another farecore or pyarrow version, or a ledger "
-                "changed by hand); nothing was written"
-            )
-        write_rendered(blobs, out_dir)
-        return result
-    # The ledger first: a night whose outputs fail to write is re-run to write them, and
-    # a re-run never appends twice.
-    _record(ledger, night, day, digest, digests, admission, [*corrections, main], survey.stats)
-    try:
-        write_rendered(blobs, out_dir)
-    except SettlementError as exc:
+
+
+def _check_rerun(day: dt.date, digests: dict[str, str], rerun: NightRecord) -> None:
+    if digests != rerun.outputs:
+        differ = sorted(k for k in digests if digests[k] != rerun.outputs.get(k))
         raise SettlementError(
-            f"night {day} is recorded in the ledger, but its outputs were not written "
-            f"({exc}); run the same command again to write them"
-        ) from None
-    return result
-
-
-def _merge_options(inputs: SettlementInputs, admitted: list[Partial]) -> MergeOptions:
-    """The revocation knowledge the merge needs, for the cards that rode tonight."""
-    revoked = dict(inputs.revoked_at)
-    cards = np.unique(np.concatenate([p.rides.card_id for p in admitted] or [_NO_CARDS]))
-    gens = []
-    for table in inputs.tables:
-        found = table.find_many(cards)
-        at = table.revoked_at
-        for card, pos in zip(cards[found >= 0].tolist(), found[found >= 0].tolist(), strict=True):
-            when = int(at[pos])
-            revoked[card] = min(when, revoked.get(card, when))
-        gens.append(
-            RevocationGeneration(
-                int(table.generation),
-                int(table.created_at),
-                _holder(table),
-            )
+            f"re-running night {day} gives other {', '.join(differ)} than its first run "
+            "(a batch file renamed, another farecore or pyarrow version, or a ledger "
+            "changed by hand); nothing was written"
         )
-    return MergeOptions(
-        revoked_at=revoked,
-        generations=tuple(gens),
-        revocation_max_age_s=inputs.fares.revocation_max_age_s,
-    )
-
-
-def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
-    def holds(cards: np.ndarray) -> np.ndarray:
-        found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0
-        return found
-
-    return holds
-
-
-def _max_window_ms(fares: FareTable) -> int:
-    return max((w for p in fares.operators for _, w in p.passback_s), default=0) * 1000
-
-
-def _context(ledger: Ledger, night: int, day: dt.date, fares: FareTable) -> list[TakenRide]:
-    start, end = day_bounds_ms(day, fares.utc_offset_min)
-    tol = fares.clock_tolerance_s * 1000
-    return ledger.taken_between(night, start - tol - _max_window_ms(fares), end + tol)
-
-
-def _taken_check(
-    ledger: Ledger, night: int, tonight: set[tuple[int, int]]
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    def taken(cards: np.ndarray, counters: np.ndarray) -> np.ndarray:
-        mask = ledger.taken_mask(night, cards, counters)
-        if tonight:
-            seen = np.fromiter({card for card, _ in tonight}, dtype=np.uint64)
-            for i in np.flatnonzero(np.isin(cards, seen)).tolist():
-                if (int(cards[i]), int(counters[i])) in tonight:
-                    mask[i] = True
-        return mask
-
-    return taken
-
-
-def _days(
-    inputs: SettlementInputs,
-    admission: Admission,
-    ledger: Ledger,
-    night: int,
-    opts: MergeOptions,
-) -> tuple[list[DayResult], DayResult]:
-    """Each earlier day a late batch reopened (its correction, oldest first), then the
-    settled day. Every day is settled the same way; the counters each one takes are
-    barred from the days after it tonight."""
-    by_day: dict[str, list[Admitted]] = {inputs.day.isoformat(): []}
-    for a in admission.admitted:
-        by_day.setdefault(a.partial.day, []).append(a)
-    results: list[DayResult] = []
-    taken: set[tuple[int, int]] = set()
-    for day_text in sorted(by_day):
-        day, admitted = dt.date.fromisoformat(day_text), by_day[day_text]
-        present = ledger.settled_terminals(night, day_text) | {
-            a.partial.terminal_id for a in admitted
-        }
-        result = settle_day(
-            DayInputs(
-                day,
-                admitted,
-                ledger.held(night, day_text),
-                _context(ledger, night, day, inputs.fares),
-                frozenset(inputs.terminals) - present,
-                _taken_check(ledger, night, taken),
-                correction=day != inputs.day,
-            ),
-            inputs.fares,
-            inputs.terminals,
-            opts,
-        )
-        results.append(result)
-        rides = result.rides.rides
-        taken |= set(zip(rides.card_id.tolist(), rides.counter.tolist(), strict=True))
-        taken |= {(h.card_id, h.counter) for h in result.held}
-    return results[:-1], results[-1]
 
 
 def _assemble(
     inputs: SettlementInputs,
-    survey: _Survey,
+    survey: Survey,
     admission: Admission,
     main: DayResult,
     corrections: list[DayResult],
@@ -622,9 +319,20 @@ def _record(
         )
         for p in [a.partial for a in admission.admitted] + admission.chain_only
     ]
+    held: list[HeldRide] = [h for r in results for h in r.held]
+    resolved: list[tuple[int, int]] = [t for r in results for t in r.resolved]
+    taken = _taken_columns(results)
+    ledger.record_night(
+        night, day, digest, outputs, admission.outcomes, batches, taken, held, resolved, paths
+    )
+
+
+def _taken_columns(
+    results: list[DayResult],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(card, counter, terminal, seq, time) of every counter the night takes: the rides
+    it pays and the rides it newly holds."""
     cards, counters, tids, seqs, times = [], [], [], [], []
-    held: list[HeldRide] = []
-    resolved: list[tuple[int, int]] = []
     for r in results:
         rides = r.rides.rides
         assert rides.held is not None
@@ -640,25 +348,12 @@ def _record(
             tids.append(np.array([h.terminal_id], np.uint64))
             seqs.append(np.array([h.seq], np.uint64))
             times.append(np.array([h.time_ms], np.int64))
-        held += r.held
-        resolved += r.resolved
-    ledger.record_night(
-        night,
-        day,
-        digest,
-        outputs,
-        admission.outcomes,
-        batches,
-        (
-            np.concatenate(cards) if cards else np.zeros(0, np.uint64),
-            np.concatenate(counters) if counters else np.zeros(0, np.int64),
-            np.concatenate(tids) if tids else np.zeros(0, np.uint64),
-            np.concatenate(seqs) if seqs else np.zeros(0, np.uint64),
-            np.concatenate(times) if times else np.zeros(0, np.int64),
-        ),
-        held,
-        resolved,
-        paths,
+    return (
+        np.concatenate(cards) if cards else np.zeros(0, np.uint64),
+        np.concatenate(counters) if counters else np.zeros(0, np.int64),
+        np.concatenate(tids) if tids else np.zeros(0, np.uint64),
+        np.concatenate(seqs) if seqs else np.zeros(0, np.uint64),
+        np.concatenate(times) if times else np.zeros(0, np.int64),
     )
 
 

@@ -90,103 +90,123 @@ def price(
     never closed are settled by the unpaired rule, or held (not paid, fare 0) when
     ``hold`` names their operator for their kind, or the rule is ``hold``.
     """
-    fares = _DayFares(fare_table, day)
-    unpaired = _Unpaired(
-        {k: frozenset((hold or {}).get(k, frozenset())) for k in ("entry", "exit")},
-        np.zeros(len(rides), dtype=bool),
-    )
-    n = len(rides)
-    fare = np.zeros(n, dtype=np.int64)
-    trip = np.zeros(n, dtype=np.int8)
-    paired_tid = np.zeros(n, dtype=np.uint64)
-    paired_seq = np.zeros(n, dtype=np.uint64)
-    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    contexts = rides.contexts
-    board = int(Direction.BOARD)
-    is_bus_context = np.array([c[3] == board for c in contexts] + [False], dtype=bool)
-    is_bus = is_bus_context[rides.context]
-    for code, (op, line, _, direction) in enumerate(contexts):
-        if direction != board:
-            continue
-        rows = np.flatnonzero(rides.context == code)
-        fen = fares.bus(op, line)
-        if fen is None:
-            for row in rows.tolist():
-                anomalies.append(_no_fare(rides, row, "no bus fare for this line"))
-        fare[rows] = fen or 0
-        total = totals[(op, line)]
-        total[0] += len(rows)
-        total[1] += (fen or 0) * len(rows)
-    # Fares of trips already priced without a problem, by (operator, entry, exit place).
-    trips: dict[tuple[str, str, str], int] = {}
-    entry = int(Direction.ENTRY)
-    # Per operator, a stack of entry rows not yet matched.
-    open_entries: dict[str, list[int]] = defaultdict(list)
-    metro = by_card[~is_bus[by_card]]
-    tids, seqs = rides.terminal_id.tolist(), rides.seq.tolist()
-    card: int | None = None
-    for row, card_id, code in zip(
-        metro.tolist(), rides.card_id[metro].tolist(), rides.context[metro].tolist(), strict=True
-    ):
-        if card_id != card:
-            _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies, unpaired)
-            card = card_id
-        op, line, place, direction = contexts[code]
-        stack = open_entries[op]
-        if direction == entry:
-            stack.append(row)
-            continue
-        if not stack:
-            trip[row] = UNPAIRED_EXIT
-            fen = _unpaired(fares, "exit", rides, row, anomalies, unpaired)
-            if fen is None:
-                continue  # held: not paid tonight
-            total = totals[(op, line)]
-        else:
-            e = stack.pop()
-            _, e_line, e_place, _ = contexts[int(rides.context[e])]
-            key = (op, e_place, place)
-            fen = trips.get(key, -1)
-            if fen < 0:
-                before = len(anomalies)
-                fen = _trip_fare(fares, op, e_place, place, rides, row, anomalies)
-                if len(anomalies) == before:
-                    trips[key] = fen
-            trip[e], trip[row] = METRO_ENTRY, METRO_EXIT
-            paired_tid[e], paired_seq[e] = tids[row], seqs[row]
-            paired_tid[row], paired_seq[row] = tids[e], seqs[e]
-            total = totals[(op, e_line)]  # a trip counts on the line entered
-        fare[row] = fen
+    pricer = _Pricer(rides, _DayFares(fare_table, day), anomalies, hold or {})
+    is_bus = pricer.price_buses()
+    pricer.price_metro(by_card[~is_bus[by_card]])
+    priced = PricedRides(rides, pricer.fare, pricer.trip, pricer.paired_tid, pricer.paired_seq)
+    return priced, pricer.totals, pricer.unpaired.held, pricer.unpaired.at_stake_fen
+
+
+class _Pricer:
+    """One day's pricing: the columns it fills and the totals it adds up."""
+
+    def __init__(
+        self,
+        rides: Rides,
+        fares: _DayFares,
+        anomalies: list[Anomaly],
+        hold: dict[str, frozenset[str]],
+    ) -> None:
+        n = len(rides)
+        self.rides, self.fares, self.anomalies = rides, fares, anomalies
+        self.unpaired = _Unpaired(
+            {k: frozenset(hold.get(k, frozenset())) for k in ("entry", "exit")},
+            np.zeros(n, dtype=bool),
+        )
+        self.fare = np.zeros(n, dtype=np.int64)
+        self.trip = np.zeros(n, dtype=np.int8)
+        self.paired_tid = np.zeros(n, dtype=np.uint64)
+        self.paired_seq = np.zeros(n, dtype=np.uint64)
+        self.totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        # Fares of trips already priced without a problem, by (operator, entry, exit place).
+        self.trips: dict[tuple[str, str, str], int] = {}
+        # Per operator, a stack of the current card's entry rows not yet matched.
+        self.open_entries: dict[str, list[int]] = defaultdict(list)
+
+    def _count(self, operator: str, line: str, fen: int) -> None:
+        total = self.totals[(operator, line)]
         total[0] += 1
         total[1] += fen
-    _close_unpaired(rides, open_entries, fares, fare, trip, totals, anomalies, unpaired)
-    priced = PricedRides(rides, fare, trip, paired_tid, paired_seq)
-    return priced, totals, unpaired.held, unpaired.at_stake_fen
 
-
-def _close_unpaired(
-    rides: Rides,
-    open_entries: dict[str, list[int]],
-    fares: _DayFares,
-    fare: np.ndarray,
-    trip: np.ndarray,
-    totals: dict[tuple[str, str], list[int]],
-    anomalies: list[Anomaly],
-    unpaired: _Unpaired,
-) -> None:
-    """Price one card's entries that no exit closed, and forget them."""
-    for stack in open_entries.values():
-        for row in stack:
-            op, line, _, _ = rides.contexts[int(rides.context[row])]
-            trip[row] = UNPAIRED_ENTRY
-            fen = _unpaired(fares, "entry", rides, row, anomalies, unpaired)
-            if fen is None:
+    def price_buses(self) -> np.ndarray:
+        """Every bus boarding at its line's fare; returns which rows are bus rides."""
+        rides, contexts = self.rides, self.rides.contexts
+        board = int(Direction.BOARD)
+        is_bus_context = np.array([c[3] == board for c in contexts] + [False], dtype=bool)
+        for code, (op, line, _, direction) in enumerate(contexts):
+            if direction != board:
                 continue
-            fare[row] = fen
-            total = totals[(op, line)]
-            total[0] += 1
-            total[1] += fen
-    open_entries.clear()
+            rows = np.flatnonzero(rides.context == code)
+            fen = self.fares.bus(op, line)
+            if fen is None:
+                for row in rows.tolist():
+                    self.anomalies.append(_no_fare(rides, row, "no bus fare for this line"))
+            self.fare[rows] = fen or 0
+            total = self.totals[(op, line)]
+            total[0] += len(rows)
+            total[1] += (fen or 0) * len(rows)
+        is_bus: np.ndarray = is_bus_context[rides.context]
+        return is_bus
+
+    def price_metro(self, metro: np.ndarray) -> None:
+        """Metro rows in (card, time) order: each card's entries and exits paired."""
+        rides, contexts = self.rides, self.rides.contexts
+        entry = int(Direction.ENTRY)
+        card: int | None = None
+        for row, card_id, code in zip(
+            metro.tolist(),
+            rides.card_id[metro].tolist(),
+            rides.context[metro].tolist(),
+            strict=True,
+        ):
+            if card_id != card:
+                self.close_unpaired()
+                card = card_id
+            op, line, place, direction = contexts[code]
+            if direction == entry:
+                self.open_entries[op].append(row)
+            elif self.open_entries[op]:
+                self.pair(self.open_entries[op].pop(), row, op, place)
+            else:
+                self.trip[row] = UNPAIRED_EXIT
+                fen = _unpaired(self.fares, "exit", rides, row, self.anomalies, self.unpaired)
+                if fen is not None:  # None: held, not paid tonight
+                    self.fare[row] = fen
+                    self._count(op, line, fen)
+        self.close_unpaired()
+
+    def pair(self, e: int, row: int, op: str, place: str) -> None:
+        """Entry ``e`` and exit ``row`` are one trip: its fare on the exit, counted on the
+        line entered."""
+        rides = self.rides
+        _, e_line, e_place, _ = rides.contexts[int(rides.context[e])]
+        key = (op, e_place, place)
+        fen = self.trips.get(key, -1)
+        if fen < 0:
+            before = len(self.anomalies)
+            fen = _trip_fare(self.fares, op, e_place, place, rides, row, self.anomalies)
+            if len(self.anomalies) == before:
+                self.trips[key] = fen
+        self.trip[e], self.trip[row] = METRO_ENTRY, METRO_EXIT
+        tid, seq = rides.terminal_id, rides.seq
+        self.paired_tid[e], self.paired_seq[e] = int(tid[row]), int(seq[row])
+        self.paired_tid[row], self.paired_seq[row] = int(tid[e]), int(seq[e])
+        self.fare[row] = fen
+        self._count(op, e_line, fen)
+
+    def close_unpaired(self) -> None:
+        """Price one card's entries that no exit closed, and forget them."""
+        rides = self.rides
+        for stack in self.open_entries.values():
+            for row in stack:
+                op, line, _, _ = rides.contexts[int(rides.context[row])]
+                self.trip[row] = UNPAIRED_ENTRY
+                fen = _unpaired(self.fares, "entry", rides, row, self.anomalies, self.unpaired)
+                if fen is None:
+                    continue
+                self.fare[row] = fen
+                self._count(op, line, fen)
+        self.open_entries.clear()
 
 
 def _no_fare(rides: Rides, row: int, detail: str) -> Anomaly:

@@ -141,3 +141,23 @@ def test_a_gate_with_a_stale_table_says_so_at_start(tmp_path: Path) -> None:
             proc.kill()
     [warning] = [line for line in lines if "WARNING" in line]
     assert "generation 1 is already stale" in warning and "REVOCATION_STALE" in warning
+
+
+def test_the_wiring_judges_time_by_the_gates_own_clock(tmp_path: Path) -> None:
+    """A gate built on another clock (the simulator's day, months behind the wall clock)
+    decides by that clock alone: no CLOCK_FAULT, and its time mark is that clock's."""
+    from farecore.gate.config import load_gate_config
+    from farecore.gate.marks import GateMarks
+    from farecore.gate.wiring import build_gate
+    from readers.virtual import VirtualReader
+
+    cfg = load_gate_config(_config(tmp_path))
+    then_ms = 1_772_400_000_000  # 2026-03-01, before the wall clock of any run
+    reader = VirtualReader("wiring")
+    with build_gate(cfg, reader, clock_ms=lambda: then_ms) as wired:
+        decision = wired.gate.process(reader.tap(Issuer.from_seed("gate-process").card(5)))
+        reader.remove()
+        assert wired.clock.faulted is False
+    assert decision.accepted, decision.reason
+    assert decision.time_ms == then_ms
+    assert GateMarks.load(cfg.marks, 77).time_ms == then_ms

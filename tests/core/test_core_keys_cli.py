@@ -136,7 +136,11 @@ def test_selftest_passes_its_known_answers_and_times_taps(tmp_path: Path) -> Non
     r = farecore("selftest", "--taps", "100", "--json", cwd=tmp_path)
     doc = json.loads(r.stdout)
     known = [c for c in doc["checks"] if "time" not in c["name"]]
-    assert len(known) == 30 and all(c["passed"] for c in known), known
+    golden = [c for c in known if not c["name"].startswith("SM2")]
+    assert len(golden) == 30 and all(c["passed"] for c in known), known
+    # The §4a known answers run with the SM2 backend; without it, one skipped line.
+    sm2 = [c for c in known if c["name"].startswith("SM2")]
+    assert len(sm2) > 30 or [c["skipped"] for c in sm2] == [True]
     timing = next(c for c in doc["checks"] if "time" in c["name"])
     # The timing verdict depends on the machine's load; the exit status must follow it.
     assert r.returncode == (0 if timing["passed"] else 1)

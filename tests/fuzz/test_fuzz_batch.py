@@ -27,13 +27,13 @@ from farecore.errors import BadSignature, MalformedFile
 from farecore.gate.tap import run_tap
 from farecore.journal.batch import (
     BATCH_SIGNING_TAG,
-    _sign_batch,
     encode_batch,
     peek_header,
     peek_terminal_id,
     verify_batch,
     verify_batch_rows,
 )
+from farecore.journal.batch_sign import _sign_batch
 from farecore.journal.records import (
     GENESIS_HASH,
     Direction,

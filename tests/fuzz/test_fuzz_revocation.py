@@ -249,7 +249,7 @@ def test_an_id_beyond_the_header_range_is_refused_before_it_is_used(workdir: Pat
 
 GOOD_CSV = (
     "card_id,revoked_at,reason\n"
-    f"{U64},1790000000,lost\n42,1790000001,2\n0,1790000002,fraud\n7,1,other\n"
+    f"{U64},1790000000,lost\n42,1790000001,2\n3,1790000002,fraud\n7,1,other\n"
     "9,0,eligibility_ended\r\n"
 )
 _field = st.one_of(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,15 @@ from journal_support import BASE_MS
 
 from farecore.decide.checks import PassbackCheck
 from farecore.errors import ConfigError
-from farecore.journal.passback import PassbackRule, PassbackStore
+from farecore.journal.passback import (
+    PASSBACK_PRUNE,
+    PASSBACK_TABLE,
+    PASSBACK_UPSERT,
+    PassbackRule,
+    PassbackStore,
+    forgets,
+)
+from farecore.journal.station import replay_passback
 
 WINDOW_S = 600
 
@@ -162,3 +171,32 @@ def test_two_gate_processes_share_one_station_store(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+_EDGE = st.integers(-3, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(_EDGE, _EDGE, st.sampled_from(["a", "b"])), min_size=1, max_size=12),
+    st.tuples(_EDGE, st.sampled_from(["a", "b"]), _EDGE),
+)
+def test_one_prune_rule_in_the_store_file_and_the_station_log(
+    rides: list[tuple[int, int, str]], limits: tuple[int, str, int]
+) -> None:
+    # The store's SQL and the station log's replay forget exactly the rides ``forgets``
+    # names, on every side of each limit.
+    wall_before, boot, mono_before = limits
+    expected = {card for card, (w, m, b) in enumerate(rides) if not forgets(w, m, b, limits)}
+    db = sqlite3.connect(":memory:")
+    db.execute(PASSBACK_TABLE)
+    for card, (wall, mono, b) in enumerate(rides):
+        db.execute(PASSBACK_UPSERT, ("P", card, wall, mono, b))
+        db.execute(PASSBACK_UPSERT, ("Q", card, wall, mono, b))  # another place: kept
+    db.execute(PASSBACK_PRUNE, ("P", wall_before, boot, mono_before))
+    kept = {card for (card,) in db.execute("SELECT card_id FROM passback WHERE place = 'P'")}
+    assert kept == expected
+    assert db.execute("SELECT COUNT(*) FROM passback WHERE place = 'Q'").fetchone()[0] == len(rides)
+    log = [(i + 1, "P", card, w, m, b) for i, (card, (w, m, b)) in enumerate(enumerate(rides))]
+    log.append((len(log) + 1, "P", None, wall_before, mono_before, boot))
+    assert set(replay_passback(log).get("P", {})) == expected

@@ -141,7 +141,9 @@ def test_info_refuses_a_table_that_does_not_verify(
         (["1,5,lost", "2,5"], "line 3: expected 3 fields"),
         (["1,5,lost", "", "3,5,lost"], "line 3: empty line"),
         (["1,5,lost", "2,,lost"], "line 3: revoked_at is empty"),
-        (["1,5,lost", "2,5,lost", "1,6,fraud"], "line 4: card id 1 already appears at"),
+        (["1,5,lost", "2,5,lost", "1,6,fraud"], "line 4: card id 1 already appears at line 2"),
+        (["3,5,lost", "2,5,lost", "3,6,fraud", "2,1,other"], "line 4: card id 3 already appears"),
+        (["1,5,lost", "0,5,lost"], "line 3: card id 0 is no card's id"),
     ],
 )
 def test_bad_row_stops_the_build_and_writes_nothing(
@@ -195,7 +197,7 @@ def test_duplicate_policy_in_the_array_api(tmp_path: Path, keys: dict[str, Signi
 
 rows = st.lists(
     st.tuples(
-        st.one_of(st.sampled_from([0, 1, 2**63, U64]), st.integers(0, U64)),
+        st.one_of(st.sampled_from([1, 2**63, U64]), st.integers(1, U64)),
         st.integers(0, 2**63 - 1),
         st.sampled_from(
             ["lost", "stolen", "deceased", "eligibility_ended", "fraud", "other", "1", "6"]

@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from settle_world import DAY, World, day_ms, terminal_key
 from test_settlement_outputs import scripted_day, settle, totals
 
 from farecore.card.proof import make_challenge
+from farecore.cli import main
 from farecore.decide.checks import InMemoryRevocation
 from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.journal.batch import encode_batch, verify_batch
@@ -215,6 +217,37 @@ def test_stale_table_and_revoked_rides_are_flagged(world: World, tmp_path: Path)
     assert got == [("after_revocation", 2), ("stale_table", 1), ("stale_table", 2)]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "revocations_sha256" in manifest["inputs"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        ("9,soon,lost", "line 2: revoked_at 'soon' is not a non-negative decimal integer"),
+        ("5,1,lost\n0,1,lost", "line 3: card id 0 is no card's id"),
+        ("7,12,lost\n3,1,other\n7,13,fraud", "line 4: card id 7 already appears at line 2"),
+    ],
+)
+def test_a_malformed_revocation_row_is_one_line_and_exit_2(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], rows: str, says: str
+) -> None:
+    # The builder's strict reader: a file the gates' table could not be built from is
+    # not half-used by the settlement either.
+    world.tap(101, 1, day_ms(8))
+    world.export()
+    revs = world.root / "revocations.csv"
+    revs.write_text(f"card_id,revoked_at,reason\n{rows}\n")
+    out, ledger = tmp_path / "out", tmp_path / "ledger.sqlite"
+    rc = main(
+        ["settle", "--batches", str(world.batches), "--day", DAY.isoformat(),
+         "--terminals", str(world.root / "terminals.csv"), "--keyring",
+         str(world.root / "keyring.json"), "--fares", str(world.root / "fares.toml"),
+         "--out", str(out), "--ledger", str(ledger), "--revocations", str(revs)]
+    )  # fmt: skip
+    _, err = capsys.readouterr()
+    assert rc == 2
+    [line] = err.splitlines()
+    assert line.startswith(f"farecore: error: {revs}: {says}")
+    assert not out.exists() and not ledger.exists()
 
 
 def test_verify_rejects_batch_with_unknown_terminal(world: World, tmp_path: Path) -> None:

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from farecore.card.crypto import Algorithm
 from farecore.journal.terminal import Direction
 from farecore.settlement.anomalies import Anomaly
-from farecore.settlement.merge import MergeOptions, _reused_counters, _travel
+from farecore.settlement.merge import MergeOptions, _reused_counters
 from farecore.settlement.rides import Rides
 from farecore.settlement.terminals import TerminalInfo
+from farecore.settlement.travel import travel
 
 TIDS = (1, 2, 3, 4, 5)
 
@@ -150,7 +151,7 @@ def test_travel_arrays_equal_the_integer_oracle(night, min_m: int, kmh: int) -> 
     rides, terminals = night
     opts = MergeOptions(max_speed_kmh=kmh, min_travel_m=min_m)
     found: list[Anomaly] = []
-    _travel(rides, rides.by_card(), terminals, opts, found)
+    travel(rides, rides.by_card(), terminals, opts, found)
     assert len(found) == len(_got(found))
     assert _got(found) == travel_oracle(rides, terminals, opts)
 
@@ -160,7 +161,7 @@ def test_travel_arrays_equal_the_integer_oracle(night, min_m: int, kmh: int) -> 
 def test_travel_arrays_on_the_edges_equal_the_integer_oracle(night) -> None:  # type: ignore[no-untyped-def]
     rides, terminals, opts = night
     found: list[Anomaly] = []
-    _travel(rides, rides.by_card(), terminals, opts, found)
+    travel(rides, rides.by_card(), terminals, opts, found)
     assert _got(found) == travel_oracle(rides, terminals, opts)
 
 
@@ -170,7 +171,7 @@ def test_travel_with_huge_coordinates_equals_the_oracle(night) -> None:  # type:
     rides, terminals = night
     opts = MergeOptions()
     found: list[Anomaly] = []
-    _travel(rides, rides.by_card(), terminals, opts, found)
+    travel(rides, rides.by_card(), terminals, opts, found)
     assert _got(found) == travel_oracle(rides, terminals, opts)
 
 

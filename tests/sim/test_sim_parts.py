@@ -16,8 +16,8 @@ from readers.virtual import VirtualReader
 from sim.issuer import QINGDAO, Issuer
 from sim.network import METRO_BANDS, Network, band_fare
 from sim.population import CARD_KINDS, CardFactory, FraudMix, Population
-from sim.run import SIM_DAY
 from sim.workload import ACCEPT_CODE, FAULT_PASSBACK, FAULT_PULLED, DayClock, Workload, reimburse
+from sim.world import SIM_DAY
 
 NET = Network()
 

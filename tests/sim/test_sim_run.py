@@ -95,6 +95,25 @@ def test_the_issuers_list_spares_the_issuer_checks_of_its_cards(small_run: SimRu
     assert listed.count == 1000 - not_issued
 
 
+def test_the_gates_are_wired_as_real_ones_on_the_simulated_clock(small_run: SimRun) -> None:
+    """Each gate is built from its gate.toml by the real wiring: it keeps durable marks
+    (the table generation in force, the issued list, the latest time seen) in the run's
+    state directory, and its clock guard ran on the simulated day without a fault."""
+    from farecore.gate.marks import GateMarks
+    from sim.workload import DayClock
+    from sim.world import SIM_DAY
+
+    start = DayClock(SIM_DAY).start_ms
+    for path in sorted((small_run.out / "gates").glob("gate-*.toml")):
+        cfg = load_gate_config(path)
+        assert cfg.marks.parent.resolve() == (small_run.out / "work" / "state").resolve()
+        marks = GateMarks.load(cfg.marks, cfg.terminal_id)
+        assert marks.revocation is not None and marks.revocation[0] == 2
+        assert set(marks.issued) == {1}
+        assert start < marks.time_ms < start + 2 * 86_400_000
+    assert "CLOCK FAULT" not in small_run.stderr
+
+
 def test_confusion_table_catches_every_fraud_kind(small_run: SimRun) -> None:
     s = small_run.summary
     # Only the diagonal: every expected label was exactly what the engine decided.

@@ -22,29 +22,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numba import njit, uint64
-from numba.types import Array, Tuple, int64, uint8, void  # type: ignore[attr-defined]
 
 __all__ = [
     "build_filter",  # noqa: F822 (compiled on first use, see __getattr__)
     "build_index",  # noqa: F822
     "find_many",  # noqa: F822
-    "find_one",
-    "verify_body",
+    "find_one",  # noqa: F822
+    "verify_body",  # noqa: F822
 ]
 
 
-# Tables are memory-mapped read-only; writable arrays convert to these types for free.
-_ids_t = Array(uint64, 1, "C", readonly=True)
-_u8_t = Array(uint8, 1, "C", readonly=True)
-_i64_t = Array(int64, 1, "C", readonly=True)
-_out_i64 = int64[::1]
-_out_u8 = uint8[::1]
-_new_u64 = uint64[::1]
-
-
-@njit(int64(_ids_t, _ids_t, uint64, uint64, int64, uint64), cache=True, nogil=True)
-def find_one(ids, index, min_id, max_id, shift, key):  # type: ignore[no-untyped-def]
+def _find_one(ids, index, min_id, max_id, shift, key):  # type: ignore[no-untyped-def]
     """Position of ``key`` in ``ids``, or -1. No filter: call it after one passed."""
     if ids.shape[0] == 0 or key < min_id or key > max_id:
         return -1
@@ -115,14 +103,7 @@ def _build_filter(ids, min_id, filter_shift, filt):  # type: ignore[no-untyped-d
         filt[h >> np.uint64(3)] |= np.uint8(np.uint64(1) << (h & np.uint64(7)))
 
 
-@njit(
-    Tuple((int64, int64))(
-        _ids_t, _i64_t, _u8_t, _ids_t, _u8_t, uint64, uint64, int64, int64, _u8_t
-    ),
-    cache=True,
-    nogil=True,
-)
-def verify_body(ids, revoked_at, reasons, index, filt, min_id, max_id, shift, filter_shift, known):  # type: ignore[no-untyped-def]
+def _verify_body(ids, revoked_at, reasons, index, filt, min_id, max_id, shift, filter_shift, known):  # type: ignore[no-untyped-def]
     """Check every structural promise of a table; return (0, 0) or (problem, position).
 
     Problems: 1 ids not strictly increasing, 2 min/max id wrong, 3 index wrong,
@@ -162,23 +143,44 @@ def verify_body(ids, revoked_at, reasons, index, filt, min_id, max_id, shift, fi
     return 0, 0
 
 
-# Compiled (or loaded from the cache) on first use, so a gate process, which never builds a
-# table and looks ids up one at a time, does not pay for these at import.
-_LAZY: dict[str, tuple[Any, Callable[..., Any]]] = {
-    "find_many": (
-        int64(_ids_t, _ids_t, _u8_t, uint64, uint64, int64, int64, _ids_t, _out_i64),
-        _find_many,
-    ),
-    "build_index": (_new_u64(_ids_t, uint64, int64, int64), _build_index),
-    "build_filter": (void(_ids_t, uint64, int64, _out_u8), _build_filter),
+# Each kernel is compiled (or loaded from numba's cache) on first use, and numba itself is
+# imported then: a process that never touches a table (most farecore commands) does not
+# pay ~0.5 s for it. A table's open uses ``verify_body`` (and binds its lookup), so a gate
+# pays at start, never at its first tap.
+_KERNELS: dict[str, Callable[..., Any]] = {
+    "find_one": _find_one,
+    "find_many": _find_many,
+    "build_index": _build_index,
+    "build_filter": _build_filter,
+    "verify_body": _verify_body,
 }
 
 
+def _signature(name: str) -> Any:
+    from numba import uint64
+    from numba.types import Array, Tuple, int64, uint8, void  # type: ignore[attr-defined]
+
+    # Tables are memory-mapped read-only; writable arrays convert to these types for free.
+    ids_t = Array(uint64, 1, "C", readonly=True)
+    u8_t = Array(uint8, 1, "C", readonly=True)
+    i64_t = Array(int64, 1, "C", readonly=True)
+    return {
+        "find_one": int64(ids_t, ids_t, uint64, uint64, int64, uint64),
+        "find_many": int64(ids_t, ids_t, u8_t, uint64, uint64, int64, int64, ids_t, int64[::1]),
+        "build_index": uint64[::1](ids_t, uint64, int64, int64),
+        "build_filter": void(ids_t, uint64, int64, uint8[::1]),
+        "verify_body": Tuple((int64, int64))(
+            ids_t, i64_t, u8_t, ids_t, u8_t, uint64, uint64, int64, int64, u8_t
+        ),
+    }[name]
+
+
 def __getattr__(name: str) -> Any:
-    try:
-        signature, func = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    compiled = njit(signature, cache=True, nogil=True)(func)
+    func = _KERNELS.get(name)
+    if func is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from numba import njit
+
+    compiled = njit(_signature(name), cache=True, nogil=True)(func)
     globals()[name] = compiled
     return compiled

@@ -156,6 +156,38 @@ def _sections(
     assert at == layout.end
 
 
+def _checked_columns(
+    card_ids: npt.ArrayLike,
+    revoked_at: npt.ArrayLike,
+    reasons: npt.ArrayLike,
+    key: SigningKey,
+    generation: int,
+    created_at: int,
+    row_name: Callable[[int], str],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """The arguments checked, and the columns sorted by id with no id twice."""
+    if key.role != "revocation":
+        raise KeyFileError(f"the table must be signed by a revocation key, not a {key.role} key")
+    if not isinstance(generation, int) or not 0 <= generation <= _U64:
+        raise ValueError(f"generation must be a uint64, got {generation!r}")
+    if not isinstance(created_at, int) or not 0 <= created_at <= _I64_MAX:
+        raise ValueError(f"created_at must be non-negative UTC Unix seconds, got {created_at!r}")
+    raw_ids = _integer_array(card_ids, "card_ids", np.uint64)
+    raw_times = _integer_array(revoked_at, "revoked_at", np.int64)
+    raw_reasons = _integer_array(reasons, "reasons", np.uint8)
+    if not raw_ids.shape == raw_times.shape == raw_reasons.shape:
+        raise BuildError(
+            f"columns differ in length: {raw_ids.size} ids, {raw_times.size} times, "
+            f"{raw_reasons.size} reasons"
+        )
+    return _sorted_unique(
+        _check_ids(raw_ids, row_name),
+        _check_times(raw_times, row_name),
+        _check_reasons(raw_reasons, row_name),
+        row_name,
+    )
+
+
 def build_table(
     card_ids: npt.ArrayLike,
     revoked_at: npt.ArrayLike,
@@ -176,25 +208,8 @@ def build_table(
     an error message uses (the CSV reader passes line numbers). Raises
     :class:`BuildError` for bad rows and duplicate ids; then nothing is written.
     """
-    if key.role != "revocation":
-        raise KeyFileError(f"the table must be signed by a revocation key, not a {key.role} key")
-    if not isinstance(generation, int) or not 0 <= generation <= _U64:
-        raise ValueError(f"generation must be a uint64, got {generation!r}")
-    if not isinstance(created_at, int) or not 0 <= created_at <= _I64_MAX:
-        raise ValueError(f"created_at must be non-negative UTC Unix seconds, got {created_at!r}")
-    raw_ids = _integer_array(card_ids, "card_ids", np.uint64)
-    raw_times = _integer_array(revoked_at, "revoked_at", np.int64)
-    raw_reasons = _integer_array(reasons, "reasons", np.uint8)
-    if not raw_ids.shape == raw_times.shape == raw_reasons.shape:
-        raise BuildError(
-            f"columns differ in length: {raw_ids.size} ids, {raw_times.size} times, "
-            f"{raw_reasons.size} reasons"
-        )
-    ids, times, codes = _sorted_unique(
-        _check_ids(raw_ids, row_name),
-        _check_times(raw_times, row_name),
-        _check_reasons(raw_reasons, row_name),
-        row_name,
+    ids, times, codes = _checked_columns(
+        card_ids, revoked_at, reasons, key, generation, created_at, row_name
     )
     n = int(ids.size)
     index_bits = index_bits_for(n)

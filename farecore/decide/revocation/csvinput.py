@@ -4,6 +4,10 @@ The header line must be exactly ``card_id,revoked_at,reason``. Each row holds a 
 (decimal uint64, up to 18446744073709551615), a revoked-at time (decimal UTC Unix
 seconds) and a reason, by name (``lost``) or by code (``1``). Fields are plain and
 unquoted; empty lines are errors, because a hole in an export is a sign of a cut file.
+No card has id 0 (CARD-SPEC §4), and a card appears once: two rows for one card (perhaps
+with different times or reasons) mean the export is inconsistent, so either is an error
+naming its line. ``farecore revocation build`` and ``farecore settle --revocations`` both
+read with this one reader, so a file means the same at the gates and at the settlement.
 
 pyarrow parses 50 million rows in seconds when it is installed. Without it, or when it
 finds any fault, a plain-Python reader parses the file and names the first bad line, so
@@ -69,11 +73,31 @@ def read_revocation_csv(path: str | os.PathLike[str], *, use_pyarrow: bool = Tru
             import pyarrow  # noqa: F401
         except ImportError:
             use_pyarrow = False
-    if use_pyarrow and _only_row_bytes(p):
-        columns = _read_pyarrow(p)
-        if columns is not None:
-            return columns
-    return _read_python(p)
+    columns = _read_pyarrow(p) if use_pyarrow and _only_row_bytes(p) else None
+    if columns is None:
+        columns = _read_python(p)
+    _check_ids(p, columns[0])
+    return columns
+
+
+def _check_ids(p: Path, ids: npt.NDArray[np.uint64]) -> None:
+    """No card id 0 and no card id twice, after every row parsed."""
+    zero = np.flatnonzero(ids == 0)
+    if zero.size:
+        where = line_name(int(zero[0]))
+        raise BuildError(f"{p}: {where}: card id 0 is no card's id (card ids start at 1)")
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return  # a sorted export: no argsort needed to know it has no duplicate
+    order = np.argsort(ids, kind="stable")
+    dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if dup.size:
+        # The first duplicate in file order: the smallest second row over all pairs.
+        pairs = [(int(order[i + 1]), int(order[i])) for i in dup.tolist()]
+        second, first = min(pairs)
+        raise BuildError(
+            f"{p}: {line_name(second)}: card id {int(ids[second])} already appears at "
+            f"{line_name(first)}; duplicate ids are refused"
+        )
 
 
 def _only_row_bytes(p: Path) -> bool:

@@ -40,7 +40,7 @@ from farecore.errors import FarecoreError, TableRejected
 
 __all__ = ["HotRevocation"]
 
-_log = logging.getLogger("farecore.decide.revocation")
+_log = logging.getLogger(__name__)
 _Identity = tuple[int, int, int, int]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -31,16 +32,14 @@ from pathlib import Path
 
 from farecore.atomicfile import fsync_directory
 from farecore.card.keys import PublicKeyFile
+from farecore.decide.revocation.filecheck import open_regular, signed_header
 from farecore.decide.revocation.format import HEADER_SIZE
-from farecore.decide.revocation.table import (
-    RevocationTable,
-    TableChanged,
-    open_regular,
-    signed_header,
-)
+from farecore.decide.revocation.table import RevocationTable, TableChanged
 from farecore.errors import TableRejected
 
 __all__ = ["TableStore"]
+
+_log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^k([0-9a-f]{12})-g(\d{20})-([0-9a-f]{32})\.frt$")
 _COPY_CHUNK = 64 << 20
@@ -98,6 +97,8 @@ class TableStore:
             table = self._verified(self.directory / name, signer, name)
             if table is None:
                 table = self._copy(fd, source, name, layout.end, signer)
+            else:
+                _log.debug("%s: verified copy already in the store as %s", source, name)
         except OSError as exc:
             raise TableChanged(
                 f"{source}: cannot copy into the table store {self.directory}: "
@@ -148,15 +149,19 @@ class TableStore:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed += 1
+                    _log.debug("table store %s: removed %s", self.directory, entry.name)
         return removed
 
     def _verified(self, path: Path, signer: PublicKeyFile, name: str) -> RevocationTable | None:
         """The copy at ``path``, verified and holding what its name says; else None."""
         try:
             table = RevocationTable.open(path, signer)
-        except TableRejected:
+        except TableRejected as exc:
+            if path.exists():
+                _log.debug("table store copy %s not used: %s", name, exc)
             return None  # missing or damaged: made again by the caller, never trusted
         if _name(signer, table.generation, table.header_bytes()) != name:
+            _log.debug("table store copy %s not used: its header is not what its name says", name)
             return None
         return table
 
@@ -194,8 +199,12 @@ class TableStore:
                 theirs = self._verified(target, signer, name)
                 if theirs is not None:
                     table = theirs
+                    _log.debug("%s: another gate copied it first; sharing %s", source, name)
                 else:
                     os.replace(tmp, target)
+                    _log.debug("%s: replaced the damaged copy %s", source, name)
+            else:
+                _log.debug("%s: copied into the table store as %s (%d bytes)", source, name, size)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

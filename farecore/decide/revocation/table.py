@@ -18,12 +18,12 @@ it is a SIGBUS: so a gate opens only its own read-only copy
 from __future__ import annotations
 
 import bisect
-import hashlib
+import logging
 import mmap
 import os
-import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,22 +33,27 @@ import numpy.typing as npt
 from farecore.card.keys import PublicKeyFile
 from farecore.decide.checks import RevocationEntry
 from farecore.decide.revocation import _kernels
+from farecore.decide.revocation.filecheck import (
+    check_body_hash,
+    file_identity,
+    open_regular,
+    signed_header,
+)
 from farecore.decide.revocation.format import (
     HEADER_SIZE,
     Header,
     Layout,
     RevocationReason,
-    layout_for,
-    parse_header_unverified,
     slot_shift,
 )
-from farecore.errors import BadSignature, TableChanged, TableRejected
+from farecore.errors import TableChanged, TableRejected
 
 __all__ = ["RevocationTable", "TableChanged", "open_regular", "signed_header"]
 
+_log = logging.getLogger(__name__)
+
 _M64 = (1 << 64) - 1
 _PARALLEL_CHECK_FROM = 200_000
-_CHUNK = 8 << 20
 _KNOWN_REASONS = np.zeros(256, dtype=np.uint8)
 _KNOWN_REASONS[[int(r) for r in RevocationReason]] = 1
 _PROBLEMS = {
@@ -59,53 +64,6 @@ _PROBLEMS = {
     5: "negative revoked-at at position {}",
     6: "unknown reason code at position {}",
 }
-
-
-def open_regular(path: Path) -> int:
-    """A read-only descriptor of the regular file at ``path``; TableRejected otherwise."""
-    # O_NONBLOCK: a FIFO put at the path must not block the opening thread forever.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise TableRejected(f"{path}: cannot open: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise TableRejected(f"{path}: not a regular file")
-    return fd
-
-
-def signed_header(p: Path, head: bytes, size: int, signer: PublicKeyFile) -> tuple[Header, Layout]:
-    """The header of a table file of ``size`` bytes that starts with ``head``, once its
-    signature verifies and its sizes agree with the file; TableRejected otherwise."""
-    try:
-        header, signature = parse_header_unverified(head)
-    except TableRejected as exc:
-        raise TableRejected(f"{p}: {exc}") from None
-    if header.signer_key_id != signer.key_id:
-        raise TableRejected(
-            f"{p}: signed by key id {header.signer_key_id}, but the trusted signer "
-            f"is key id {signer.key_id}"
-        )
-    if header.signer_algorithm != signer.algorithm:
-        raise TableRejected(f"{p}: signer algorithm differs from the trusted key's")
-    try:
-        signer.key().verify(signature, header.signed_bytes())
-    except BadSignature as exc:
-        raise TableRejected(f"{p}: header signature does not verify ({exc})") from None
-    layout = layout_for(header.count, header.index_bits, header.filter_bits)
-    if header.body_size != layout.body_size:
-        raise TableRejected(f"{p}: corrupt header: body size does not match the entry count")
-    if size < layout.end:
-        raise TableRejected(f"{p}: truncated: {size} bytes, the header says {layout.end}")
-    if size > layout.end:
-        raise TableRejected(f"{p}: {size - layout.end} unexpected bytes after the body")
-    if header.shift != slot_shift(header.min_id, header.max_id, header.index_bits):
-        raise TableRejected(f"{p}: corrupt header: index shift does not fit the id range")
-    return header, layout
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class RevocationTable:
@@ -163,6 +121,7 @@ class RevocationTable:
 
     @classmethod
     def _open_fd(cls, p: Path, fd: int, signer: PublicKeyFile) -> RevocationTable:
+        started = time.perf_counter()
         before = os.fstat(fd)
         size = before.st_size
         if size == 0:
@@ -180,7 +139,7 @@ class RevocationTable:
         table = object.__new__(cls)
         table._bind(p, mm, header, layout)
         if header.count < _PARALLEL_CHECK_FROM:
-            cls._check_body_hash(p, fd, header)
+            check_body_hash(p, fd, header)
             table._check_structure()
         else:
             # Hashing and the structure walk both release the GIL: run them side by side.
@@ -188,7 +147,7 @@ class RevocationTable:
             walker = threading.Thread(target=table._check_structure, args=(problems,))
             walker.start()
             try:
-                cls._check_body_hash(p, fd, header)
+                check_body_hash(p, fd, header)
             finally:
                 walker.join()
             if problems:
@@ -198,30 +157,19 @@ class RevocationTable:
             now_at_path = os.stat(p)
         except OSError:
             now_at_path = None
-        if _identity(after) != _identity(before) or (
-            now_at_path is None or _identity(now_at_path) != _identity(before)
+        if file_identity(after) != file_identity(before) or (
+            now_at_path is None or file_identity(now_at_path) != file_identity(before)
         ):
             raise TableChanged(f"{p}: replaced or rewritten while it was being read")
-        table.identity = _identity(before)
+        table.identity = file_identity(before)
+        _log.debug(
+            "%s: generation %d, %d ids, verified and mapped in %.3f s",
+            p,
+            header.generation,
+            header.count,
+            time.perf_counter() - started,
+        )
         return table
-
-    @staticmethod
-    def _check_body_hash(p: Path, fd: int, header: Header) -> None:
-        # pread, not the mapping: a file truncated under us gives a short read here,
-        # where a mapped page would kill the process with SIGBUS.
-        digest = hashlib.sha256()
-        buf = bytearray(min(_CHUNK, max(header.body_size, 1)))
-        view = memoryview(buf)
-        offset, left = HEADER_SIZE, header.body_size
-        while left:
-            got = os.preadv(fd, [view[: min(left, len(buf))]], offset)
-            if got == 0:
-                raise TableChanged(f"{p}: truncated while it was being read")
-            digest.update(view[:got])
-            offset += got
-            left -= got
-        if digest.digest() != header.body_sha256:
-            raise TableRejected(f"{p}: body SHA-256 does not match the signed header")
 
     def _bind(self, p: Path, mm: mmap.mmap, header: Header, layout: Layout) -> None:
         n = header.count

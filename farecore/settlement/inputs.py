@@ -1,0 +1,131 @@
+"""A night's inputs other than the batches: register, keyring, fares and revocations.
+
+Every one is read with a bounded size and checked before anything is settled or
+written; a problem is one error naming the file (``farecore settle`` exits 2). The
+revocation CSV is read by the same strict reader as ``farecore revocation build``, so a
+file means the same at the gates' tables and at the settlement. Each input's SHA-256
+goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farecore.boundedinput import read_limited
+from farecore.card.keys import Keyring, load_public_key_file
+from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation.csvinput import read_revocation_csv
+from farecore.errors import MalformedFile, SettlementError
+from farecore.settlement.fares import FareTable, parse_fares
+from farecore.settlement.terminals import TerminalInfo, parse_terminals
+
+__all__ = ["BATCH_SUFFIX", "SettlementInputs", "find_batches", "load_inputs"]
+
+BATCH_SUFFIX = ".fcb"
+_MAX_INPUT_BYTES = 64 << 20  # a register, keyring or fares file is far smaller
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementInputs:
+    day: dt.date
+    terminals: dict[int, TerminalInfo]
+    keyring: bytes
+    fares: FareTable
+    revoked_at: dict[int, int]
+    settings: dict[str, str]  # input name -> SHA-256, for the manifest
+    # Verified revocation tables, by generation.
+    tables: tuple[RevocationTable, ...] = field(default=())
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        if path.is_dir():
+            raise SettlementError(f"{what} {path} is a directory, not a file")
+        # Bounded as it is read: the size a stat reports can change, or be 0 for a device.
+        return read_limited(path, _MAX_INPUT_BYTES, f"{what} {path}", SettlementError)
+    except OSError as exc:
+        raise SettlementError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def load_inputs(
+    day: dt.date,
+    terminals: Path,
+    keyring: Path,
+    fares: Path,
+    revocations: Path | None = None,
+    revocation_tables: Sequence[Path] | Path | None = None,
+    revocation_signer: Path | None = None,
+) -> SettlementInputs:
+    """Read and check every input but the batches; SettlementError or MalformedFile
+    naming the file on any problem, before anything is settled or written."""
+    raw_t, raw_k, raw_f = (
+        _read(terminals, "terminal register"),
+        _read(keyring, "keyring"),
+        _read(fares, "fares file"),
+    )
+    Keyring.from_bytes(raw_k, str(keyring))  # fail early, with the file's name
+    settings = {
+        "terminals_sha256": hashlib.sha256(raw_t).hexdigest(),
+        "keyring_sha256": hashlib.sha256(raw_k).hexdigest(),
+        "fares_sha256": hashlib.sha256(raw_f).hexdigest(),
+    }
+    try:
+        t_text, f_text = raw_t.decode(), raw_f.decode()
+    except UnicodeDecodeError:
+        raise MalformedFile("terminals or fares file is not UTF-8") from None
+    register = parse_terminals(t_text, str(terminals))
+    fare_table = parse_fares(f_text, str(fares))
+    unknown = sorted(
+        {t.operator for t in register.values()} - {p.operator for p in fare_table.operators}
+    )
+    if unknown:
+        raise MalformedFile(
+            f"{fares}: no [[operator]] for {', '.join(unknown)} (named by {terminals}); "
+            "the settlement must know which regions and categories each operator accepts"
+        )
+    revoked: dict[int, int] = {}
+    if revocations is not None:
+        raw_r = _read(revocations, "revocations CSV")
+        cards, ats, _ = read_revocation_csv(revocations)  # the builder's strict reader
+        for card, at in zip(cards.tolist(), ats.tolist(), strict=True):
+            revoked[card] = min(at, revoked.get(card, at))
+        settings["revocations_sha256"] = hashlib.sha256(raw_r).hexdigest()
+    if isinstance(revocation_tables, Path):
+        revocation_tables = [revocation_tables]
+    tables = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
+    gens = [t.generation for t in tables]
+    if len(set(gens)) != len(gens):
+        raise SettlementError("two revocation tables of the same generation were given")
+    tables.sort(key=lambda t: t.generation)
+    return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
+
+
+def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> RevocationTable:
+    """Open and verify a signed revocation table, exactly as a gate would."""
+    if signer is None:
+        raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
+    if not path.is_file():
+        raise SettlementError(f"revocation table {path} is not a file")
+    try:
+        table = RevocationTable.open(path, load_public_key_file(signer, role="revocation"))
+    except OSError as exc:
+        raise SettlementError(f"cannot read revocation table {path}: {exc.strerror}") from None
+    # The verified body's hash (what the lookups use), named by generation: the manifest
+    # does not depend on the order the tables were given in.
+    settings[f"revocation_table_generation_{table.generation}_body_sha256"] = table.body_sha256
+    return table
+
+
+def find_batches(directory: Path) -> list[str]:
+    """Every ``*.fcb`` entry under ``directory``, sorted: files, and anything else so named
+    (a directory, a dangling link), which the night then rejects by name."""
+    if not directory.is_dir():
+        raise SettlementError(f"batch directory {directory} does not exist")
+    try:
+        return sorted(str(p) for p in directory.rglob(f"*{BATCH_SUFFIX}"))
+    except OSError as exc:
+        raise SettlementError(f"cannot list batch directory {directory}: {exc.strerror}") from None
