@@ -174,7 +174,7 @@ class Gate:
         self.reader = reader
         self.validator = validator
         self.journal = journal
-        self._log: RideLog = journal if journal is not None else _NoRideLog()
+        self._rides: RideLog = journal if journal is not None else _NoRideLog()
         self.context = context
         self.passback = passback
         self.actuator = actuator
@@ -189,7 +189,7 @@ class Gate:
     def process(self, channel: CardChannel) -> Decision:
         """One tap on a card already in the field: decide, journal, record, signal."""
         decision = self.stage(channel)
-        self._log.commit()  # durable before the gate opens
+        self._rides.commit()  # durable before the gate opens
         self.complete(decision)
         return decision
 
@@ -200,7 +200,7 @@ class Gate:
         calls ``complete``."""
         now = self._clock_ms()
         decision = run_tap(channel, self.validator, now, self._nonce())
-        self._log.stage(decision, self.context)
+        self._rides.stage(decision, self.context)
         if decision.accepted and decision.card_id is not None:
             self.passback.record(decision.card_id, now)
         return decision

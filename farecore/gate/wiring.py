@@ -20,10 +20,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 from farecore.card.keys import Keyring, PublicKeyFile, load_private_key
+from farecore.closing import Closing
 from farecore.decide.checks import NO_PASSBACK, PassbackCheck
 from farecore.decide.clockguard import ClockGuard
 from farecore.decide.validator import Validator
@@ -90,7 +90,7 @@ class Station:
         return store
 
 
-class WiredGate:
+class WiredGate(Closing):
     """A built gate and what must be closed with it (``close``, or use it as a context)."""
 
     def __init__(
@@ -110,17 +110,6 @@ class WiredGate:
     def close(self) -> None:
         """Close the reader, journal, table and passback state; keep the time mark."""
         self._stack.close()
-
-    def __enter__(self) -> WiredGate:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def build_gate(

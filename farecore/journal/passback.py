@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from farecore.closing import Closing
 from farecore.errors import ConfigError, JournalError
 from farecore.journal.records import sql_int
 from farecore.journal.walfile import make_durable, reserve_wal
@@ -175,7 +175,7 @@ class _StationBackend:
         """The state closes with the station journal."""
 
 
-class PassbackStore:
+class PassbackStore(Closing):
     """The durable passback state of one place; implements ``checks.PassbackCheck``."""
 
     def __init__(
@@ -264,17 +264,6 @@ class PassbackStore:
     def close(self) -> None:
         """Close the store's file (a station's state closes with the station journal)."""
         self._backend.close()
-
-    def __enter__(self) -> PassbackStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _state_key(rule: PassbackRule, place: str, terminal_id: int | None) -> str:

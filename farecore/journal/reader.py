@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from farecore.closing import Closing
 from farecore.errors import JournalError, MalformedFile
 from farecore.journal.layout import (
     MAX_SEQ,
@@ -53,7 +54,7 @@ def _as_row(body: bytes, prev: bytes) -> tuple[RecordRow, int, int, int, bytes]:
     return row, row.terminal_id, row.seq, row.time_ms, row.hash
 
 
-class JournalReader:
+class JournalReader(Closing):
     """Read-only access to a journal file: records by seq, credentials, chain check.
 
     A station journal (``farecore.journal.station``) holds several terminals; name the one to
@@ -294,9 +295,3 @@ class JournalReader:
         for _ in self.records(1):
             count += 1
         return count
-
-    def __enter__(self) -> JournalReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

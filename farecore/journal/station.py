@@ -40,8 +40,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
+from farecore.closing import Closing
 from farecore.decide.decision import Decision
 from farecore.errors import JournalError
 from farecore.journal.chain import Chain
@@ -103,7 +103,7 @@ class _Group:
         self.taps = 0
 
 
-class StationJournal:
+class StationJournal(Closing):
     """One file, several terminals' chains, one synced commit per group of taps.
 
     ``stage`` and the passback methods are for the controller's thread; ``begin_commit``
@@ -369,14 +369,3 @@ class StationJournal:
             except sqlite3.Error as exc:
                 self.move_error = f"{self.path}: rows left in the recent tables: {exc}"
         self._db.close()
-
-    def __enter__(self) -> StationJournal:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

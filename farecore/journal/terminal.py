@@ -18,8 +18,8 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from types import TracebackType
 
+from farecore.closing import Closing
 from farecore.decide.decision import Decision
 from farecore.errors import JournalError
 from farecore.journal.chain import Chain
@@ -85,7 +85,7 @@ class _Pending:
         self.record: JournalRecord | None = None
 
 
-class Journal:
+class Journal(Closing):
     """One terminal's journal file. Thread-safe; see ``open`` for group commit.
 
     As the gate's ``RideLog``: ``stage`` makes the ride durable before it returns (a
@@ -269,17 +269,6 @@ class Journal:
             self._committer.close()
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -20,10 +20,10 @@ import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
+from farecore.closing import Closing
 from farecore.errors import LedgerDamaged, SettlementError
 from farecore.settlement.ledger_rows import (
     LEDGER_FORMAT,
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-class Ledger:
+class Ledger(Closing):
     """The ledger file, open. ``Ledger.open(path)``; ``Ledger.memory()`` for one-off runs."""
 
     def __init__(self, db: sqlite3.Connection, where: str) -> None:
@@ -122,17 +122,6 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
         try:

@@ -31,9 +31,9 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from farecore.card.keys import PublicKeyFile
+from farecore.closing import Closing
 from farecore.decide.revocation.store import TableStore
 from farecore.decide.revocation.table import RevocationTable, TableChanged
 from farecore.errors import FarecoreError, TableRejected
@@ -52,7 +52,7 @@ def _identity_of(path: Path) -> _Identity | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-class HotRevocation:
+class HotRevocation(Closing):
     """The verified table in force at ``path``, reloaded when a newer one appears.
 
     The first table must verify, or the constructor raises :class:`TableRejected`: a
@@ -233,17 +233,6 @@ class HotRevocation:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join()
-
-    def __enter__(self) -> HotRevocation:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
