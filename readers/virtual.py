@@ -9,17 +9,51 @@
 
 Anything with ``process_apdu(bytes) -> bytes`` (and optionally ``power_on()``) is a card
 here, so this module needs nothing from ``sim/``.
+
+``virtual:`` is an empty reader that a program in the same process fills.
+``virtual:PATH[,PATH…]`` serves card files (``farecore card new``, docs/card-office.md):
+each is tapped once, in order, and leaves the field as soon as its tap is done; the
+same file named twice taps twice, with its counter going on. After the last one the
+reader stays empty (``farecore gate --max-taps N`` stops the gate). :class:`FileCard`
+is such a card: it answers as CARD-SPEC §3 says and writes its counter back to its file
+before it answers an authentication, as a chip does.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Any, Protocol
 
-from farecore.card.apdu import complete_t0
-from farecore.errors import CardIOError, ReaderIOError
+from farecore.card.apdu import (
+    AID,
+    SW_BLOCKED,
+    SW_CLA_NOT_SUPPORTED,
+    SW_CONDITIONS,
+    SW_INS_NOT_SUPPORTED,
+    SW_NOT_FOUND,
+    SW_OK,
+    SW_WRONG_LENGTH,
+    SW_WRONG_P1P2,
+    CommandApdu,
+    complete_t0,
+)
+from farecore.card.cardfile import CardFile, load_card_file, save_card_file
+from farecore.card.proof import auth_message
+from farecore.errors import CardIOError, ConfigError, FarecoreError, MalformedApdu, ReaderIOError
 
-__all__ = ["ApduCard", "VirtualChannel", "VirtualReader", "VirtualReaderFactory"]
+__all__ = [
+    "ApduCard",
+    "CardFileReader",
+    "FileCard",
+    "VirtualChannel",
+    "VirtualReader",
+    "VirtualReaderFactory",
+]
+
+_SPEC_VERSION = b"\x01\x00"
+_U32 = 0xFFFFFFFF
 
 
 class ApduCard(Protocol):
@@ -101,6 +135,112 @@ class VirtualReader:
         return VirtualChannel(self, card)
 
 
+class FileCard:
+    """The card of a card file: SELECT, READ CREDENTIAL and INTERNAL AUTHENTICATE.
+
+    The counter is written back to the file (atomically) before a signature leaves the
+    card; a counter that cannot be saved fails the tap (CardIOError) and signs nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], card: CardFile | None = None) -> None:
+        self.path = Path(path)
+        self.card = card if card is not None else load_card_file(self.path)
+        self.card_id = self.card.card_id
+        self.selected = False
+
+    @property
+    def counter(self) -> int:
+        return self.card.counter
+
+    def power_on(self) -> None:
+        self.selected = False
+
+    def process_apdu(self, apdu: bytes) -> bytes:
+        try:
+            cmd = CommandApdu.parse(apdu)
+        except MalformedApdu:
+            return _sw(SW_WRONG_LENGTH)
+        if cmd.cla not in (0x00, 0x80):
+            return _sw(SW_CLA_NOT_SUPPORTED)
+        if (cmd.cla, cmd.ins) == (0x00, 0xA4):
+            self.selected = False
+            if (cmd.p1, cmd.p2) != (0x04, 0x00):
+                return _sw(SW_WRONG_P1P2)
+            if len(cmd.data) != len(AID) or cmd.le != 256:
+                return _sw(SW_WRONG_LENGTH)
+            if cmd.data != AID:
+                return _sw(SW_NOT_FOUND)
+            self.selected = True
+            return _SPEC_VERSION + _sw(SW_OK)
+        if (cmd.cla, cmd.ins) == (0x80, 0xB0):
+            if (cmd.p1, cmd.p2) != (0, 0):
+                return _sw(SW_WRONG_P1P2)
+            if cmd.data or cmd.le != 256:
+                return _sw(SW_WRONG_LENGTH)
+            if not self.selected:
+                return _sw(SW_CONDITIONS)
+            return self.card.credential + _sw(SW_OK)
+        if (cmd.cla, cmd.ins) == (0x80, 0x88):
+            if (cmd.p1, cmd.p2) != (0, 0):
+                return _sw(SW_WRONG_P1P2)
+            if len(cmd.data) != 32 or cmd.le != 256:
+                return _sw(SW_WRONG_LENGTH)
+            if not self.selected:
+                return _sw(SW_CONDITIONS)
+            return self._authenticate(cmd.data)
+        return _sw(SW_INS_NOT_SUPPORTED)
+
+    def _authenticate(self, challenge: bytes) -> bytes:
+        if self.card.counter >= _U32:
+            return _sw(SW_BLOCKED)
+        counter = self.card.counter + 1
+        card = CardFile(self.card.key, self.card.credential, counter)
+        try:
+            save_card_file(self.path, card)
+        except (OSError, FarecoreError) as exc:
+            raise CardIOError(f"card file {self.path}: cannot save its counter: {exc}") from None
+        self.card = card
+        signature = card.key.sign(auth_message(self.card_id, counter, challenge))
+        return counter.to_bytes(4, "big") + signature + _sw(SW_OK)
+
+
+def _sw(sw: int) -> bytes:
+    return sw.to_bytes(2, "big")
+
+
+class CardFileReader(VirtualReader):
+    """A virtual reader that taps each of its cards once, in order, then stays empty."""
+
+    def __init__(self, cards: list[FileCard], name: str = "virtual") -> None:
+        super().__init__(name)
+        self._queue = list(cards)
+
+    def wait_for_card(self, timeout: float) -> VirtualChannel | None:
+        if self._open and self._card is None and self._queue:
+            self.present(self._queue.pop(0))
+        return super().wait_for_card(timeout)
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        self.remove()  # a tapped card leaves the field: its tap is done
+        return True
+
+
 def VirtualReaderFactory(target: str, **options: Any) -> VirtualReader:
-    """Entry point for ``virtual:NAME``."""
-    return VirtualReader(target or "virtual")
+    """Entry point for ``virtual:`` (an empty reader) and ``virtual:PATH[,PATH…]``
+    (card files, each tapped once in order). A card file that does not load is a
+    ConfigError naming it, before the gate starts."""
+    if not target:
+        return VirtualReader("virtual")
+    cards: dict[Path, FileCard] = {}
+    queue = []
+    for part in target.split(","):
+        if not part:
+            raise ConfigError(f"reader URL virtual:{target}: an empty card file name")
+        p = Path(part)
+        if p not in cards:
+            try:
+                cards[p] = FileCard(p)
+            except FarecoreError as exc:
+                raise ConfigError(str(exc)) from None
+        queue.append(cards[p])
+    return CardFileReader(queue, f"virtual:{target}")

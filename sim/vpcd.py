@@ -11,6 +11,10 @@ tap loops), ``drop`` closes the socket mid-transaction (a card pulled), and a ca
 raises CardIOError (its ``remove_at`` fault) is pulled the same way. When pcscd dies the
 server reconnects the inserted card to the next pcscd by itself.
 
+``python -m sim.vpcd --card-file alice.card`` serves a card file (``farecore card new``,
+docs/card-office.md) to a running pcscd, so a real ``farecore gate --reader pcsc:`` can
+accept it.
+
 It must never stall vpcd (that would hang pcscd's reader thread): every failure closes
 the socket at once. It never connects anywhere but the host it was given (127.0.0.1).
 """
@@ -27,7 +31,7 @@ import time
 from types import TracebackType
 from typing import Protocol
 
-from farecore.errors import CardIOError
+from farecore.errors import CardIOError, FarecoreError
 
 __all__ = ["CONTACTLESS_ATR", "VpcdCard", "VpcdCardServer", "main"]
 
@@ -278,11 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=35963, help="vpcd port (35964 is reader 01)")
     parser.add_argument("--seed", default="demo", help="issuer seed for the card")
     parser.add_argument("--card-id", type=int, default=1, help="card id to personalise")
+    parser.add_argument(
+        "--card-file",
+        help="serve this card file (farecore card new) instead; its counter is saved in it",
+    )
     args = parser.parse_args(argv)
-    card = Issuer.from_seed(args.seed).card(args.card_id)
+    card: VpcdCard
+    if args.card_file is not None:
+        from readers.virtual import FileCard
+
+        try:
+            card = file_card = FileCard(args.card_file)
+        except FarecoreError as exc:
+            parser.error(str(exc))
+        card_id = file_card.card_id
+    else:
+        card, card_id = Issuer.from_seed(args.seed).card(args.card_id), args.card_id
     with VpcdCardServer(args.port) as server:
         server.insert(card)
-        print(f"card {args.card_id} inserted on 127.0.0.1:{args.port}; Ctrl-C to stop")
+        print(f"card {card_id} inserted on 127.0.0.1:{args.port}; Ctrl-C to stop", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
