@@ -225,6 +225,32 @@ def _start_of_today() -> int:
     return calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, 0, 0, 0, 0, 0, 0))
 
 
+def _fields_row(f: CredentialFields) -> tuple[int, int, int, int, int, Algorithm, bytes]:
+    """The enrolment-row values of a credential's fields."""
+    return (
+        f.card_id,
+        f.category,
+        f.region,
+        f.valid_from,
+        f.valid_until,
+        f.card_key_algorithm,
+        f.card_public_key,
+    )
+
+
+def _validity(args: argparse.Namespace) -> tuple[int, int]:
+    """--valid-from (default: today's start, UTC) and --valid-until (default: five years on)."""
+    valid_from = args.valid_from if args.valid_from is not None else _start_of_today()
+    valid_until = args.valid_until
+    if valid_until is None:
+        t = time.gmtime(valid_from)  # the same time of day, five years on (29 Feb: 1 Mar)
+        later = (t.tm_year + _DEFAULT_YEARS, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+        valid_until = min(calendar.timegm((*later, 0, 0, 0)), 0xFFFFFFFF)
+    if valid_until <= valid_from:
+        raise ConfigError("--valid-until must be after --valid-from")
+    return valid_from, valid_until
+
+
 def _new(args: argparse.Namespace) -> int:
     if args.id == 0:
         raise ConfigError("card id 0 is no card's id (card ids start at 1)")
@@ -234,14 +260,7 @@ def _new(args: argparse.Namespace) -> int:
         raise ConfigError("region 0 is no region (a GB/T 2260 code, e.g. 370200)")
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists; refusing to overwrite a card's key")
-    valid_from = args.valid_from if args.valid_from is not None else _start_of_today()
-    valid_until = args.valid_until
-    if valid_until is None:
-        t = time.gmtime(valid_from)  # the same time of day, five years on (29 Feb: 1 Mar)
-        later = (t.tm_year + _DEFAULT_YEARS, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
-        valid_until = min(calendar.timegm((*later, 0, 0, 0)), 0xFFFFFFFF)
-    if valid_until <= valid_from:
-        raise ConfigError("--valid-until must be after --valid-from")
+    valid_from, valid_until = _validity(args)
     issuer = load_private_key(args.key, role="issuer")
     card_key = PrivateKey.generate(args.alg)
     row = EnrolmentRow(
@@ -280,15 +299,5 @@ def _new(args: argparse.Namespace) -> int:
     if args.credentials is not None:
         print(f"added its credential to {args.credentials}")
     if args.enrolment_row:
-        print(
-            enrolment_row(
-                args.id,
-                args.category,
-                args.region,
-                valid_from,
-                valid_until,
-                args.alg,
-                card_key.public_bytes,
-            )
-        )
+        print(enrolment_row(*_fields_row(fields)))
     return 0
