@@ -236,7 +236,7 @@ def VirtualReaderFactory(target: str, **options: Any) -> VirtualReader:
     for part in target.split(","):
         if not part:
             raise ConfigError(f"reader URL virtual:{target}: an empty card file name")
-        p = Path(part)
+        p = Path(part).resolve()  # one card under two spellings is still one card
         if p not in cards:
             try:
                 cards[p] = FileCard(p)

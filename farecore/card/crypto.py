@@ -212,6 +212,22 @@ class _P256Signer:
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
+_ED25519_P = (1 << 255) - 19
+# The y of every point of small order (1, 2, 4, 8): a key there makes one signature
+# verify for every message, so anyone could answer a card's challenge. RFC 8032 decoding
+# accepts them; farecore refuses them, and any y >= p (a second spelling of a point).
+_ED25519_SMALL_ORDER_Y = frozenset(
+    int.from_bytes(bytes.fromhex(h), "little") & ((1 << 255) - 1)
+    for h in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    )
+)
+
+
 class _Ed25519:
     label = "Ed25519"
     public_key_length = 32
@@ -219,6 +235,11 @@ class _Ed25519:
     def public(self, raw: bytes) -> PublicKey:
         if len(raw) != 32:
             raise MalformedInput("an Ed25519 public key must be 32 bytes")
+        y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+        if y >= _ED25519_P:
+            raise MalformedInput("not an Ed25519 public key: not in canonical form")
+        if y in _ED25519_SMALL_ORDER_Y:
+            raise MalformedInput("not an Ed25519 public key: a point of small order")
         return _ed25519_class(raw)
 
     def signer(self, secret: bytes) -> _Signer:

@@ -48,12 +48,13 @@ class StderrTrap:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
+            try:
+                os.fstat(2)
+            except OSError:  # no fd 2 at all: nothing to protect (and no sink may take 2)
+                return fn(*args)
             if self._sink is None:
                 self._sink = _open_sink()
-            try:
-                saved = os.dup(2)
-            except OSError:  # no fd 2 at all: nothing to protect
-                return fn(*args)
+            saved = os.dup(2)
             try:
                 os.dup2(self._sink, 2)
                 return fn(*args)
@@ -83,12 +84,20 @@ class StderrTrap:
 
 def _open_sink() -> int:
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("farecore-sm2-stderr", os.MFD_CLOEXEC)
-    import tempfile
+        fd = os.memfd_create("farecore-sm2-stderr", os.MFD_CLOEXEC)
+    else:
+        import tempfile
 
-    fd, name = tempfile.mkstemp(prefix="farecore-sm2-stderr-")
-    try:
-        os.unlink(name)
-    except OSError:
-        pass  # a system that cannot unlink an open file keeps it until exit
-    return fd
+        fd, name = tempfile.mkstemp(prefix="farecore-sm2-stderr-")
+        try:
+            os.unlink(name)
+        except OSError:
+            pass  # a system that cannot unlink an open file keeps it until exit
+    if fd > 2:
+        return fd
+    # A standard descriptor was free: the sink must never be one of them.
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high

@@ -289,9 +289,11 @@ def _new(args: argparse.Namespace) -> int:
         card_public_key=card_key.public_bytes,
     )
     credential = build_credential(fields, issuer.private)
-    save_card_file(args.out, CardFile(card_key, credential, 0))
+    # The credentials first: a card file whose credential went unrecorded would refuse
+    # a retry (it exists) while no list could ever name it.
     if args.credentials is not None:
         write_atomic(args.credentials, before + credential.hex().encode() + b"\n")
+    save_card_file(args.out, CardFile(card_key, credential, 0))
     print(
         f"wrote {args.out}: card {args.id}, {args.alg.label} key, category {args.category}, "
         f"region {args.region}, valid {format_utc(valid_from)} to {format_utc(valid_until)}"

@@ -66,11 +66,12 @@ class Chain:
             if cred_hash is None:
                 cred_hash = credential_hash(credential)
                 new = (cred_hash, credential)
-                if len(self._known) >= KNOWN_MAX:
-                    self._known.clear()
-                self._known[credential] = cred_hash
         body = encode_tap(terminal_id, seq, decision, ctx, cred_hash)
         own = chain_hash(head, body)
+        if new is not None:  # only a tap that encoded: a failed one leaves no trace
+            if len(self._known) >= KNOWN_MAX:
+                self._known.clear()
+            self._known[new[1]] = new[0]
         card_id = decision.card_id
         if card_id is not None and card_id >= _U63:
             card_id -= _U64  # as records.sql_int, inline on the hot path

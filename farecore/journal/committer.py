@@ -75,10 +75,14 @@ class Committer(Generic[_T]):
         self._on_idle = on_idle
         self._queue: queue.SimpleQueue[tuple[_T, Ticket] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._dead: BaseException | None = None  # why the thread stopped, if it failed
         self.cpu_s = 0.0
 
     def submit(self, item: _T, ticket: Ticket) -> Ticket:
         """Queue ``item``; ``ticket`` is finished once the batch holding it is written."""
+        if self._dead is not None:
+            ticket._finish(self._dead)
+            return ticket
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
@@ -93,6 +97,19 @@ class Committer(Generic[_T]):
             self._thread = None
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the thread is gone: no waiter may wait for it
+            self._dead = exc
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if item is not None:
+                    item[1]._finish(exc)
+
+    def _serve(self) -> None:
         while True:
             try:
                 first = self._queue.get(timeout=self._idle_s())

@@ -291,8 +291,10 @@ class StationJournal(Closing):
         """Write a group in one transaction; a failure leaves the journal refusing work."""
         try:
             self._write(group)
-        except Exception as exc:  # any failure: no gate of this group may open
+        except BaseException as exc:  # any failure, an interrupt too: no gate of it opens
             self._failed = f"{self.path}: cannot commit the station journal: {exc}"
+            if not isinstance(exc, Exception):
+                raise
             raise JournalError(self._failed) from exc
 
     def _write(self, group: _Group) -> None:
@@ -312,7 +314,7 @@ class StationJournal(Closing):
     def _move_when_idle(self) -> None:
         try:
             self._move_some(MOVE_AT)
-        except sqlite3.Error as exc:  # the rows stay readable where they are
+        except Exception as exc:  # the rows stay readable where they are
             self.move_error = f"{self.path}: rows left in the recent tables: {exc}"
             self._idle_s = None  # no second try until close
 

@@ -226,11 +226,11 @@ class Journal(Closing):
             prev = before[1]
             for decision, ctx in taps:
                 (_, seq, time_ms, card_id, body, own), new = self._chain.link(tid, decision, ctx)
+                if new is not None:  # counted as stored from here: the rewind must know it
+                    creds.append(new)
                 records.append(decode_record(body, prev))  # refuses a record it cannot read
                 prev = own
                 rows.append((seq, time_ms, card_id, body, own))
-                if new is not None:
-                    creds.append(new)
             self._insert(rows, creds)
         except BaseException:
             self._chain.rewind(tid, before, [credential for _, credential in creds])
