@@ -25,7 +25,8 @@ if [ -f ../shared/card-vectors-sm2.json ]; then
     || { echo "farecore/data/card-vectors-sm2.json differs from ../shared/card-vectors-sm2.json" >&2; exit 1; }
 fi
 echo "== tests"
-# Workers: one per CPU; the PC/SC tests share one worker (tests/conftest.py).
-pytest -p no:cacheprovider -n "${FARECORE_TEST_WORKERS:-auto}" --dist loadgroup "$@"
+# Workers: one per CPU and one more. The PC/SC tests share one worker (tests/conftest.py),
+# which spends most of its time waiting for pcscd to poll its readers.
+pytest -p no:cacheprovider -n "${FARECORE_TEST_WORKERS:-$(( $(nproc) + 1 ))}" --dist loadgroup "$@"
 echo "== numba kernels again, interpreted (NUMBA_DISABLE_JIT=1)"
 NUMBA_DISABLE_JIT=1 pytest -p no:cacheprovider -q -m kernels || [ $? -eq 5 ]
