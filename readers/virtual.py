@@ -27,18 +27,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from farecore.card.apdu import (
-    AID,
     SW_BLOCKED,
-    SW_CLA_NOT_SUPPORTED,
-    SW_CONDITIONS,
-    SW_INS_NOT_SUPPORTED,
-    SW_NOT_FOUND,
     SW_OK,
     SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CommandApdu,
     complete_t0,
 )
+from farecore.card.applet import CardApplet
 from farecore.card.cardfile import CardFile, load_card_file, save_card_file
 from farecore.card.proof import auth_message
 from farecore.errors import CardIOError, ConfigError, FarecoreError, MalformedApdu, ReaderIOError
@@ -52,7 +47,6 @@ __all__ = [
     "VirtualReaderFactory",
 ]
 
-_SPEC_VERSION = b"\x01\x00"
 _U32 = 0xFFFFFFFF
 
 
@@ -135,7 +129,7 @@ class VirtualReader:
         return VirtualChannel(self, card)
 
 
-class FileCard:
+class FileCard(CardApplet):
     """The card of a card file: SELECT, READ CREDENTIAL and INTERNAL AUTHENTICATE.
 
     The counter is written back to the file (atomically) before a signature leaves the
@@ -152,6 +146,9 @@ class FileCard:
     def counter(self) -> int:
         return self.card.counter
 
+    def held_credential(self) -> bytes:
+        return self.card.credential
+
     def power_on(self) -> None:
         self.selected = False
 
@@ -160,39 +157,12 @@ class FileCard:
             cmd = CommandApdu.parse(apdu)
         except MalformedApdu:
             return _sw(SW_WRONG_LENGTH)
-        if cmd.cla not in (0x00, 0x80):
-            return _sw(SW_CLA_NOT_SUPPORTED)
-        if (cmd.cla, cmd.ins) == (0x00, 0xA4):
-            self.selected = False
-            if (cmd.p1, cmd.p2) != (0x04, 0x00):
-                return _sw(SW_WRONG_P1P2)
-            if len(cmd.data) != len(AID) or cmd.le != 256:
-                return _sw(SW_WRONG_LENGTH)
-            if cmd.data != AID:
-                return _sw(SW_NOT_FOUND)
-            self.selected = True
-            return _SPEC_VERSION + _sw(SW_OK)
-        if (cmd.cla, cmd.ins) == (0x80, 0xB0):
-            if (cmd.p1, cmd.p2) != (0, 0):
-                return _sw(SW_WRONG_P1P2)
-            if cmd.data or cmd.le != 256:
-                return _sw(SW_WRONG_LENGTH)
-            if not self.selected:
-                return _sw(SW_CONDITIONS)
-            return self.card.credential + _sw(SW_OK)
-        if (cmd.cla, cmd.ins) == (0x80, 0x88):
-            if (cmd.p1, cmd.p2) != (0, 0):
-                return _sw(SW_WRONG_P1P2)
-            if len(cmd.data) != 32 or cmd.le != 256:
-                return _sw(SW_WRONG_LENGTH)
-            if not self.selected:
-                return _sw(SW_CONDITIONS)
-            return self._authenticate(cmd.data)
-        return _sw(SW_INS_NOT_SUPPORTED)
+        _, data, sw = self.dispatch(cmd)
+        return data + _sw(sw)
 
-    def _authenticate(self, challenge: bytes) -> bytes:
+    def sign(self, challenge: bytes) -> tuple[bytes, int]:
         if self.card.counter >= _U32:
-            return _sw(SW_BLOCKED)
+            return b"", SW_BLOCKED
         counter = self.card.counter + 1
         card = CardFile(self.card.key, self.card.credential, counter)
         try:
@@ -201,7 +171,7 @@ class FileCard:
             raise CardIOError(f"card file {self.path}: cannot save its counter: {exc}") from None
         self.card = card
         signature = card.key.sign(auth_message(self.card_id, counter, challenge))
-        return counter.to_bytes(4, "big") + signature + _sw(SW_OK)
+        return counter.to_bytes(4, "big") + signature, SW_OK
 
 
 def _sw(sw: int) -> bytes:

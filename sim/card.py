@@ -17,19 +17,14 @@ import time
 from dataclasses import dataclass, field
 
 from farecore.card.apdu import (
-    AID,
     READ_CREDENTIAL,
     SELECT_RONGJUN,
     SW_BLOCKED,
-    SW_CLA_NOT_SUPPORTED,
-    SW_CONDITIONS,
-    SW_INS_NOT_SUPPORTED,
-    SW_NOT_FOUND,
     SW_OK,
     SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CommandApdu,
 )
+from farecore.card.applet import SPEC_VERSION, CardApplet
 from farecore.card.credential import parse_unverified
 from farecore.card.crypto import PrivateKey
 from farecore.card.proof import auth_message
@@ -37,7 +32,6 @@ from farecore.errors import CardIOError, MalformedApdu
 
 __all__ = ["SPEC_VERSION", "STEPS", "CardFaults", "VirtualCard"]
 
-SPEC_VERSION = b"\x01\x00"
 STEPS = ("select", "read", "auth")
 _U32_MAX = 0xFFFFFFFF
 _SW = struct.Struct(">H")
@@ -69,10 +63,10 @@ class CardFaults:
                 raise ValueError(f"unknown step {step!r}: expected one of {STEPS}")
 
 
-class VirtualCard:
+class VirtualCard(CardApplet):
     """A card with a credential, a private key and a counter."""
 
-    __slots__ = ("_card_id", "counter", "credential", "faults", "key", "selected", "uid")
+    __slots__ = ("_card_id", "counter", "credential", "faults", "key", "uid")
 
     def __init__(
         self,
@@ -104,6 +98,9 @@ class VirtualCard:
     def card_id(self) -> int:
         return self._card_id
 
+    def held_credential(self) -> bytes:
+        return self.credential
+
     @classmethod
     def clone(cls, original: VirtualCard, key: PrivateKey | None = None) -> VirtualCard:
         """A copy of ``original``'s credential with a key the cloner made up."""
@@ -122,7 +119,7 @@ class VirtualCard:
                 cmd = CommandApdu.parse(apdu)
             except MalformedApdu:
                 return _SW.pack(SW_WRONG_LENGTH)
-            step, data, sw = self._dispatch(cmd)
+            step, data, sw = self.dispatch(cmd)
         if step is not None:
             faults = self.faults
             if faults.remove_at == step:
@@ -149,50 +146,10 @@ class VirtualCard:
         if apdu == READ_CREDENTIAL:
             return "read", self.credential, SW_OK
         if len(apdu) == 38 and apdu[:5] == _AUTH_HEADER and apdu[37] == 0:
-            return "auth", *self._sign(apdu[5:37])
+            return "auth", *self.sign(apdu[5:37])
         return None, b"", 0
 
-    def _dispatch(self, cmd: CommandApdu) -> tuple[str | None, bytes, int]:
-        if cmd.cla not in (0x00, 0x80):
-            return None, b"", SW_CLA_NOT_SUPPORTED
-        if (cmd.cla, cmd.ins) == (0x00, 0xA4):
-            return "select", *self._select(cmd)
-        if (cmd.cla, cmd.ins) == (0x80, 0xB0):
-            return "read", *self._read(cmd)
-        if (cmd.cla, cmd.ins) == (0x80, 0x88):
-            return "auth", *self._authenticate(cmd)
-        return None, b"", SW_INS_NOT_SUPPORTED
-
-    def _select(self, cmd: CommandApdu) -> tuple[bytes, int]:
-        self.selected = False
-        if (cmd.p1, cmd.p2) != (0x04, 0x00):
-            return b"", SW_WRONG_P1P2
-        if len(cmd.data) != len(AID) or cmd.le != 256:
-            return b"", SW_WRONG_LENGTH
-        if cmd.data != AID:
-            return b"", SW_NOT_FOUND
-        self.selected = True
-        return SPEC_VERSION, SW_OK
-
-    def _read(self, cmd: CommandApdu) -> tuple[bytes, int]:
-        if (cmd.p1, cmd.p2) != (0, 0):
-            return b"", SW_WRONG_P1P2
-        if cmd.data or cmd.le != 256:
-            return b"", SW_WRONG_LENGTH
-        if not self.selected:
-            return b"", SW_CONDITIONS
-        return self.credential, SW_OK
-
-    def _authenticate(self, cmd: CommandApdu) -> tuple[bytes, int]:
-        if (cmd.p1, cmd.p2) != (0, 0):
-            return b"", SW_WRONG_P1P2
-        if len(cmd.data) != 32 or cmd.le != 256:
-            return b"", SW_WRONG_LENGTH
-        if not self.selected:
-            return b"", SW_CONDITIONS
-        return self._sign(cmd.data)
-
-    def _sign(self, challenge: bytes) -> tuple[bytes, int]:
+    def sign(self, challenge: bytes) -> tuple[bytes, int]:
         if self.counter >= _U32_MAX:
             return b"", SW_BLOCKED
         self.counter += 1
