@@ -213,3 +213,37 @@ def test_a_card_file_others_can_read_or_that_does_not_match_is_refused(tmp_path:
         load_card_file(path)
     with pytest.raises(ConfigError, match="not the credential's card id"):
         VirtualReaderFactory(f"{path},{path}")
+
+
+NEW = ["card", "new", "--key", "issuer.key", "--region", "370200", "--category", "1"]
+ISSUE = ["card", "issue", "--key", "issuer.key", "--out", "creds.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([*NEW, "--out", "a.card", "--id", "x"], "not a whole number"),
+        ([*NEW, "--out", "a.card", "--id", "5", "--category", "9"], "category 9"),
+        ([*NEW, "--out", "a.card", "--id", "5", "--valid-from", "2026-13-01T00:00:00Z"], "2026-13"),
+        ([*NEW, "--out", "a.card", "--id", "5", "--alg", "rsa"], "rsa"),
+        ([*NEW, "--out", "a.card", "--id", "0"], "card id 0"),
+        ([*NEW[:3], "missing.key", *NEW[4:], "--out", "a.card", "--id", "5"], "missing.key"),
+        ([*ISSUE, "--enrolment", "missing.csv"], "missing.csv"),
+        ([*ISSUE, "--enrolment", "e.csv", "--list", "l.fil", "--generation", "-1"], "generation"),
+        ([*ISSUE, "--enrolmnet", "e.csv"], "required: --enrolment"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    keys_in(tmp_path)
+    enrolment(tmp_path, [row(1, PrivateKey.generate(Algorithm.ED25519))], "e.csv")
+    try:
+        status = run(tmp_path, *args)
+    except SystemExit as exc:  # argparse's own refusal
+        status = exc.code  # type: ignore[assignment]
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert says in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "a.card").exists() and not (tmp_path / "creds.txt").exists()
