@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the real-reader tests need: a real pcscd with the vpcd virtual reader,
-# libnfc's nfc-list, socat, and the headers pyscard builds against.
+# libnfc's nfc-list, socat, the headers pyscard builds against, nginx (the package server
+# and collection point the fleet tests serve through) and prometheus (for promtool).
 set -euo pipefail
-packages=(pcscd vsmartcard-vpcd libpcsclite-dev libnfc-bin libnfc-pn53x-examples pcsc-tools socat gcc)
+packages=(pcscd vsmartcard-vpcd libpcsclite-dev libnfc-bin libnfc-pn53x-examples pcsc-tools socat gcc nginx prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/system-packages.sh
-scripts/setup.sh "dev,pcsc,dask,nacl,sm"
+scripts/setup.sh "dev,pcsc,dask,nacl,sm,fleet"
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== lint: ruff"
 ruff check .

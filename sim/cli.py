@@ -9,7 +9,12 @@ not, and 2 when the run could not be done at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from farecore.commands._args import path
@@ -28,6 +33,9 @@ keyring has two issuer keys and each has its own issued list (issued-1.fil, issu
 The run directory gets keys/, keyring.json, revocation/ (signed tables and their
 CSV), fares.toml, terminals.csv, gates/ (one gate config each), work/ (journals and
 passback stores), batches/, settlement/, summary.json and two PNG plots.
+--metrics-listen serves every simulated gate's Prometheus metrics (docs/monitoring.md)
+while the day runs; it needs prometheus_client: pip install 'farecore[fleet]'.
+
 Exit status: 0 all decisions and the money right, 1 a wrong decision or a settlement
 mismatch, 2 the run could not be done.
 """
@@ -46,6 +54,7 @@ def register(sub: Any) -> None:
     )
     _day_arguments(p)
     _engine_arguments(p)
+    _metrics_arguments(p)
     # Each simulated gate's table reloader says what it loads; the day's summary is enough.
     p.set_defaults(func=_run, log_level=logging.WARNING)
 
@@ -122,7 +131,74 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the simulated gates' metrics are served, as a real host's are."""
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve every simulated gate's Prometheus metrics on this address while the "
+        "day runs (e.g. 127.0.0.1:9464)",
+    )
+    p.add_argument(
+        "--metrics-dir",
+        type=path,
+        metavar="DIR",
+        help="with --metrics-listen: the empty directory the workers write their metrics "
+        "into (default: a temporary one, removed at the end)",
+    )
+    p.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --metrics-listen: keep serving this long after the day (Ctrl-C ends it)",
+    )
+
+
+def _serve_metrics(args: argparse.Namespace, stack: contextlib.ExitStack) -> Path | None:
+    """Start the endpoint that sums what the workers write; return their directory."""
+    if args.metrics_listen is None:
+        if args.metrics_dir is not None or args.metrics_linger:
+            raise ValueError("--metrics-dir and --metrics-linger need --metrics-listen")
+        return None
+    if not 0 <= args.metrics_linger <= 86_400:
+        raise ValueError("--metrics-linger must be 0..86400 seconds")
+    try:
+        from farecore.fleet.metrics_http import serve_metrics_dir
+    except ImportError as exc:
+        raise ValueError(
+            f"--metrics-listen needs prometheus_client ({exc}): pip install 'farecore[fleet]'"
+        ) from None
+    if args.metrics_dir is None:
+        directory = Path(tempfile.mkdtemp(prefix="farecore-sim-metrics-"))
+        stack.callback(shutil.rmtree, directory, True)
+    else:
+        directory = args.metrics_dir.absolute()
+        if not directory.is_dir() or any(directory.iterdir()):
+            raise ValueError(f"--metrics-dir {directory} must be an empty directory")
+    server = serve_metrics_dir(args.metrics_listen, directory, "--metrics-listen")
+    stack.callback(server.close)
+    host, port = server.address
+    logging.getLogger(__name__).warning("metrics of the simulated gates on %s:%d", host, port)
+    return directory
+
+
 def _run(args: argparse.Namespace) -> int:
+    from sim.run import SimError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            metrics_dir = _serve_metrics(args, stack)
+        except ValueError as exc:
+            raise SimError(str(exc)) from None
+        status = _run_day(args, metrics_dir)
+        if metrics_dir is not None and args.metrics_linger:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the linger early
+                time.sleep(args.metrics_linger)
+    return status
+
+
+def _run_day(args: argparse.Namespace, metrics_dir: Path | None) -> int:
     from sim.run import SimError, SimOptions, run_simulation
 
     try:
@@ -141,6 +217,7 @@ def _run(args: argparse.Namespace) -> int:
             transport_taps=args.transport_taps,
             ceiling_ops=2000 if args.measure_ceiling else 0,
             crypto=args.crypto,
+            metrics_dir=metrics_dir,
         )
     except ValueError as exc:
         raise SimError(str(exc)) from None

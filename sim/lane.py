@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,9 @@ from sim.card import VirtualCard
 from sim.transport import Link, Transport, open_link
 from sim.workload import FAULT_PULLED
 from sim.world import SimError, World
+
+if TYPE_CHECKING:
+    from farecore.fleet.metrics import FleetMetrics, GateMetrics
 
 __all__ = ["LaneJob", "LaneResult", "SimTime", "run_lane"]
 
@@ -96,6 +99,7 @@ class LaneJob:
     transport: Transport | None  # the taps that cross a real transport, if any
     progress: Any  # shared array of taps done; this lane counts into progress[slot]
     slot: int
+    metrics: FleetMetrics | None = None  # the worker's, when the run serves metrics
 
 
 def run_lane(job: LaneJob, out: LaneResult) -> None:
@@ -138,6 +142,7 @@ class _Lane:
         # simulated time generation 2 is published there.
         self.in_force = job.work / "revocation" / f"in-force-{job.lane_id}.frt"
         self.gates: dict[int, tuple[WiredGate, VirtualReader]] = {}
+        self.watched: list[GateMetrics] = []  # the gates' metrics, if the run serves them
         self.riders: dict[int, VirtualCard] = {}  # the lane's cards, kept between taps
         self.started: dict[int, tuple[int, int]] = {}  # id(decision) -> (n, start ns)
         self.link: Link | None = None
@@ -169,6 +174,10 @@ class _Lane:
             )
             stack.callback(wired.close)
             self.gates[g] = (wired, reader)
+            if self.job.metrics is not None:
+                from farecore.fleet.metrics import watch_gate
+
+                self.watched.append(watch_gate(self.job.metrics, wired, cfg))
 
     def _opened(self, group: list[tuple[Gate, Decision]]) -> None:
         end = time.perf_counter_ns()
@@ -186,6 +195,8 @@ class _Lane:
         for wired, _ in self.gates.values():
             if wired.revocation is None or not wired.revocation.poll():
                 raise SimError(f"lane {self.job.lane_id}: generation 2 was not taken into force")
+        for watched in self.watched:
+            watched.refresh()  # generation 2 in force, in the gates' metrics
         self.published = True
 
     def play(self) -> None:

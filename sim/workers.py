@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from sim.ceiling import crypto_us_per_tap
 from sim.lane import LaneJob, LaneResult, run_lane
 from sim.transport import Transport
 from sim.world import World
+
+if TYPE_CHECKING:
+    from farecore.fleet.metrics import FleetMetrics
 
 __all__ = ["DayResults", "WorkerJob", "gather", "partition", "run_worker"]
 
@@ -105,7 +108,12 @@ def run_worker(job: WorkerJob, k: int, lanes: list[Taps]) -> None:
     # returns, so that lane does not sit out a whole 5 ms switch interval.
     sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
     results = [LaneResult.zeros(len(t)) for t in lanes]
-    errors = _run_lanes(job, k, lanes, results)
+    metrics = _metrics(job.world.opts.metrics_dir)
+    try:
+        errors = _run_lanes(job, k, lanes, results, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()  # this worker's gates are closed: their live gauges go
     if job.barrier is not None:
         if errors:
             job.barrier.abort()  # the others must not wait for a worker that failed
@@ -123,14 +131,30 @@ def run_worker(job: WorkerJob, k: int, lanes: list[Taps]) -> None:
     _save(job.work / f"worker-{k}.npz", lanes, results, ceiling_us)
 
 
+def _metrics(directory: Path | None) -> FleetMetrics | None:
+    """This worker's gates' metrics, written into ``directory`` for the parent to serve."""
+    if directory is None:
+        return None
+    from farecore.fleet.metrics import FleetMetrics, use_multiprocess_dir
+
+    use_multiprocess_dir(directory)
+    return FleetMetrics()
+
+
 def _run_lanes(
-    job: WorkerJob, k: int, lanes: list[Taps], results: list[LaneResult]
+    job: WorkerJob,
+    k: int,
+    lanes: list[Taps],
+    results: list[LaneResult],
+    metrics: FleetMetrics | None = None,
 ) -> list[BaseException]:
     errors: list[BaseException] = []
 
     def run(j: int) -> None:
         slot = k * 64 + j
-        lane = LaneJob(job.world, f"{k}-{j}", lanes[j], job.work, job.transport, job.progress, slot)
+        lane = LaneJob(
+            job.world, f"{k}-{j}", lanes[j], job.work, job.transport, job.progress, slot, metrics
+        )
         try:
             run_lane(lane, results[j])
         except BaseException as exc:  # reported by the parent as a failed worker

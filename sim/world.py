@@ -53,6 +53,9 @@ class SimOptions:
     plots: bool = True
     ceiling_ops: int = 0  # >0: time the crypto ceiling in the workers around the tap phase
     crypto: str = "ed25519"  # one of CRYPTO
+    # The workers write their gates' metrics here (farecore.fleet.metrics, multi-process
+    # mode); the parent serves them. None: no metrics.
+    metrics_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.cards < 100 or self.taps < 10 or self.gates < 5:

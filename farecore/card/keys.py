@@ -2,11 +2,15 @@
 
 Key files are small JSON documents. ``PREFIX.key`` holds a private key and is created
 with mode 0600; ``PREFIX.pub`` holds the matching public key and is what every other
-command reads. Each names its role (issuer, terminal, revocation) and key id, so a
-terminal key handed where an issuer key is expected is refused with a clear error.
+command reads. Each names its role (issuer, terminal, revocation, publishing, card) and
+key id, so a terminal key handed where an issuer key is expected is refused with a clear
+error.
 
-The issuer keyring lists issuer public keys with their status: active, retired at a
-time (still good for credentials that became valid before it), or revoked.
+The keyring lists issuer public keys with their status: active, retired at a time (still
+good for credentials that became valid before it), or revoked. It may also list the
+publishing keys that sign parameter packages (``farecore.fleet.package``), with the same
+statuses: the keyring a gate holds decides which package it will take next, so a new
+publishing key is rolled out in a package signed by the old one.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ __all__ = [
     "save_signing_key",
 ]
 
-ROLES = ("issuer", "terminal", "revocation", "card")
+ROLES = ("issuer", "terminal", "revocation", "publishing", "card")
 _KEY_FORMAT = "farecore-key/1"
 _KEYRING_FORMAT = "farecore-keyring/1"
 _U32_MAX = 0xFFFFFFFF
@@ -255,16 +259,69 @@ _ENTRY_KEYS = ("key_id", "algorithm", "public_key", "status", "retired_at", "lab
 
 
 class Keyring:
-    """The issuer public keys a terminal or the settlement trusts, by key id."""
+    """The issuer public keys a terminal or the settlement trusts, by key id, and the
+    publishing keys whose parameter packages it takes (their own key ids)."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_publishers")
 
-    def __init__(self, keys: list[IssuerKey] | tuple[IssuerKey, ...] = ()) -> None:
+    def __init__(
+        self,
+        keys: list[IssuerKey] | tuple[IssuerKey, ...] = (),
+        publishers: list[IssuerKey] | tuple[IssuerKey, ...] = (),
+    ) -> None:
         self._keys: dict[int, IssuerKey] = {}
         for key in keys:
             if key.key_id in self._keys:
                 raise KeyringError(f"key id {key.key_id} appears twice in the keyring")
             self._keys[key.key_id] = key
+        self._publishers: dict[int, IssuerKey] = {}
+        for key in publishers:
+            if key.key_id in self._publishers:
+                raise KeyringError(f"publishing key id {key.key_id} appears twice in the keyring")
+            self._publishers[key.key_id] = key
+
+    @property
+    def publishers(self) -> list[IssuerKey]:
+        """The publishing keys, by key id."""
+        return sorted(self._publishers.values(), key=lambda k: k.key_id)
+
+    def publisher(self, key_id: int, algorithm: int) -> PublicKey | None:
+        """The active publishing key ``key_id``, or None.
+
+        Only an active key verifies a package. Unlike an issuer key, a retired
+        publishing key vouches for nothing more: a package's creation time is written by
+        its signer, so "made before the retirement" could be claimed by whoever holds
+        the old key."""
+        entry = self._publishers.get(key_id)
+        if entry is None or entry.status != "active" or entry.algorithm != algorithm:
+            return None
+        return load_public_key(entry.algorithm, entry.public_key)
+
+    def add_publisher(self, key: IssuerKey) -> Keyring:
+        if key.key_id in self._publishers:
+            raise KeyringError(f"publishing key id {key.key_id} is already in the keyring")
+        return Keyring(list(self._keys.values()), [*self._publishers.values(), key])
+
+    def retire_publisher(self, key_id: int, at: int) -> Keyring:
+        entry = self._require_publisher(key_id)
+        if entry.status == "revoked":
+            raise KeyringError(f"publishing key id {key_id} is revoked; it cannot be retired")
+        return self._with_publisher(replace(entry, status="retired", retired_at=at))
+
+    def revoke_publisher(self, key_id: int) -> Keyring:
+        entry = self._require_publisher(key_id)
+        return self._with_publisher(replace(entry, status="revoked", retired_at=None))
+
+    def _require_publisher(self, key_id: int) -> IssuerKey:
+        entry = self._publishers.get(key_id)
+        if entry is None:
+            raise KeyringError(f"publishing key id {key_id} is not in the keyring")
+        return entry
+
+    def _with_publisher(self, key: IssuerKey) -> Keyring:
+        publishers = dict(self._publishers)
+        publishers[key.key_id] = key
+        return Keyring(list(self._keys.values()), list(publishers.values()))
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -285,7 +342,7 @@ class Keyring:
     def add(self, key: IssuerKey) -> Keyring:
         if key.key_id in self._keys:
             raise KeyringError(f"key id {key.key_id} is already in the keyring")
-        return Keyring([*self._keys.values(), key])
+        return Keyring([*self._keys.values(), key], list(self._publishers.values()))
 
     def retire(self, key_id: int, at: int) -> Keyring:
         entry = self._require(key_id)
@@ -306,10 +363,12 @@ class Keyring:
     def _with(self, key: IssuerKey) -> Keyring:
         keys = dict(self._keys)
         keys[key.key_id] = key
-        return Keyring(list(keys.values()))
+        return Keyring(list(keys.values()), list(self._publishers.values()))
 
     def to_bytes(self) -> bytes:
-        doc = {"format": _KEYRING_FORMAT, "keys": [k.to_json() for k in self]}
+        doc: dict[str, Any] = {"format": _KEYRING_FORMAT, "keys": [k.to_json() for k in self]}
+        if self._publishers:  # a keyring without them keeps the bytes it always had
+            doc["publishers"] = [k.to_json() for k in self.publishers]
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -327,36 +386,19 @@ class Keyring:
         if not isinstance(doc, dict) or doc.get("format") != _KEYRING_FORMAT:
             raise MalformedFile(f"{source}: not a keyring (format must be {_KEYRING_FORMAT!r})")
         items = doc.get("keys", [])
+        published = doc.get("publishers", [])
         try:
-            check_keys(doc, source, ("format", "keys"))
+            check_keys(doc, source, ("format", "keys", "publishers"))
             if not isinstance(items, list):
                 raise ConfigError(f"{source}: keys must be a list of key entries")
+            if not isinstance(published, list):
+                raise ConfigError(f"{source}: publishers must be a list of key entries")
         except ConfigError as exc:
             raise MalformedFile(str(exc)) from None
-        keys = []
-        for i, item in enumerate(items):
-            try:
-                if not isinstance(item, dict):
-                    raise ValueError("a key entry must be an object")
-                check_keys(item, f"key entry {i}", _ENTRY_KEYS)
-                keys.append(
-                    IssuerKey(
-                        key_id=item["key_id"],
-                        algorithm=Algorithm.from_label(str(item["algorithm"])),
-                        public_key=bytes.fromhex(str(item["public_key"])),
-                        status=str(item.get("status", "active")),
-                        retired_at=item.get("retired_at"),
-                        label=item.get("label", ""),
-                    )
-                )
-            except KeyError as exc:
-                raise MalformedFile(f"{source}: key entry {i}: {exc} is missing") from None
-            except ConfigError as exc:
-                raise MalformedFile(f"{source}: {exc}") from None
-            except (TypeError, ValueError, MalformedInput) as exc:
-                raise MalformedFile(f"{source}: key entry {i}: {exc}") from None
+        keys = _entries(items, source, "key entry")
+        publishers = _entries(published, source, "publishing key entry")
         try:
-            return cls(keys)
+            return cls(keys, publishers)
         except KeyringError as exc:
             raise MalformedFile(f"{source}: {exc}") from None
 
@@ -368,3 +410,30 @@ class Keyring:
         except OSError as exc:
             raise MalformedFile(f"{p}: cannot read keyring: {exc.strerror or exc}") from None
         return cls.from_bytes(data, str(p))
+
+
+def _entries(items: list[Any], source: str, what: str) -> list[IssuerKey]:
+    """The entries of one of the keyring's lists, each checked strictly."""
+    keys = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError("a key entry must be an object")
+            check_keys(item, f"{what} {i}", _ENTRY_KEYS)
+            keys.append(
+                IssuerKey(
+                    key_id=item["key_id"],
+                    algorithm=Algorithm.from_label(str(item["algorithm"])),
+                    public_key=bytes.fromhex(str(item["public_key"])),
+                    status=str(item.get("status", "active")),
+                    retired_at=item.get("retired_at"),
+                    label=item.get("label", ""),
+                )
+            )
+        except KeyError as exc:
+            raise MalformedFile(f"{source}: {what} {i}: {exc} is missing") from None
+        except ConfigError as exc:
+            raise MalformedFile(f"{source}: {exc}") from None
+        except (TypeError, ValueError, MalformedInput) as exc:
+            raise MalformedFile(f"{source}: {what} {i}: {exc}") from None
+    return keys

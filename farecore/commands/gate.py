@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farecore.card.keys import PublicKeyFile
 from farecore.commands._args import count
@@ -16,8 +16,13 @@ from farecore.errors import ConfigError, JournalError
 from farecore.gate.config import GateConfig, load_gate_config
 from farecore.gate.reader_port import open_reader
 from farecore.gate.runtime import ConsoleActuator, Gate
-from farecore.gate.wiring import build_gate, check_terminal_key
+from farecore.gate.wiring import WiredGate, build_gate, check_terminal_key
 from farecore.journal.records import ROLE_DIRECTION
+
+if TYPE_CHECKING:
+    from farecore.fleet.follow import PackageFollower
+    from farecore.fleet.metrics import FleetMetrics
+    from farecore.fleet.upload import Courier
 
 __all__ = ["open_gate", "register"]
 
@@ -72,28 +77,120 @@ def _check_registered(cfg: GateConfig, public: PublicKeyFile) -> None:
         )
 
 
+def _start_metrics(cfg: GateConfig, stack: contextlib.ExitStack) -> FleetMetrics | None:
+    """Serve the gate's Prometheus metrics when ``[metrics]`` asks (docs/monitoring.md)."""
+    if cfg.metrics_listen is None:
+        return None
+    try:
+        from farecore.fleet.metrics_http import start_gate_metrics
+    except ImportError as exc:
+        raise ConfigError(
+            f"[metrics] needs prometheus_client ({exc}): pip install 'farecore[fleet]'"
+        ) from None
+    service = start_gate_metrics(cfg.metrics_listen, cfg.metrics_multiprocess_dir)
+    stack.callback(service.close)  # first in, last out: live gauges go as the process ends
+    return service.metrics
+
+
 def open_gate(
-    cfg: GateConfig, reader_url: str, stack: contextlib.ExitStack, *, quiet: bool = False
+    cfg: GateConfig,
+    reader_url: str,
+    stack: contextlib.ExitStack,
+    *,
+    quiet: bool = False,
+    metrics: FleetMetrics | None = None,
 ) -> Gate:
     """Build the gate of ``cfg`` on the reader at ``reader_url`` (``farecore.gate.wiring``),
-    after checking its key against the register; register its cleanup on ``stack``."""
+    after checking its key against the register, with its package follower and metrics
+    when configured; register their cleanup on ``stack``."""
     public = check_terminal_key(cfg)
     if cfg.register is not None and public is not None:
         _check_registered(cfg, public)
+    package = None
+    if cfg.package_source is not None:
+        from farecore.fleet.gatepackage import GatePackage
+
+        package = GatePackage(cfg)
     wired = build_gate(
-        cfg,
+        package.for_config() if package is not None else cfg,
         open_reader(reader_url),
         actuator=None if quiet else ConsoleActuator(),
         log=sys.stdout,
+        # A package's table comes by the follower, never by watching a path.
+        revocation_poll_s=None if package is not None else 1.0,
     )
     stack.callback(wired.close)
+    if metrics is not None:
+        from farecore.fleet.metrics import watch_gate
+
+        watch_gate(metrics, wired, cfg)
+    follower = None
+    if package is not None:
+        follower = package.follow([wired])
+        stack.callback(follower.close)  # runs before wired.close: no swap into a closed gate
+        if metrics is not None:
+            from farecore.fleet.metrics import watch_follower
+
+            watch_follower(metrics, cfg.terminal_id, follower)
+    if cfg.upload is not None:
+        courier = _courier(cfg, wired, follower)
+        stack.callback(
+            courier.close
+        )  # runs before wired.close: its last pass reads a whole journal
+        if metrics is not None:
+            from farecore.fleet.metrics import watch_courier
+
+            watch_courier(metrics, courier)
+        courier.start()
     return wired.gate
 
 
+def _courier(cfg: GateConfig, wired: WiredGate, follower: PackageFollower | None) -> Courier:
+    """The courier that hands this gate's closed days and chain heads in (``[upload]``)."""
+    from farecore.card.keys import load_private_key
+    from farecore.fleet.upload import Courier, courier_settings
+
+    assert cfg.upload is not None
+    if cfg.terminal_key is None or cfg.journal is None:
+        raise ConfigError("[upload] needs terminal.key and journal.path: it signs the journal")
+    settings = courier_settings(
+        dict(cfg.upload), base=cfg.config_dir, state_dir=cfg.state_dir, terminal_id=cfg.terminal_id
+    )
+    hot = wired.revocation
+    return Courier(
+        settings,
+        load_private_key(cfg.terminal_key, role="terminal"),
+        cfg.journal,
+        terminal_id=cfg.terminal_id,
+        package_version=lambda: follower.version if follower is not None else None,
+        revocation_generation=lambda: hot.generation if hot is not None else None,
+    )
+
+
+# A tap waits for the interpreter lock behind whatever background thread holds it (the
+# package follower, the courier, the metrics): at most this long, not the default 5 ms.
+GATE_SWITCH_INTERVAL_S = 0.0005
+
+
 def _run(args: argparse.Namespace) -> int:
+    sys.setswitchinterval(GATE_SWITCH_INTERVAL_S)
     cfg = load_gate_config(args.config)
+    if cfg.upload is not None:  # its values, checked before anything starts
+        from farecore.fleet.upload import courier_settings
+
+        try:
+            courier_settings(
+                dict(cfg.upload),
+                base=cfg.config_dir,
+                state_dir=cfg.state_dir,
+                terminal_id=cfg.terminal_id,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{args.config}: {exc}") from None
     with contextlib.ExitStack() as stack:
-        gate = open_gate(cfg, args.reader, stack, quiet=args.quiet)
+        # Before the gate: a bad address stops it before it serves anyone.
+        metrics = _start_metrics(cfg, stack)
+        gate = open_gate(cfg, args.reader, stack, quiet=args.quiet, metrics=metrics)
 
         def stop(signum: int, frame: object) -> None:
             gate.stop()

@@ -1,7 +1,9 @@
-"""``farecore revocation build|info|check``: make, inspect and query revocation tables.
+"""``farecore revocation build|delta|info|check``: make, inspect and query revocation
+tables and deltas.
 
-``info`` and ``check`` verify the table completely before they say anything about it;
-a table that does not verify is an error (exit 2), never a partial answer.
+``info`` and ``check`` verify the table (or the delta, and its base when given)
+completely before they say anything about it; one that does not verify is an error
+(exit 2), never a partial answer.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farecore.card.keys import PublicKeyFile, load_private_key, load_public_key_file
 from farecore.commands._args import path, refuse_rollback, uint
 from farecore.errors import ConfigError
 from farecore.gate.config import read_gate_toml
+
+if TYPE_CHECKING:
+    from farecore.decide.revocation import RevocationDelta, RevocationTable, RevocationView
 
 __all__ = ["register"]
 
@@ -27,12 +32,14 @@ _U64 = (1 << 64) - 1
 def register(sub: Any) -> None:
     rev = sub.add_parser(
         "revocation",
-        help="build, inspect and query signed revocation tables (.frt)",
-        description="Build, inspect and query signed, memory-mapped revocation tables.",
+        help="build, inspect and query signed revocation tables (.frt) and deltas (.frd)",
+        description="Build, inspect and query signed, memory-mapped revocation tables, and "
+        "the signed deltas that carry the changes since a base table.",
     )
     rev_sub = rev.add_subparsers(dest="revocation_command", metavar="ACTION", required=True)
 
     _add_build(rev_sub)
+    _add_delta(rev_sub)
     _add_lookups(rev_sub)
 
 
@@ -72,6 +79,56 @@ def _add_build(rev_sub: Any) -> None:
     build.set_defaults(func=_build)
 
 
+def _add_delta(rev_sub: Any) -> None:
+    delta = rev_sub.add_parser(
+        "delta",
+        help="build a signed delta: the changes from a base table to the current list",
+        description="Build a signed delta (.frd) from a base table to the complete current "
+        "list of revoked cards (a CSV as for 'build'): the ids added or whose revoked-at or "
+        "reason changed, and the ids no longer revoked. A delta is cumulative: it holds "
+        "every change since its base, so a gate needs only the newest one. The base is "
+        "verified against the signer key's public part; the output replaces OUT atomically.",
+    )
+    delta.add_argument(
+        "--base", required=True, type=path, help="the base table (.frt) the delta is over"
+    )
+    delta.add_argument(
+        "--csv",
+        "--in",
+        dest="csv",
+        required=True,
+        type=path,
+        help="the complete current list (CSV card_id,revoked_at,reason)",
+    )
+    delta.add_argument(
+        "--signer-key",
+        "--key",
+        dest="key",
+        required=True,
+        type=path,
+        help="revocation signer private key (PREFIX.key), the base's signer",
+    )
+    delta.add_argument(
+        "--generation",
+        required=True,
+        type=uint(64, "generation"),
+        help="the delta's generation; above the base's and the one in force at the gates",
+    )
+    delta.add_argument("--out", required=True, type=path, help="output delta file (.frd)")
+    delta.add_argument(
+        "--created-at",
+        type=uint(63, "created-at"),
+        default=None,
+        help="build time in UTC Unix seconds (default: now); gates measure staleness from it",
+    )
+    delta.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite OUT even when it holds this generation or a later one",
+    )
+    delta.set_defaults(func=_delta)
+
+
 def _add_lookups(rev_sub: Any) -> None:
     """``info`` and ``check``: both verify the table first, against a signer given or
     named by a gate config."""
@@ -84,7 +141,9 @@ def _add_lookups(rev_sub: Any) -> None:
             help=helptext,
             description=helptext.capitalize()
             + ". The table is verified against --signer, or against the signer named in "
-            "the [revocation] section of a gate config (--config)."
+            "the [revocation] section of a gate config (--config). A delta (.frd) is "
+            "verified on its own, and against its base table when --base names it"
+            + (" (check needs it)." if name == "check" else ".")
             + (
                 " Exit status: 0 when no id is revoked, 1 when any is, 2 on error."
                 if name == "check"
@@ -99,7 +158,8 @@ def _add_lookups(rev_sub: Any) -> None:
                 help="table file (default: the table of the --config gate config)",
             )
         else:
-            p.add_argument("table", type=path, help="table file (.frt)")
+            p.add_argument("table", type=path, help="table file (.frt) or delta file (.frd)")
+        p.add_argument("--base", type=path, help="for a delta: the base table (.frt) it is over")
         who = p.add_mutually_exclusive_group(required=True)
         who.add_argument("--signer", type=path, help="revocation signer public key (PREFIX.pub)")
         who.add_argument(
@@ -174,6 +234,75 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delta(args: argparse.Namespace) -> int:
+    from farecore.decide.revocation import RevocationTable, build_delta, read_revocation_csv
+    from farecore.decide.revocation.csvinput import line_name
+
+    key = load_private_key(args.key, role="revocation")
+    created_at = args.created_at if args.created_at is not None else int(time.time())
+    t0 = time.perf_counter()
+    base = RevocationTable.open(args.base, key.public())
+    ids, times, reasons = read_revocation_csv(args.csv)  # refuses card id 0 and duplicates
+    refuse_rollback(args.out, args.generation, _delta_generation, "revocation delta", args.replace)
+    t1 = time.perf_counter()
+    summary = build_delta(
+        base,
+        ids,
+        times,
+        reasons,
+        key,
+        args.generation,
+        created_at,
+        args.out,
+        row_name=lambda row: f"{args.csv}: {line_name(row)}",
+    )
+    t2 = time.perf_counter()
+    print(
+        f"wrote {summary.path}: generation {summary.generation} over base generation "
+        f"{summary.base_generation}, {summary.added} added, {summary.changed} changed, "
+        f"{summary.removed} removed, {summary.file_size} bytes, body sha256 "
+        f"{summary.body_sha256} (read {t1 - t0:.2f} s, diff and write {t2 - t1:.2f} s)"
+    )
+    return 0
+
+
+def _delta_generation(head: bytes) -> int | None:
+    from farecore.decide.revocation.delta import parse_delta_header_unverified
+    from farecore.errors import TableRejected
+
+    try:
+        return parse_delta_header_unverified(head)[0].generation
+    except TableRejected:
+        return None
+
+
+def _is_delta(file: Path) -> bool:
+    """Whether ``file`` starts like a delta (it is verified as one, or as a table, next)."""
+    from farecore.decide.revocation.delta import DELTA_MAGIC
+
+    try:
+        with open(file, "rb") as fh:
+            return fh.read(len(DELTA_MAGIC)) == DELTA_MAGIC
+    except OSError:
+        return False  # the table reader names the problem
+
+
+def _open_any(
+    file: Path, base: Path | None, signer: PublicKeyFile
+) -> RevocationTable | RevocationDelta | RevocationView:
+    """The verified table at ``file``, or the delta there (over ``base``, if given)."""
+    from farecore.decide.revocation import RevocationDelta, RevocationTable, RevocationView
+
+    if not _is_delta(file):
+        if base is not None:
+            raise ConfigError(f"--base is for a delta (.frd); {file} is not one")
+        return RevocationTable.open(file, signer)
+    delta = RevocationDelta.open(file, signer)
+    if base is None:
+        return delta
+    return RevocationView.over(RevocationTable.open(base, signer), delta, file)
+
+
 def _table_generation(head: bytes) -> int | None:
     from farecore.decide.revocation.format import parse_header_unverified
     from farecore.errors import TableRejected
@@ -185,17 +314,15 @@ def _table_generation(head: bytes) -> int | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from farecore.decide.revocation import RevocationTable
-
     signer, path = _signer_and_table(args)
-    facts = RevocationTable.open(path, signer).describe()
+    facts = _open_any(path, args.base, signer).describe()
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
     print(f"{path}: verified")
     for key, value in facts.items():
         extra = f" ({_when(value)})" if key == "created_at" and isinstance(value, int) else ""
-        print(f"  {key:<14} {value}{extra}")
+        print(f"  {key:<18} {value}{extra}")
     return 0
 
 
@@ -206,11 +333,13 @@ def _parse_id(text: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farecore.decide.revocation import RevocationReason, RevocationTable
+    from farecore.decide.revocation import RevocationDelta, RevocationReason
 
     ids = [_parse_id(t) for t in args.ids]
     signer, path = _signer_and_table(args)
-    table = RevocationTable.open(path, signer)
+    table = _open_any(path, args.base, signer)
+    if isinstance(table, RevocationDelta):
+        raise ConfigError(f"{path} is a delta: name its base table with --base")
     any_revoked = False
     for card_id in ids:
         entry = table.lookup(card_id)

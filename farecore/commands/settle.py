@@ -15,6 +15,7 @@ from typing import Any
 
 from farecore.commands._args import count, path
 from farecore.journal.batch import parse_day
+from farecore.settlement.heads import heads_directory
 from farecore.settlement.ledger import Ledger
 from farecore.settlement.merge import Settlement
 from farecore.settlement.pipeline import (
@@ -93,7 +94,24 @@ def _add_inputs(p: Any) -> None:
         "generation that held its card is not paid; rides after revoked-at are flagged",
     )
     p.add_argument(
-        "--revocation-signer", type=path, help="public key (.pub) that signs --revocation-table"
+        "--revocation-delta",
+        type=path,
+        action="append",
+        default=[],
+        help="a signed revocation delta (.frd), repeatable, over a --revocation-table given: "
+        "judges the rides decided under its generation like a table of that generation",
+    )
+    p.add_argument(
+        "--revocation-signer",
+        type=path,
+        help="public key (.pub) that signs --revocation-table and --revocation-delta",
+    )
+    p.add_argument(
+        "--heads",
+        type=path,
+        metavar="DIR",
+        help="the gates' signed chain heads: a collection point, or its heads/ directory; "
+        "a journal rewritten or cut short after its gate signed a head is not paid",
     )
 
 
@@ -145,6 +163,7 @@ def _settle(args: argparse.Namespace) -> int:
         args.revocations,
         args.revocation_table,
         args.revocation_signer,
+        args.revocation_delta,
     )
     paths = find_batches(args.batches)
     map_units: MapUnits | None = None
@@ -159,6 +178,7 @@ def _settle(args: argparse.Namespace) -> int:
                 on_ready=None if args.quiet else print_dashboard,
             )
         )
+    heads = heads_directory(args.heads) if args.heads is not None else None
     started = time.monotonic()
     show = not args.quiet and sys.stderr.isatty()
     with Ledger.open(args.ledger) as ledger:
@@ -170,6 +190,7 @@ def _settle(args: argparse.Namespace) -> int:
             map_units=map_units,
             progress=(lambda d, t: _bar(d, t, started)) if show else None,
             ledger=ledger,
+            heads=heads,
         )
     status = exit_status(result)
     if not args.quiet:

@@ -73,17 +73,24 @@ _NO_TIMINGS = Timings()
 _Verdict = tuple[Reason | None, str, frozenset[str], int | None]
 
 
+_Trust = tuple["Keyring", dict[int, "IssuedList"], dict[bytes, object]]
+
+
+def _trust(keyring: Keyring, issued: Sequence[IssuedList], cache: dict[bytes, object]) -> _Trust:
+    # One list per issuer key; of two for the same key, the later generation.
+    by_generation = sorted(issued, key=lambda listed: listed.generation)
+    return keyring, {lst.key_id: lst for lst in by_generation}, cache
+
+
 class Validator:
     """Decides taps for one terminal. Not thread-safe: one validator per gate loop."""
 
     __slots__ = (
-        "_cache",
         "_cache_size",
+        "_trust",
         "clock",
-        "issued",
         "issuer_checks",
         "issuer_vouched",
-        "keyring",
         "passback",
         "policy",
         "revocation",
@@ -106,28 +113,50 @@ class Validator:
         each verified against this ``keyring``. ``clock``: the guard that turns a tap
         time behind what the gate has seen into CLOCK_FAULT (none: no such check)."""
         self.policy = policy
-        self.keyring = keyring
         self.revocation: RevocationSource = revocation or InMemoryRevocation()
         self.passback = passback
         self.clock = clock
-        self._cache: dict[bytes, object] = {} if cache is None else cache
         self._cache_size = cache_size
-        # One list per issuer key; of two for the same key, the later generation.
-        by_generation = sorted(issued, key=lambda listed: listed.generation)
-        self.issued: dict[int, IssuedList] = {lst.key_id: lst for lst in by_generation}
+        self._trust: _Trust = _trust(keyring, issued, {} if cache is None else cache)
         self.issuer_checks = 0  # issuer signatures verified (credentials not in the cache)
         self.issuer_vouched = 0  # credentials the issued list vouched for instead
 
+    @property
+    def keyring(self) -> Keyring:
+        return self._trust[0]
+
+    @property
+    def issued(self) -> dict[int, IssuedList]:
+        """The issued list in force for each issuer key."""
+        return self._trust[1]
+
+    def set_trust(
+        self,
+        keyring: Keyring,
+        issued: Sequence[IssuedList] = (),
+        cache: dict[bytes, object] | None = None,
+    ) -> None:
+        """Put a new keyring and its issued lists in force (a new parameter package).
+
+        The credential cache goes with them: a credential verified under the old keyring
+        must be verified again under the new one, where its key may be revoked. The three
+        are swapped in one assignment, so a tap sees the old ones or the new ones, never a
+        mix; a tap under way finishes on the old (and caches into the old cache, which
+        nothing reads any more). ``cache``: a new cache to share among the gates of one
+        station controller."""
+        self._trust = _trust(keyring, issued, {} if cache is None else cache)
+
     def _card_key(self, credential: Credential) -> tuple[object, Reason | None, str]:
         """Issuer checks, cached by exact credential bytes once they pass."""
-        cached = self._cache.get(credential.raw)
+        keyring, issued, cache = self._trust  # one read: one consistent set per tap
+        cached = cache.get(credential.raw)
         if cached is not None:
             return cached, None, ""
         f = credential.fields
-        issuer = self.keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
+        issuer = keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
         if issuer is None:
             return None, Reason.UNKNOWN_ISSUER_KEY, f"issuer key id {f.issuer_key_id} not usable"
-        listed = self.issued.get(f.issuer_key_id)
+        listed = issued.get(f.issuer_key_id)
         if listed is not None and listed.vouches(credential, issuer):
             self.issuer_vouched += 1  # the issuer signed the list that holds it
         else:
@@ -141,9 +170,9 @@ class Validator:
             key = load_public_key(f.card_key_algorithm, f.card_public_key)
         except MalformedInput:
             key = _NO_CARD_KEY  # issuer signed a key that is no curve point: no tap can pass
-        if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[credential.raw] = key
+        if len(cache) >= self._cache_size:
+            del cache[next(iter(cache))]
+        cache[credential.raw] = key
         return key, None, ""
 
     def decide(

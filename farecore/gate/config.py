@@ -46,11 +46,32 @@ Example::
 
     [clock]
     tolerance_s = 300            # how far behind a time it has seen the clock may be
+
+    [package]                    # optional: follow a signed parameter package (docs/fleet.md)
+    source = "https://params.example/qingdao/"   # or a directory
+    dir = "state/package"        # the gate's verified copies and the package in force
+    poll_s = 30                  # how often to ask the source (conditionally)
+    ca_file = "ca.pem"           # optional: the CA that signs the source's TLS certificate
+    timeout_s = 10               # per request
+
+    [upload]                     # optional: hand journals in (docs/collection.md)
+    to = "https://collect.example/"   # a farecore collect, or a directory
+    head_interval_s = 300        # how often to send the signed chain head
+
+    [metrics]                    # optional: Prometheus metrics (docs/monitoring.md)
+    listen = "127.0.0.1:9464"
+    multiprocess_dir = "/run/farecore-metrics"   # several gate processes, one endpoint
+
+With ``[package]``, the package supplies the keyring, the issued lists and the revocation
+table (and delta); ``[keyring] path`` is the keyring trusted before the first package,
+``[revocation] table`` an optional table to start on, and ``[revocation] signer`` stays
+the only key a table is trusted under.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +122,17 @@ class GateConfig:
     state_dir: Path = Path("state")
     revocation_store: Path = Path("state/tables")
     clock_tolerance_s: int = DEFAULT_TOLERANCE_S
+    package_source: str | None = None
+    package_dir: Path = Path("state/package")
+    package_poll_s: float = 30.0
+    package_ca_file: Path | None = None
+    package_timeout_s: float = 10.0
+    metrics_listen: str | None = None
+    metrics_multiprocess_dir: Path | None = None
+    # The [upload] table as written (farecore.fleet.upload.courier_settings checks its
+    # values when the gate starts) and the directory its paths are relative to.
+    upload: tuple[tuple[str, Any], ...] | None = None
+    config_dir: Path = Path(".")
 
     @property
     def marks(self) -> Path:
@@ -142,12 +174,29 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "actuator": ("command",),
     "state": ("dir",),
     "clock": ("tolerance_s",),
+    "package": ("source", "dir", "poll_s", "ca_file", "timeout_s"),
+    "metrics": ("listen", "multiprocess_dir"),
+    # Checked again, with its values, by farecore.fleet.upload.courier_settings.
+    "upload": (
+        "to",
+        "state",
+        "spool",
+        "tz",
+        "head_interval_s",
+        "close_after_s",
+        "poll_s",
+        "since",
+        "chunk_bytes",
+        "timeout_s",
+        "ca",
+    ),
 }
 _MAX_GROUP_COMMIT_MS = 1000
 _MAX_WINDOW_S = 7 * 86_400
 _MAX_AGE_LIMIT_S = 10 * 365 * 86_400
 _MAX_CLOCK_TOLERANCE_S = 86_400
 _MAX_CONFIG_BYTES = 1 << 20
+_LISTEN = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5})")
 _MAX_CONFIG_DEPTH = 8  # a section, a key's list, and room to spare
 
 
@@ -236,8 +285,9 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     keyring_path = rel(_get(keyring, "keyring", "path", str))
     if keyring_path is None:
         raise ConfigError("keyring.path must name the keyring file")
+    package = _package(_table(doc, "package"), rel, state_dir)
     revocation = _table(doc, "revocation")
-    table, max_age, store = _revocation(revocation)
+    table, max_age, store = _revocation(revocation, packaged=bool(package))
     journal = _journal(_table(doc, "journal"), rel)
     passback = _table(doc, "passback")
     window = _get(passback, "passback", "window_s", int, 0)
@@ -261,7 +311,55 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         state_dir=state_dir,
         revocation_store=rel(store) or state_dir / "tables",
         clock_tolerance_s=tolerance,
+        **package,
+        **_metrics(_table(doc, "metrics"), rel),
+        upload=tuple(upload.items()) if (upload := _table(doc, "upload")) else None,
+        config_dir=base,
     )
+
+
+def _metrics(section: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
+    """The [metrics] section: where the gate serves its Prometheus metrics."""
+    listen = _get(section, "metrics", "listen", str, None)
+    mp_dir = _get(section, "metrics", "multiprocess_dir", str, None)
+    if mp_dir is not None and listen is None:
+        raise ConfigError("metrics.multiprocess_dir is set but metrics.listen is not")
+    if listen is not None:
+        m = _LISTEN.fullmatch(listen) if len(listen) <= 300 else None
+        if m is None or int(m["port"]) > 65535:
+            raise ConfigError(
+                f"metrics.listen must be HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), "
+                f"not {listen!r}"
+            )
+    return {"metrics_listen": listen, "metrics_multiprocess_dir": rel(mp_dir)}
+
+
+def _package(
+    section: dict[str, Any], rel: Callable[[str | None], Path | None], state_dir: Path
+) -> dict[str, Any]:
+    """The [package] section (empty: the gate follows no package)."""
+    if not section:
+        return {}
+    source = _get(section, "package", "source", str)
+    if not source.strip():
+        raise ConfigError("package.source must name a directory or an http(s) URL")
+    if "://" not in source:  # a directory, relative to the configuration like every path
+        source = str(rel(source))
+    elif not source.lower().startswith(("http://", "https://", "file://")):
+        raise ConfigError(f"package.source {source!r}: expected a directory or an http(s) URL")
+    poll = float(_get(section, "package", "poll_s", float, 30.0))
+    if not (math.isfinite(poll) and 1 <= poll <= 86_400):
+        raise ConfigError(f"package.poll_s must be 1..86400, not {poll}")
+    timeout = float(_get(section, "package", "timeout_s", float, 10.0))
+    if not (math.isfinite(timeout) and 0.1 <= timeout <= 600):
+        raise ConfigError(f"package.timeout_s must be 0.1..600, not {timeout}")
+    return {
+        "package_source": source,
+        "package_dir": rel(_get(section, "package", "dir", str, None)) or state_dir / "package",
+        "package_poll_s": poll,
+        "package_ca_file": rel(_get(section, "package", "ca_file", str, None)),
+        "package_timeout_s": timeout,
+    }
 
 
 def _terminal(term: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
@@ -284,18 +382,27 @@ def _terminal(term: dict[str, Any], rel: Callable[[str | None], Path | None]) ->
     }
 
 
-def _revocation(revocation: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+def _revocation(
+    revocation: dict[str, Any], *, packaged: bool = False
+) -> tuple[str | None, int | None, str | None]:
     """The [revocation] section's table, maximum age and store.
 
     A gate without a table accepts revoked cards, so that must be asked for
     (``enabled = false``). With a table, a maximum age is always in force: 48 h by
-    default (README explains why)."""
+    default (README explains why). A gate that follows a package gets its table there."""
     table = _get(revocation, "revocation", "table", str, None)
-    max_age = _get(revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if table else None)
+    has_table = bool(table) or packaged
+    max_age = _get(
+        revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if has_table else None
+    )
     enabled = revocation.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"revocation.enabled must be true or false, not {enabled!r}")
-    if enabled and not table:
+    if packaged and not enabled:
+        raise ConfigError("[package] is set, but revocation.enabled = false")
+    if packaged and not revocation.get("signer"):
+        raise ConfigError("[package] is set: revocation.signer must name the table signer's key")
+    if enabled and not has_table:
         raise ConfigError(
             "[revocation] names no table: such a gate accepts revoked cards. Set table and "
             "signer, or enabled = false to run without revocation on purpose"

@@ -2,7 +2,8 @@
 
 A gate that forgets, when it restarts, which revocation table it last held can be handed
 an older one: every card revoked since comes back to life. So the gate writes down, in
-one small file of its own, the generation (and exact copy) of the table in force, the
+one small file of its own, the generation (and exact copy) of the table in force (or, for
+a delta over a base table, the copies of both: ``"delta"`` in ``revocation``), the
 generation and digest of each issuer's issued list, and the latest time it has durably
 seen. At start it refuses anything older, or of the same generation with other contents,
 and a clock behind the time mark is a fault (``farecore.decide.clockguard``).
@@ -41,7 +42,9 @@ class GateMarks:
 
     path: Path
     terminal_id: int
-    revocation: tuple[int, str] | None = None  # generation, name of the verified copy
+    # (generation, name of the verified copy), or for a delta over a base table:
+    # (generation of the delta, name of the base copy, name of the delta copy).
+    revocation: tuple[int, str] | tuple[int, str, str] | None = None
     issued: dict[int, tuple[int, str]] = field(default_factory=dict)  # key id: gen, sha256
     time_ms: int = 0
 
@@ -78,14 +81,15 @@ class GateMarks:
             raise ValueError(f"not a {FORMAT} document")
         if set(doc) != {"format", "terminal_id", "revocation", "issued", "time_ms"}:
             raise ValueError("unexpected or missing keys")
-        revocation = None
+        revocation: tuple[int, str] | tuple[int, str, str] | None = None
         if doc["revocation"] is not None:
             rev = doc["revocation"]
-            if not isinstance(rev, dict) or set(rev) != {"generation", "copy"}:
-                raise ValueError("revocation must hold generation and copy")
-            if not isinstance(rev["copy"], str) or len(rev["copy"]) > 255:
-                raise ValueError("revocation.copy must be a file name")
-            revocation = (_uint(rev["generation"], "revocation.generation"), rev["copy"])
+            if not isinstance(rev, dict) or set(rev) - {"delta"} != {"generation", "copy"}:
+                raise ValueError("revocation must hold generation and copy (and maybe delta)")
+            generation = _uint(rev["generation"], "revocation.generation")
+            revocation = (generation, _file_name(rev["copy"], "revocation.copy"))
+            if "delta" in rev:
+                revocation = (*revocation, _file_name(rev["delta"], "revocation.delta"))
         if not isinstance(doc["issued"], dict):
             raise ValueError("issued must be an object")
         issued: dict[int, tuple[int, str]] = {}
@@ -117,9 +121,7 @@ class GateMarks:
         doc = {
             "format": FORMAT,
             "terminal_id": self.terminal_id,
-            "revocation": None
-            if self.revocation is None
-            else {"generation": self.revocation[0], "copy": self.revocation[1]},
+            "revocation": None if self.revocation is None else _revocation_doc(self.revocation),
             "issued": {str(k): {"generation": g, "sha256": d} for k, (g, d) in self.issued.items()},
             "time_ms": self.time_ms,
         }
@@ -131,6 +133,19 @@ class GateMarks:
             if time_ms > self.time_ms:
                 self.time_ms = time_ms
                 self.save()
+
+
+def _revocation_doc(mark: tuple[int, str] | tuple[int, str, str]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"generation": mark[0], "copy": mark[1]}
+    if len(mark) == 3:
+        doc["delta"] = mark[2]
+    return doc
+
+
+def _file_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or "/" in value or "\0" in value:
+        raise ValueError(f"{what} must be a file name")
+    return value
 
 
 def _uint(value: Any, what: str) -> int:

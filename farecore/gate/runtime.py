@@ -12,6 +12,9 @@ makes them durable in the same commit.
 Reader failures never stop the loop: a card failure is an UNREADABLE deny, a reader
 failure is retried with backoff. Only a journal that cannot write stops the gate,
 because a gate that cannot log a free ride must not give one.
+
+The gate's observer (``farecore.gate.observe``) hears of every tap served and of the
+reader going and coming back; by default nobody listens.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from farecore.decide.checks import NO_PASSBACK, PassbackCheck
 from farecore.decide.decision import Decision
 from farecore.decide.validator import Validator
 from farecore.errors import ReaderError
+from farecore.gate.observe import NO_OBSERVER, GateObserver
 from farecore.gate.reader_port import CardChannel, Reader
 from farecore.gate.tap import run_tap
 
@@ -170,6 +174,7 @@ class Gate:
         role: str = "",
         clock_ms: Callable[[], int] = _wall_clock_ms,
         nonce: Callable[[], bytes] = lambda: os.urandom(16),
+        observer: GateObserver = NO_OBSERVER,
     ) -> None:
         self.reader = reader
         self.validator = validator
@@ -185,6 +190,9 @@ class Gate:
         self._nonce = nonce
         self._stop = threading.Event()
         self.taps = 0
+        # Assignable after the gate is built (``farecore.fleet.metrics.watch_gate``).
+        self.observer = observer
+        self._reader_lost = False
 
     def process(self, channel: CardChannel) -> Decision:
         """One tap on a card already in the field: decide, journal, record, signal."""
@@ -213,6 +221,10 @@ class Gate:
             self.log.write(decision_json(decision, self.place, self.role) + "\n")
             self.log.flush()
         self.taps += 1
+        try:
+            self.observer.decided(decision)
+        except Exception as exc:  # watching the gate must never stop it
+            _log.warning("gate observer failed: %s", exc)
 
     def stop(self) -> None:
         """Ask the loop to finish after the current tap (safe from a signal handler)."""
@@ -230,11 +242,14 @@ class Gate:
             try:
                 channel = self.reader.wait_for_card(poll_s)
             except ReaderError as exc:
+                self._lost(exc)
                 self._note(f"reader unavailable: {exc}; retrying in {backoff:.2f} s")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            if self._reader_lost:
+                self._back()
             if channel is None:
                 continue
             self.process(channel)  # a JournalError stops the gate: see the docstring
@@ -249,8 +264,25 @@ class Gate:
                 if self.reader.wait_for_removal(poll_s):
                     return
             except ReaderError as exc:
+                self._lost(exc)
                 self._note(f"reader failed while waiting for the card to leave: {exc}")
                 return
+
+    def _lost(self, exc: ReaderError) -> None:
+        # Told once per outage: the loop retries many times before the reader is back.
+        if not self._reader_lost:
+            try:
+                self.observer.reader_lost(str(exc))
+            except Exception as err:  # watching the gate must never stop it
+                _log.warning("gate observer failed: %s", err)
+            self._reader_lost = True
+
+    def _back(self) -> None:
+        try:
+            self.observer.reader_back()
+        except Exception as err:
+            _log.warning("gate observer failed: %s", err)
+        self._reader_lost = False
 
     def _note(self, message: str) -> None:
         _log.warning("%s", message)

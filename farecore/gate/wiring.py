@@ -188,14 +188,15 @@ def _revocation(
     if cfg.revocation_table is None:
         return None
     from farecore.card.keys import load_public_key_file
-    from farecore.decide.revocation import HotRevocation, RevocationTable, TableStore
+    from farecore.decide.revocation import HotRevocation, RevocationInForce, TableStore
 
     signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
     store = TableStore(cfg.revocation_store)
 
-    def adopt(table: RevocationTable) -> None:
-        # Durable before the table goes in force: a restart can never fall back below it.
-        marks.revocation = (table.generation, table.path.name)
+    def adopt(table: RevocationInForce) -> None:
+        # Durable before the table (or base and delta) goes in force: a restart can never
+        # fall back below it.
+        marks.revocation = table.floor_mark()
         marks.save()
 
     hot = HotRevocation(

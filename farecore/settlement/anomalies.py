@@ -22,6 +22,10 @@ KINDS: dict[str, str] = {
     "chain_fork": "two different batches continue the same settled chain head; both held, not paid",
     "chain_conflict": "batch overlaps records already settled or admitted (rewritten or replayed history); not paid",
     "second_batch": "a terminal's second batch for a day already settled: the chain moves on, its rides are not paid",
+    # the gates' signed chain heads (--heads)
+    "head_rejected": "a published chain head is malformed, does not verify with the registered key, or names an unregistered terminal; not trusted",
+    "journal_rewritten": "a signed chain head has another hash at its seq than the chain handed in, or two heads sign one seq with two hashes; the terminal's batches tonight are held, not paid",
+    "journal_shortened": "a signed chain head shows more records by its time than the terminal's batches through that day hand in; the terminal's batches tonight are held, not paid",
     # one ride
     "bad_proof": "ride's credential or card signature does not verify; not paid",
     "context_mismatch": "ride's operator/line/place/direction differ from terminals.csv; not paid",

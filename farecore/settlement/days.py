@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation import RevocationInForce
 from farecore.journal.batch import day_bounds_ms
 from farecore.settlement.admission import Admission, Admitted
 from farecore.settlement.fares import FareTable
@@ -52,7 +52,7 @@ def merge_options(inputs: SettlementInputs, admitted: list[Partial]) -> MergeOpt
     )
 
 
-def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
+def _holder(table: RevocationInForce) -> Callable[[np.ndarray], np.ndarray]:
     def holds(cards: np.ndarray) -> np.ndarray:
         found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0
         return found

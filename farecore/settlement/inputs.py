@@ -3,8 +3,9 @@
 Every one is read with a bounded size and checked before anything is settled or
 written; a problem is one error naming the file (``farecore settle`` exits 2). The
 revocation CSV is read by the same strict reader as ``farecore revocation build``, so a
-file means the same at the gates' tables and at the settlement. Each input's SHA-256
-goes into the manifest.
+file means the same at the gates' tables and at the settlement. A revocation delta is
+verified against the base table given that it names, exactly as a gate does, and judges
+rides at its own generation. Each input's SHA-256 goes into the manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from pathlib import Path
 
 from farecore.boundedinput import read_limited
 from farecore.card.keys import Keyring, load_public_key_file
-from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation import (
+    RevocationDelta,
+    RevocationInForce,
+    RevocationTable,
+    RevocationView,
+)
 from farecore.decide.revocation.csvinput import read_revocation_csv
 from farecore.errors import MalformedFile, SettlementError
 from farecore.settlement.fares import FareTable, parse_fares
@@ -37,8 +43,8 @@ class SettlementInputs:
     fares: FareTable
     revoked_at: dict[int, int]
     settings: dict[str, str]  # input name -> SHA-256, for the manifest
-    # Verified revocation tables, by generation.
-    tables: tuple[RevocationTable, ...] = field(default=())
+    # Verified revocation tables, and views of deltas over them, by generation.
+    tables: tuple[RevocationInForce, ...] = field(default=())
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -59,6 +65,7 @@ def load_inputs(
     revocations: Path | None = None,
     revocation_tables: Sequence[Path] | Path | None = None,
     revocation_signer: Path | None = None,
+    revocation_deltas: Sequence[Path] = (),
 ) -> SettlementInputs:
     """Read and check every input but the batches; SettlementError or MalformedFile
     naming the file on any problem, before anything is settled or written."""
@@ -96,10 +103,12 @@ def load_inputs(
         settings["revocations_sha256"] = hashlib.sha256(raw_r).hexdigest()
     if isinstance(revocation_tables, Path):
         revocation_tables = [revocation_tables]
-    tables = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
+    bases = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
+    tables: list[RevocationInForce] = [*bases]
+    tables += [_open_delta(path, revocation_signer, bases, settings) for path in revocation_deltas]
     gens = [t.generation for t in tables]
     if len(set(gens)) != len(gens):
-        raise SettlementError("two revocation tables of the same generation were given")
+        raise SettlementError("two revocation tables (or deltas) of the same generation were given")
     tables.sort(key=lambda t: t.generation)
     return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
 
@@ -118,6 +127,35 @@ def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> Re
     # does not depend on the order the tables were given in.
     settings[f"revocation_table_generation_{table.generation}_body_sha256"] = table.body_sha256
     return table
+
+
+def _open_delta(
+    path: Path, signer: Path | None, bases: list[RevocationTable], settings: dict[str, str]
+) -> RevocationView:
+    """Verify a revocation delta, and against the base table given that it names."""
+    if signer is None:
+        raise SettlementError("--revocation-delta needs --revocation-signer (a .pub file)")
+    if not path.is_file():
+        raise SettlementError(f"revocation delta {path} is not a file")
+    delta = RevocationDelta.open(path, load_public_key_file(signer, role="revocation"))
+    base = next(
+        (
+            t
+            for t in bases
+            if hashlib.sha256(t.header_bytes()).digest() == delta.header.base_header_sha256
+        ),
+        None,
+    )
+    if base is None:
+        raise SettlementError(
+            f"revocation delta {path} is over a base of generation {delta.base_generation} "
+            "that no --revocation-table given is"
+        )
+    view = RevocationView.over(base, delta, path)
+    settings[f"revocation_delta_generation_{view.generation}_body_sha256"] = (
+        delta.header.body_sha256.hex()
+    )
+    return view
 
 
 def find_batches(directory: Path) -> list[str]:

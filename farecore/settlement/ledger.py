@@ -211,6 +211,26 @@ class Ledger(Closing):
         )
         return bool(rows)
 
+    def hashes_at(self, night: int, terminal_id: int, seq: int) -> set[bytes]:
+        """The hash the settled chain has right after record ``seq``, where a batch
+        settled before ``night`` ends there or starts after it (empty elsewhere: the
+        ledger keeps batch boundaries, not every record's hash)."""
+        tid = signed_int(terminal_id)
+        rows = self._query(
+            "SELECT tail_hash FROM batches WHERE terminal_id=? AND last_seq=? AND night<? "
+            "UNION SELECT prev_hash FROM batches WHERE terminal_id=? AND first_seq - 1=? AND night<?",
+            (tid, seq, night, tid, seq, night),
+        )
+        return {as_bytes(r[0]) for r in rows}
+
+    def last_day(self, night: int, terminal_id: int) -> str | None:
+        """The latest day of a batch of ``terminal_id`` settled before ``night``."""
+        rows = self._query(
+            "SELECT MAX(day) FROM batches WHERE terminal_id=? AND night<?",
+            (signed_int(terminal_id), night),
+        )
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
     def has_day(self, night: int, terminal_id: int, day: str) -> bool:
         """Whether a batch of ``terminal_id`` for ``day`` was settled before ``night``."""
         tid = signed_int(terminal_id)

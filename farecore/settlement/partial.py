@@ -8,7 +8,8 @@ process or Dask worker and back unchanged.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +46,9 @@ class UnitConfig:
     clock_tolerance_ms: int = 300_000
     max_batch_bytes: int = MAX_BATCH_BYTES
     utc_offset_min: int = 480
+    # Seqs at which signed chain heads (--heads) claim a hash, by terminal: each unit
+    # hands back its batch's hash at those seqs, not every record's.
+    head_seqs: Mapping[int, frozenset[int]] = field(default_factory=dict, hash=False)
 
     def terminal(self, terminal_id: int | None) -> TerminalInfo | None:
         # A register has thousands of terminals and a night thousands of batches.
@@ -122,3 +126,6 @@ class Partial:
     # Rejected for what the settlement's own inputs say (an unregistered terminal, a key
     # that does not verify): looked at again on later nights, once the register is fixed.
     retry: bool = False
+    # (seq, the chain hash after it) at the seqs of ``UnitConfig.head_seqs`` this batch
+    # covers (its first seq - 1 to its last), in seq order
+    head_hashes: tuple[tuple[int, bytes], ...] = ()

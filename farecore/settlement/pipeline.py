@@ -22,15 +22,25 @@ import datetime as dt
 import gc
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from functools import partial as bind
 from pathlib import Path
 
 import numpy as np
 
 from farecore.errors import LedgerDamaged, SettlementError
+from farecore.journal.batch import day_bounds_ms
 from farecore.settlement.admission import Admission, Settled, admit
 from farecore.settlement.anomalies import REVIEW_KINDS, Anomaly
 from farecore.settlement.days import merge_options, settle_days
+from farecore.settlement.heads import (
+    ChainKnown,
+    NightHeads,
+    batch_days,
+    check_heads,
+    heads_directory,
+    read_heads,
+)
 from farecore.settlement.inputs import BATCH_SUFFIX, SettlementInputs, find_batches, load_inputs
 from farecore.settlement.ledger import HeldRide, Ledger, NightRecord, SettledBatch
 from farecore.settlement.merge import DayResult, MergeOptions, Settlement
@@ -77,11 +87,13 @@ def run_settlement(
     options: MergeOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
     ledger: Ledger | None = None,
+    heads: Path | None = None,
 ) -> Settlement:
     """Settle ``inputs.day`` from ``paths`` against ``ledger`` (an empty one if None).
 
     With ``out_dir``, write the outputs, then append the night to the ledger; without
-    it, nothing is written or recorded (a dry run)."""
+    it, nothing is written or recorded (a dry run). ``heads`` (a collection point or
+    its heads directory) adds the gates' signed chain heads to the checks."""
     if jobs < 1:
         raise SettlementError("--jobs must be at least 1")
     own = ledger is None
@@ -97,7 +109,7 @@ def run_settlement(
     mapper = map_units or (map_in_process if jobs == 1 else map_with_processes(jobs))
     try:
         with _without_cycle_collector():
-            return _night(inputs, paths, cfg, mapper, out_dir, options, progress, book)
+            return _night(inputs, paths, cfg, mapper, out_dir, options, progress, book, heads)
     except LedgerDamaged as exc:
         raise book.damaged(exc) from None
     finally:
@@ -134,6 +146,7 @@ def _night(
     options: MergeOptions | None,
     progress: Callable[[int, int], None] | None,
     ledger: Ledger,
+    heads: Path | None = None,
 ) -> Settlement:
     day = inputs.day
     rerun = ledger.night_of(day)
@@ -141,21 +154,32 @@ def _night(
     if out_dir is not None:
         prepare_out(out_dir)
     taken = survey(paths, day, ledger, night, rerun)
-    digest = inputs_digest(list(taken.keys.values()), inputs.settings)
+    settings = inputs.settings
+    night_heads = None
+    if heads is not None:
+        night_heads = _read_heads(heads, inputs, taken)
+        settings = {**settings, "heads_sha256": night_heads.digest}
+        cfg = replace(cfg, head_seqs=night_heads.seqs())
+    digest = inputs_digest(list(taken.keys.values()), settings)
     if rerun is not None and rerun.inputs_sha256 != digest:
         raise SettlementError(
-            f"night {day} was settled with other inputs (register, keyring, fares or "
-            "revocation files differ); a settled night is final"
+            f"night {day} was settled with other inputs (register, keyring, fares, "
+            "revocation files or chain heads differ); a settled night is final"
         )
     partials = _gather(mapper, taken, cfg, progress)
     gc.disable()
     admission = _admit(partials, ledger, night)
+    if night_heads is not None:
+        admission = _check_heads(night_heads, admission, ledger, night, inputs)
     opts = options or merge_options(inputs, [a.partial for a in admission.admitted])
     corrections, main = settle_days(inputs, admission, ledger, night, opts)
     result = _assemble(inputs, taken, admission, main, corrections, night, rerun is not None)
+    if night_heads is not None:
+        result.stats["heads_used"] = night_heads.used
+        result.stats["heads_rejected"] = len(night_heads.anomalies)
     if out_dir is None:
         return result
-    blobs = render_outputs(result, inputs.settings)
+    blobs = render_outputs(result, settings)
     digests = digests_of(blobs)
     if rerun is not None:
         _check_rerun(day, digests, rerun)
@@ -224,6 +248,36 @@ def _admit(partials: list[Partial], ledger: Ledger, night: int) -> Admission:
             lambda tid, day_text: ledger.has_day(night, tid, day_text),
             first_night=night == 1,
         ),
+    )
+
+
+def _read_heads(directory: Path, inputs: SettlementInputs, taken: Survey) -> NightHeads:
+    """The heads of the settled day and of the days of the night's batch files."""
+    fares = inputs.fares
+    days = {inputs.day} | {d for d in batch_days(taken.paths) if d <= inputs.day}
+    return read_heads(
+        heads_directory(directory),
+        inputs.terminals,
+        days,
+        until_ms=day_bounds_ms(inputs.day, fares.utc_offset_min)[1],
+        utc_offset_min=fares.utc_offset_min,
+        tolerance_ms=fares.clock_tolerance_s * 1000,
+    )
+
+
+def _check_heads(
+    heads: NightHeads, admission: Admission, ledger: Ledger, night: int, inputs: SettlementInputs
+) -> Admission:
+    return check_heads(
+        heads,
+        admission,
+        ChainKnown(
+            ledger.heads(night),
+            lambda tid, seq: ledger.hashes_at(night, tid, seq),
+            lambda tid: ledger.last_day(night, tid),
+        ),
+        utc_offset_min=inputs.fares.utc_offset_min,
+        tolerance_ms=inputs.fares.clock_tolerance_s * 1000,
     )
 
 

@@ -157,6 +157,20 @@ def settle_bytes(data: bytes, cfg: UnitConfig, file: str = "") -> Partial:
         anomalies=tuple(anomalies),
         file=file,
         max_time_ms=latest,
+        head_hashes=_head_hashes(batch, cfg.head_seqs.get(batch.terminal_id)),
+    )
+
+
+def _head_hashes(batch: BatchRows, seqs: frozenset[int] | None) -> tuple[tuple[int, bytes], ...]:
+    """The chain hash after each of ``seqs`` that this batch covers (its prev hash at
+    the seq before its first): what the terminal's signed heads are checked against."""
+    if not seqs:
+        return ()
+    first, last, rows = batch.first_seq, batch.last_seq, batch.rows
+    return tuple(
+        (s, batch.prev_hash if s == first - 1 else rows[s - first].hash)
+        for s in sorted(seqs)
+        if first - 1 <= s <= last
     )
 
 
