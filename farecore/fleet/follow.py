@@ -52,6 +52,7 @@ from farecore.fleet.package import (
     PackageFile,
     PackageRefused,
     SignedPackage,
+    file_sha256,
     parse_package,
     verify_package,
 )
@@ -261,16 +262,6 @@ def open_source(spec: str, *, ca_file: Path | None = None, timeout_s: float = 10
     return DirectorySource(Path(spec))
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 class PackageCache:
     """The gate's own copies of package files (``files/<sha256>``, read-only) and the
     packages it has put in force (``adopted-<owner>/<version>.json``). Like the table
@@ -305,7 +296,7 @@ class PackageCache:
         identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         if self._checked.get(entry.sha256) == identity:
             return True
-        if _sha256(p) != (entry.sha256, entry.size):
+        if file_sha256(p) != (entry.sha256, entry.size):
             return False
         self._checked[entry.sha256] = identity
         return True
@@ -320,7 +311,7 @@ class PackageCache:
         tmp = self.files / f".{entry.sha256}.{os.getpid()}-{threading.get_ident()}.part"
         try:
             source.fetch(entry, tmp)
-            got = _sha256(tmp)
+            got = file_sha256(tmp)
             if got != (entry.sha256, entry.size):
                 # The publisher signed the hash: other bytes are the server's (or the
                 # network's) fault, so the package is fetched again, not refused.

@@ -30,6 +30,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from farecore.boundedinput import check_json_nesting
@@ -48,6 +49,7 @@ __all__ = [
     "PackageFile",
     "PackageRefused",
     "SignedPackage",
+    "file_sha256",
     "parse_package",
     "sign_package",
     "verify_package",
@@ -75,6 +77,17 @@ ROLES: dict[str, tuple[int, int]] = {
     "register": (0, 1),
 }
 _WITH_GENERATION = ("revocation_base", "revocation_delta", "issued")
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The SHA-256 (hex) and size of the file at ``path``, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 class PackageRefused(MalformedFile):

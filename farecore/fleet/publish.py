@@ -15,7 +15,6 @@ as ``history/<version>.json``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from farecore.fleet.package import (
     PackageFile,
     PackageRefused,
     SignedPackage,
+    file_sha256,
     parse_package,
     sign_package,
     verify_package,
@@ -41,7 +41,6 @@ from farecore.fleet.package import (
 __all__ = ["PublishInputs", "publish", "published"]
 
 _log = logging.getLogger(__name__)
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +68,8 @@ def published(directory: Path) -> SignedPackage | None:
     return parse_package(data, str(path))
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 def _entry(role: str, path: Path, generation: int | None) -> PackageFile:
-    sha, size = _sha256_of(path)
+    sha, size = file_sha256(path)
     return PackageFile(role, path.name, sha, size, generation)
 
 
@@ -278,11 +267,11 @@ def _write(
         d.mkdir(parents=True, exist_ok=True)
     for entry, source in zip(manifest.files, sources, strict=True):
         target = files_dir / entry.sha256
-        if target.exists() and _sha256_of(target) == (entry.sha256, entry.size):
+        if target.exists() and file_sha256(target) == (entry.sha256, entry.size):
             continue
         tmp = files_dir / f".{entry.sha256}.tmp"
         shutil.copyfile(source, tmp)
-        if _sha256_of(tmp) != (entry.sha256, entry.size):
+        if file_sha256(tmp) != (entry.sha256, entry.size):
             tmp.unlink()
             raise ConfigError(f"{source} changed while it was being published; publish again")
         with open(tmp, "rb") as f:
