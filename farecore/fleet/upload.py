@@ -350,10 +350,13 @@ class Courier(Closing):
         if self._thread is not None:
             self._thread.join(self.settings.timeout_s * 2 + 5)
             self._thread = None
-            try:
-                self.send_head()
-            except Exception as exc:  # stopping must not fail on the network
-                _log.warning("last chain head not sent: %s", exc)
+            # Only to a point that answered the last pass: a gate stopping while the
+            # network is down does not wait a timeout for it.
+            if self.last_error is None:
+                try:
+                    self.send_head()
+                except Exception as exc:  # stopping must not fail on the network
+                    _log.warning("last chain head not sent: %s", exc)
         self.point.close()
 
     def _run(self) -> None:
