@@ -22,7 +22,7 @@ from farecore.journal.records import ROLE_DIRECTION
 if TYPE_CHECKING:
     from farecore.fleet.follow import PackageFollower
     from farecore.fleet.metrics import FleetMetrics
-    from farecore.fleet.upload import Courier
+    from farecore.fleet.upload import Courier, CourierSettings
 
 __all__ = ["open_gate", "register"]
 
@@ -99,10 +99,12 @@ def open_gate(
     *,
     quiet: bool = False,
     metrics: FleetMetrics | None = None,
+    upload: CourierSettings | None = None,
 ) -> Gate:
     """Build the gate of ``cfg`` on the reader at ``reader_url`` (``farecore.gate.wiring``),
-    after checking its key against the register, with its package follower and metrics
-    when configured; register their cleanup on ``stack``."""
+    after checking its key against the register, with its package follower, metrics and
+    courier (``upload``: its checked ``[upload]`` settings) when configured; register
+    their cleanup on ``stack``."""
     public = check_terminal_key(cfg)
     if cfg.register is not None and public is not None:
         _check_registered(cfg, public)
@@ -132,11 +134,10 @@ def open_gate(
             from farecore.fleet.metrics import watch_follower
 
             watch_follower(metrics, cfg.terminal_id, follower)
-    if cfg.upload is not None:
-        courier = _courier(cfg, wired, follower)
-        stack.callback(
-            courier.close
-        )  # runs before wired.close: its last pass reads a whole journal
+    if upload is not None:
+        courier = _courier(cfg, upload, wired, follower)
+        # Runs before wired.close: its last head reads a whole journal.
+        stack.callback(courier.close)
         if metrics is not None:
             from farecore.fleet.metrics import watch_courier
 
@@ -145,17 +146,18 @@ def open_gate(
     return wired.gate
 
 
-def _courier(cfg: GateConfig, wired: WiredGate, follower: PackageFollower | None) -> Courier:
+def _courier(
+    cfg: GateConfig,
+    settings: CourierSettings,
+    wired: WiredGate,
+    follower: PackageFollower | None,
+) -> Courier:
     """The courier that hands this gate's closed days and chain heads in (``[upload]``)."""
     from farecore.card.keys import load_private_key
-    from farecore.fleet.upload import Courier, courier_settings
+    from farecore.fleet.upload import Courier
 
-    assert cfg.upload is not None
     if cfg.terminal_key is None or cfg.journal is None:
         raise ConfigError("[upload] needs terminal.key and journal.path: it signs the journal")
-    settings = courier_settings(
-        dict(cfg.upload), base=cfg.config_dir, state_dir=cfg.state_dir, terminal_id=cfg.terminal_id
-    )
     hot = wired.revocation
     return Courier(
         settings,
@@ -175,11 +177,12 @@ GATE_SWITCH_INTERVAL_S = 0.0005
 def _run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GATE_SWITCH_INTERVAL_S)
     cfg = load_gate_config(args.config)
+    upload = None
     if cfg.upload is not None:  # its values, checked before anything starts
         from farecore.fleet.upload import courier_settings
 
         try:
-            courier_settings(
+            upload = courier_settings(
                 dict(cfg.upload),
                 base=cfg.config_dir,
                 state_dir=cfg.state_dir,
@@ -190,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # Before the gate: a bad address stops it before it serves anyone.
         metrics = _start_metrics(cfg, stack)
-        gate = open_gate(cfg, args.reader, stack, quiet=args.quiet, metrics=metrics)
+        gate = open_gate(cfg, args.reader, stack, quiet=args.quiet, metrics=metrics, upload=upload)
 
         def stop(signum: int, frame: object) -> None:
             gate.stop()

@@ -8,27 +8,12 @@ from typing import Any
 from farecore.atomicfile import write_atomic
 from farecore.card.keys import load_private_key, load_public_key_file
 from farecore.commands._args import path, uint
-from farecore.errors import ConfigError, JournalError
+from farecore.errors import JournalError
 from farecore.journal.batch import export_batch, parse_day, verify_batch
+from farecore.journal.batch_header import parse_utc_offset
 from farecore.journal.terminal import JournalReader
 
 __all__ = ["parse_utc_offset", "register"]
-
-
-def parse_utc_offset(text: str) -> int:
-    """``+08:00`` / ``-05:30`` / ``Z`` to minutes east of UTC."""
-    t = text.strip()
-    if t in ("Z", "UTC", "+00:00"):
-        return 0
-    try:
-        sign = {"+": 1, "-": -1}[t[0]]
-        hours, minutes = t[1:].split(":")
-        value = sign * (int(hours) * 60 + int(minutes))
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(f"time zone {text!r} must look like +08:00") from None
-    if not -14 * 60 <= value <= 14 * 60:
-        raise ConfigError(f"time zone {text!r} is out of range")
-    return value
 
 
 def register(sub: Any) -> None:

@@ -58,25 +58,31 @@ def _add_build(rev_sub: Any) -> None:
     build.add_argument(
         "--key", required=True, type=path, help="revocation signer private key (PREFIX.key)"
     )
-    build.add_argument(
-        "--generation",
-        required=True,
-        type=uint(64, "generation"),
-        help="generation number; must be above the one in force at the gates",
+    _signed_output(
+        build,
+        "generation number; must be above the one in force at the gates",
+        "output table file (.frt)",
     )
-    build.add_argument("--out", required=True, type=path, help="output table file (.frt)")
-    build.add_argument(
+    build.set_defaults(func=_build)
+
+
+def _signed_output(parser: Any, generation_help: str, out_help: str) -> None:
+    """The options every signed revocation file's builder takes."""
+    parser.add_argument(
+        "--generation", required=True, type=uint(64, "generation"), help=generation_help
+    )
+    parser.add_argument("--out", required=True, type=path, help=out_help)
+    parser.add_argument(
         "--created-at",
         type=uint(63, "created-at"),
         default=None,
         help="build time in UTC Unix seconds (default: now); gates measure staleness from it",
     )
-    build.add_argument(
+    parser.add_argument(
         "--replace",
         action="store_true",
         help="overwrite OUT even when it holds this generation or a later one",
     )
-    build.set_defaults(func=_build)
 
 
 def _add_delta(rev_sub: Any) -> None:
@@ -108,23 +114,10 @@ def _add_delta(rev_sub: Any) -> None:
         type=path,
         help="revocation signer private key (PREFIX.key), the base's signer",
     )
-    delta.add_argument(
-        "--generation",
-        required=True,
-        type=uint(64, "generation"),
-        help="the delta's generation; above the base's and the one in force at the gates",
-    )
-    delta.add_argument("--out", required=True, type=path, help="output delta file (.frd)")
-    delta.add_argument(
-        "--created-at",
-        type=uint(63, "created-at"),
-        default=None,
-        help="build time in UTC Unix seconds (default: now); gates measure staleness from it",
-    )
-    delta.add_argument(
-        "--replace",
-        action="store_true",
-        help="overwrite OUT even when it holds this generation or a later one",
+    _signed_output(
+        delta,
+        "the delta's generation; above the base's and the one in force at the gates",
+        "output delta file (.frd)",
     )
     delta.set_defaults(func=_delta)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farecore.errors import BadSignature, ConfigError, MalformedFile
+from farecore.journal.batch_header import service_day
 from farecore.journal.heads import MAX_HEAD_BYTES, ChainHead, parse_head, verify_head
 from farecore.settlement.terminals import TerminalInfo
 
@@ -120,11 +121,6 @@ def utc_text(ms: int) -> str:
     except OverflowError:
         return f"{ms} ms"
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def service_day(ms: int, utc_offset_min: int) -> dt.date:
-    """The local calendar day (the service day) that ``ms`` falls in."""
-    return dt.date(1970, 1, 1) + dt.timedelta(days=(ms + utc_offset_min * 60_000) // _DAY_MS)
 
 
 def _entries(directory: Path) -> Iterator[os.DirEntry[str]]:

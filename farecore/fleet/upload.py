@@ -59,6 +59,7 @@ from farecore.fleet.collect import HEADER_BYTES, Conflict, claimed_ack
 from farecore.fleet.collect_protocol import MAX_BATCH_BYTES, Ack, BatchName, UploadRefused
 from farecore.fleet.upload_dest import DirectoryPoint, HttpPoint, open_point
 from farecore.fleet.upload_state import CourierState
+from farecore.gate.config import SCHEMA
 from farecore.journal.batch import (
     QINGDAO_UTC_OFFSET_MIN,
     BatchRows,
@@ -68,6 +69,7 @@ from farecore.journal.batch import (
     parse_day,
     verify_batch_rows,
 )
+from farecore.journal.batch_header import parse_utc_offset, service_day
 from farecore.journal.heads import ChainHead, journal_head, sign_head
 from farecore.journal.reader import JournalReader
 from farecore.strictkeys import check_keys
@@ -97,12 +99,6 @@ def _nothing() -> int | None:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, FarecoreError) else f"{type(exc).__name__}: {exc}"
-
-
-def service_day(time_ms: int, utc_offset_min: int) -> dt.date:
-    """The service day (local calendar day at ``utc_offset_min``) of a time."""
-    tz = dt.timezone(dt.timedelta(minutes=utc_offset_min))
-    return dt.datetime.fromtimestamp(time_ms / 1000, tz).date()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,19 +136,7 @@ class CourierSettings:
             raise ConfigError("upload.to names no collection point")
 
 
-UPLOAD_KEYS = (
-    "to",
-    "state",
-    "spool",
-    "tz",
-    "head_interval_s",
-    "close_after_s",
-    "poll_s",
-    "since",
-    "chunk_bytes",
-    "timeout_s",
-    "ca",
-)
+UPLOAD_KEYS = SCHEMA["upload"]  # the keys gate.toml may hold in [upload]
 
 
 def courier_settings(
@@ -187,10 +171,13 @@ def courier_settings(
     state = text("state")
     spool = text("spool")
     try:
-        offset = _utc_offset(tz)
+        offset = parse_utc_offset(tz)
+    except ConfigError as exc:
+        raise ConfigError(f"upload.tz: {exc}") from None
+    try:
         since_day = None if since is None else parse_day(since)
     except MalformedInput as exc:
-        raise ConfigError(f"upload: {exc}") from None
+        raise ConfigError(f"upload.since: {exc}") from None
     return CourierSettings(
         destination=destination,
         state=base / state if state else state_dir / f"upload-{terminal_id}.json",
@@ -204,19 +191,6 @@ def courier_settings(
         timeout_s=float(number("timeout_s", 30.0)),
         ca=None if ca is None else base / ca,
     )
-
-
-def _utc_offset(text: str) -> int:
-    """``+08:00`` to minutes (the spelling ``journal export --tz`` takes)."""
-    if text in ("Z", "UTC"):
-        return 0
-    if len(text) != 6 or text[0] not in "+-" or text[3] != ":":
-        raise ConfigError(f"upload.tz {text!r} must look like +08:00")
-    hours, minutes = text[1:3], text[4:6]
-    if not (hours.isdigit() and minutes.isdigit()) or int(minutes) > 59:
-        raise ConfigError(f"upload.tz {text!r} must look like +08:00")
-    value = int(hours) * 60 + int(minutes)
-    return value if text[0] == "+" else -value
 
 
 @dataclass(frozen=True, slots=True)

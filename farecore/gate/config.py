@@ -176,7 +176,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "clock": ("tolerance_s",),
     "package": ("source", "dir", "poll_s", "ca_file", "timeout_s"),
     "metrics": ("listen", "multiprocess_dir"),
-    # Checked again, with its values, by farecore.fleet.upload.courier_settings.
+    # Its values are checked when the gate starts (farecore.fleet.upload.courier_settings).
     "upload": (
         "to",
         "state",

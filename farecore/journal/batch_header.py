@@ -13,7 +13,9 @@ import json
 import struct
 
 from farecore.boundedinput import check_json_nesting
-from farecore.errors import BatchRejected, MalformedFile
+from farecore.errors import BatchRejected, ConfigError, MalformedFile
+
+_DAY_MS = 86_400_000
 
 __all__ = [
     "BATCH_FORMAT",
@@ -25,8 +27,10 @@ __all__ = [
     "header_bytes",
     "load_header",
     "parse_day",
+    "parse_utc_offset",
     "peek_header",
     "peek_terminal_id",
+    "service_day",
 ]
 
 BATCH_MAGIC = b"FCBATCH1"
@@ -46,6 +50,29 @@ def parse_day(text: str) -> dt.date:
     if not dt.date(1970, 1, 2) <= day < dt.date.max:
         raise MalformedFile(f"day {text!r} is out of range (1970-01-02 to 9999-12-30)")
     return day
+
+
+def parse_utc_offset(text: str) -> int:
+    """``+08:00`` / ``-05:30`` / ``Z`` to minutes east of UTC (ConfigError otherwise)."""
+    t = text.strip()
+    if t in ("Z", "UTC", "+00:00"):
+        return 0
+    try:
+        sign = {"+": 1, "-": -1}[t[0]]
+        hours, minutes = t[1:].split(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(minutes) < 60):
+            raise ValueError
+        value = sign * (int(hours) * 60 + int(minutes))
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"time zone {text!r} must look like +08:00") from None
+    if not -14 * 60 <= value <= 14 * 60:
+        raise ConfigError(f"time zone {text!r} is out of range")
+    return value
+
+
+def service_day(time_ms: int, utc_offset_min: int) -> dt.date:
+    """The local calendar day (the service day) that ``time_ms`` falls in."""
+    return dt.date(1970, 1, 1) + dt.timedelta(days=(time_ms + utc_offset_min * 60_000) // _DAY_MS)
 
 
 def day_bounds_ms(day: dt.date, utc_offset_min: int) -> tuple[int, int]:

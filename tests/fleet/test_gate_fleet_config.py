@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from farecore.errors import ConfigError
-from farecore.fleet.upload import UPLOAD_KEYS
-from farecore.gate.config import SCHEMA, load_gate_config
+from farecore.gate.config import load_gate_config
 
 BASE = (
     '[terminal]\nid = 77\noperator = "qd"\nline = "1"\nplace = "p"\nrole = "bus"\n'
@@ -23,10 +22,6 @@ def _load(tmp_path: Path, text: str) -> object:
     cfg = tmp_path / "gate.toml"
     cfg.write_text(BASE + text)
     return load_gate_config(cfg)
-
-
-def test_the_upload_keys_are_the_couriers() -> None:
-    assert SCHEMA["upload"] == UPLOAD_KEYS
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,25 @@ def test_the_golden_package_bytes() -> None:
         "1c6b84c07fc075cbe1802a61f06f5dcb48f015d186d12f9623bcf879a9255282"
     )
     assert json.loads(GOOD)["signed"].startswith('{"created_at":1796000000,"files":[')
+
+
+@pytest.mark.parametrize(
+    ("publishers", "says"),
+    [
+        ('"501"', "publishers must be a list"),
+        ("[1]", "publishing key entry 0"),
+        ('[{"key_id": 501}]', "publishing key entry 0: 'algorithm' is missing"),
+        ('[{"key_id": 501, "algorithm": "Ed25519", "public_key": "00", "colour": 1}]', "colour"),
+    ],
+)
+def test_a_keyring_with_bad_publishing_keys_is_named(publishers: str, says: str) -> None:
+    from farecore.errors import MalformedFile
+
+    data = f'{{"format": "farecore-keyring/1", "keys": [], "publishers": {publishers}}}'
+    with pytest.raises(MalformedFile, match=says):
+        Keyring.from_bytes(data.encode(), "k.json")
+
+
+def test_a_keyring_round_trips_its_publishers_and_keeps_old_bytes() -> None:
+    assert b"publishers" not in Keyring().to_bytes()
+    assert Keyring.from_bytes(RING.to_bytes()).publishers == RING.publishers
