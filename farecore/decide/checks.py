@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from farecore.decide.decision import Reason
+
 __all__ = [
     "NO_PASSBACK",
     "InMemoryRevocation",
@@ -88,11 +90,15 @@ class InMemoryRevocation:
 
 
 class PassbackCheck(Protocol):
-    """Anti-passback state of one gate.
+    """Anti-passback state of one gate, or a venue gate's one-entry-a-day state.
 
     ``refuses`` only reads; ``record`` is called by the gate once the ride is durably
-    journaled, so a tap the gate did not open for never locks a card out.
+    journaled, so a tap the gate did not open for never locks a card out. ``reason`` is
+    the deny a refusal gives: PASSBACK, or ALREADY_ENTERED at a venue (CARD-SPEC §7).
     """
+
+    @property
+    def reason(self) -> Reason: ...
 
     def refuses(self, card_id: int, now_ms: int) -> bool: ...
 
@@ -103,6 +109,10 @@ class NoPassback:
     """A gate with no passback rule (for example a metro exit)."""
 
     __slots__ = ()
+
+    @property
+    def reason(self) -> Reason:
+        return Reason.PASSBACK
 
     def refuses(self, card_id: int, now_ms: int) -> bool:
         return False

@@ -259,6 +259,7 @@ class Validator:
             verify_card_signature(key, f.card_id, counter, challenge, signature)  # type: ignore[arg-type]
         except BadSignature as exc:
             return (Reason.CARD_AUTH_FAILED, str(exc), flags, generation)
-        if self.passback.refuses(f.card_id, now_ms):
-            return (Reason.PASSBACK, "", flags, generation)
+        passback = self.passback
+        if passback.refuses(f.card_id, now_ms):
+            return (passback.reason, "", flags, generation)
         return (None, "", flags, generation)

@@ -10,9 +10,9 @@ Example::
     id = 1001
     key = "keys/terminal-1001.key"
     operator = "qingdao-metro"
-    line = "M3"
-    place = "wusi-square"        # station, stop or vehicle id
-    role = "metro_entry"         # bus | metro_entry | metro_exit
+    line = "M3"                  # for a venue gate: the site (park, scenic spot, museum)
+    place = "wusi-square"        # station, stop or vehicle id; a venue's entrance
+    role = "metro_entry"         # bus | metro_entry | metro_exit | venue
     register = "terminals.csv"   # optional: the key and context must be the registered ones
 
     [policy]
@@ -37,6 +37,10 @@ Example::
     [passback]
     window_s = 600               # 0 disables the rule
     store = "station.sqlite"     # shared by the gates of one station
+
+    [venue]                      # role = "venue" only, in place of [passback]
+    store = "zhongshan-park.sqlite"   # one entry per card per site per service day; shared
+    utc_offset = "+08:00"        # by the site's entrances. The service day's time zone
 
     [actuator]
     command = []                 # e.g. ["gpioset", "gpiochip0", "17=1"] run on ACCEPT
@@ -66,6 +70,9 @@ With ``[package]``, the package supplies the keyring, the issued lists and the r
 table (and delta); ``[keyring] path`` is the keyring trusted before the first package,
 ``[revocation] table`` an optional table to start on, and ``[revocation] signer`` stays
 the only key a table is trusted under.
+
+A venue gate (``role = "venue"``) refuses a card's second entry to its site (``line``)
+on one service day with ALREADY_ENTERED (CARD-SPEC §7); it has no ``[passback]``.
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ from farecore.boundedinput import load_toml, read_limited
 from farecore.decide.clockguard import DEFAULT_TOLERANCE_S
 from farecore.decide.validator import ALL_CATEGORIES, TerminalPolicy
 from farecore.errors import ConfigError
+from farecore.journal.batch_header import QINGDAO_UTC_OFFSET_MIN, parse_utc_offset
 from farecore.journal.records import ROLE_DIRECTION
 from farecore.strictkeys import check_keys
 
@@ -133,6 +141,9 @@ class GateConfig:
     # values when the gate starts) and the directory its paths are relative to.
     upload: tuple[tuple[str, Any], ...] | None = None
     config_dir: Path = Path(".")
+    # A venue gate's one-entry-a-day state and the service day's time zone.
+    venue_store: Path | None = None
+    venue_utc_offset_min: int = QINGDAO_UTC_OFFSET_MIN
 
     @property
     def marks(self) -> Path:
@@ -148,6 +159,18 @@ class GateConfig:
             raise ConfigError("passback.window_s must be 0 (off) or positive")
         if self.group_commit_ms < 0:
             raise ConfigError("journal.group_commit_ms must be 0 (off) or positive")
+        if self.role == "venue":
+            if self.passback_window_s or self.passback_store is not None:
+                raise ConfigError(
+                    "a venue gate admits a card once per site per service day: configure "
+                    "[venue] store, not [passback]"
+                )
+            if self.venue_store is None:
+                raise ConfigError(
+                    "role = venue needs [venue] store (the site's one-entry-a-day state)"
+                )
+        elif self.venue_store is not None:
+            raise ConfigError(f"[venue] is set, but terminal.role is {self.role!r}, not venue")
 
     def policy(self) -> TerminalPolicy:
         try:
@@ -171,6 +194,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "revocation": ("enabled", "table", "signer", "max_age_s", "stale_policy", "store"),
     "journal": ("path", "group_commit_ms"),
     "passback": ("window_s", "store"),
+    "venue": ("store", "utc_offset"),
     "actuator": ("command",),
     "state": ("dir",),
     "clock": ("tolerance_s",),
@@ -313,9 +337,25 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         clock_tolerance_s=tolerance,
         **package,
         **_metrics(_table(doc, "metrics"), rel),
+        **_venue(_table(doc, "venue"), rel),
         upload=tuple(upload.items()) if (upload := _table(doc, "upload")) else None,
         config_dir=base,
     )
+
+
+def _venue(section: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
+    """The [venue] section: where a venue gate keeps who entered today, and the day's zone."""
+    if not section:
+        return {}
+    store = _get(section, "venue", "store", str)
+    if not store:
+        raise ConfigError("venue.store must name the site's state file")
+    offset = _get(section, "venue", "utc_offset", str, "+08:00")
+    try:
+        minutes = parse_utc_offset(offset)
+    except ConfigError as exc:
+        raise ConfigError(f"venue.utc_offset: {exc}") from None
+    return {"venue_store": rel(store), "venue_utc_offset_min": minutes}
 
 
 def _metrics(section: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:

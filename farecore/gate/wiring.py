@@ -76,16 +76,14 @@ class Station:
     places: dict[tuple[str, int], PassbackStore] = field(default_factory=dict)
 
     def passback(self, cfg: GateConfig) -> PassbackStore:
-        """The passback state of the gate's place (one per place and window)."""
-        key = (cfg.place, cfg.passback_window_s)
+        """The passback state of the gate's place (one per place and window), or a venue
+        gate's state of its site."""
+        rule, where = _rule(cfg)
+        key = (where, rule.window_s)
         store = self.places.get(key)
         if store is None:
             store = self.places[key] = PassbackStore.in_station(
-                self.journal,
-                PassbackRule(window_s=cfg.passback_window_s),
-                cfg.place,
-                monotonic=self.monotonic,
-                boot=self.boot,
+                self.journal, rule, where, monotonic=self.monotonic, boot=self.boot
             )
         return store
 
@@ -309,18 +307,27 @@ def _clock_guard(
     return guard
 
 
+def _rule(cfg: GateConfig) -> tuple[PassbackRule, str]:
+    """The gate's rule and the key its state is kept under: a venue's site (its ``line``),
+    shared by the site's entrances, or the place."""
+    if cfg.role == "venue":
+        return PassbackRule.once_a_day(cfg.venue_utc_offset_min), cfg.line
+    return PassbackRule(window_s=cfg.passback_window_s), cfg.place
+
+
 def _passback(
     cfg: GateConfig, station: Station | None, stack: contextlib.ExitStack
 ) -> PassbackCheck:
-    if cfg.passback_window_s == 0 or cfg.role == "metro_exit":
+    venue = cfg.role == "venue"
+    if not venue and (cfg.passback_window_s == 0 or cfg.role == "metro_exit"):
         return NO_PASSBACK
     if station is not None:
         return station.passback(cfg)
-    if cfg.passback_store is None:
+    path = cfg.venue_store if venue else cfg.passback_store
+    if path is None:
         raise ConfigError("passback.window_s is set but passback.store is not")
-    store = PassbackStore.open(
-        cfg.passback_store, PassbackRule(window_s=cfg.passback_window_s), cfg.place
-    )
+    rule, where = _rule(cfg)
+    store = PassbackStore.open(path, rule, where)
     stack.callback(store.close)
     return store
 

@@ -1,6 +1,9 @@
 """Anti-passback state shared by the gates of one place (a bus, or a station's entries).
 
-A card that rode at a place is refused there again for ``window_s``. The state lives in
+A card that rode at a place is refused there again for ``window_s``. A venue's rule is
+the same state with another question (``PassbackRule.once_a_day``): a card that entered
+a site is refused there until the next service day (CARD-SPEC §7, ``ALREADY_ENTERED``);
+the day is the local calendar day of the tap's wall time, as the settlement reckons it. The state lives in
 one SQLite file, so it survives a restart and several gate processes of one station share
 it. Each ride is stored with the wall time *and* a monotonic reading tagged with the boot
 it came from. Elapsed time is measured on the monotonic clock whenever the boot matches;
@@ -30,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from farecore.closing import Closing
+from farecore.decide.decision import Reason
 from farecore.errors import ConfigError, JournalError
+from farecore.journal.batch_header import day_bounds_ms, service_day
 from farecore.journal.records import sql_int
 from farecore.journal.walfile import make_durable, reserve_wal
 
@@ -102,6 +107,9 @@ class PassbackRule:
     window_s: int
     scope: str = "place"
     max_skew_s: int = 60
+    # Set: the venue rule, one entry per service day (local day at this UTC offset, in
+    # minutes), in place of the window.
+    service_day_offset_min: int | None = None
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -110,6 +118,20 @@ class PassbackRule:
             raise ConfigError(f"passback scope must be one of {SCOPES}, not {self.scope!r}")
         if self.max_skew_s < 0:
             raise ConfigError("passback max_skew_s must not be negative")
+        offset = self.service_day_offset_min
+        if offset is not None and not -14 * 60 <= offset <= 14 * 60:
+            raise ConfigError(f"service day UTC offset {offset} min is out of range")
+
+    @classmethod
+    def once_a_day(cls, utc_offset_min: int) -> PassbackRule:
+        """A venue's rule: one entry per card per service day (the state's key is the
+        site, shared by its entrances)."""
+        return cls(window_s=86_400, service_day_offset_min=utc_offset_min)
+
+    @property
+    def reason(self) -> Reason:
+        """The deny reason this rule gives: ALREADY_ENTERED for a venue, else PASSBACK."""
+        return Reason.PASSBACK if self.service_day_offset_min is None else Reason.ALREADY_ENTERED
 
 
 # A stored ride: wall_ms, mono_ms, boot (and, in a station file, its row in the log).
@@ -239,11 +261,20 @@ class PassbackStore(Closing):
             return -1  # the wall clock went far back: do not let it stretch the lockout
         return max(elapsed, 0)
 
+    @property
+    def reason(self) -> Reason:
+        return self.rule.reason
+
     def refuses(self, card_id: int, now_ms: int) -> bool:
-        """True when ``card_id`` rode here less than the window ago (reads only)."""
+        """True when ``card_id`` rode here less than the window ago, or, under the venue
+        rule, entered here earlier on this service day (reads only)."""
         row = self._backend.get(self.key, sql_int(card_id))
         if row is None:
             return False
+        offset = self.rule.service_day_offset_min
+        if offset is not None:
+            # A clock set back into an earlier day is the clock guard's CLOCK_FAULT.
+            return bool(service_day(row[0], offset) == service_day(now_ms, offset))
         elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
         return 0 <= elapsed < self.rule.window_s * 1000
 
@@ -257,6 +288,11 @@ class PassbackStore(Closing):
         self._backend.put(row, prune)
 
     def _prune_args(self, now_ms: int) -> PruneArgs:
+        offset = self.rule.service_day_offset_min
+        if offset is not None:
+            # Entries of earlier service days can never refuse again, on any clock.
+            start, _ = day_bounds_ms(service_day(now_ms, offset), offset)
+            return (self.key, start, self._boot, self._clock() + 1)
         # Rows older than the window plus skew on both clocks can never refuse again.
         horizon = (self.rule.window_s + self.rule.max_skew_s) * 1000
         return (self.key, now_ms - horizon, self._boot, self._clock() - horizon)

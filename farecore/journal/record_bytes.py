@@ -21,6 +21,7 @@ from farecore.errors import MalformedFile
 
 __all__ = [
     "GENESIS_HASH",
+    "MAX_DIRECTION",
     "U64_MAX",
     "RecordRow",
     "chain_hash",
@@ -41,6 +42,7 @@ _FIXED = struct.Struct(">QQqBBQIQ32s32s64s")
 _U16 = struct.Struct(">H")
 _HAS_CARD, _HAS_CRED, _HAS_COUNTER, _HAS_SIG, _HAS_GEN = 1, 2, 4, 8, 16
 U64_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_DIRECTION = 5  # the highest records.Direction (CLAIM); a test holds them equal
 _FIXED_PACK = _FIXED.pack
 _FIXED_UNPACK = _FIXED.unpack_from
 _FIXED_SIZE = _FIXED.size
@@ -217,7 +219,7 @@ def decode_record_row(body: bytes, prev_hash: bytes) -> RecordRow | None:
     # What JournalRecord would refuse in bytes that parse.
     if (
         row.seq < 1
-        or not 1 <= row.direction <= 3
+        or not 1 <= row.direction <= MAX_DIRECTION
         or (
             row.decision == "ACCEPT"
             and (

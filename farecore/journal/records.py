@@ -54,16 +54,20 @@ class Direction(enum.IntEnum):
     BOARD = 1  # bus boarding
     ENTRY = 2  # metro entry
     EXIT = 3  # metro exit
+    VISIT = 4  # entry to a venue's site (park, scenic spot, museum)
+    CLAIM = 5  # a discount claimed at a merchant's till (verify-only, never paid)
 
     def __str__(self) -> str:
         return self.name
 
 
-# A gate's configured role and the direction its records carry.
+# A gate's configured role and the direction its records carry. A merchant's till is
+# not a gate (``farecore verify``); its records carry Direction.CLAIM.
 ROLE_DIRECTION: dict[str, Direction] = {
     "bus": Direction.BOARD,
     "metro_entry": Direction.ENTRY,
     "metro_exit": Direction.EXIT,
+    "venue": Direction.VISIT,
 }
 
 

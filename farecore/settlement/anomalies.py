@@ -37,6 +37,8 @@ KINDS: dict[str, str] = {
     "clock_behind": "ride's time is behind an earlier record of its terminal (beyond the clock tolerance); not paid",
     "revoked_at_ride": "a gate would have refused the card: its generation, or every table it could hold, held it; not paid",
     "passback": "the operator's anti-passback rule refuses this ride; not paid",
+    "already_entered": "the card already entered this venue site on this service day; not paid",
+    "not_a_ride": "a record of a merchant's till (a discount claim) handed to the settlement; not paid",
     # across rides and nights
     "reused_counter": "one card counter signed twice (replay or clone); only the first paid",
     "already_paid": "this card counter was paid on an earlier night; not paid again",

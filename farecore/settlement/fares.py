@@ -19,6 +19,17 @@ Example (money is integer fen, distances integer metres, times integer seconds):
     [operator.passback_s]         # per gate role, as the gates are configured
     metro_entry = 600
 
+    [[operator]]
+    id = "qd-parks"
+    kind = "venue"                # "transit" (default) or "venue": parks, scenic spots,
+    regions = [370200]            # museums; one free entry per card, site and service day
+
+    [[venue]]                     # a site's government-set ticket price
+    operator = "qd-parks"
+    site = "zhongshan-park"       # the site's gates carry it as their line
+    ticket_fen = 1500
+    effective_from = "2026-01-01"
+
     [[bus]]
     operator = "qd-bus"
     line = "1"
@@ -52,15 +63,18 @@ from farecore.strictkeys import check_keys
 
 __all__ = [
     "DEFAULT_CLOCK_TOLERANCE_S",
+    "OPERATOR_KINDS",
     "UNPAIRED_RULES",
     "BusFare",
     "FareTable",
     "MetroFare",
     "OperatorPolicy",
+    "VenueFare",
     "parse_fares",
 ]
 
 UNPAIRED_RULES = ("min", "max", "hold", "zero")
+OPERATOR_KINDS = ("transit", "venue")
 DEFAULT_CLOCK_TOLERANCE_S = 300
 DEFAULT_REVOCATION_MAX_AGE_S = 172_800  # the gates' default (farecore.gate.config)
 DEFAULT_UTC_OFFSET_MIN = 480
@@ -82,6 +96,20 @@ class BusFare:
     def __post_init__(self) -> None:
         if not 0 <= self.fare_fen <= _MAX_FEN:
             raise ValueError(f"bus fare {self.fare_fen} out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class VenueFare:
+    """A venue site's ticket price: what one free entry there is reimbursed at."""
+
+    operator: str
+    site: str
+    ticket_fen: int
+    effective_from: dt.date
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ticket_fen <= _MAX_FEN:
+            raise ValueError(f"ticket price {self.ticket_fen} out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +161,8 @@ class OperatorPolicy:
     ``passback_s`` maps a terminal direction to its anti-passback window in seconds
     (a direction not in it has no rule); ``scope`` "place" shares the rule among the
     gates of one place, "terminal" keeps it per gate, as ``farecore.journal.passback`` does.
+    A ``kind`` "venue" operator's entries follow the venue rule instead: one per card,
+    site and service day (``daily``).
     """
 
     operator: str
@@ -140,12 +170,24 @@ class OperatorPolicy:
     categories: frozenset[int] = ALL_CATEGORIES
     passback_s: tuple[tuple[Direction, int], ...] = ()
     passback_scope: str = "place"
+    kind: str = "transit"
 
     def __post_init__(self) -> None:
         if not self.regions:
             raise ValueError(f"operator {self.operator}: regions must not be empty")
         if self.passback_scope not in ("place", "terminal"):
             raise ValueError(f"operator {self.operator}: passback_scope must be place|terminal")
+        if self.kind not in OPERATOR_KINDS:
+            raise ValueError(f"operator {self.operator}: kind must be transit|venue")
+        if self.kind == "venue" and self.passback_s:
+            raise ValueError(
+                f"operator {self.operator}: a venue's rule is one entry per card, site and "
+                "service day; it takes no passback_s"
+            )
+
+    def daily(self, direction: int) -> bool:
+        """True when rides in ``direction`` follow the venue rule (one a service day)."""
+        return self.kind == "venue" and direction == Direction.VISIT
 
     def window_s(self, direction: int) -> int:
         for d, window in self.passback_s:
@@ -164,6 +206,7 @@ class FareTable:
     clock_tolerance_s: int = DEFAULT_CLOCK_TOLERANCE_S
     revocation_max_age_s: int = DEFAULT_REVOCATION_MAX_AGE_S
     utc_offset_min: int = DEFAULT_UTC_OFFSET_MIN
+    venues: tuple[VenueFare, ...] = ()
 
     def __post_init__(self) -> None:
         for rule in (self.unpaired_entry, self.unpaired_exit):
@@ -178,6 +221,19 @@ class FareTable:
         names = [p.operator for p in self.operators]
         if len(set(names)) != len(names):
             raise ValueError("an [[operator]] is listed twice")
+        venue_operators = {p.operator for p in self.operators if p.kind == "venue"}
+        for v in self.venues:
+            if v.operator not in venue_operators:
+                raise ValueError(
+                    f"[[venue]] {v.site}: operator {v.operator!r} is not an [[operator]] "
+                    'with kind = "venue"'
+                )
+        for f in self.bus:
+            if f.operator in venue_operators:
+                raise ValueError(f"[[bus]] line {f.line}: operator {f.operator!r} is a venue")
+        for m in self.metros:
+            if m.operator in venue_operators:
+                raise ValueError(f"[[metro]]: operator {m.operator!r} is a venue")
 
     def policy(self, operator: str) -> OperatorPolicy | None:
         for p in self.operators:
@@ -196,6 +252,19 @@ class FareTable:
             ):
                 best = f
         return None if best is None else best.fare_fen
+
+    def venue_fare(self, operator: str, site: str, day: dt.date) -> int | None:
+        """The ticket price of ``site`` in force on ``day``, or None when none is."""
+        best: VenueFare | None = None
+        for f in self.venues:
+            if (
+                f.operator == operator
+                and f.site == site
+                and f.effective_from <= day
+                and (best is None or f.effective_from > best.effective_from)
+            ):
+                best = f
+        return None if best is None else best.ticket_fen
 
     def metro_for(self, operator: str, day: dt.date) -> MetroFare | None:
         best: MetroFare | None = None
@@ -272,7 +341,7 @@ def _rule(value: Any, where: str) -> str | int:
 
 
 def _operator(raw: Any, where: str) -> OperatorPolicy:
-    o = _table(raw, where, ("id", "regions", "categories", "passback_s", "passback_scope"))
+    o = _table(raw, where, ("id", "kind", "regions", "categories", "passback_s", "passback_scope"))
     name = _str(o.get("id"), f"{where}.id")
     if "regions" not in o:
         raise ValueError(f"{where}.regions is required (the regions whose cards it carries)")
@@ -283,7 +352,8 @@ def _operator(raw: Any, where: str) -> OperatorPolicy:
     if "categories" in o:
         raw_c = _list(o["categories"], f"{where}.categories")
         categories = frozenset(_int(c, f"{where}.categories", 0, 255) for c in raw_c)
-    windows = _table(o.get("passback_s", {}), f"{where}.passback_s", ROLE_DIRECTION)
+    transit_roles = [r for r, d in ROLE_DIRECTION.items() if d != Direction.VISIT]
+    windows = _table(o.get("passback_s", {}), f"{where}.passback_s", transit_roles)
     passback = tuple(
         sorted(
             (ROLE_DIRECTION[role], _int(s, f"{where}.passback_s.{role}", 0, _MAX_WINDOW_S))
@@ -293,7 +363,14 @@ def _operator(raw: Any, where: str) -> OperatorPolicy:
     scope = o.get("passback_scope", "place")
     if scope not in ("place", "terminal"):
         raise ValueError(f"{where}.passback_scope must be 'place' or 'terminal', not {scope!r}")
-    return OperatorPolicy(name, regions, categories, passback, scope)
+    kind = o.get("kind", "transit")
+    if kind not in OPERATOR_KINDS:
+        raise ValueError(f"{where}.kind must be 'transit' or 'venue', not {kind!r}")
+    if kind == "venue" and passback:
+        raise ValueError(
+            f"{where}: a venue admits a card once per site and service day; remove passback_s"
+        )
+    return OperatorPolicy(name, regions, categories, passback, scope, kind)
 
 
 def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
@@ -302,7 +379,7 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
         raise MalformedFile(f"{source}: larger than {_MAX_TEXT} bytes")
     doc = load_toml(text, _MAX_DEPTH, source, MalformedFile)
     try:
-        check_keys(doc, "", ("unpaired", "checks", "operator", "bus", "metro"), "section")
+        check_keys(doc, "", ("unpaired", "checks", "operator", "bus", "metro", "venue"), "section")
         unpaired = _table(doc.get("unpaired", {}), "[unpaired]", ("entry", "exit"))
         tolerance, max_age, offset = _checks(doc.get("checks", {}))
         operators = tuple(
@@ -314,10 +391,17 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
             _metro(raw, f"metro[{i}]")
             for i, raw in enumerate(_list(doc.get("metro", []), "[[metro]]"))
         ]
+        venues = [
+            _venue(raw, f"venue[{i}]")
+            for i, raw in enumerate(_list(doc.get("venue", []), "[[venue]]"))
+        ]
         keys = [(f.operator, f.line, f.effective_from) for f in bus]
         keys += [(f.operator, "", f.effective_from) for f in metro]
         if len(set(keys)) != len(keys):
             raise ValueError("two fares for the same operator/line take effect the same day")
+        sites = [(v.operator, v.site, v.effective_from) for v in venues]
+        if len(set(sites)) != len(sites):
+            raise ValueError("two ticket prices for the same venue site take effect the same day")
         return FareTable(
             tuple(bus),
             tuple(metro),
@@ -327,6 +411,7 @@ def parse_fares(text: str, source: str = "fares.toml") -> FareTable:
             tolerance,
             max_age,
             offset,
+            tuple(venues),
         )
     except (ValueError, TypeError) as exc:
         raise MalformedFile(f"{source}: {exc}") from None
@@ -365,6 +450,19 @@ def _bus(raw: Any, w: str) -> BusFare:
         _str(b.get("line"), f"{w}.line"),
         _int(b.get("fare_fen"), f"{w}.fare_fen"),
         _date(b.get("effective_from"), w),
+    )
+
+
+def _venue(raw: Any, w: str) -> VenueFare:
+    v = _table(raw, w, ("operator", "site", "ticket_fen", "effective_from"))
+    site = _str(v.get("site"), f"{w}.site")
+    if len(site.encode()) > 255:
+        raise ValueError(f"{w}.site is longer than 255 bytes (a gate's line)")
+    return VenueFare(
+        _str(v.get("operator"), f"{w}.operator"),
+        site,
+        _int(v.get("ticket_fen"), f"{w}.ticket_fen"),
+        _date(v.get("effective_from"), w),
     )
 
 

@@ -26,6 +26,7 @@ from farecore.decide.revocation import (
 )
 from farecore.decide.revocation.csvinput import read_revocation_csv
 from farecore.errors import MalformedFile, SettlementError
+from farecore.journal.records import Direction
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
 
@@ -87,7 +88,8 @@ def load_inputs(
     register = parse_terminals(t_text, str(terminals))
     fare_table = parse_fares(f_text, str(fares))
     unknown = sorted(
-        {t.operator for t in register.values()} - {p.operator for p in fare_table.operators}
+        {t.operator for t in register.values() if t.direction != Direction.CLAIM}
+        - {p.operator for p in fare_table.operators}
     )
     if unknown:
         raise MalformedFile(

@@ -5,6 +5,10 @@ card, rides are walked in time order as the gates walk them: a ride less than th
 window after the last ride let through there is refused, and a refused ride does not
 restart the window. Rides earlier nights took count as let through. Arrays find the few
 (place, card) groups that need the walk; the walk itself is exact, in Python integers.
+
+A venue operator's entries walk the same way per (operator, site, card) with time counted
+in service days and a window of one day: an entry on a day the card already entered the
+site is refused (``already_entered``), as the site's gates refuse it (ALREADY_ENTERED).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def passback(
     """Rows the operators' anti-passback rules let through, walked as the gates do;
     ``context`` holds the rides earlier nights took around the day."""
     n = len(rides)
-    window = _windows(rides, fares)
+    window, daily = _windows(rides, fares)
     subject = np.flatnonzero(window > 0)
     if not len(subject):
         return np.arange(n)
@@ -44,7 +48,10 @@ def passback(
     card = rides.card_id[subject]
     tms = rides.time_ms[subject]
     o = np.lexsort((rides.seq[subject], rides.terminal_id[subject], tms, card, key))
-    k, c, t, w = key[o], card[o], tms[o], window[subject][o]
+    k, c, w, by_day = key[o], card[o], window[subject][o], daily[subject][o]
+    # A venue's time is its service day: entries a window of one day apart never refuse.
+    day_ms = 86_400_000
+    t = np.where(by_day, (tms[o] + fares.utc_offset_min * 60_000) // day_ms, tms[o])
     suspects = _suspects(k, c, t, w, anchor_at)
     if not suspects:
         return np.arange(n)
@@ -54,25 +61,31 @@ def passback(
             row = int(subject[o[i]])
             refused[row] = True
             tid, seq, card_id = rides.where(row)
+            kind, detail = (
+                ("already_entered", "the card entered this site earlier on its service day")
+                if by_day[i]
+                else ("passback", f"{gap} ms after the card's last ride there")
+            )
             anomalies.append(
-                Anomaly(
-                    "passback",
-                    terminal_id=tid,
-                    seq=seq,
-                    card_id=card_id,
-                    detail=f"{gap} ms after the card's last ride there",
-                )
+                Anomaly(kind, terminal_id=tid, seq=seq, card_id=card_id, detail=detail)
             )
     return np.flatnonzero(~refused)
 
 
-def _windows(rides: Rides, fares: FareTable) -> np.ndarray:
-    """Each ride's passback window in ms (0: no rule), from its context's operator."""
+def _windows(rides: Rides, fares: FareTable) -> tuple[np.ndarray, np.ndarray]:
+    """Each ride's passback window (0: no rule), in ms, or 1 (service day) for a venue
+    entry; and which rides follow the venue rule, from their context's operator."""
     windows = np.zeros(len(rides.contexts), dtype=np.int64)
+    daily = np.zeros(len(rides.contexts), dtype=bool)
     for code, (op, _line, _place, direction) in enumerate(rides.contexts):
         policy = fares.policy(op)
-        windows[code] = 0 if policy is None else policy.window_s(direction) * 1000
-    return windows[rides.context] if len(rides) else np.zeros(0, dtype=np.int64)
+        if policy is not None and policy.daily(direction):
+            windows[code], daily[code] = 1, True
+        else:
+            windows[code] = 0 if policy is None else policy.window_s(direction) * 1000
+    if not len(rides):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    return windows[rides.context], daily[rides.context]
 
 
 class _PlaceKeys:
@@ -83,8 +96,11 @@ class _PlaceKeys:
         self.fares = fares
         self.keys: dict[tuple[str, str, int], int] = {}
 
-    def of(self, terminal_id: int, op: str, place: str) -> int:
+    def of(self, terminal_id: int, op: str, line: str, place: str, direction: int) -> int:
+        """A venue's state is its site's (a venue gate's line), shared by its entrances."""
         policy = self.fares.policy(op)
+        if policy is not None and policy.daily(direction):
+            return self.keys.setdefault((op, f"site:{line}", -2), len(self.keys))
         per_gate = policy is not None and policy.passback_scope == "terminal"
         return self.keys.setdefault((op, place, terminal_id if per_gate else -1), len(self.keys))
 
@@ -96,8 +112,8 @@ class _PlaceKeys:
         )
         per_terminal = np.zeros(len(terms), dtype=np.int64)
         for i, (tid, row) in enumerate(zip(terms.tolist(), first.tolist(), strict=True)):
-            op, _line, place, _direction = rides.contexts[int(rides.context[subject[row]])]
-            per_terminal[i] = self.of(tid, op, place)
+            op, line, place, direction = rides.contexts[int(rides.context[subject[row]])]
+            per_terminal[i] = self.of(tid, op, line, place, direction)
         return per_terminal[inverse]
 
 
@@ -107,15 +123,23 @@ def _anchors(
     terminals: Mapping[int, TerminalInfo],
     places: _PlaceKeys,
 ) -> dict[_Group, list[int]]:
-    """The times of rides earlier nights took, by (place key, card), where a rule applies."""
+    """The times of rides earlier nights took, by (place key, card), where a rule applies
+    (a venue entry's as its service day)."""
     anchor_at: dict[_Group, list[int]] = {}
     for taken in context:
         info = terminals.get(taken.terminal_id)
         rule = fares.policy(info.operator) if info is not None else None
-        if info is None or rule is None or not rule.window_s(int(info.direction)):
+        if info is None or rule is None:
             continue
-        anchor_key = places.of(taken.terminal_id, info.operator, info.place)
-        anchor_at.setdefault((anchor_key, taken.card_id), []).append(taken.time_ms)
+        direction = int(info.direction)
+        by_day = rule.daily(direction)
+        if not by_day and not rule.window_s(direction):
+            continue
+        anchor_key = places.of(taken.terminal_id, info.operator, info.line, info.place, direction)
+        at = taken.time_ms
+        if by_day:
+            at = (at + fares.utc_offset_min * 60_000) // 86_400_000
+        anchor_at.setdefault((anchor_key, taken.card_id), []).append(at)
     return anchor_at
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from farecore.errors import LedgerDamaged, SettlementError
 from farecore.journal.batch import day_bounds_ms
+from farecore.journal.records import Direction
 from farecore.settlement.admission import Admission, Settled, admit
 from farecore.settlement.anomalies import REVIEW_KINDS, Anomaly
 from farecore.settlement.days import merge_options, settle_days
@@ -305,6 +306,7 @@ def _assemble(
     missing = [
         Anomaly("missing_batch", terminal_id=t, detail=f"no batch for {day_text}")
         for t in sorted(set(inputs.terminals) - reported)
+        if inputs.terminals[t].direction != Direction.CLAIM  # a till's claims are not rides
     ]
     anomalies = sorted(
         {

@@ -1,4 +1,5 @@
-"""Pricing the night's rides: bus boardings at their line's fare, metro trips by distance.
+"""Pricing the night's rides: bus boardings at their line's fare, metro trips by distance,
+venue entries at their site's ticket price.
 
 Metro entries and exits are paired per card in time order: per operator, an exit takes
 the card's latest open entry. A trip counts on the line where it entered. An exit with
@@ -22,6 +23,7 @@ from farecore.settlement.rides import (
     METRO_EXIT,
     UNPAIRED_ENTRY,
     UNPAIRED_EXIT,
+    VENUE,
     PricedRides,
     Rides,
 )
@@ -39,6 +41,9 @@ class _DayFares:
         self._metro: dict[str, MetroFare | None] = {}
         self._unpaired: dict[tuple[str, str], int | None] = {}
         self._stations: dict[tuple[str, str], int | None] = {}
+
+    def venue(self, operator: str, site: str) -> int | None:
+        return self.fares.venue_fare(operator, site, self.day)
 
     def bus(self, operator: str, line: str) -> int | None:
         key = (operator, line)
@@ -91,8 +96,8 @@ def price(
     ``hold`` names their operator for their kind, or the rule is ``hold``.
     """
     pricer = _Pricer(rides, _DayFares(fare_table, day), anomalies, hold or {})
-    is_bus = pricer.price_buses()
-    pricer.price_metro(by_card[~is_bus[by_card]])
+    flat = pricer.price_flat()
+    pricer.price_metro(by_card[~flat[by_card]])
     priced = PricedRides(rides, pricer.fare, pricer.trip, pricer.paired_tid, pricer.paired_seq)
     return priced, pricer.totals, pricer.unpaired.held, pricer.unpaired.at_stake_fen
 
@@ -128,25 +133,33 @@ class _Pricer:
         total[0] += 1
         total[1] += fen
 
-    def price_buses(self) -> np.ndarray:
-        """Every bus boarding at its line's fare; returns which rows are bus rides."""
+    def price_flat(self) -> np.ndarray:
+        """Every bus boarding at its line's fare and every venue entry at its site's ticket
+        price (a venue gate's line is its site); returns which rows are not metro taps.
+        (A merchant's claims never get here: admission refuses them, ``not_a_ride``.)"""
         rides, contexts = self.rides, self.rides.contexts
-        board = int(Direction.BOARD)
-        is_bus_context = np.array([c[3] == board for c in contexts] + [False], dtype=bool)
+        flat_directions = (Direction.BOARD, Direction.VISIT)
+        is_flat = np.array([c[3] in flat_directions for c in contexts] + [False], dtype=bool)
         for code, (op, line, _, direction) in enumerate(contexts):
-            if direction != board:
+            if direction not in flat_directions:
                 continue
             rows = np.flatnonzero(rides.context == code)
-            fen = self.fares.bus(op, line)
+            if not len(rows):  # every ride of this context was refused: no line of 0
+                continue
+            if direction == Direction.VISIT:
+                fen, why = self.fares.venue(op, line), "no ticket price for this venue site"
+                self.trip[rows] = VENUE
+            else:
+                fen, why = self.fares.bus(op, line), "no bus fare for this line"
             if fen is None:
                 for row in rows.tolist():
-                    self.anomalies.append(_no_fare(rides, row, "no bus fare for this line"))
+                    self.anomalies.append(_no_fare(rides, row, why))
             self.fare[rows] = fen or 0
             total = self.totals[(op, line)]
             total[0] += len(rows)
             total[1] += (fen or 0) * len(rows)
-        is_bus: np.ndarray = is_bus_context[rides.context]
-        return is_bus
+        flat: np.ndarray = is_flat[rides.context]
+        return flat
 
     def price_metro(self, metro: np.ndarray) -> None:
         """Metro rows in (card, time) order: each card's entries and exits paired."""

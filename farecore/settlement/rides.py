@@ -18,15 +18,16 @@ __all__ = [
     "TRIPS",
     "UNPAIRED_ENTRY",
     "UNPAIRED_EXIT",
+    "VENUE",
     "Context",
     "PricedRides",
     "Rides",
 ]
 
 # What a paid record is (PricedRides.trip holds the index): a metro entry paired with
-# its exit carries 0, and the exit the trip's fare.
-TRIPS = ("bus", "metro_entry", "metro_exit", "unpaired_entry", "unpaired_exit")
-BUS, METRO_ENTRY, METRO_EXIT, UNPAIRED_ENTRY, UNPAIRED_EXIT = range(len(TRIPS))
+# its exit carries 0, and the exit the trip's fare; a venue entry its site's ticket price.
+TRIPS = ("bus", "metro_entry", "metro_exit", "unpaired_entry", "unpaired_exit", "venue")
+BUS, METRO_ENTRY, METRO_EXIT, UNPAIRED_ENTRY, UNPAIRED_EXIT, VENUE = range(len(TRIPS))
 
 
 Context = tuple[str, str, str, int]  # operator, line, place, direction

@@ -214,6 +214,8 @@ def _check_rides(
     low, high = _day_window(batch, cfg)
     keyring, keys, credentials = _keyring(cfg.keyring), _card_keys(cfg.keyring), batch.credentials
     want = (info.operator, info.line, info.place, int(info.direction))
+    # A merchant's till journals discount claims: proofs of a card, never a ride to pay.
+    till = info.direction == Direction.CLAIM
     kept: list[_Kept] = []
     flagged: list[_Flagged] = []
     anomalies: list[Anomaly] = []
@@ -248,7 +250,10 @@ def _check_rides(
             denied += 1
             continue  # a denied tap is never paid, whatever else it says
         assert card_id is not None and counter is not None and cred_sha is not None
-        if (operator, line, place, direction) == want:
+        refused: tuple[str, str] | None
+        if till:
+            refused = ("not_a_ride", "a merchant's discount claim; the settlement pays rides")
+        elif (operator, line, place, direction) == want:
             entry = keys.get(cred_sha)
             if entry is None:
                 entry = keys[cred_sha] = _card_key(credentials[cred_sha], keyring)

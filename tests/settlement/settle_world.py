@@ -92,11 +92,15 @@ class World:
     validators: dict[int, Validator] = field(default_factory=dict)
     reader: VirtualReader = field(default_factory=VirtualReader)
     rng: random.Random = field(default_factory=lambda: random.Random(4))
+    layout: dict[int, tuple[str, str, str, Direction, int, int]] = field(
+        default_factory=lambda: dict(LAYOUT)
+    )
+    fares: str = FARES
 
     def __post_init__(self) -> None:
         (self.root / "batches").mkdir(parents=True, exist_ok=True)
         infos = []
-        for tid, (op, line, place, direction, x, y) in LAYOUT.items():
+        for tid, (op, line, place, direction, x, y) in self.layout.items():
             key = terminal_key(tid)
             infos.append(
                 TerminalInfo(
@@ -105,7 +109,7 @@ class World:
             )
         (self.root / "terminals.csv").write_text(format_terminals(infos))
         self.issuer.keyring().save(self.root / "keyring.json")
-        (self.root / "fares.toml").write_text(FARES)
+        (self.root / "fares.toml").write_text(self.fares)
 
     @property
     def batches(self) -> Path:
@@ -122,7 +126,7 @@ class World:
             self.validators[tid] = Validator(
                 TerminalPolicy(tid, frozenset({370200})), self.issuer.keyring()
             )
-        op, line, place, direction, _, _ = LAYOUT[tid]
+        op, line, place, direction, _, _ = self.layout[tid]
         nonce = self.rng.randbytes(16)
         decision = run_tap(
             self.reader.tap(self.card(card_id)), self.validators[tid], time_ms, nonce
@@ -133,7 +137,7 @@ class World:
     def export(self, day: dt.date = DAY) -> list[Path]:
         """Every registered terminal's batch of ``day`` (an idle one's is empty)."""
         out = []
-        for tid in LAYOUT:
+        for tid in self.layout:
             if tid not in self.journals:
                 self.journals[tid] = Journal.open(self.root / f"journal-{tid}.sqlite", tid)
         for tid in sorted(self.journals):
