@@ -311,7 +311,8 @@ def _rule(cfg: GateConfig) -> tuple[PassbackRule, str]:
     """The gate's rule and the key its state is kept under: a venue's site (its ``line``),
     shared by the site's entrances, or the place."""
     if cfg.role == "venue":
-        return PassbackRule.once_a_day(cfg.venue_utc_offset_min), cfg.line
+        # Prefixed: a site never shares state with a place of the same name in one file.
+        return PassbackRule.once_a_day(cfg.venue_utc_offset_min), f"site:{cfg.line}"
     return PassbackRule(window_s=cfg.passback_window_s), cfg.place
 
 
