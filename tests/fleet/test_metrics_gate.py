@@ -28,6 +28,7 @@ from farecore.card.keys import SigningKey
 from farecore.decide.decision import Decision, Reason
 from farecore.decide.revocation import build_table
 from farecore.errors import ConfigError
+from farecore.fleet import metrics_http
 from farecore.fleet.metrics import METRICS, sample_names, watch_gate
 from farecore.fleet.metrics_http import MetricsService, parse_listen, start_gate_metrics
 from farecore.gate.config import load_gate_config
@@ -326,7 +327,12 @@ def test_the_endpoint_answers_only_metrics_and_closes_cleanly() -> None:
     again.close()
 
 
-def test_peers_that_hold_connections_cannot_take_every_thread() -> None:
+def test_peers_that_hold_connections_cannot_take_every_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The idle peers must hold their slots for the whole check: with the handler's 5 s
+    # timeout, a loaded machine could free them first and the ninth would be answered.
+    monkeypatch.setattr(metrics_http._Handler, "timeout", 120)
     service = start_gate_metrics("127.0.0.1:0")
     assert service.address is not None
     idle = []
