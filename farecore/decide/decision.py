@@ -21,14 +21,14 @@ ACCEPT = "ACCEPT"
 class Reason(enum.IntEnum):
     """Deny reasons; a smaller value wins when several checks fail (CARD-SPEC §7).
 
-        ``REVOCATION_STALE`` is farecore's own: the revocation table in force is older than
-        the configured maximum age and the gate fails closed. It ranks with ``REVOKED``,
-        because it is the revocation check that cannot be answered. ``CLOCK_FAULT`` (the
-        terminal's clock is behind a time it has durably seen, ``farecore.decide.clockguard``) is a
-        terminal state and ranks right after ``UNREADABLE``. ``ALREADY_ENTERED`` (a venue gate:
-    one entry per card, per site, per service day) takes the place of ``PASSBACK`` at a
-    venue gate, so the two never compete. The values order the reasons;
-        records store names, so the values may change.
+    ``REVOCATION_STALE`` is farecore's own: the revocation table in force is older than
+    the configured maximum age and the gate fails closed. It ranks with ``REVOKED``,
+    because it is the revocation check that cannot be answered. ``CLOCK_FAULT`` (the
+    terminal's clock is behind a time it has durably seen, ``farecore.decide.clockguard``)
+    is a terminal state and ranks right after ``UNREADABLE``. ``ALREADY_ENTERED`` (a venue
+    gate: one entry per card, per site, per service day) takes the place of ``PASSBACK``
+    at a venue gate, so the two never compete. The values order the reasons; records
+    store names, so the values may change.
     """
 
     UNREADABLE = 1

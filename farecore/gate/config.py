@@ -318,6 +318,10 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     if not 0 <= window <= _MAX_WINDOW_S:
         raise ConfigError(f"passback.window_s must be 0 (off)..{_MAX_WINDOW_S}, not {window}")
     policy = _table(doc, "policy")
+    upload = _table(doc, "upload")
+    venue = _venue(_table(doc, "venue"), rel)
+    if terminal["role"] == "venue":
+        _check_venue(passback, venue, upload)
     return GateConfig(
         **terminal,
         regions=_int_set(policy, "policy", "regions", frozenset()),
@@ -337,10 +341,31 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         clock_tolerance_s=tolerance,
         **package,
         **_metrics(_table(doc, "metrics"), rel),
-        **_venue(_table(doc, "venue"), rel),
-        upload=tuple(upload.items()) if (upload := _table(doc, "upload")) else None,
+        **venue,
+        upload=tuple(upload.items()) if upload else None,
         config_dir=base,
     )
+
+
+def _check_venue(passback: dict[str, Any], venue: dict[str, Any], upload: dict[str, Any]) -> None:
+    """A venue gate has no [passback], and its service day is its batches' day."""
+    if passback:
+        raise ConfigError(
+            "a venue gate admits a card once per site per service day: configure "
+            "[venue] store, not [passback]"
+        )
+    tz = upload.get("tz")
+    offset = venue.get("venue_utc_offset_min", QINGDAO_UTC_OFFSET_MIN)
+    if isinstance(tz, str):
+        try:
+            same = parse_utc_offset(tz) == offset
+        except ConfigError:
+            return  # the courier's own check names a bad upload.tz when the gate starts
+        if not same:
+            raise ConfigError(
+                f"venue.utc_offset and upload.tz {tz!r} differ: the venue's service day "
+                "must be the day its batches are handed in for"
+            )
 
 
 def _venue(section: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:

@@ -73,13 +73,13 @@ class Station:
     boot: str | None = None
     cache_size: int = 100_000
     cache: dict[bytes, object] = field(default_factory=dict)
-    places: dict[tuple[str, int], PassbackStore] = field(default_factory=dict)
+    places: dict[tuple[str, int, int | None], PassbackStore] = field(default_factory=dict)
 
     def passback(self, cfg: GateConfig) -> PassbackStore:
         """The passback state of the gate's place (one per place and window), or a venue
         gate's state of its site."""
         rule, where = _rule(cfg)
-        key = (where, rule.window_s)
+        key = (where, rule.window_s, rule.service_day_offset_min)
         store = self.places.get(key)
         if store is None:
             store = self.places[key] = PassbackStore.in_station(

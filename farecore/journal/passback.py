@@ -274,7 +274,10 @@ class PassbackStore(Closing):
         offset = self.rule.service_day_offset_min
         if offset is not None:
             # A clock set back into an earlier day is the clock guard's CLOCK_FAULT.
-            return bool(service_day(row[0], offset) == service_day(now_ms, offset))
+            try:
+                return bool(service_day(row[0], offset) == service_day(now_ms, offset))
+            except (OverflowError, ValueError):  # a damaged row must not block free entry
+                return False
         elapsed = self._elapsed_ms(row[0], row[1], row[2], now_ms)
         return 0 <= elapsed < self.rule.window_s * 1000
 
@@ -282,6 +285,12 @@ class PassbackStore(Closing):
         """Remember that ``card_id`` rode here now. Called once the ride log holds the
         ride (``farecore.gate.runtime``); every 1,000th forgets the rows that can no longer
         refuse, in the same transaction."""
+        if self.rule.service_day_offset_min is not None:
+            # A clock stepped back (within its tolerance) across midnight must not put an
+            # earlier day's entry over a later one: that would admit the card twice then.
+            stored = self._backend.get(self.key, sql_int(card_id))
+            if stored is not None and stored[0] > now_ms:
+                return
         row = (self.key, sql_int(card_id), now_ms, self._clock(), self._boot)
         self._writes += 1
         prune = self._prune_args(now_ms) if self._writes % 1000 == 0 else None
@@ -290,9 +299,10 @@ class PassbackStore(Closing):
     def _prune_args(self, now_ms: int) -> PruneArgs:
         offset = self.rule.service_day_offset_min
         if offset is not None:
-            # Entries of earlier service days can never refuse again, on any clock.
+            # Entries before yesterday can never refuse again: a day of margin, since an
+            # entrance whose clock runs fast must not wipe today's entries for all of them.
             start, _ = day_bounds_ms(service_day(now_ms, offset), offset)
-            return (self.key, start, self._boot, self._clock() + 1)
+            return (self.key, start - 86_400_000, self._boot, self._clock() + 1)
         # Rows older than the window plus skew on both clocks can never refuse again.
         horizon = (self.rule.window_s + self.rule.max_skew_s) * 1000
         return (self.key, now_ms - horizon, self._boot, self._clock() - horizon)

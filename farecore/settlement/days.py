@@ -60,14 +60,32 @@ def _holder(table: RevocationInForce) -> Callable[[np.ndarray], np.ndarray]:
     return holds
 
 
+_DAY_MS = 86_400_000
+
+
 def _max_window_ms(fares: FareTable) -> int:
     return max((w for p in fares.operators for _, w in p.passback_s), default=0) * 1000
 
 
-def _context(ledger: Ledger, night: int, day: dt.date, fares: FareTable) -> list[TakenRide]:
+def _context_bounds(day: dt.date, fares: FareTable) -> tuple[int, int]:
+    """[start, end) of the rides that can bear on ``day``'s: a passback window before its
+    first possible time; with a venue, the whole service days on either side its rides
+    may stray into within the clock tolerance (an entry is checked against its own day)."""
     start, end = day_bounds_ms(day, fares.utc_offset_min)
     tol = fares.clock_tolerance_s * 1000
-    return ledger.taken_between(night, start - tol - _max_window_ms(fares), end + tol)
+    venues = any(p.kind == "venue" for p in fares.operators)
+    before = max(_max_window_ms(fares), _DAY_MS if venues else 0)
+    return start - tol - before, end + tol + (_DAY_MS if venues else 0)
+
+
+def _context(
+    ledger: Ledger, night: int, day: dt.date, fares: FareTable, tonight: list[TakenRide]
+) -> list[TakenRide]:
+    """Rides taken around ``day`` by earlier nights and by the days settled before it
+    tonight (a correction's rides bear on the next day's)."""
+    low, high = _context_bounds(day, fares)
+    earlier = ledger.taken_between(night, low, high)
+    return earlier + [r for r in tonight if low <= r.time_ms < high]
 
 
 def _taken_check(
@@ -100,6 +118,7 @@ def settle_days(
         by_day.setdefault(a.partial.day, []).append(a)
     results: list[DayResult] = []
     taken: set[tuple[int, int]] = set()
+    taken_rides: list[TakenRide] = []
     for day_text in sorted(by_day):
         day, admitted = dt.date.fromisoformat(day_text), by_day[day_text]
         present = ledger.settled_terminals(night, day_text) | {
@@ -110,7 +129,7 @@ def settle_days(
                 day,
                 admitted,
                 ledger.held(night, day_text),
-                _context(ledger, night, day, inputs.fares),
+                _context(ledger, night, day, inputs.fares, taken_rides),
                 frozenset(inputs.terminals) - present,
                 _taken_check(ledger, night, taken),
                 correction=day != inputs.day,
@@ -121,6 +140,17 @@ def settle_days(
         )
         results.append(result)
         rides = result.rides.rides
-        taken |= set(zip(rides.card_id.tolist(), rides.counter.tolist(), strict=True))
+        cards, counters = rides.card_id.tolist(), rides.counter.tolist()
+        taken |= set(zip(cards, counters, strict=True))
         taken |= {(h.card_id, h.counter) for h in result.held}
+        # As the ledger will hold them: every ride paid or held tonight, where and when.
+        taken_rides += [
+            TakenRide(c, k, t, ms)
+            for c, k, t, ms in zip(
+                cards, counters, rides.terminal_id.tolist(), rides.time_ms.tolist(), strict=True
+            )
+        ]
+        taken_rides += [
+            TakenRide(h.card_id, h.counter, h.terminal_id, h.time_ms) for h in result.held
+        ]
     return results[:-1], results[-1]

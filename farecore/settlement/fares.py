@@ -222,7 +222,15 @@ class FareTable:
         if len(set(names)) != len(names):
             raise ValueError("an [[operator]] is listed twice")
         venue_operators = {p.operator for p in self.operators if p.kind == "venue"}
+        site_operator: dict[str, str] = {}
         for v in self.venues:
+            # A site's gates share one state whoever runs them: one site, one operator.
+            other = site_operator.setdefault(v.site, v.operator)
+            if other != v.operator:
+                raise ValueError(
+                    f"[[venue]] site {v.site!r} is listed under two operators, {other!r} and "
+                    f"{v.operator!r}"
+                )
             if v.operator not in venue_operators:
                 raise ValueError(
                     f"[[venue]] {v.site}: operator {v.operator!r} is not an [[operator]] "

@@ -144,8 +144,6 @@ class _Pricer:
             if direction not in flat_directions:
                 continue
             rows = np.flatnonzero(rides.context == code)
-            if not len(rows):  # every ride of this context was refused: no line of 0
-                continue
             if direction == Direction.VISIT:
                 fen, why = self.fares.venue(op, line), "no ticket price for this venue site"
                 self.trip[rows] = VENUE

@@ -73,17 +73,18 @@ def test_the_service_day_is_local_not_utc(tmp_path: Path) -> None:
         store.close()
 
 
-def test_pruning_forgets_only_earlier_days(tmp_path: Path) -> None:
+def test_pruning_forgets_only_entries_before_yesterday(tmp_path: Path) -> None:
     store = _store(tmp_path / "s.sqlite")
     try:
-        store.record(1, START - HOUR)  # yesterday evening
-        for card in range(2, 1001):  # the 1,000th write prunes
+        store.record(1, START - 25 * HOUR)  # the day before yesterday, late evening
+        store.record(2, START - HOUR)  # yesterday evening: kept, a day of margin
+        for card in range(3, 1002):  # the 1,000th write prunes
             store.record(card, START + 8 * HOUR)
         db = sqlite3.connect(tmp_path / "s.sqlite")
         cards = {r[0] for r in db.execute("SELECT card_id FROM passback")}
         db.close()
-        assert 1 not in cards and len(cards) == 999
-        assert store.refuses(2, START + 20 * HOUR)
+        assert 1 not in cards and 2 in cards and len(cards) == 1000
+        assert store.refuses(3, START + 20 * HOUR) and not store.refuses(2, START + 20 * HOUR)
     finally:
         store.close()
 
@@ -145,6 +146,12 @@ enabled = false
     [
         ("venue", "", "role = venue needs [venue] store"),
         ("venue", '[passback]\nwindow_s = 60\nstore = "p.sqlite"\n', "not [passback]"),
+        ("venue", '[venue]\nstore = "v.sqlite"\n[passback]\nwindow_s = 0\n', "not [passback]"),
+        (
+            "venue",
+            '[venue]\nstore = "v.sqlite"\n[upload]\nto = "up"\ntz = "+00:00"\n',
+            "venue.utc_offset and upload.tz",
+        ),
         ("bus", '[venue]\nstore = "v.sqlite"\n', "terminal.role is 'bus', not venue"),
         ("venue", '[venue]\nstore = "v.sqlite"\nutc_offset = "+8"\n', "venue.utc_offset"),
         ("venue", '[venue]\nstore = ""\n', "venue.store"),
@@ -239,3 +246,46 @@ def test_the_record_codec_knows_every_direction() -> None:
     assert max(Direction) == MAX_DIRECTION
     assert ROLE_DIRECTION["venue"] is Direction.VISIT
     assert Direction.CLAIM not in ROLE_DIRECTION.values()  # a till is not a gate
+
+
+def test_a_fast_clock_at_one_entrance_does_not_prune_today(tmp_path: Path) -> None:
+    """East's clock runs 4 min fast; its 1,000th write lands at 00:01 tomorrow on its
+    clock. South's entry of today must still refuse a second entry at 23:58."""
+    south, east = _store(tmp_path / "s.sqlite"), _store(tmp_path / "s.sqlite")
+    end = START + 24 * HOUR
+    try:
+        south.record(7, START + 10 * HOUR)
+        for card in range(1000, 1999):
+            east.record(card, START + 20 * HOUR)
+        east.record(1999, end + 60_000)  # the 1,000th write prunes
+        assert south.refuses(7, end - 120_000)
+    finally:
+        south.close()
+        east.close()
+
+
+def test_an_earlier_day_entry_never_replaces_a_later_one(tmp_path: Path) -> None:
+    """A clock stepped back across midnight (within its tolerance): the entry stamped
+    00:01 tomorrow stays, so the card is refused tomorrow morning as it should be."""
+    store = _store(tmp_path / "s.sqlite")
+    end = START + 24 * HOUR
+    try:
+        store.record(5, end + 60_000)  # 00:01 tomorrow
+        assert not store.refuses(5, end - 120_000)  # 23:58 today: another day
+        store.record(5, end - 120_000)
+        assert store.refuses(5, end + 9 * HOUR)  # 09:00 tomorrow: already entered
+    finally:
+        store.close()
+
+
+def test_a_damaged_row_does_not_block_entry(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s.sqlite")
+    try:
+        store.record(6, START)
+        db = sqlite3.connect(tmp_path / "s.sqlite")
+        with db:
+            db.execute("UPDATE passback SET wall_ms = ?", (2**62,))
+        db.close()
+        assert not store.refuses(6, START + HOUR)
+    finally:
+        store.close()

@@ -138,7 +138,10 @@ def test_the_service_day_ends_at_local_midnight_across_nights(
         night2 = settle(venues, tmp_path / "n2", day=NEXT, ledger=ledger)
     assert stats(night2)["amount_fen"] == 1500  # the next day's entry
     assert anomalies(night2, "already_entered") == [(302, 1, 3)]
-    assert night2["corrections.csv"].decode().splitlines()[1:] == []
+    # The correction's site line says it paid nothing (as a transit line would).
+    assert night2["corrections.csv"].decode().splitlines()[1:] == [
+        "2026-03-02,qd-parks,zhongshan-park,0,0"
+    ]
 
 
 def test_entries_on_consecutive_days_are_all_paid(venues: World, tmp_path: Path) -> None:
@@ -193,6 +196,13 @@ def test_entries_on_consecutive_days_are_all_paid(venues: World, tmp_path: Path)
             "is a venue",
         ),
         ('[[venu]]\noperator = "p"\n', "venue"),
+        (
+            '[[operator]]\nid = "p"\nkind = "venue"\nregions = [1]\n'
+            '[[operator]]\nid = "q"\nkind = "venue"\nregions = [1]\n'
+            '[[venue]]\noperator = "p"\nsite = "s"\nticket_fen = 1\neffective_from = "2026-01-01"\n'
+            '[[venue]]\noperator = "q"\nsite = "s"\nticket_fen = 1\neffective_from = "2026-01-01"\n',
+            "listed under two operators",
+        ),
     ],
 )
 def test_bad_venue_fares_are_named(text: str, needle: str) -> None:
