@@ -17,7 +17,7 @@ from farecore.gate.config import GateConfig, load_gate_config
 from farecore.gate.reader_port import open_reader
 from farecore.gate.runtime import ConsoleActuator, Gate
 from farecore.gate.wiring import WiredGate, build_gate, check_terminal_key
-from farecore.journal.records import ROLE_DIRECTION
+from farecore.journal.records import ROLE_DIRECTION, TapContext
 
 if TYPE_CHECKING:
     from farecore.fleet.follow import PackageFollower
@@ -52,29 +52,12 @@ def register(sub: Any) -> None:
 def _check_registered(cfg: GateConfig, public: PublicKeyFile) -> None:
     """With a register, the terminal's key must be the one registered for it, for the
     same place: found wrong at the end of the day, the day's rides could not be paid."""
-    from farecore.settlement.terminals import parse_terminals
+    from farecore.settlement.terminals import check_registered
 
     assert cfg.register is not None
-    try:
-        text = cfg.register.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"terminal.register {cfg.register}: cannot read: {exc}") from None
-    info = parse_terminals(text, str(cfg.register)).get(cfg.terminal_id)
-    if info is None:
-        raise ConfigError(f"terminal {cfg.terminal_id} is not in the register {cfg.register}")
-    if (info.algorithm, info.public_key) != (public.algorithm, public.public_key):
-        raise ConfigError(
-            f"terminal.key {cfg.terminal_key} is not the key the register {cfg.register} "
-            f"holds for terminal {cfg.terminal_id}"
-        )
-    mine = (cfg.operator, cfg.line, cfg.place, ROLE_DIRECTION[cfg.role])
-    registered = (info.operator, info.line, info.place, info.direction)
-    if mine != registered:
-        raise ConfigError(
-            f"terminal {cfg.terminal_id} is registered as {'/'.join(map(str, registered))} "
-            f"in {cfg.register}, but configured as {'/'.join(map(str, mine))}: its rides "
-            "would not be paid"
-        )
+    context = TapContext(cfg.operator, cfg.line, cfg.place, ROLE_DIRECTION[cfg.role])
+    key = (public.algorithm, public.public_key)
+    check_registered(cfg.register, cfg.terminal_id, key, context, "its rides would not be paid")
 
 
 def _start_metrics(cfg: GateConfig, stack: contextlib.ExitStack) -> FleetMetrics | None:

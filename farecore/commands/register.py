@@ -10,7 +10,8 @@ from farecore.card.keys import load_public_key_file
 from farecore.commands._args import path
 from farecore.errors import ConfigError
 from farecore.gate.config import ROLES
-from farecore.journal.records import ROLE_DIRECTION
+from farecore.journal.records import ROLE_DIRECTION, Direction
+from farecore.merchant.config import ALLIANCE
 from farecore.settlement.terminals import TerminalInfo, format_terminals, parse_terminals
 
 __all__ = ["register"]
@@ -35,10 +36,19 @@ def register(sub: Any) -> None:
     )
     add.add_argument("--register", required=True, type=path, help="terminals.csv")
     add.add_argument("pub", type=path, help="the terminal's public key (.pub)")
-    add.add_argument("--operator", required=True)
-    add.add_argument("--line", required=True)
-    add.add_argument("--place", required=True, help="station, stop or vehicle id")
-    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument(
+        "--operator", help=f"the operator (a till's is {ALLIANCE}, the default for one)"
+    )
+    add.add_argument("--line", required=True, help="line; a venue's site; a till's merchant")
+    add.add_argument(
+        "--place", required=True, help="station, stop or vehicle id; an entrance; a till id"
+    )
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=(*ROLES, "till"),
+        help="a gate's role, or till: a merchant's till (docs/merchant.md)",
+    )
     add.add_argument("--x-m", type=int, default=0, help="position on the operator's grid (m)")
     add.add_argument("--y-m", type=int, default=0, help="position on the operator's grid (m)")
     add.set_defaults(func=_add)
@@ -64,6 +74,12 @@ def _read(where: Any) -> dict[int, TerminalInfo]:
 
 
 def _add(args: argparse.Namespace) -> int:
+    till = args.role == "till"
+    operator = args.operator if args.operator is not None else (ALLIANCE if till else None)
+    if operator is None:
+        raise ConfigError("--operator is required (for a gate)")
+    if till and operator != ALLIANCE:
+        raise ConfigError(f"a till's operator is {ALLIANCE}: its claim records name it")
     pub = load_public_key_file(args.pub, role="terminal")
     known = _read(args.register)
     if pub.key_id in known:
@@ -71,10 +87,10 @@ def _add(args: argparse.Namespace) -> int:
     try:
         info = TerminalInfo(
             pub.key_id,
-            args.operator.strip(),
+            operator.strip(),
             args.line.strip(),
             args.place.strip(),
-            ROLE_DIRECTION[args.role],
+            Direction.CLAIM if till else ROLE_DIRECTION[args.role],
             pub.algorithm,
             pub.public_key,
             args.x_m,
@@ -85,9 +101,7 @@ def _add(args: argparse.Namespace) -> int:
     text = format_terminals([*known.values(), info])
     parse_terminals(text, str(args.register))  # what is written reads back
     write_atomic(args.register, text.encode())
-    print(
-        f"registered terminal {pub.key_id} ({args.operator}/{args.line}/{args.place}, {args.role})"
-    )
+    print(f"registered terminal {pub.key_id} ({operator}/{args.line}/{args.place}, {args.role})")
     return 0
 
 

@@ -97,6 +97,8 @@ __all__ = [
     "ROLES",
     "SCHEMA",
     "GateConfig",
+    "config_section",
+    "config_value",
     "load_gate_config",
     "read_gate_toml",
 ]
@@ -224,15 +226,27 @@ _LISTEN = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5
 _MAX_CONFIG_DEPTH = 8  # a section, a key's list, and room to spare
 
 
-def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+def config_section(
+    doc: dict[str, Any], name: str, schema: dict[str, tuple[str, ...]]
+) -> dict[str, Any]:
+    """Section ``name`` of a terminal configuration (empty when absent), its keys checked
+    against ``schema`` (a typo: an error naming the nearest valid key)."""
     value = doc.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table")
-    check_keys(value, f"[{name}]", SCHEMA[name])
+    check_keys(value, f"[{name}]", schema[name])
     return value
 
 
-def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any = ...) -> Any:
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return config_section(doc, name, SCHEMA)
+
+
+def config_value(
+    section: dict[str, Any], where: str, key: str, kind: type, default: Any = ...
+) -> Any:
+    """``section[key]`` of type ``kind`` (int, float, str or list; a bool is never a
+    number); ``default`` when absent, or ConfigError when there is none."""
     if key not in section:
         if default is ...:
             raise ConfigError(f"{where}.{key} is required")
@@ -252,7 +266,7 @@ def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any
 def _int_set(
     section: dict[str, Any], where: str, key: str, default: frozenset[int]
 ) -> frozenset[int]:
-    values = _get(section, where, key, list, None)
+    values = config_value(section, where, key, list, None)
     if values is None:
         return default
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -301,12 +315,14 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     def rel(value: str | None) -> Path | None:
         return None if value in (None, "") else base / str(value)
 
-    state_dir = rel(_get(_table(doc, "state"), "state", "dir", str, "state")) or base / "state"
+    state_dir = (
+        rel(config_value(_table(doc, "state"), "state", "dir", str, "state")) or base / "state"
+    )
     tolerance = _tolerance(_table(doc, "clock"))
     command = _command(_table(doc, "actuator"))
     terminal = _terminal(_table(doc, "terminal"), rel)
     keyring = _table(doc, "keyring")
-    keyring_path = rel(_get(keyring, "keyring", "path", str))
+    keyring_path = rel(config_value(keyring, "keyring", "path", str))
     if keyring_path is None:
         raise ConfigError("keyring.path must name the keyring file")
     package = _package(_table(doc, "package"), rel, state_dir)
@@ -314,7 +330,7 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
     table, max_age, store = _revocation(revocation, packaged=bool(package))
     journal = _journal(_table(doc, "journal"), rel)
     passback = _table(doc, "passback")
-    window = _get(passback, "passback", "window_s", int, 0)
+    window = config_value(passback, "passback", "window_s", int, 0)
     if not 0 <= window <= _MAX_WINDOW_S:
         raise ConfigError(f"passback.window_s must be 0 (off)..{_MAX_WINDOW_S}, not {window}")
     policy = _table(doc, "policy")
@@ -329,12 +345,12 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         keyring=keyring_path,
         issued_lists=_paths(keyring, "keyring", "issued", base),
         revocation_table=rel(table),
-        revocation_signer=rel(_get(revocation, "revocation", "signer", str, None)),
+        revocation_signer=rel(config_value(revocation, "revocation", "signer", str, None)),
         revocation_max_age_s=max_age,
-        stale_policy=_get(revocation, "revocation", "stale_policy", str, "closed"),
+        stale_policy=config_value(revocation, "revocation", "stale_policy", str, "closed"),
         **journal,
         passback_window_s=window,
-        passback_store=rel(_get(passback, "passback", "store", str, None)),
+        passback_store=rel(config_value(passback, "passback", "store", str, None)),
         actuator_command=command,
         state_dir=state_dir,
         revocation_store=rel(store) or state_dir / "tables",
@@ -372,10 +388,10 @@ def _venue(section: dict[str, Any], rel: Callable[[str | None], Path | None]) ->
     """The [venue] section: where a venue gate keeps who entered today, and the day's zone."""
     if not section:
         return {}
-    store = _get(section, "venue", "store", str)
+    store = config_value(section, "venue", "store", str)
     if not store:
         raise ConfigError("venue.store must name the site's state file")
-    offset = _get(section, "venue", "utc_offset", str, "+08:00")
+    offset = config_value(section, "venue", "utc_offset", str, "+08:00")
     try:
         minutes = parse_utc_offset(offset)
     except ConfigError as exc:
@@ -385,8 +401,8 @@ def _venue(section: dict[str, Any], rel: Callable[[str | None], Path | None]) ->
 
 def _metrics(section: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
     """The [metrics] section: where the gate serves its Prometheus metrics."""
-    listen = _get(section, "metrics", "listen", str, None)
-    mp_dir = _get(section, "metrics", "multiprocess_dir", str, None)
+    listen = config_value(section, "metrics", "listen", str, None)
+    mp_dir = config_value(section, "metrics", "multiprocess_dir", str, None)
     if mp_dir is not None and listen is None:
         raise ConfigError("metrics.multiprocess_dir is set but metrics.listen is not")
     if listen is not None:
@@ -405,45 +421,46 @@ def _package(
     """The [package] section (empty: the gate follows no package)."""
     if not section:
         return {}
-    source = _get(section, "package", "source", str)
+    source = config_value(section, "package", "source", str)
     if not source.strip():
         raise ConfigError("package.source must name a directory or an http(s) URL")
     if "://" not in source:  # a directory, relative to the configuration like every path
         source = str(rel(source))
     elif not source.lower().startswith(("http://", "https://", "file://")):
         raise ConfigError(f"package.source {source!r}: expected a directory or an http(s) URL")
-    poll = float(_get(section, "package", "poll_s", float, 30.0))
+    poll = float(config_value(section, "package", "poll_s", float, 30.0))
     if not (math.isfinite(poll) and 1 <= poll <= 86_400):
         raise ConfigError(f"package.poll_s must be 1..86400, not {poll}")
-    timeout = float(_get(section, "package", "timeout_s", float, 10.0))
+    timeout = float(config_value(section, "package", "timeout_s", float, 10.0))
     if not (math.isfinite(timeout) and 0.1 <= timeout <= 600):
         raise ConfigError(f"package.timeout_s must be 0.1..600, not {timeout}")
     return {
         "package_source": source,
-        "package_dir": rel(_get(section, "package", "dir", str, None)) or state_dir / "package",
+        "package_dir": rel(config_value(section, "package", "dir", str, None))
+        or state_dir / "package",
         "package_poll_s": poll,
-        "package_ca_file": rel(_get(section, "package", "ca_file", str, None)),
+        "package_ca_file": rel(config_value(section, "package", "ca_file", str, None)),
         "package_timeout_s": timeout,
     }
 
 
 def _terminal(term: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
     """The [terminal] section: who the gate is and where it stands."""
-    terminal_id = _get(term, "terminal", "id", int)
+    terminal_id = config_value(term, "terminal", "id", int)
     if not 0 <= terminal_id <= 0xFFFFFFFFFFFFFFFF:
         raise ConfigError("terminal.id must be a uint64")
     for key in ("operator", "line", "place"):
-        text = _get(term, "terminal", key, str)
+        text = config_value(term, "terminal", key, str)
         if not text or len(text.encode()) > 255:
             raise ConfigError(f"terminal.{key} must be a non-empty string of at most 255 bytes")
     return {
         "terminal_id": terminal_id,
-        "terminal_key": rel(_get(term, "terminal", "key", str, None)),
-        "operator": _get(term, "terminal", "operator", str),
-        "line": _get(term, "terminal", "line", str),
-        "place": _get(term, "terminal", "place", str),
-        "role": _get(term, "terminal", "role", str),
-        "register": rel(_get(term, "terminal", "register", str, None)),
+        "terminal_key": rel(config_value(term, "terminal", "key", str, None)),
+        "operator": config_value(term, "terminal", "operator", str),
+        "line": config_value(term, "terminal", "line", str),
+        "place": config_value(term, "terminal", "place", str),
+        "role": config_value(term, "terminal", "role", str),
+        "register": rel(config_value(term, "terminal", "register", str, None)),
     }
 
 
@@ -455,9 +472,9 @@ def _revocation(
     A gate without a table accepts revoked cards, so that must be asked for
     (``enabled = false``). With a table, a maximum age is always in force: 48 h by
     default (README explains why). A gate that follows a package gets its table there."""
-    table = _get(revocation, "revocation", "table", str, None)
+    table = config_value(revocation, "revocation", "table", str, None)
     has_table = bool(table) or packaged
-    max_age = _get(
+    max_age = config_value(
         revocation, "revocation", "max_age_s", int, DEFAULT_MAX_AGE_S if has_table else None
     )
     enabled = revocation.get("enabled", True)
@@ -476,28 +493,28 @@ def _revocation(
         raise ConfigError("revocation.enabled = false, but revocation.table is set")
     if max_age is not None and not 0 < max_age <= _MAX_AGE_LIMIT_S:
         raise ConfigError(f"revocation.max_age_s must be 1..{_MAX_AGE_LIMIT_S}, not {max_age}")
-    return table, max_age, _get(revocation, "revocation", "store", str, None)
+    return table, max_age, config_value(revocation, "revocation", "store", str, None)
 
 
 def _journal(journal: dict[str, Any], rel: Callable[[str | None], Path | None]) -> dict[str, Any]:
-    group_ms = float(_get(journal, "journal", "group_commit_ms", float, 0))
+    group_ms = float(config_value(journal, "journal", "group_commit_ms", float, 0))
     if not (math.isfinite(group_ms) and 0 <= group_ms <= _MAX_GROUP_COMMIT_MS):
         raise ConfigError(f"journal.group_commit_ms must be 0..{_MAX_GROUP_COMMIT_MS}")
     return {
-        "journal": rel(_get(journal, "journal", "path", str, None)),
+        "journal": rel(config_value(journal, "journal", "path", str, None)),
         "group_commit_ms": group_ms,
     }
 
 
 def _command(actuator: dict[str, Any]) -> tuple[str, ...]:
-    command = _get(actuator, "actuator", "command", list, [])
+    command = config_value(actuator, "actuator", "command", list, [])
     if not all(isinstance(c, str) for c in command):
         raise ConfigError("actuator.command must be a list of strings")
     return tuple(command)
 
 
 def _tolerance(clock: dict[str, Any]) -> int:
-    tolerance: int = _get(clock, "clock", "tolerance_s", int, DEFAULT_TOLERANCE_S)
+    tolerance: int = config_value(clock, "clock", "tolerance_s", int, DEFAULT_TOLERANCE_S)
     if not 0 <= tolerance <= _MAX_CLOCK_TOLERANCE_S:
         raise ConfigError(f"clock.tolerance_s must be 0..{_MAX_CLOCK_TOLERANCE_S}, not {tolerance}")
     return tolerance

@@ -15,21 +15,22 @@ simulated day) is judged by that clock alone.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from farecore.card.keys import Keyring, PublicKeyFile, load_private_key
+from farecore.card.keys import Keyring, PublicKeyFile
 from farecore.closing import Closing
 from farecore.decide.checks import NO_PASSBACK, PassbackCheck
 from farecore.decide.clockguard import ClockGuard
 from farecore.decide.validator import Validator
 from farecore.errors import ConfigError
+from farecore.gate import parts
 from farecore.gate.config import GateConfig
 from farecore.gate.marks import GateMarks
+from farecore.gate.parts import open_clock_guard, open_issued, open_revocation
 from farecore.gate.reader_port import Reader
 from farecore.gate.runtime import Actuator, CommandActuator, Gate, RideLog
 from farecore.journal.passback import PassbackRule, PassbackStore, monotonic_ms
@@ -37,14 +38,10 @@ from farecore.journal.records import ROLE_DIRECTION
 from farecore.journal.terminal import TapContext
 
 if TYPE_CHECKING:
-    from farecore.decide.issued import IssuedList
     from farecore.decide.revocation import HotRevocation
     from farecore.journal.station import StationJournal
 
 __all__ = ["Station", "WiredGate", "build_gate", "check_terminal_key"]
-
-
-_log = logging.getLogger(__name__)
 
 
 def _wall_clock_ms() -> int:
@@ -53,10 +50,6 @@ def _wall_clock_ms() -> int:
 
 def _random_nonce() -> bytes:
     return os.urandom(16)
-
-
-def _loud(message: str) -> None:
-    _log.warning("%s", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +126,10 @@ def build_gate(
         check_terminal_key(cfg)
         keyring = Keyring.load(cfg.keyring)
         marks = GateMarks.load(cfg.marks, cfg.terminal_id)
-        issued = _issued(cfg, keyring, marks)
-        revocation = _revocation(cfg, marks, stack, clock_ms, revocation_poll_s)
+        issued = open_issued(cfg, keyring, marks)
+        revocation = open_revocation(cfg, marks, stack, clock_ms, revocation_poll_s)
         journal = _journal(cfg, station, stack)
-        clock = _clock_guard(cfg, marks, journal, stack)
+        clock = open_clock_guard(cfg, marks, getattr(journal, "last_time_ms", 0), stack)
         validator = Validator(
             cfg.policy(),
             keyring,
@@ -176,89 +169,6 @@ def _actuator(cfg: GateConfig, then: Actuator | None) -> Actuator | None:
     return CommandActuator(cfg.actuator_command, then=then) if cfg.actuator_command else then
 
 
-def _revocation(
-    cfg: GateConfig,
-    marks: GateMarks,
-    stack: contextlib.ExitStack,
-    clock_ms: Callable[[], int],
-    poll_s: float | None,
-) -> HotRevocation | None:
-    if cfg.revocation_table is None:
-        return None
-    from farecore.card.keys import load_public_key_file
-    from farecore.decide.revocation import HotRevocation, RevocationInForce, TableStore
-
-    signer = load_public_key_file(cfg.revocation_signer, role="revocation")  # type: ignore[arg-type]
-    store = TableStore(cfg.revocation_store)
-
-    def adopt(table: RevocationInForce) -> None:
-        # Durable before the table (or base and delta) goes in force: a restart can never
-        # fall back below it.
-        marks.revocation = table.floor_mark()
-        marks.save()
-
-    hot = HotRevocation(
-        cfg.revocation_table,
-        signer,
-        poll_interval_s=poll_s,
-        store=store,
-        floor=marks.revocation,
-        on_adopt=adopt,
-    )
-    stack.callback(hot.close)
-    if hot.rejected:
-        _loud(f"WARNING: {hot.last_rejection}; this gate keeps generation {hot.generation}")
-    snapshot = hot.snapshot()
-    _warn_if_stale(cfg, snapshot.generation, snapshot.created_at, clock_ms() / 1000)
-    return hot
-
-
-def _warn_if_stale(cfg: GateConfig, generation: int, created_at: int, now: float) -> None:
-    """Say loudly, at start, what the first taps would otherwise reveal one by one. (A
-    table made in the gate's future is a clock fault, which the clock guard says.)"""
-    age = now - created_at
-    if cfg.revocation_max_age_s is not None and age > cfg.revocation_max_age_s:
-        then = (
-            "every tap will be DENIED REVOCATION_STALE"
-            if cfg.stale_policy == "closed"
-            else "every ride will be accepted flagged revocation_stale"
-        )
-        _loud(
-            f"WARNING: revocation table generation {generation} is already stale: made "
-            f"{int(age)} s ago, max_age_s {cfg.revocation_max_age_s}; {then} until a newer "
-            "table is published"
-        )
-
-
-def _issued(cfg: GateConfig, keyring: Keyring, marks: GateMarks) -> list[IssuedList]:
-    """The issued lists to use: none older than one this gate already used (rollback)."""
-    from farecore.decide.issued import IssuedList
-
-    lists = []
-    # Oldest first: of two lists for one issuer key, the later one is kept, not refused.
-    opened = sorted((IssuedList.open(p, keyring) for p in cfg.issued_lists), key=_generation)
-    for listed in opened:
-        digest = listed.header.body_sha256.hex()
-        seen = marks.issued.get(listed.key_id)
-        if seen is not None and (
-            listed.generation < seen[0] or (listed.generation == seen[0] and digest != seen[1])
-        ):
-            _loud(
-                f"WARNING: issued list {listed.path}: generation {listed.generation} for "
-                f"issuer key {listed.key_id} is a rollback (this gate used generation "
-                f"{seen[0]}); not used"
-            )
-            continue
-        marks.issued[listed.key_id] = (listed.generation, digest)
-        lists.append(listed)
-    marks.save()
-    return lists
-
-
-def _generation(listed: IssuedList) -> int:
-    return listed.generation
-
-
 def _journal(
     cfg: GateConfig, station: Station | None, stack: contextlib.ExitStack
 ) -> RideLog | None:
@@ -274,37 +184,6 @@ def _journal(
     )
     stack.callback(journal.close)
     return journal
-
-
-def _clock_guard(
-    cfg: GateConfig, marks: GateMarks, journal: RideLog | None, stack: contextlib.ExitStack
-) -> ClockGuard:
-    """The guard over the latest time this gate has seen: its marks and its journal."""
-    last = getattr(journal, "last_time_ms", 0)
-
-    def changed(faulted: bool, now_ms: int, floor_ms: int) -> None:
-        if faulted:
-            try:
-                marks.raise_time(floor_ms)  # the records now written must not lower the mark
-            except ConfigError as exc:  # the journal's records still hold the time
-                _loud(f"WARNING: {exc}")
-            _loud(
-                f"CLOCK FAULT: the clock is {(floor_ms - now_ms) // 1000} s behind a time this "
-                "gate has seen; every tap is DENIED CLOCK_FAULT until the clock is right"
-            )
-        else:
-            _loud("clock fault over: the clock is ahead of every time this gate has seen")
-
-    guard = ClockGuard(max(marks.time_ms, last), cfg.clock_tolerance_s, changed)
-
-    def keep_floor() -> None:
-        try:
-            marks.raise_time(guard.floor_ms)
-        except ConfigError as exc:
-            _loud(f"WARNING: {exc}")
-
-    stack.callback(keep_floor)  # at a clean stop, the latest time seen outlives the journal
-    return guard
 
 
 def _rule(cfg: GateConfig) -> tuple[PassbackRule, str]:
@@ -334,17 +213,7 @@ def _passback(
 
 
 def check_terminal_key(cfg: GateConfig) -> PublicKeyFile | None:
-    """The key a gate's batches will be signed with must exist and be this terminal's:
-    found wrong at the end of the day, the day's rides could not be paid. Returns its
-    public part (None: the configuration names no key)."""
-    if cfg.terminal_key is None:
-        if cfg.register is not None:
-            raise ConfigError("terminal.register is set but terminal.key is not")
-        return None
-    key = load_private_key(cfg.terminal_key, role="terminal")
-    if key.key_id != cfg.terminal_id:
-        raise ConfigError(
-            f"terminal.key {cfg.terminal_key} is terminal {key.key_id}'s key, not terminal "
-            f"{cfg.terminal_id}'s"
-        )
-    return key.public()
+    """The gate's terminal key checked (``parts.check_terminal_key``); a register needs one."""
+    if cfg.terminal_key is None and cfg.register is not None:
+        raise ConfigError("terminal.register is set but terminal.key is not")
+    return parts.check_terminal_key(cfg)

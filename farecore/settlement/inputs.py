@@ -30,7 +30,7 @@ from farecore.journal.records import Direction
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
 
-__all__ = ["BATCH_SUFFIX", "SettlementInputs", "find_batches", "load_inputs"]
+__all__ = ["BATCH_SUFFIX", "SettlementInputs", "find_batches", "load_inputs", "read_input"]
 
 BATCH_SUFFIX = ".fcb"
 _MAX_INPUT_BYTES = 64 << 20  # a register, keyring or fares file is far smaller
@@ -48,7 +48,8 @@ class SettlementInputs:
     tables: tuple[RevocationInForce, ...] = field(default=())
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_input(path: Path, what: str) -> bytes:
+    """A settlement-side input file, bounded as it is read; SettlementError naming it."""
     try:
         if path.is_dir():
             raise SettlementError(f"{what} {path} is a directory, not a file")
@@ -71,9 +72,9 @@ def load_inputs(
     """Read and check every input but the batches; SettlementError or MalformedFile
     naming the file on any problem, before anything is settled or written."""
     raw_t, raw_k, raw_f = (
-        _read(terminals, "terminal register"),
-        _read(keyring, "keyring"),
-        _read(fares, "fares file"),
+        read_input(terminals, "terminal register"),
+        read_input(keyring, "keyring"),
+        read_input(fares, "fares file"),
     )
     Keyring.from_bytes(raw_k, str(keyring))  # fail early, with the file's name
     settings = {
@@ -98,7 +99,7 @@ def load_inputs(
         )
     revoked: dict[int, int] = {}
     if revocations is not None:
-        raw_r = _read(revocations, "revocations CSV")
+        raw_r = read_input(revocations, "revocations CSV")
         cards, ats, _ = read_revocation_csv(revocations)  # the builder's strict reader
         for card, at in zip(cards.tolist(), ats.tolist(), strict=True):
             revoked[card] = min(at, revoked.get(card, at))

@@ -12,12 +12,19 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from farecore.card.crypto import Algorithm, PublicKey, load_public_key
-from farecore.errors import MalformedFile
-from farecore.journal.terminal import Direction
+from farecore.errors import ConfigError, MalformedFile
+from farecore.journal.terminal import Direction, TapContext
 
-__all__ = ["COLUMNS", "TerminalInfo", "format_terminals", "parse_terminals"]
+__all__ = [
+    "COLUMNS",
+    "TerminalInfo",
+    "check_registered",
+    "format_terminals",
+    "parse_terminals",
+]
 
 COLUMNS = (
     "terminal_id",
@@ -120,3 +127,33 @@ def format_terminals(infos: list[TerminalInfo]) -> str:
             ]
         )
     return buf.getvalue()
+
+
+def check_registered(
+    register: Path,
+    terminal_id: int,
+    key: tuple[Algorithm, bytes],
+    context: TapContext,
+    lost: str,
+) -> None:
+    """A terminal's key (algorithm, public key) and context must be the ones ``register``
+    holds for it (a gate's or a till's, at start): otherwise the settlement or the report
+    would not count its records, which ``lost`` says. ConfigError naming the difference."""
+    try:
+        text = register.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"terminal.register {register}: cannot read: {exc}") from None
+    info = parse_terminals(text, str(register)).get(terminal_id)
+    if info is None:
+        raise ConfigError(f"terminal {terminal_id} is not in the register {register}")
+    if (info.algorithm, info.public_key) != key:
+        raise ConfigError(
+            f"terminal.key is not the key the register {register} holds for terminal {terminal_id}"
+        )
+    mine = (context.operator, context.line, context.place, context.direction)
+    registered = (info.operator, info.line, info.place, info.direction)
+    if mine != registered:
+        raise ConfigError(
+            f"terminal {terminal_id} is registered as {'/'.join(map(str, registered))} "
+            f"in {register}, but configured as {'/'.join(map(str, mine))}: {lost}"
+        )

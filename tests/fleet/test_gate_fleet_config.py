@@ -91,3 +91,31 @@ def test_register_add_and_list(tmp_path: Path) -> None:
     broken = farecore(*add)
     assert broken.returncode == 2 and "header must be" in broken.stderr
     assert broken.stderr.count("\n") == 1
+
+
+def test_register_add_a_venue_entrance_and_a_till(tmp_path: Path) -> None:
+    reg = tmp_path / "terminals.csv"
+    for tid in (5001, 7001, 7002):
+        done = farecore(
+            "keys", "new", "--role", "terminal", "--id", tid, "--out", tmp_path / f"k{tid}"
+        )
+        assert done.returncode == 0, done.stderr
+    venue = ["register", "add", "--register", reg, tmp_path / "k5001.pub", "--operator", "qd-parks"]
+    assert (
+        farecore(
+            *venue, "--line", "zhongshan-park", "--place", "south", "--role", "venue"
+        ).returncode
+        == 0
+    )
+    till = ["register", "add", "--register", reg, tmp_path / "k7001.pub"]
+    done = farecore(*till, "--line", "laoshan-books", "--place", "till-1", "--role", "till")
+    assert done.returncode == 0, done.stderr
+    wrong = ["register", "add", "--register", reg, tmp_path / "k7002.pub", "--operator", "qd-bus"]
+    refused = farecore(*wrong, "--line", "m", "--place", "t", "--role", "till")
+    assert refused.returncode == 2 and "a till's operator is rongjun-alliance" in refused.stderr
+    gate = ["register", "add", "--register", reg, tmp_path / "k7002.pub", "--line", "1"]
+    refused = farecore(*gate, "--place", "v", "--role", "bus")
+    assert refused.returncode == 2 and "--operator is required" in refused.stderr
+    rows = reg.read_text().splitlines()
+    assert any(",qd-parks,zhongshan-park,south,VISIT," in r for r in rows)
+    assert any(",rongjun-alliance,laoshan-books,till-1,CLAIM," in r for r in rows)

@@ -1,0 +1,467 @@
+"""The monthly merchant report: every till's batches verified, the discounts totalled.
+
+The alliance reimburses no one; the report serves the programme's statistics, so it
+counts only what it can prove. For one month it reads every batch of a till (a terminal
+the register names with direction ``CLAIM``) and:
+
+- verifies each batch as the settlement does (``verify_batch_rows``: framing, the
+  registered key's signature, every record's bytes, the hash chain), and continues each
+  till's chain across its batches with the settlement's admission
+  (``farecore.settlement.admission``: seq gaps, breaks, forks, overlaps, second batches);
+- checks every claim record of the month: its context against the register, its detail
+  (``parse_claim_detail``: the canonical amounts, the discount its rule gives), its time
+  within the month; and for an accepted claim its proof of tap (the credential under the
+  issuer keyring, the card's signature over the challenge, the challenge naming the till
+  and the claim's time) and the card's validity at that time;
+- across the month's accepted claims: a card counter used twice (only its first use
+  counts), and the settlement's revocation rules (``farecore.settlement.revoked``) with
+  the signed tables given.
+
+Batches of earlier months are read only to link a till's chain into the month; batches
+of later months and of terminals that are not tills are left alone. The report never
+raises for what a batch holds: a bad file is a finding naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from farecore.card.credential import parse_unverified
+from farecore.card.crypto import PublicKey
+from farecore.card.keys import Keyring
+from farecore.card.proof import challenge_head, verify_card_signature, verify_credential
+from farecore.decide.revocation import RevocationTable
+from farecore.errors import BadSignature, MalformedInput
+from farecore.journal.batch import (
+    BatchRows,
+    peek_header,
+    verify_batch,
+    verify_batch_rows,
+)
+from farecore.journal.records import Direction, RecordRow
+from farecore.merchant.claim import parse_claim_detail
+from farecore.merchant.config import ALLIANCE
+from farecore.merchant.findings import REVIEW_KINDS, Finding, from_anomaly
+from farecore.merchant.report_inputs import Month, ReportInputs, load_report_inputs
+from farecore.settlement.admission import Settled, admit
+from farecore.settlement.anomalies import Anomaly
+from farecore.settlement.options import MergeOptions, RevocationGeneration
+from farecore.settlement.partial import MAX_BATCH_BYTES, Partial
+from farecore.settlement.revoked import not_revoked, revocation_flags
+from farecore.settlement.rides import Rides
+from farecore.settlement.terminals import TerminalInfo
+
+__all__ = [
+    "MerchantReport",
+    "MerchantTotal",
+    "Month",
+    "ReportInputs",
+    "exit_status",
+    "load_report_inputs",
+    "run_report",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantTotal:
+    """One merchant's month. ``claims`` counts every claim record of the month that its
+    checks did not set aside; ``verified`` the accepted ones that pass every check, and
+    the amounts are theirs."""
+
+    merchant: str
+    tills: int
+    claims: int
+    denied: int
+    verified: int
+    amount_fen: int
+    discount_fen: int
+    findings: int
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantReport:
+    month: str
+    totals: tuple[MerchantTotal, ...]
+    findings: tuple[Finding, ...]
+    stats: dict[str, int]
+    batches: tuple[str, ...]  # SHA-256 hex of the month's batch files considered, sorted
+    settings: dict[str, str]
+
+
+def exit_status(report: MerchantReport) -> int:
+    """0 nothing to review; 3 a finding to review (the outputs are written either way)."""
+    return 3 if any(f.kind in REVIEW_KINDS for f in report.findings) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    info: TerminalInfo
+    rows: BatchRows
+    sha: bytes
+    file: str
+    in_month: bool
+
+
+# An accepted claim that passed its own checks: (terminal, seq, time, card, counter,
+# revocation generation or -1, flags, merchant, amount fen, discount fen).
+_Accepted = tuple[int, int, int, int, int, int, tuple[str, ...], str, int, int]
+
+
+@dataclass(slots=True)
+class _Month:
+    """What the month gathers as its batches are checked."""
+
+    findings: list[Finding] = field(default_factory=list)
+    denied: dict[str, int] = field(default_factory=dict)
+    tills: dict[str, set[int]] = field(default_factory=dict)
+    accepted: list[_Accepted] = field(default_factory=list)
+    card_keys: dict[bytes, tuple[int, PublicKey, int, int] | str] = field(default_factory=dict)
+
+
+def run_report(inputs: ReportInputs, paths: Sequence[str]) -> MerchantReport:
+    """Verify the batches at ``paths`` and total the month's claims per merchant."""
+    month = _Month()
+    opened: list[_Opened] = []
+    skipped = 0
+    for path in paths:
+        got = _open(path, inputs)
+        if isinstance(got, Finding):
+            month.findings.append(got)
+        elif got is None:
+            skipped += 1
+        else:
+            opened.append(got)
+    admitted = _admit(opened, inputs.month, month.findings)
+    for o in opened:
+        if o.in_month:
+            month.tills.setdefault(o.info.line, set()).add(o.info.terminal_id)
+            month.denied.setdefault(o.info.line, 0)
+            if o.sha in admitted:
+                _check_claims(o, inputs, month)
+    kept = _cross_checks(inputs, month)
+    return _report(inputs, month, kept, opened, skipped)
+
+
+def _open(path: str, inputs: ReportInputs) -> _Opened | Finding | None:
+    """A till's verified batch, a finding naming why it is not one, or None for a file
+    the month has no business with (a gate's batch, a later month's)."""
+    name = os.path.basename(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return Finding("batch_rejected", detail=f"{name}: not a regular file", file=name)
+        if st.st_size > MAX_BATCH_BYTES:
+            return Finding("batch_rejected", detail=f"{name}: too large", file=name)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BATCH_BYTES + 1)
+    except OSError as exc:
+        return Finding("batch_rejected", detail=f"{name}: {exc.strerror or exc}", file=name)
+    sha = hashlib.sha256(data).digest()
+    header = peek_header(data) if len(data) <= MAX_BATCH_BYTES else None
+    if header is None:
+        return Finding("batch_rejected", batch=sha.hex(), detail=_why_unparsed(data), file=name)
+    tid, day = header
+    where = inputs.month.of(day)
+    info = inputs.terminals.get(tid)
+    if where > 0 or (info is not None and info.direction != Direction.CLAIM):
+        return None
+    if info is None:
+        if where < 0:
+            return None
+        return Finding(
+            "unknown_terminal", tid, batch=sha.hex(), detail="terminal not registered", file=name
+        )
+    try:
+        rows = verify_batch_rows(data, info.key())
+        if rows.utc_offset_min != inputs.utc_offset_min:
+            raise MalformedInput(
+                f"service day in UTC{rows.utc_offset_min:+d} min, not the report's "
+                f"{inputs.utc_offset_min:+d}"
+            )
+    except (MalformedInput, BadSignature) as exc:
+        if where < 0:
+            return None  # an earlier month's fault; this month's batches then show a gap
+        return Finding(
+            "batch_rejected", tid, merchant=info.line, batch=sha.hex(), detail=str(exc), file=name
+        )
+    return _Opened(info, rows, sha, name, where == 0)
+
+
+def _why_unparsed(data: bytes) -> str:
+    try:
+        verify_batch(data, None)
+    except MalformedInput as exc:
+        return str(exc)
+    return "header names no terminal id"
+
+
+def _admit(opened: list[_Opened], month: Month, findings: list[Finding]) -> set[bytes]:
+    """The batches that continue their till's chain (the settlement's admission, with
+    each till's chain starting at its lowest batch given); chain findings of the month."""
+    partials = [
+        Partial(
+            o.sha,
+            True,
+            terminal_id=o.info.terminal_id,
+            day=o.rows.day.isoformat(),
+            first_seq=o.rows.first_seq,
+            last_seq=o.rows.last_seq,
+            prev_hash=o.rows.prev_hash,
+            tail_hash=o.rows.tail_hash,
+            file=o.file,
+        )
+        for o in opened
+    ]
+    settled = Settled({}, lambda tid, seq, h: False, lambda tid, day: False, first_night=True)
+    admission = admit(partials, settled)
+    merchant = {o.sha.hex(): o.info.line for o in opened}
+    in_month = {o.sha.hex() for o in opened if o.in_month}
+    findings.extend(
+        from_anomaly(a, merchant.get(a.batch, ""))
+        for a in admission.anomalies
+        if a.batch in in_month
+    )
+    return {a.partial.batch_sha256 for a in admission.admitted}
+
+
+def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
+    """Every record of one admitted batch of the month."""
+    info, sha = o.info, o.sha.hex()
+    low, high = inputs.month.bounds_ms(inputs.utc_offset_min)
+    low, high = low - inputs.clock_tolerance_ms, high + inputs.clock_tolerance_ms
+    want = (ALLIANCE, info.line, info.place, int(Direction.CLAIM))
+    for row in o.rows.rows:
+        accepted = row.decision == "ACCEPT"
+
+        def flag(kind: str, detail: str, row: RecordRow = row) -> None:
+            card = row.card_id if row.card_id is not None else -1
+            month.findings.append(
+                Finding(kind, row.terminal_id, row.seq, card, info.line, sha, detail)
+            )
+
+        got = (row.operator, row.line, row.place, row.direction)
+        if got != want:
+            context = f"{row.operator}/{row.line}/{row.place}/{_direction(row.direction)}"
+            flag("context_mismatch", f"{context}, registered {'/'.join(map(str, want[:3]))}/CLAIM")
+            continue
+        try:
+            amounts = parse_claim_detail(row.detail, accepted)
+        except MalformedInput as exc:
+            flag("malformed_claim", str(exc))
+            continue
+        if not low <= row.time_ms < high:
+            flag("outside_month", f"time {row.time_ms} is not in {inputs.month}")
+            continue
+        if not accepted:
+            month.denied[info.line] += 1
+            continue
+        refused = _refusal(row, inputs.keyring, o.rows.credentials, month.card_keys)
+        if refused is not None:
+            flag(*refused)
+            continue
+        assert row.card_id is not None and row.counter is not None
+        gen = -1 if row.revocation_generation is None else row.revocation_generation
+        month.accepted.append(
+            (
+                row.terminal_id,
+                row.seq,
+                row.time_ms,
+                row.card_id,
+                row.counter,
+                min(gen, (1 << 63) - 1),
+                row.flags,
+                info.line,
+                amounts.amount_fen,
+                amounts.discount_fen,
+            )
+        )
+
+
+def _direction(value: int) -> str:
+    try:
+        return Direction(value).name
+    except ValueError:
+        return str(value)
+
+
+def _refusal(
+    row: RecordRow,
+    keyring: Keyring,
+    credentials: dict[bytes, bytes],
+    cache: dict[bytes, tuple[int, PublicKey, int, int] | str],
+) -> tuple[str, str] | None:
+    """(kind, detail) of the first check an accepted claim's proof fails, or None."""
+    assert row.credential_sha256 is not None and row.counter is not None
+    entry = cache.get(row.credential_sha256)
+    if entry is None:
+        try:
+            cred = parse_unverified(credentials[row.credential_sha256])
+            f = cred.fields
+            entry = (f.card_id, verify_credential(cred, keyring), f.valid_from, f.valid_until)
+        except (MalformedInput, BadSignature) as exc:
+            entry = f"credential: {exc}"
+        cache[row.credential_sha256] = entry
+    if isinstance(entry, str):
+        return "bad_proof", entry
+    card_id, key, valid_from, valid_until = entry
+    if card_id != row.card_id:
+        return "bad_proof", f"credential is for card {card_id}"
+    if challenge_head(row.challenge) != (row.terminal_id, row.time_ms):
+        return "bad_proof", "challenge does not name this till and time"
+    assert row.card_signature is not None
+    try:
+        verify_card_signature(key, card_id, row.counter, row.challenge, row.card_signature)
+    except BadSignature as exc:
+        return "bad_proof", f"card signature: {exc}"
+    if row.time_ms < valid_from * 1000:
+        return "not_yet_valid", f"valid from {valid_from}"
+    if row.time_ms >= valid_until * 1000:
+        return "expired", f"valid until {valid_until}"
+    return None
+
+
+def _cross_checks(inputs: ReportInputs, month: _Month) -> list[int]:
+    """Indexes into ``month.accepted`` that count: a counter's first use only, and no
+    claim a till would have refused under the revocation tables given."""
+    claims = month.accepted
+    by_counter: dict[tuple[int, int], list[int]] = {}
+    for i, c in enumerate(claims):
+        by_counter.setdefault((c[3], c[4]), []).append(i)
+    dropped: set[int] = set()
+    for (card, counter), group in sorted(by_counter.items()):
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda i: (claims[i][2], claims[i][0], claims[i][1]))
+        for k, i in enumerate(group):
+            if k:
+                dropped.add(i)
+            c = claims[i]
+            month.findings.append(
+                Finding(
+                    "reused_counter",
+                    c[0],
+                    c[1],
+                    card,
+                    c[7],
+                    detail=f"counter {counter} used {len(group)} times; "
+                    + ("counted (first use)" if k == 0 else "not counted"),
+                )
+            )
+    rows = [i for i in range(len(claims)) if i not in dropped]
+    if not rows:
+        return rows
+    rides = _rides([claims[i] for i in rows])
+    opts = _revocation_options(inputs, rides.card_id)
+    anomalies: list[Anomaly] = []
+    keep = not_revoked(rides, opts, anomalies)
+    revocation_flags(rides.take(keep), opts, anomalies)
+    merchant = {(c[0], c[1]): c[7] for c in claims}
+    month.findings.extend(
+        from_anomaly(a, merchant.get((a.terminal_id, a.seq), "")) for a in anomalies
+    )
+    return [rows[i] for i in keep.tolist()]
+
+
+def _rides(claims: list[_Accepted]) -> Rides:
+    """Claims in the settlement's ride columns, for its revocation rules."""
+    n = len(claims)
+    return Rides(
+        contexts=(),
+        context=np.zeros(n, dtype=np.int32),
+        terminal_id=np.array([c[0] for c in claims], dtype=np.uint64),
+        seq=np.array([c[1] for c in claims], dtype=np.uint64),
+        time_ms=np.array([c[2] for c in claims], dtype=np.int64),
+        card_id=np.array([c[3] for c in claims], dtype=np.uint64),
+        counter=np.array([c[4] for c in claims], dtype=np.int64),
+        record_hash=np.zeros((n, 32), dtype=np.uint8),
+        flagged={i: (c[6], c[5] if c[5] >= 0 else None) for i, c in enumerate(claims) if c[6]},
+        generation=np.array([c[5] for c in claims], dtype=np.int64),
+    )
+
+
+def _revocation_options(inputs: ReportInputs, cards: np.ndarray) -> MergeOptions:
+    """The settlement's revocation knowledge, from the tables given."""
+    cards = np.unique(cards)
+    revoked: dict[int, int] = {}
+    gens = []
+    for table in inputs.tables:
+        found = table.find_many(cards)
+        hit = found >= 0
+        for card, pos in zip(cards[hit].tolist(), found[hit].tolist(), strict=True):
+            when = int(table.revoked_at[pos])
+            revoked[card] = min(when, revoked.get(card, when))
+        gens.append(RevocationGeneration(table.generation, table.created_at, _holder(table)))
+    return MergeOptions(
+        revoked_at=revoked,
+        generations=tuple(gens),
+        revocation_max_age_s=inputs.revocation_max_age_s,
+    )
+
+
+def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
+    def holds(cards: np.ndarray) -> np.ndarray:
+        found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0
+        return found
+
+    return holds
+
+
+def _report(
+    inputs: ReportInputs, month: _Month, kept: list[int], opened: list[_Opened], skipped: int
+) -> MerchantReport:
+    claims = month.accepted
+    merchants = sorted(month.tills)
+    findings = sorted(month.findings)
+    per: dict[str, list[int]] = {m: [0, 0, 0] for m in merchants}
+    counted = set(kept)
+    accepted_by: dict[str, int] = dict.fromkeys(merchants, 0)
+    for i, c in enumerate(claims):
+        accepted_by[c[7]] += 1
+        if i in counted:
+            p = per[c[7]]
+            p[0] += 1
+            p[1] += c[8]
+            p[2] += c[9]
+    found_by: dict[str, int] = {}
+    for f in findings:
+        found_by[f.merchant] = found_by.get(f.merchant, 0) + 1
+    totals = tuple(
+        MerchantTotal(
+            m,
+            len(month.tills[m]),
+            accepted_by[m] + month.denied[m],
+            month.denied[m],
+            per[m][0],
+            per[m][1],
+            per[m][2],
+            found_by.get(m, 0),
+        )
+        for m in merchants
+    )
+    in_month = [o for o in opened if o.in_month]
+    stats = {
+        "batches": len(in_month),
+        "batches_rejected": sum(f.kind in ("batch_rejected", "unknown_terminal") for f in findings),
+        "batches_of_earlier_months": len(opened) - len(in_month),
+        "files_skipped": skipped,
+        "merchants": len(merchants),
+        "claims": sum(t.claims for t in totals),
+        "verified": sum(t.verified for t in totals),
+        "amount_fen": sum(t.amount_fen for t in totals),
+        "discount_fen": sum(t.discount_fen for t in totals),
+        "findings": len(findings),
+    }
+    return MerchantReport(
+        str(inputs.month),
+        totals,
+        tuple(findings),
+        stats,
+        tuple(sorted(o.sha.hex() for o in in_month)),
+        dict(inputs.settings),
+    )
