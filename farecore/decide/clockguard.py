@@ -47,7 +47,7 @@ class ClockGuard:
                 if self.on_change is not None:
                     self.on_change(True, now_ms, floor)
             what = "the revocation table's creation" if floor == table_created_ms else "a time"
-            return f"clock is {(floor - now_ms) // 1000} s behind {what} this gate has seen"
+            return f"clock is {(floor - now_ms) // 1000} s behind {what} this terminal has seen"
         if now_ms > floor:
             self.floor_ms = now_ms
         elif floor > self.floor_ms:
