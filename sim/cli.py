@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -67,13 +68,12 @@ def _day_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=1, help="random seed; same seed, same day (default 1)"
     )
-    p.add_argument("--cards", type=int, default=20_000, help="card population (default 20000)")
-    p.add_argument("--taps", type=int, default=40_000, help="taps in the day (default 40000)")
+    p.add_argument("--cards", type=int, help="card population (default 20000)")
+    p.add_argument("--taps", type=int, help="taps in the day (default 40000)")
     p.add_argument(
         "--gates",
         type=int,
-        default=16,
-        help="validators, about 60%% in metro stations (default 16)",
+        help="validators, about 60%% in metro stations (default 16; 40 with --year/--days)",
     )
     p.add_argument(
         "--reader",
@@ -105,6 +105,30 @@ def _day_arguments(p: argparse.ArgumentParser) -> None:
         "cards alike, terminals alternating between the two, an SM2 revocation signer",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--year",
+        action="store_true",
+        help="simulate the calibrated year 2026 (365 days; docs/calibration.md)",
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        metavar="N",
+        help="simulate the first N days of the calibrated year (1..365)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="with --year/--days: cards, rides and yuan times this (0 < S <= 1; default 1: "
+        "300,000 cards, 27 million rides, 45 million yuan a year)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --year/--days: run the lanes and the settlement on this Dask scheduler "
+        "(its workers must see RUNDIR at the same path; needs the 'dask' extra)",
+    )
 
 
 def _engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,6 +210,10 @@ def _serve_metrics(args: argparse.Namespace, stack: contextlib.ExitStack) -> Pat
 def _run(args: argparse.Namespace) -> int:
     from sim.run import SimError
 
+    if args.year or args.days is not None:
+        return _run_year(args)
+    if args.scheduler is not None or args.scale != 1.0:
+        raise SimError("--scheduler and --scale go with --year or --days")
     with contextlib.ExitStack() as stack:
         try:
             metrics_dir = _serve_metrics(args, stack)
@@ -205,9 +233,9 @@ def _run_day(args: argparse.Namespace, metrics_dir: Path | None) -> int:
         opts = SimOptions(
             out=args.out,
             seed=args.seed,
-            cards=args.cards,
-            taps=args.taps,
-            gates=args.gates,
+            cards=20_000 if args.cards is None else args.cards,
+            taps=40_000 if args.taps is None else args.taps,
+            gates=16 if args.gates is None else args.gates,
             reader=args.reader,
             mix=FraudMix.parse(args.fraud_mix),
             workers=args.workers,
@@ -222,4 +250,57 @@ def _run_day(args: argparse.Namespace, metrics_dir: Path | None) -> int:
     except ValueError as exc:
         raise SimError(str(exc)) from None
     summary = run_simulation(opts)
+    return 0 if summary["ok"] else 1
+
+
+# Options of a single day that a simulated year does not take (its sizes come from the
+# calibration, its taps all go through the virtual reader).
+_DAY_ONLY = {
+    "cards": "--cards",
+    "taps": "--taps",
+    "metrics_listen": "--metrics-listen",
+    "metrics_dir": "--metrics-dir",
+}
+
+
+def _run_year(args: argparse.Namespace) -> int:
+    from sim.run import SimError
+    from sim.year import YearOptions, run_year
+
+    if args.year and args.days is not None and args.days != 365:
+        raise SimError("--year is 365 days; give --year or --days N, not both")
+    given = [flag for name, flag in _DAY_ONLY.items() if getattr(args, name) is not None]
+    if args.reader != "virtual":
+        given.append("--reader")
+    if args.measure_ceiling:
+        given.append("--measure-ceiling")
+    if given:
+        raise SimError(
+            f"{', '.join(given)} not with --year/--days: the calibration sizes the year "
+            "(use --scale) and its taps use the virtual reader"
+        )
+    try:
+        opts = YearOptions(
+            out=args.out,
+            seed=args.seed,
+            days=365 if args.days is None else args.days,
+            scale=args.scale,
+            gates=40 if args.gates is None else args.gates,
+            mix=FraudMix.parse(args.fraud_mix),
+            workers=args.workers or os.cpu_count() or 1,
+            lanes=args.lanes,
+            max_group=args.max_group,
+            crypto=args.crypto,
+            scheduler=args.scheduler,
+        )
+    except ValueError as exc:
+        raise SimError(str(exc)) from None
+    if opts.crypto != "ed25519":
+        from farecore.card import sm2
+
+        try:
+            sm2.backend()
+        except ValueError as exc:
+            raise SimError(f"--crypto {opts.crypto}: {exc}") from None
+    summary = run_year(opts)
     return 0 if summary["ok"] else 1

@@ -100,12 +100,27 @@ class LaneJob:
     progress: Any  # shared array of taps done; this lane counts into progress[slot]
     slot: int
     metrics: FleetMetrics | None = None  # the worker's, when the run serves metrics
+    # A simulated year's lane (``sim.year_tasks``) runs day after day on one station
+    # journal: it opens all its gates, idle ones too (each terminal hands in a batch a
+    # day), takes the day's two revocation tables from their own paths, keeps its
+    # gates' marks in its own state directory, and numbers its nonces across the year.
+    all_gates: tuple[int, ...] | None = None  # None: the gates the lane's taps use
+    tables: tuple[Path, Path] | None = None  # None: the run's revocation/gen{1,2}.frt
+    state_dir: Path | None = None  # None: the gate configurations' [state] dir
+    tap_base: int = 0  # added to the tap's number in its nonce
+    # The gates' clock when they are built (None: the start of the day). A year's lane
+    # starts at its first tap: its gates' marks hold yesterday's late taps, after the
+    # midnight that starts the day.
+    start_ms: int | None = None
 
 
 def run_lane(job: LaneJob, out: LaneResult) -> None:
     """Run the lane's taps through its station controller; fill in ``out``."""
     wl = job.world.workload
-    lane_gates = sorted({int(x) for x in wl.gate[job.taps]})
+    if job.all_gates is None:
+        lane_gates = sorted({int(x) for x in wl.gate[job.taps]})
+    else:
+        lane_gates = sorted(job.all_gates)
     station_journal = StationJournal.open(
         job.work / "journals" / f"station-{job.lane_id}.sqlite",
         [job.world.gates[g].terminal_id for g in lane_gates],
@@ -128,7 +143,7 @@ class _Lane:
     def __init__(self, job: LaneJob, out: LaneResult, journal: StationJournal) -> None:
         world = job.world
         self.job, self.out, self.journal = job, out, journal
-        self.time = SimTime(world.clock.start_ms)
+        self.time = SimTime(world.clock.start_ms if job.start_ms is None else job.start_ms)
         met = np.unique(world.workload.card[job.taps])
         # The gates of one station controller share their verified credentials, in a
         # cache sized for every card the controller meets in the day.
@@ -158,11 +173,17 @@ class _Lane:
     def open_gates(self, lane_gates: list[int], stack: contextlib.ExitStack) -> None:
         """Build each gate from its configuration, exactly as ``farecore gate`` does."""
         run_dir = self.job.work.parent
-        os.link(run_dir / "revocation" / "gen1.frt", self.in_force)
+        if self.job.tables is None:
+            os.link(run_dir / "revocation" / "gen1.frt", self.in_force)
+        else:
+            _publish(self.job.tables[0], self.in_force)  # yesterday's is there
         for g in lane_gates:
             tid = self.job.world.gates[g].terminal_id
             cfg = load_gate_config(run_dir / "gates" / f"gate-{tid}.toml")
             cfg = dataclasses.replace(cfg, revocation_table=self.in_force)
+            if self.job.state_dir is not None:
+                state = self.job.state_dir
+                cfg = dataclasses.replace(cfg, state_dir=state, revocation_store=state / "tables")
             reader = VirtualReader(f"gate-{tid}")
             wired = build_gate(
                 cfg,
@@ -189,9 +210,11 @@ class _Lane:
         """Make the rides decided under generation 1 durable, publish generation 2 at the
         lane's table path and have every gate take it into force."""
         self.controller.flush()
-        staged = self.in_force.with_suffix(".staged")
-        os.link(self.job.work.parent / "revocation" / "gen2.frt", staged)
-        os.replace(staged, self.in_force)
+        tables = self.job.tables
+        _publish(
+            self.job.work.parent / "revocation" / "gen2.frt" if tables is None else tables[1],
+            self.in_force,
+        )
         for wired, _ in self.gates.values():
             if wired.revocation is None or not wired.revocation.poll():
                 raise SimError(f"lane {self.job.lane_id}: generation 2 was not taken into force")
@@ -204,6 +227,7 @@ class _Lane:
         job, wl, out = self.job, self.job.world.workload, self.out
         taps = job.taps
         seed = job.world.opts.seed.to_bytes(8, "big")
+        base = job.tap_base
         switch = job.world.clock.revocation_gen2_ms
         # Plain lists: indexing numpy arrays one scalar at a time is slow.
         columns = zip(
@@ -221,7 +245,7 @@ class _Lane:
             self.time.now_ms = now_ms
             if not self.published and now_ms >= switch:
                 self.publish_gen2()
-            self.time.nonce = hashlib.sha256(seed + i.to_bytes(8, "big")).digest()[:16]
+            self.time.nonce = hashlib.sha256(seed + (base + i).to_bytes(8, "big")).digest()[:16]
             decision = self.tap(n, i, g, self.card(card_index, counter, pulled))
             out.got[n] = 0 if decision.reason is None else int(decision.reason)
             out.latency_us[n] = decision.timings.total_us
@@ -285,3 +309,11 @@ class _Lane:
             out.close_ns[0] = time.perf_counter_ns() - t_close
         if journal.move_error is not None:
             raise SimError(f"lane {self.job.lane_id}: {journal.move_error}")
+
+
+def _publish(table: Path, in_force: Path) -> None:
+    """Put ``table`` at ``in_force`` by an atomic rename, as a table publisher does."""
+    staged = in_force.with_suffix(".staged")
+    staged.unlink(missing_ok=True)  # left by a run that stopped here
+    os.link(table, staged)
+    os.replace(staged, in_force)

@@ -33,6 +33,7 @@ __all__ = [
     "FAULT_PULLED",
     "DayClock",
     "Workload",
+    "boardings",
     "label_name",
     "reimburse",
 ]
@@ -100,14 +101,30 @@ class Workload:
         network: Network,
         clock: DayClock,
         mix: FraudMix,
+        *,
+        trips: int | None = None,
+        metro_share: float = 0.58,
+        stream: tuple[int, ...] = (),
+        bus_weights: dict[int, float] | None = None,
     ) -> Workload:
+        """The day's taps. By default ``taps`` of them, with every bad card kind made to
+        show up. With ``trips`` (a simulated year's day, ``sim.year_plan``): that many
+        trips however many taps they make, bad cards riding only as often as any card,
+        ``metro_share`` of the trips by metro, and ``stream`` (the day) added to the
+        seed's random stream. ``bus_weights`` (gate index to weight): how a bus trip
+        picks its bus; by default every bus alike."""
         if taps < 10:
             raise ValueError("--taps must be at least 10")
-        rng = np.random.default_rng([seed, 2])
-        places = _Places.of(gates)
-        n_trips = 2 * taps + 100  # ~1.6 taps a trip; trips overlapping one card's are dropped
-        draws = _Draws.draw(rng, n_trips, len(places.stations), population, clock)
-        rows = _plan(rng, draws, places, network, mix, taps)
+        if not 0.0 <= metro_share <= 1.0:
+            raise ValueError(f"metro share {metro_share} must be between 0 and 1")
+        rng = np.random.default_rng([seed, 2, *stream])
+        places = _Places.of(gates, bus_weights)
+        # ~1.6 taps a trip; trips overlapping one card's are dropped
+        n_trips = 2 * taps + 100 if trips is None else 2 * trips + 100
+        draws = _Draws.draw(
+            rng, n_trips, len(places.stations), population, clock, metro_share, trips is None
+        )
+        rows = _plan(rng, draws, places, network, mix, taps if trips is None else None, trips)
         arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
         time_ms = arr[:, 0].copy()
         card_arr = arr[:, 1].astype(np.int32)
@@ -127,9 +144,10 @@ class _Places:
     exit: dict[str, list[int]]
     bus: list[int]
     stations: list[str]  # the metro stations, sorted
+    bus_cum: npt.NDArray[np.float64] | None = None  # cumulative weights of ``bus``
 
     @classmethod
-    def of(cls, gates: list[GatePlan]) -> _Places:
+    def of(cls, gates: list[GatePlan], bus_weights: dict[int, float] | None = None) -> _Places:
         entry: dict[str, list[int]] = defaultdict(list)
         exit_: dict[str, list[int]] = defaultdict(list)
         bus: list[int] = []
@@ -140,7 +158,13 @@ class _Places:
                 exit_[g.place].append(g.index)
             else:
                 bus.append(g.index)
-        return cls(entry, exit_, bus, sorted(entry))
+        cum = None
+        if bus_weights is not None:
+            weights = np.array([bus_weights.get(g, 0.0) for g in bus])
+            if len(weights) == 0 or weights.min() < 0 or weights.sum() <= 0:
+                raise ValueError("bus weights must be non-negative with a positive sum")
+            cum = np.cumsum(weights) / weights.sum()
+        return cls(entry, exit_, bus, sorted(entry), cum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +186,17 @@ class _Draws:
         stations: int,
         population: Population,
         clock: DayClock,
+        metro_share: float = 0.58,
+        show_bad: bool = True,
     ) -> _Draws:
         starts = _day_profile(rng, n_trips, clock.start_ms)
         cards = rng.integers(0, len(population), n_trips)
         # Make sure every bad card kind shows up even in a small day.
         bad = np.flatnonzero(population.kinds != 0)
-        if len(bad):
+        if len(bad) and show_bad:
             take = bad[: max(1, min(len(bad), n_trips // 8))]
             cards[rng.choice(n_trips, size=len(take), replace=False)] = take
-        is_metro = rng.random(n_trips) < 0.58
+        is_metro = rng.random(n_trips) < metro_share
         a_idx = rng.integers(0, stations, n_trips)
         b_off = rng.integers(1, max(2, stations), n_trips)
         return cls(starts, cards, is_metro, a_idx, b_off, rng.random((n_trips, 4)))
@@ -187,12 +213,15 @@ def _plan(
     places: _Places,
     network: Network,
     mix: FraudMix,
-    taps: int,
+    taps: int | None,
+    trips: int | None = None,
 ) -> list[_Row]:
     """The day's taps, sorted by time. Trips of one card never overlap in time; trips
-    are taken in random order (not time order) until the day is full, so a small day
-    still spans the whole service day with its two peaks."""
+    are taken in random order (not time order) until the day has ``taps`` taps (or
+    ``trips`` trips), so a small day still spans the whole service day with its two
+    peaks."""
     rows: list[_Row] = []
+    taken = 0
     busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
     p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
     for t in rng.permutation(len(d.starts)):
@@ -212,10 +241,11 @@ def _plan(
             rows.append((lost[0] - 2000 - int(4000 * u[1]), card, lost[2], FAULT_PULLED))
         if u[1] < p_passback:
             rows.append((start + 20_000 + int(200_000 * u[0]), card, again, FAULT_PASSBACK))
-        if len(rows) >= taps:
+        taken += 1
+        if (taps is not None and len(rows) >= taps) or (trips is not None and taken >= trips):
             break
     rows.sort()
-    return rows[:taps]
+    return rows[:taps] if taps is not None else rows
 
 
 def _trip(
@@ -236,7 +266,11 @@ def _trip(
         gout = places.exit[b][int(pick[2] * len(places.exit[b]))]
         again = places.entry[a][int(pick[3] * len(places.entry[a]))]
         return [(start, card, gin, FAULT_NONE), (end, card, gout, FAULT_NONE)], again, start, end
-    gin = places.bus[int(pick[1] * len(places.bus))]
+    if places.bus_cum is None:
+        gin = places.bus[int(pick[1] * len(places.bus))]
+    else:
+        k = int(np.searchsorted(places.bus_cum, pick[1], side="right"))
+        gin = places.bus[min(k, len(places.bus) - 1)]
     end = start + int((8 + 30 * pick[0]) * 60_000)
     return [(start, card, gin, FAULT_NONE)], gin, start, end
 
@@ -338,3 +372,29 @@ def reimburse(
         for g in entries:
             owed[g.operator][g.line] += lowest
     return {op: dict(sorted(lines.items())) for op, lines in sorted(owed.items())}
+
+
+def boardings(
+    card: npt.NDArray[np.int32],
+    gate: npt.NDArray[np.int32],
+    accepted: npt.NDArray[np.bool_],
+    gates: list[GatePlan],
+) -> int:
+    """Free rides as a city counts them: each bus boarding and each metro trip once.
+
+    A metro exit that closes an open entry of its card is the same ride as that entry;
+    an exit with no open entry (its entry was refused) is a ride of its own, as the
+    settlement pays it (``reimburse``). Taps in time order."""
+    roles = np.array([g.role for g in gates], dtype=object)[gate]
+    rides = 0
+    open_entries: dict[int, int] = defaultdict(int)
+    for i in np.flatnonzero(accepted).tolist():
+        role, c = roles[i], int(card[i])
+        if role == "metro_exit":
+            if open_entries[c]:
+                open_entries[c] -= 1
+                continue
+        elif role == "metro_entry":
+            open_entries[c] += 1
+        rides += 1
+    return rides
