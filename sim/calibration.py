@@ -104,6 +104,7 @@ class DayAim:
 
     rides: int  # rides the day should have (the targets so far minus the days before)
     metro_share: float
+    venue_visits: int = 0  # visits to the venue sites: their own figure, not rides
 
     def trips(self, good: float) -> int:
         """Trips to draw when a share ``good`` of the cards ride (the others' trips are
@@ -118,7 +119,7 @@ class Targets:
     scale: float
     calendar: tuple[CalendarDay, ...]
     rides: tuple[int, ...]  # per day of the year
-    venue_visits: tuple[int, ...]  # per day: planned, not yet in the workload
+    venue_visits: tuple[int, ...]  # per day: visits to the venue sites
 
     @classmethod
     def of(cls, calendar: list[CalendarDay], scale: float) -> Targets:
@@ -155,4 +156,4 @@ class Targets:
         bus, metro = means
         share = (fen / rides - bus) / (metro - bus) if metro > bus else _SHARE_MIN
         share = min(_SHARE_MAX, max(_SHARE_MIN, share))
-        return DayAim(rides, round(share, 6))
+        return DayAim(rides, round(share, 6), self.venue_visits[day_index])

@@ -20,6 +20,7 @@ from typing import Any
 
 from farecore.commands._args import path
 from sim.population import FraudMix
+from sim.venues import VENUE_SITES
 
 __all__ = ["register"]
 
@@ -103,6 +104,17 @@ def _day_arguments(p: argparse.ArgumentParser) -> None:
         "terminal and revocation key; sm2 (SM2 with SM3, needs the 'sm' extra) for all of "
         "them; mix: issuer key 1 Ed25519 and issuer key 2 SM2, each signing Ed25519 and SM2 "
         "cards alike, terminals alternating between the two, an SM2 revocation signer",
+    )
+    p.add_argument(
+        "--venue-sites",
+        type=int,
+        help="parks, scenic spots and museums with entrance gates (0..6; default 0 for a "
+        "day, all 6 with --year/--days; docs/venues.md)",
+    )
+    p.add_argument(
+        "--venue-visits",
+        type=int,
+        help="visits to the venue sites in the day (default 0; a year takes its own)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -246,6 +258,8 @@ def _run_day(args: argparse.Namespace, metrics_dir: Path | None) -> int:
             ceiling_ops=2000 if args.measure_ceiling else 0,
             crypto=args.crypto,
             metrics_dir=metrics_dir,
+            venue_sites=args.venue_sites or 0,
+            venue_visits=args.venue_visits or 0,
         )
     except ValueError as exc:
         raise SimError(str(exc)) from None
@@ -260,6 +274,7 @@ _DAY_ONLY = {
     "taps": "--taps",
     "metrics_listen": "--metrics-listen",
     "metrics_dir": "--metrics-dir",
+    "venue_visits": "--venue-visits",
 }
 
 
@@ -286,6 +301,7 @@ def _run_year(args: argparse.Namespace) -> int:
             days=365 if args.days is None else args.days,
             scale=args.scale,
             gates=40 if args.gates is None else args.gates,
+            venue_sites=len(VENUE_SITES) if args.venue_sites is None else args.venue_sites,
             mix=FraudMix.parse(args.fraud_mix),
             workers=args.workers or os.cpu_count() or 1,
             lanes=args.lanes,

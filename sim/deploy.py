@@ -23,6 +23,7 @@ from farecore.settlement.terminals import TerminalInfo, format_terminals
 from sim.issuer import QINGDAO
 from sim.network import BUS_LINES, METRO_BANDS, OPERATORS
 from sim.population import CARD_KINDS
+from sim.venues import venue_fares_toml
 from sim.world import World
 
 __all__ = ["ISSUED_LIST", "issued_lists", "slug", "write_city"]
@@ -63,7 +64,7 @@ def _write_keys_and_register(world: World, out: Path) -> None:
     for g in world.gates:
         tkey = world.terminal_key(g.terminal_id)
         save_signing_key(tkey, keys / f"terminal-{g.terminal_id}")
-        x = world.network.chainage_m(g.place) if g.role != "bus" else 0
+        x = world.network.chainage_m(g.place) if g.role.startswith("metro") else 0
         terminals.append(
             TerminalInfo(
                 g.terminal_id,
@@ -146,7 +147,10 @@ def _fares(world: World) -> list[str]:
         f"bands = [{bands}]",
         "[metro.stations]",
     ]
-    return fares + [f'"{st}" = {world.network.chainage_m(st)}' for st in world.network.stations]
+    fares += [f'"{st}" = {world.network.chainage_m(st)}' for st in world.network.stations]
+    if any(g.role == "venue" for g in world.gates):
+        fares += ["", venue_fares_toml(world.clock.day.year, (QINGDAO,))]
+    return fares
 
 
 def _write_gate_configs(world: World, gdir: Path) -> None:
@@ -165,10 +169,17 @@ def _write_gate_configs(world: World, gdir: Path) -> None:
             f"issued = [{issued}]\n\n"
             f'[revocation]\ntable = "../revocation/gen2.frt"\nsigner = "../keys/revocation-1.pub"\n\n'
             f'[journal]\npath = "../work/journals/journal-{g.terminal_id}.sqlite"\n\n'
-            f"[passback]\nwindow_s = {window}\n"
-            + (f'store = "../work/passback/{slug(g.place)}.sqlite"\n' if window else "")
+            + _rule_section(g.role, g.place, window)
             + '\n[state]\ndir = "../work/state"\n'
         )
+
+
+def _rule_section(role: str, place: str, window: int) -> str:
+    """A transit gate's [passback]; a venue gate's [venue] (one entry a day at its site)."""
+    if role == "venue":
+        return f'[venue]\nstore = "../work/venue/{slug(place)}.sqlite"\n'
+    store = f'store = "../work/passback/{slug(place)}.sqlite"\n' if window else ""
+    return f"[passback]\nwindow_s = {window}\n" + store
 
 
 def _write_issued_list(world: World, out: Path) -> None:

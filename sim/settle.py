@@ -67,6 +67,7 @@ def expected_money(world: World) -> dict[str, dict[str, int]]:
     rule in docs/settlement.md. The ground truth counts the same day."""
     wl = world.workload
     in_day = wl.time_ms < world.clock.start_ms + 86_400_000
+    accepted = (wl.expected == 0) & in_day
     return reimburse(
-        wl.time_ms, wl.card, wl.gate, (wl.expected == 0) & in_day, world.gates, world.network
+        wl.time_ms, wl.card, wl.gate, accepted, world.gates, world.network, world.clock.day
     )

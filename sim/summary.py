@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sim.population import CARD_KINDS
-from sim.workload import FAULT_PASSBACK, FAULT_PULLED, label_name
+from sim.workload import FAULT_PASSBACK, FAULT_PULLED, FAULT_REVISIT, label_name
 from sim.world import World
 
 __all__ = ["build_summary", "print_summary", "show_progress", "write_plots"]
@@ -29,6 +29,7 @@ def _fraud_kinds(world: World) -> npt.NDArray[np.object_]:
     wl = world.workload
     kinds = np.array(CARD_KINDS, dtype=object)[world.population.kinds[wl.card]]
     kinds[wl.fault == FAULT_PASSBACK] = "passback"
+    kinds[wl.fault == FAULT_REVISIT] = "revisit"
     kinds[wl.fault == FAULT_PULLED] = "pulled"
     return kinds
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +25,14 @@ import numpy.typing as npt
 from farecore.decide.decision import Reason
 from sim.network import METRO_BANDS, GatePlan, Network
 from sim.population import CARD_KINDS, FraudMix, Population
+from sim.venues import site_of, ticket_fen
 
 __all__ = [
     "ACCEPT_CODE",
     "FAULT_NONE",
     "FAULT_PASSBACK",
     "FAULT_PULLED",
+    "FAULT_REVISIT",
     "DayClock",
     "Workload",
     "boardings",
@@ -39,7 +41,8 @@ __all__ = [
 ]
 
 ACCEPT_CODE = 0  # expected/got codes: 0 is ACCEPT, otherwise a Reason value
-FAULT_NONE, FAULT_PASSBACK, FAULT_PULLED = 0, 1, 2
+FAULT_NONE, FAULT_PASSBACK, FAULT_PULLED, FAULT_REVISIT = 0, 1, 2, 3
+REVISIT_SHARE = 0.03  # of venue visits: the holder comes back to the site later that day
 _QINGDAO_TZ = dt.timezone(dt.timedelta(hours=8))
 
 
@@ -106,13 +109,16 @@ class Workload:
         metro_share: float = 0.58,
         stream: tuple[int, ...] = (),
         bus_weights: dict[int, float] | None = None,
+        venue_visits: int = 0,
     ) -> Workload:
         """The day's taps. By default ``taps`` of them, with every bad card kind made to
         show up. With ``trips`` (a simulated year's day, ``sim.year_plan``): that many
         trips however many taps they make, bad cards riding only as often as any card,
         ``metro_share`` of the trips by metro, and ``stream`` (the day) added to the
         seed's random stream. ``bus_weights`` (gate index to weight): how a bus trip
-        picks its bus; by default every bus alike."""
+        picks its bus; by default every bus alike. ``venue_visits``: visits to the venue
+        gates' sites in opening hours, from a stream of their own (0 leaves the day's
+        taps as they are), each card's never overlapping its trips."""
         if taps < 10:
             raise ValueError("--taps must be at least 10")
         if not 0.0 <= metro_share <= 1.0:
@@ -124,7 +130,11 @@ class Workload:
         draws = _Draws.draw(
             rng, n_trips, len(places.stations), population, clock, metro_share, trips is None
         )
-        rows = _plan(rng, draws, places, network, mix, taps if trips is None else None, trips)
+        busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        rows = _plan(rng, draws, places, network, mix, taps if trips is None else None, trips, busy)
+        if venue_visits and places.venue:
+            visits = np.random.default_rng([seed, 3, *stream])
+            rows = sorted(rows + _visits(visits, venue_visits, places, population, clock, busy))
         arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
         time_ms = arr[:, 0].copy()
         card_arr = arr[:, 1].astype(np.int32)
@@ -145,17 +155,21 @@ class _Places:
     bus: list[int]
     stations: list[str]  # the metro stations, sorted
     bus_cum: npt.NDArray[np.float64] | None = None  # cumulative weights of ``bus``
+    venue: dict[str, list[int]] = field(default_factory=dict)  # a site's entrance gates
 
     @classmethod
     def of(cls, gates: list[GatePlan], bus_weights: dict[int, float] | None = None) -> _Places:
         entry: dict[str, list[int]] = defaultdict(list)
         exit_: dict[str, list[int]] = defaultdict(list)
         bus: list[int] = []
+        venue: dict[str, list[int]] = defaultdict(list)
         for g in gates:
             if g.role == "metro_entry":
                 entry[g.place].append(g.index)
             elif g.role == "metro_exit":
                 exit_[g.place].append(g.index)
+            elif g.role == "venue":
+                venue[g.line].append(g.index)
             else:
                 bus.append(g.index)
         cum = None
@@ -164,7 +178,7 @@ class _Places:
             if len(weights) == 0 or weights.min() < 0 or weights.sum() <= 0:
                 raise ValueError("bus weights must be non-negative with a positive sum")
             cum = np.cumsum(weights) / weights.sum()
-        return cls(entry, exit_, bus, sorted(entry), cum)
+        return cls(entry, exit_, bus, sorted(entry), cum, dict(venue))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +229,7 @@ def _plan(
     mix: FraudMix,
     taps: int | None,
     trips: int | None = None,
+    busy: dict[int, list[tuple[int, int]]] | None = None,
 ) -> list[_Row]:
     """The day's taps, sorted by time. Trips of one card never overlap in time; trips
     are taken in random order (not time order) until the day has ``taps`` taps (or
@@ -222,7 +237,7 @@ def _plan(
     peaks."""
     rows: list[_Row] = []
     taken = 0
-    busy: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    busy = defaultdict(list) if busy is None else busy
     p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
     for t in rng.permutation(len(d.starts)):
         planned = _trip(int(t), d, places, network)
@@ -246,6 +261,44 @@ def _plan(
             break
     rows.sort()
     return rows[:taps] if taps is not None else rows
+
+
+def _visits(
+    rng: np.random.Generator,
+    n: int,
+    places: _Places,
+    population: Population,
+    clock: DayClock,
+    busy: dict[int, list[tuple[int, int]]],
+) -> list[_Row]:
+    """``n`` visits (or as many as fit) to the sites, 09:00 to 17:00, each an hour or
+    three, at a random entrance; a share of holders come back through another entrance
+    later the same day (``FAULT_REVISIT``). A card's visit never overlaps its trips."""
+    sites = sorted(places.venue)
+    rows: list[_Row] = []
+    planned = 0
+    draws = 3 * n + 20
+    cards = rng.integers(0, len(population), draws)
+    site_k = rng.integers(0, len(sites), draws)
+    start = clock.start_ms + (rng.uniform(9.0, 16.5, draws) * 3_600_000).astype(np.int64)
+    stay = (rng.uniform(60, 180, draws) * 60_000).astype(np.int64)
+    pick = rng.random((draws, 3))
+    for k in range(draws):
+        if planned >= n:
+            break
+        card, t0 = int(cards[k]), int(start[k])
+        t1 = t0 + int(stay[k])
+        back = pick[k, 2] < REVISIT_SHARE
+        end = t1 + (30 * 60_000 if back else 0)
+        if any(t0 < e + _GAP_MS and s0 < end + _GAP_MS for s0, e in busy[card]):
+            continue
+        busy[card].append((t0, end))
+        gates = places.venue[sites[int(site_k[k])]]
+        rows.append((t0, card, gates[int(pick[k, 0] * len(gates))], FAULT_NONE))
+        if back:
+            rows.append((end, card, gates[int(pick[k, 1] * len(gates))], FAULT_REVISIT))
+        planned += 1
+    return rows
 
 
 def _trip(
@@ -314,6 +367,7 @@ def _ground_truth(
     kinds = population.kinds
     gen2 = clock.revocation_gen2_ms
     windows = {"metro_entry": clock.passback_metro_s * 1000, "bus": clock.passback_bus_s * 1000}
+    entered: set[tuple[str, int]] = set()  # (site, card): one entry a service day
     for i in range(n):
         c, g, t = int(card[i]), gates[int(gate[i])], int(time_ms[i])
         counter[i] = used[c]
@@ -330,9 +384,13 @@ def _ground_truth(
             last = last_ok.get((g.place, c))
             if last is not None and t - last < windows[g.role]:
                 reason = Reason.PASSBACK
+        if reason is None and g.role == "venue" and (g.line, c) in entered:
+            reason = Reason.ALREADY_ENTERED  # visits are in opening hours: one day
         if reason is None:
             if g.role in windows:
                 last_ok[(g.place, c)] = t
+            elif g.role == "venue":
+                entered.add((g.line, c))
             expected[i] = ACCEPT_CODE
         else:
             expected[i] = int(reason)
@@ -346,8 +404,11 @@ def reimburse(
     accepted: npt.NDArray[np.bool_],
     gates: list[GatePlan],
     network: Network,
+    day: dt.date | None = None,
 ) -> dict[str, dict[str, int]]:
     """Fen owed per operator and line for the accepted taps, by the stated rule.
+
+    A venue entry: its site's ticket price on ``day`` (``sim.venues``), counted on the site.
 
     Bus: the line's flat fare per boarding. Metro: each exit pairs with the card's latest
     still-open entry and pays the distance-band fare between the two stations, counted
@@ -361,6 +422,10 @@ def reimburse(
         g, c = gates[int(gate[i])], int(card[i])
         if g.role == "bus":
             owed[g.operator][g.line] += network.bus_line(g.line).fare_fen
+        elif g.role == "venue":
+            if day is None:
+                raise ValueError("pricing venue entries needs the day (their ticket prices)")
+            owed[g.operator][g.line] += ticket_fen(site_of(g.line), day)
         elif g.role == "metro_entry":
             open_entries[c].append(g)
         elif open_entries[c]:
@@ -390,6 +455,8 @@ def boardings(
     open_entries: dict[int, int] = defaultdict(int)
     for i in np.flatnonzero(accepted).tolist():
         role, c = roles[i], int(card[i])
+        if role == "venue":
+            continue  # a visit, not a ride
         if role == "metro_exit":
             if open_entries[c]:
                 open_entries[c] -= 1

@@ -20,6 +20,7 @@ from sim.issuer import Issuer, derive_key
 from sim.network import GatePlan, Network
 from sim.population import CardFactory, FraudMix, Population
 from sim.transport import TRANSPORTS
+from sim.venues import VENUE_SITES, city_gates
 from sim.workload import DayClock, Workload
 
 __all__ = ["CRYPTO", "SIM_DAY", "SimError", "SimOptions", "World", "build_world"]
@@ -56,6 +57,8 @@ class SimOptions:
     # The workers write their gates' metrics here (farecore.fleet.metrics, multi-process
     # mode); the parent serves them. None: no metrics.
     metrics_dir: Path | None = None
+    venue_sites: int = 0  # sites (parks, museums) with entrance gates (sim.venues)
+    venue_visits: int = 0  # visits to them in the day
 
     def __post_init__(self) -> None:
         if self.cards < 100 or self.taps < 10 or self.gates < 5:
@@ -76,6 +79,10 @@ class SimOptions:
             raise ValueError("ceiling_ops must not be negative")
         if self.crypto not in CRYPTO:
             raise ValueError(f"--crypto {self.crypto}: one of {', '.join(CRYPTO)}")
+        if not 0 <= self.venue_sites <= len(VENUE_SITES):
+            raise ValueError(f"--venue-sites must be 0..{len(VENUE_SITES)}, not {self.venue_sites}")
+        if self.venue_visits < 0 or (self.venue_visits and not self.venue_sites):
+            raise ValueError("--venue-visits needs --venue-sites (and must not be negative)")
 
     def card_algorithms(self) -> tuple[Algorithm, ...]:
         """The card key algorithms of the day, in the order cards take them in turn."""
@@ -129,10 +136,19 @@ def build_world(opts: SimOptions) -> World:
     """The world of ``opts``: the same seed always builds the same world."""
     seed = f"farecore-sim/{opts.seed}"
     network = Network()
-    gates = network.plan_gates(opts.gates)
+    gates = city_gates(network, opts.gates, opts.venue_sites)
     clock = DayClock(SIM_DAY)
     population = Population.generate(opts.seed, opts.cards, opts.mix)
-    workload = Workload.generate(opts.seed, opts.taps, population, gates, network, clock, opts.mix)
+    workload = Workload.generate(
+        opts.seed,
+        opts.taps,
+        population,
+        gates,
+        network,
+        clock,
+        opts.mix,
+        venue_visits=opts.venue_visits,
+    )
     # The default day's labels and derivations are those of every earlier release, so a
     # seed gives the same bytes as before; the others only add.
     algs = {"ed25519": [_ED], "sm2": [_SM2], "mix": [_ED, _SM2]}[opts.crypto]

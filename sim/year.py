@@ -38,6 +38,7 @@ from sim.calibration import TARGET_FEN, TARGET_RIDES, Targets, fare_means
 from sim.deploy import write_city
 from sim.network import METRO_BANDS
 from sim.settle import expected_money
+from sim.venues import VENUE_OPERATOR
 from sim.workload import boardings
 from sim.world import SimError, World
 from sim.year_pool import Executor, executor
@@ -149,6 +150,9 @@ _DAY_KEYS = {
     "anomalies": dict,
     "carry": dict,
     "venue_visits_planned": int,
+    "venue_entries": int,
+    "venue_fen": int,
+    "settled_venue_fen": int,
 }
 
 
@@ -362,6 +366,8 @@ def day_truth(world: World, targets: Targets, before: list[dict[str, Any]]) -> d
     expected_by_op: dict[str, int] = defaultdict(int)
     for op, lines in expected_money(world).items():
         expected_by_op[op] += sum(lines.values())
+    venue_fen = expected_by_op.get(VENUE_OPERATOR, 0)  # not rides: outside the calibration
+    venue = np.array([g.role == "venue" for g in world.gates], dtype=bool)[wl.gate]
     for op, fen in carried.get("by_operator", {}).items():
         expected_by_op[op] += int(fen)
     index = (day - targets.calendar[0].date).days
@@ -371,7 +377,9 @@ def day_truth(world: World, targets: Targets, before: list[dict[str, Any]]) -> d
         "taps": len(wl),
         "rides_target": int(targets.rides[index]),
         "rides": boardings(wl.card, wl.gate, accepted & in_day, world.gates) + carried_taps,
-        "expected_fen": sum(expected_by_op.values()),
+        "expected_fen": sum(expected_by_op.values()) - venue_fen,
+        "venue_entries": int(np.count_nonzero(accepted & in_day & venue)),
+        "venue_fen": venue_fen,
         "expected_by_operator": dict(sorted(expected_by_op.items())),
         "expected_taps_paid": int(np.count_nonzero(accepted & in_day)) + carried_taps,
         "venue_visits_planned": int(targets.venue_visits[index]),

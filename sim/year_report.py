@@ -44,6 +44,8 @@ def year_summary(opts: YearOptions, targets: Targets, days: list[dict[str, Any]]
         "rides_deviation_pct": round(100 * (rides - target_rides) / max(target_rides, 1), 3),
         "fen_deviation_pct": round(100 * (fen - target_fen) / max(target_fen, 1), 3),
         "venue_visits_planned": sum(d["venue_visits_planned"] for d in days),
+        "venue_entries": sum(d["venue_entries"] for d in days),
+        "venue_fen": sum(d["settled_venue_fen"] for d in days),
         "wrong_decisions": wrong,
         "days_money_ok": sum(1 for d in days if d["money_ok"]),
         "days_unchecked": sum(1 for d in days if d.get("wrong_decisions") is None),
@@ -79,7 +81,9 @@ def print_comparison(s: dict[str, Any], stream: TextIO) -> None:
             f"{s['settled_fen'] / 100 / scale / 1e6:.2f} million yuan\n"
         )
     w(
-        f"  venue visits planned (not in the workload yet): {s['venue_visits_planned']:,}\n"
+        f"  venues (parks, scenic spots, museums; not rides): {s['venue_entries']:,} free "
+        f"entries of {s['venue_visits_planned']:,} planned visits, "
+        f"{s['venue_fen'] / 100:,.2f} yuan at their ticket prices\n"
         f"  settlement: {s['days_money_ok']}/{s['days']} nights equal the ground truth to the fen; "
         f"anomalies {s['anomalies'] or 'none'}\n"
     )

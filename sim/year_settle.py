@@ -31,6 +31,7 @@ from farecore.journal.station import StationJournal
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
 from farecore.settlement.pipeline import MapUnits
 from sim.lane import LaneResult
+from sim.venues import VENUE_OPERATOR
 from sim.world import SimError, World
 from sim.year_tasks import lane_journal
 from sim.year_world import day_tables, year_day
@@ -87,17 +88,21 @@ def settle_night(
 
 
 def night_figures(where: Path) -> dict[str, Any]:
-    """What a settled night paid: fen per operator, rides (taps) paid, anomalies by kind."""
+    """What a settled night paid: fen per operator, rides (taps) paid, anomalies by kind;
+    ``settled_fen`` is the transit operators' (the figure Qingdao's report counts), the
+    venues' is ``settled_venue_fen``."""
     by_op: dict[str, int] = defaultdict(int)
     with (where / "totals.csv").open(newline="") as f:
         for row in csv.DictReader(f):
             by_op[row["operator"]] += int(row["amount_fen"])
     stats = json.loads((where / "manifest.json").read_text())["stats"]
     kinds = json.loads((where / "anomalies.json").read_text()).get("counts", {})
+    venue_fen = by_op.get(VENUE_OPERATOR, 0)  # parks and museums: not rides
     return {
         "settled_by_operator": dict(sorted(by_op.items())),
         "settled_taps": int(stats.get("rides_paid", 0)),
-        "settled_fen": int(stats.get("amount_fen", 0)),
+        "settled_fen": int(stats.get("amount_fen", 0)) - venue_fen,
+        "settled_venue_fen": venue_fen,
         "anomalies": dict(sorted(kinds.items())),
     }
 
@@ -137,7 +142,8 @@ def _trim(path: Path, tids: list[int], heads: dict[int, Any], start_ms: int) -> 
             table = station_records_table(tid)
             removed += db.execute(f"DELETE FROM {table} WHERE seq > ?", (last,)).rowcount
             row = db.execute(f"SELECT hash FROM {table} WHERE seq = ?", (last,)).fetchone()
-            if head is not None and (row is None or bytes(row[0]) != head.tail_hash):
+            # A terminal idle on every settled day has a head at seq 0: nothing to reach.
+            if head is not None and last > 0 and (row is None or bytes(row[0]) != head.tail_hash):
                 db.execute("ROLLBACK")
                 raise SimError(
                     f"{path}: terminal {tid}'s chain does not reach the ledger's head "

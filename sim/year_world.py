@@ -31,6 +31,7 @@ from sim.calibration import DayAim, bus_weights
 from sim.issuer import Issuer, derive_key
 from sim.network import Network
 from sim.population import CARD_KINDS, CardFactory, FraudMix, Population
+from sim.venues import VENUE_SITES, city_gates
 from sim.workload import DayClock, Workload
 from sim.world import SimError, SimOptions, World
 
@@ -60,6 +61,7 @@ class YearOptions:
     days: int = 365
     scale: float = 1.0
     gates: int = 40
+    venue_sites: int = len(VENUE_SITES)  # parks and museums with gates (sim.venues)
     mix: FraudMix = field(default_factory=FraudMix)
     workers: int = 2  # local worker processes, and the number of lanes' groups
     lanes: int = 1  # station controllers per worker
@@ -97,6 +99,7 @@ class YearOptions:
             gates=self.gates,
             mix=self.mix,
             workers=self.workers,
+            venue_sites=self.venue_sites,
             lanes=self.lanes,
             max_group=self.max_group,
             plots=False,
@@ -110,6 +113,7 @@ class YearOptions:
             "days": self.days,
             "scale": self.scale,
             "gates": self.gates,
+            "venue_sites": self.venue_sites,
             "fraud_mix": dict(sorted(self.mix.shares.items())),
             "workers": self.workers,
             "lanes": self.lanes,
@@ -128,7 +132,7 @@ def build_base(opts: YearOptions, cards: int) -> World:
     sim = opts.sim_options(cards)
     seed = f"farecore-sim/{opts.seed}"
     network = Network()
-    gates = network.plan_gates(opts.gates)
+    gates = city_gates(network, opts.gates, opts.venue_sites)
     clock = DayClock(year_day(0))
     population = Population.generate(opts.seed, cards, opts.mix)
     algs = sim.card_algorithms()
@@ -214,6 +218,7 @@ def day_world(base: World, index: int, aim: DayAim, revoked_on: npt.NDArray[np.i
         metro_share=aim.metro_share,
         stream=(YEAR, index),
         bus_weights=bus_weights(base.network, base.gates),
+        venue_visits=aim.venue_visits,
     )
     # Each day has its own range of card counters (a card taps well under
     # COUNTER_RANGE times a day), so counters grow all year without the days sharing

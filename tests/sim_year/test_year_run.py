@@ -44,7 +44,7 @@ def test_the_days_follow_the_calendar_and_the_targets(three_days: YearRun) -> No
 def test_the_comparison_and_the_progress_are_printed(three_days: YearRun) -> None:
     out, err = three_days.stdout, three_days.stderr
     assert "deviation" in out and "rides" in out and "yuan" in out
-    assert "venue visits planned" in out and "OK: 0 wrong decisions" in out
+    assert "free entries of" in out and "OK: 0 wrong decisions" in out
     lines = [ln for ln in err.splitlines() if ln.startswith("farecore sim: day ")]
     assert [ln.split()[3] for ln in lines] == ["1/3", "2/3", "3/3"]
     assert all("taps/s" in ln and "left about" in ln for ln in lines)

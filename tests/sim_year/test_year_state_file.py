@@ -22,6 +22,9 @@ GOOD_DAY: dict[str, Any] = {
     "anomalies": {},
     "carry": {"taps": 0, "by_operator": {}},
     "venue_visits_planned": 3,
+    "venue_entries": 3,
+    "venue_fen": 4500,
+    "settled_venue_fen": 4500,
     "wrong_decisions": 0,
 }
 GOOD = {"format": "farecore-sim-year/1", "options": {"seed": 1}, "days": [GOOD_DAY]}
