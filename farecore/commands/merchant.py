@@ -20,10 +20,10 @@ __all__ = ["register"]
 _EPILOG = """exit status:
   0  every till batch of the month verified; nothing to review
   3  the report is written, with something to review: a rejected batch, a chain
-     fault, a claim whose proof, detail, time or context fails, a reused counter or
+     fault, a claim whose proof, detail, rule, time or context fails, a reused counter or
      a card a till should have refused (findings.json names each)
-  2  bad arguments or unreadable inputs (register, keyring, revocation tables,
-     batch directory); nothing is written
+  2  bad arguments or unreadable inputs (register, keyring, merchant rules,
+     revocation tables, batch directory); nothing is written
 """
 
 
@@ -56,6 +56,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--keyring", required=True, type=path, help="issuer keyring (JSON)")
     p.add_argument(
+        "--merchants",
+        required=True,
+        type=path,
+        help="the alliance's discount rules (CSV: merchant,percent,cap_fen,effective_from); "
+        "a claim whose rule is not the one in force on its day is not counted",
+    )
+    p.add_argument(
+        "--clock-tolerance-s",
+        type=count("the clock tolerance", 0),
+        default=300,
+        help="how far (s) a claim's time may lie outside its batch's day and still count "
+        "(default 300; at least the tills' largest clock.tolerance_s, at most 86400)",
+    )
+    p.add_argument(
         "--revocation-table",
         type=path,
         action="append",
@@ -84,6 +98,8 @@ def _report(args: argparse.Namespace) -> int:
         args.revocation_table,
         args.revocation_signer,
         args.revocation_max_age_s,
+        rules=args.merchants,
+        clock_tolerance_s=args.clock_tolerance_s,
     )
     report = run_report(inputs, find_batches(args.batches))
     counts = write_report(report, args.out)
@@ -107,6 +123,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"  … {len(report.totals) - 20} more merchants in merchants.csv")
         found = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
         print(f"  findings: {found}")
+        print(f"  revocation {report.revocation}")
         verdict = "nothing to review" if status == 0 else "needs review (exit 3): see findings.json"
         print(f"  {verdict}; outputs in {args.out}/")
     return status

@@ -1,8 +1,9 @@
 """``farecore verify``: a merchant's till verifies Rongjun cards and journals discount claims.
 
-Exit status: 0 when the input ends or the session is stopped (SIGINT, SIGTERM), with the
-journal closed; 2 for bad arguments or configuration (nothing started); 3 when a claim
-could not be journaled (the till stops: it gives no discount it cannot record).
+Exit status: 0 when the input ends or the session is stopped (SIGINT, SIGTERM, or
+standard output closed), with the journal closed; 2 for bad
+arguments or configuration (nothing started); 3 when a claim could not be journaled (the
+till stops: it gives no discount it cannot record).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,10 +32,13 @@ _log = logging.getLogger(__name__)
 _EPILOG = """Each line of standard input is one purchase: yuan with at most two decimals
 (128, 128.5, 128.50) or fen (12850fen). For each, the till waits for a card, verifies it
 (CARD-SPEC §7 checks 1-9, no passback), journals the claim and writes one JSON line to
-standard output. End of input, Ctrl-C or SIGTERM stops it cleanly.
+standard output. End of input, Ctrl-C or SIGTERM, or standard output closed, stops it
+cleanly; a stop while the till starts ends it at once (130 for Ctrl-C), nothing
+journaled.
 
 exit status:
-  0  the input ended or the session was stopped; every claim is journaled
+  0  the input ended, the session was stopped or its output closed; every claim
+     is journaled
   2  bad arguments or configuration, or --merchant is not the configured merchant
   3  a claim could not be journaled: the till stopped (no discount it cannot record)
 """
@@ -102,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.config})"
         )
     reading = threading.Event()
+    # As a gate: a stop while the till starts ends the process (nothing is journaled
+    # before it is ready, and every file it writes survives being killed).
     with open_till(cfg, open_reader(args.reader)) as till:
         session = TillSession(till, sys.stdout, tap_timeout_s=args.tap_timeout)
 
@@ -128,6 +135,11 @@ def _run(args: argparse.Namespace) -> int:
                 _log.error("OUT OF SERVICE, journal failed: %s", exc)
                 return 3
     st = session.stats
+    if st.output_closed:
+        # Later writes (the interpreter's last flush) go nowhere rather than fail.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
     _log.info(
         "stopped after %d claims (%d accepted, %d lines refused, %d abandoned); journal closed",
         st.claims,

@@ -266,11 +266,20 @@ def config_value(
 def _int_set(
     section: dict[str, Any], where: str, key: str, default: frozenset[int]
 ) -> frozenset[int]:
+    """``regions`` (region codes, uint32) or ``categories`` (a subset of 1..5), never
+    empty when given: a typo'd list must not silently accept nothing, or anything."""
     values = config_value(section, where, key, list, None)
     if values is None:
         return default
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{where}.{key} must be a list of integers")
+    low, high, what = (
+        (min(ALL_CATEGORIES), max(ALL_CATEGORIES), "category")
+        if key == "categories"
+        else (1, 0xFFFFFFFF, "region")
+    )
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
+    ):
+        raise ConfigError(f"{where}.{key} must list at least one {what}, each {low}..{high}")
     return frozenset(values)
 
 

@@ -167,11 +167,20 @@ def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any
 
 
 def _ints(section: dict[str, Any], where: str, key: str, default: frozenset[int]) -> frozenset[int]:
+    """As a gate's ``[policy]`` lists: regions uint32, categories a subset of 1..5, never
+    empty when given."""
     values = _get(section, where, key, list, None)
     if values is None:
         return default
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{where}.{key} must be a list of integers")
+    low, high, what = (
+        (min(ALL_CATEGORIES), max(ALL_CATEGORIES), "category")
+        if key == "categories"
+        else (1, 0xFFFFFFFF, "region")
+    )
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
+    ):
+        raise ConfigError(f"{where}.{key} must list at least one {what}, each {low}..{high}")
     return frozenset(values)
 
 

@@ -3,7 +3,7 @@
 A finding names its evidence (till, seq, card, merchant, batch file) like a settlement
 ``Anomaly``; the kinds the settlement knows keep its names (``batch_rejected``,
 ``chain_break``, ``bad_proof``, ``reused_counter``, …), and the report adds the ones
-only a claim can have (``malformed_claim``, ``outside_month``, ``revoked_at_claim``).
+only a claim can have (``malformed_claim``, ``rule_mismatch``, ``outside_month``, ``revoked_at_claim``).
 No claim named by a review finding is counted in the report's totals.
 """
 
@@ -27,7 +27,8 @@ KINDS: dict[str, str] = {
     # one claim
     "context_mismatch": "claim's operator/merchant/till/direction differ from the register; not counted",
     "malformed_claim": "claim's detail is not the canonical amounts, or its discount is not its rule's; not counted",
-    "outside_month": "claim's time is outside the month (beyond the clock tolerance); not counted",
+    "outside_month": "claim's time is beyond the clock tolerance outside its batch's day; counted in no month",
+    "rule_mismatch": "claim's percent or cap is not the alliance's rule in force on its day, or its merchant has none; not counted",
     "bad_proof": "claim's credential or card signature does not verify; not counted",
     "not_yet_valid": "the card was not yet valid at the claim's time; not counted",
     "expired": "the card had expired at the claim's time; not counted",

@@ -1,29 +1,32 @@
 """The monthly merchant report: every till's batches verified, the discounts totalled.
 
 The alliance reimburses no one; the report serves the programme's statistics, so it
-counts only what it can prove. For one month it reads every batch of a till (a terminal
-the register names with direction ``CLAIM``) and:
+counts only what it can prove. A claim belongs to the month of its own time, strictly,
+whatever batch carries it; so for one month the report reads the batches of the month
+and of the day either side of it, and:
 
-- verifies each batch as the settlement does (``verify_batch_rows``: framing, the
-  registered key's signature, every record's bytes, the hash chain), and continues each
-  till's chain across its batches with the settlement's admission
-  (``farecore.settlement.admission``: seq gaps, breaks, forks, overlaps, second batches);
-- checks every claim record of the month: its context against the register, its detail
-  (``parse_claim_detail``: the canonical amounts, the discount its rule gives), its time
-  within the month; and for an accepted claim its proof of tap (the credential under the
-  issuer keyring, the card's signature over the challenge, the challenge naming the till
-  and the claim's time) and the card's validity at that time;
-- across the month's accepted claims: a card counter used twice (only its first use
-  counts), and the settlement's revocation rules (``farecore.settlement.revoked``) with
-  the signed tables given.
+- verifies every file before believing its header (``verify_batch_rows``: framing, the
+  registered key's signature, every record's bytes, the hash chain): a file that fails
+  is a finding whatever day or terminal it names; the same bytes under two names are
+  read once; a till's chain is continued across its batches with the settlement's
+  admission (``farecore.settlement.admission``: seq gaps, breaks, forks, overlaps);
+- checks every claim timed in the month: its context against the register, its detail
+  (``parse_claim_detail``), its time within its batch's day and the clock tolerance,
+  its rule against the alliance's (``farecore.merchant.rules``); and for an accepted
+  claim its proof of tap and the card's validity at that time;
+- across the accepted claims read (the neighbour days' too, so a tap journaled twice
+  across the months' edge counts once): a card counter used twice counts only its first
+  use; and the settlement's revocation rules (``farecore.settlement.revoked``) for the
+  month's claims, with the signed tables given.
 
-Batches of earlier months are read only to link a till's chain into the month; batches
-of later months and of terminals that are not tills are left alone. The report never
-raises for what a batch holds: a bad file is a finding naming it.
+Batches of earlier days are read only to link a till's chain; verified batches of later
+days and of terminals that are not tills are left alone. The report never raises for
+what a batch holds: a bad file is a finding naming it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import stat
@@ -40,12 +43,14 @@ from farecore.decide.revocation import RevocationTable
 from farecore.errors import BadSignature, MalformedInput
 from farecore.journal.batch import (
     BatchRows,
+    day_bounds_ms,
     peek_header,
     verify_batch,
     verify_batch_rows,
 )
+from farecore.journal.batch_header import service_day
 from farecore.journal.records import Direction, RecordRow
-from farecore.merchant.claim import parse_claim_detail
+from farecore.merchant.claim import DiscountRule, parse_claim_detail
 from farecore.merchant.config import ALLIANCE
 from farecore.merchant.findings import REVIEW_KINDS, Finding, from_anomaly
 from farecore.merchant.report_inputs import Month, ReportInputs, load_report_inputs
@@ -70,8 +75,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class MerchantTotal:
-    """One merchant's month. ``claims`` counts every claim record of the month that its
-    checks did not set aside; ``verified`` the accepted ones that pass every check, and
+    """One merchant's month. ``claims`` counts every claim record timed in the month that
+    its checks did not set aside; ``verified`` the accepted ones that pass every check, and
     the amounts are theirs."""
 
     merchant: str
@@ -92,6 +97,7 @@ class MerchantReport:
     stats: dict[str, int]
     batches: tuple[str, ...]  # SHA-256 hex of the month's batch files considered, sorted
     settings: dict[str, str]
+    revocation: str = ""  # what the revocation check covered, in words
 
 
 def exit_status(report: MerchantReport) -> int:
@@ -105,12 +111,14 @@ class _Opened:
     rows: BatchRows
     sha: bytes
     file: str
-    in_month: bool
+    in_month: bool  # the batch's day is in the month
+    read: bool  # its day is in the read range: the month and its two neighbour days
 
 
 # An accepted claim that passed its own checks: (terminal, seq, time, card, counter,
-# revocation generation or -1, flags, merchant, amount fen, discount fen).
-_Accepted = tuple[int, int, int, int, int, int, tuple[str, ...], str, int, int]
+# revocation generation or -1, flags, merchant, amount fen, discount fen, of the month).
+# Claims of the neighbour days are gathered only to find counters reused across them.
+_Accepted = tuple[int, int, int, int, int, int, tuple[str, ...], str, int, int, bool]
 
 
 @dataclass(slots=True)
@@ -124,33 +132,58 @@ class _Month:
     card_keys: dict[bytes, tuple[int, PublicKey, int, int] | str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """The service days the report reads: the month and the day either side of it."""
+
+    first: dt.date
+    last: dt.date
+
+    @classmethod
+    def of(cls, month: Month) -> _Range:
+        start = dt.date(month.year, month.month, 1)
+        nxt = dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+        return cls(start - dt.timedelta(days=1), nxt)
+
+
 def run_report(inputs: ReportInputs, paths: Sequence[str]) -> MerchantReport:
     """Verify the batches at ``paths`` and total the month's claims per merchant."""
     month = _Month()
     opened: list[_Opened] = []
-    skipped = 0
+    seen: set[bytes] = set()
+    skipped = duplicates = 0
+    days = _Range.of(inputs.month)
     for path in paths:
-        got = _open(path, inputs)
+        got = _open(path, inputs, days, seen)
         if isinstance(got, Finding):
             month.findings.append(got)
         elif got is None:
             skipped += 1
+        elif isinstance(got, str):
+            duplicates += 1
         else:
             opened.append(got)
-    admitted = _admit(opened, inputs.month, month.findings)
+    admitted = _admit(opened, inputs, month.findings)
     for o in opened:
         if o.in_month:
             month.tills.setdefault(o.info.line, set()).add(o.info.terminal_id)
             month.denied.setdefault(o.info.line, 0)
-            if o.sha in admitted:
-                _check_claims(o, inputs, month)
+        if o.read and o.sha in admitted:
+            _check_claims(o, inputs, month)
     kept = _cross_checks(inputs, month)
-    return _report(inputs, month, kept, opened, skipped)
+    return _report(inputs, month, kept, opened, skipped, duplicates)
 
 
-def _open(path: str, inputs: ReportInputs) -> _Opened | Finding | None:
-    """A till's verified batch, a finding naming why it is not one, or None for a file
-    the month has no business with (a gate's batch, a later month's)."""
+def _open(
+    path: str, inputs: ReportInputs, days: _Range, seen: set[bytes]
+) -> _Opened | Finding | str | None:
+    """A till's verified batch, a finding naming why a file is not one, "duplicate" for
+    bytes already read under another name, or None for a verified batch the month has
+    no business with (a gate's, a later day's).
+
+    Nothing is skipped before it verifies: a header is not signed until the whole file
+    is checked, so a file whose header was damaged (another day, another terminal) is a
+    finding, never silently left out."""
     name = os.path.basename(path)
     try:
         st = os.stat(path)
@@ -163,17 +196,15 @@ def _open(path: str, inputs: ReportInputs) -> _Opened | Finding | None:
     except OSError as exc:
         return Finding("batch_rejected", detail=f"{name}: {exc.strerror or exc}", file=name)
     sha = hashlib.sha256(data).digest()
+    if sha in seen:
+        return "duplicate"  # the same bytes under another name: one batch (as survey.py)
+    seen.add(sha)
     header = peek_header(data) if len(data) <= MAX_BATCH_BYTES else None
     if header is None:
         return Finding("batch_rejected", batch=sha.hex(), detail=_why_unparsed(data), file=name)
-    tid, day = header
-    where = inputs.month.of(day)
+    tid = header[0]
     info = inputs.terminals.get(tid)
-    if where > 0 or (info is not None and info.direction != Direction.CLAIM):
-        return None
     if info is None:
-        if where < 0:
-            return None
         return Finding(
             "unknown_terminal", tid, batch=sha.hex(), detail="terminal not registered", file=name
         )
@@ -185,12 +216,12 @@ def _open(path: str, inputs: ReportInputs) -> _Opened | Finding | None:
                 f"{inputs.utc_offset_min:+d}"
             )
     except (MalformedInput, BadSignature) as exc:
-        if where < 0:
-            return None  # an earlier month's fault; this month's batches then show a gap
         return Finding(
             "batch_rejected", tid, merchant=info.line, batch=sha.hex(), detail=str(exc), file=name
         )
-    return _Opened(info, rows, sha, name, where == 0)
+    if info.direction != Direction.CLAIM or rows.day > days.last:
+        return None
+    return _Opened(info, rows, sha, name, inputs.month.of(rows.day) == 0, days.first <= rows.day)
 
 
 def _why_unparsed(data: bytes) -> str:
@@ -201,9 +232,11 @@ def _why_unparsed(data: bytes) -> str:
     return "header names no terminal id"
 
 
-def _admit(opened: list[_Opened], month: Month, findings: list[Finding]) -> set[bytes]:
+def _admit(opened: list[_Opened], inputs: ReportInputs, findings: list[Finding]) -> set[bytes]:
     """The batches that continue their till's chain (the settlement's admission, with
-    each till's chain starting at its lowest batch given); chain findings of the month."""
+    each till's chain starting at its lowest batch given). Chain findings are the
+    month's for its own batches and for a neighbour day's batch holding a claim timed in
+    the month."""
     partials = [
         Partial(
             o.sha,
@@ -221,25 +254,45 @@ def _admit(opened: list[_Opened], month: Month, findings: list[Finding]) -> set[
     settled = Settled({}, lambda tid, seq, h: False, lambda tid, day: False, first_night=True)
     admission = admit(partials, settled)
     merchant = {o.sha.hex(): o.info.line for o in opened}
-    in_month = {o.sha.hex() for o in opened if o.in_month}
+    low, high = inputs.month.bounds_ms(inputs.utc_offset_min)
+    ours = {
+        o.sha.hex()
+        for o in opened
+        if o.in_month or (o.read and any(low <= r.time_ms < high for r in o.rows.rows))
+    }
     findings.extend(
-        from_anomaly(a, merchant.get(a.batch, ""))
-        for a in admission.anomalies
-        if a.batch in in_month
+        from_anomaly(a, merchant.get(a.batch, "")) for a in admission.anomalies if a.batch in ours
     )
     return {a.partial.batch_sha256 for a in admission.admitted}
 
 
 def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
-    """Every record of one admitted batch of the month."""
+    """Every record of one admitted batch of the read range. A claim belongs to the
+    month of its own time, strictly: the month's claims are checked and counted; a
+    neighbour month's are checked quietly (their own report names what fails) and kept
+    only to find counters reused across the months' edge. A record timed beyond the
+    clock tolerance outside its batch's day counts nowhere: the report of the batch's
+    own month names it ``outside_month``."""
     info, sha = o.info, o.sha.hex()
-    low, high = inputs.month.bounds_ms(inputs.utc_offset_min)
-    low, high = low - inputs.clock_tolerance_ms, high + inputs.clock_tolerance_ms
+    offset, tol = inputs.utc_offset_min, inputs.clock_tolerance_ms
+    low, high = inputs.month.bounds_ms(offset)
+    day_low, day_high = day_bounds_ms(o.rows.day, offset)
+    day_low, day_high = day_low - tol, day_high + tol
     want = (ALLIANCE, info.line, info.place, int(Direction.CLAIM))
     for row in o.rows.rows:
         accepted = row.decision == "ACCEPT"
+        ours = low <= row.time_ms < high
+        placed = day_low <= row.time_ms < day_high
 
-        def flag(kind: str, detail: str, row: RecordRow = row) -> None:
+        if not placed and not o.in_month:
+            continue  # the report of the batch's own month names it
+        if placed and not ours and not accepted:
+            continue  # a neighbour month's denied claim: nothing to cross-check
+        loud = ours or not placed
+
+        def flag(kind: str, detail: str, row: RecordRow = row, loud: bool = loud) -> None:
+            if not loud:
+                return  # a neighbour month's claim: its own month's report names it
             card = row.card_id if row.card_id is not None else -1
             month.findings.append(
                 Finding(kind, row.terminal_id, row.seq, card, info.line, sha, detail)
@@ -255,9 +308,21 @@ def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
         except MalformedInput as exc:
             flag("malformed_claim", str(exc))
             continue
-        if not low <= row.time_ms < high:
-            flag("outside_month", f"time {row.time_ms} is not in {inputs.month}")
+        if not placed:
+            tol_s = tol // 1000
+            flag(
+                "outside_month",
+                f"time {row.time_ms} is more than {tol_s} s outside the batch's day "
+                f"{o.rows.day}; counted in no month",
+            )
             continue
+        mismatch = _rule_mismatch(inputs, info.line, row.time_ms, amounts.rule)
+        if mismatch is not None:
+            flag("rule_mismatch", mismatch)
+            continue
+        if ours:
+            month.tills.setdefault(info.line, set()).add(info.terminal_id)
+            month.denied.setdefault(info.line, 0)
         if not accepted:
             month.denied[info.line] += 1
             continue
@@ -279,8 +344,27 @@ def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
                 info.line,
                 amounts.amount_fen,
                 amounts.discount_fen,
+                ours,
             )
         )
+
+
+def _rule_mismatch(
+    inputs: ReportInputs, merchant: str, time_ms: int, rule: DiscountRule
+) -> str | None:
+    """Why a claim's rule is not the alliance's rule in force on its day, or None."""
+    day = service_day(time_ms, inputs.utc_offset_min)
+    trusted = inputs.rules.in_force(merchant, day)
+    if trusted is None:
+        return f"no alliance rule for {merchant} in force on {day}"
+    if trusted != rule:
+        return f"claim's rule is {_rule(rule)}, the alliance's on {day} is {_rule(trusted)}"
+    return None
+
+
+def _rule(rule: DiscountRule) -> str:
+    cap = "no cap" if rule.cap_fen is None else f"cap {rule.cap_fen} fen"
+    return f"{rule.percent} % ({cap})"
 
 
 def _direction(value: int) -> str:
@@ -342,6 +426,8 @@ def _cross_checks(inputs: ReportInputs, month: _Month) -> list[int]:
             if k:
                 dropped.add(i)
             c = claims[i]
+            if not c[10]:
+                continue  # a neighbour month's use: named by its own month's report
             month.findings.append(
                 Finding(
                     "reused_counter",
@@ -353,7 +439,7 @@ def _cross_checks(inputs: ReportInputs, month: _Month) -> list[int]:
                     + ("counted (first use)" if k == 0 else "not counted"),
                 )
             )
-    rows = [i for i in range(len(claims)) if i not in dropped]
+    rows = [i for i in range(len(claims)) if i not in dropped and claims[i][10]]
     if not rows:
         return rows
     rides = _rides([claims[i] for i in rows])
@@ -413,7 +499,12 @@ def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _report(
-    inputs: ReportInputs, month: _Month, kept: list[int], opened: list[_Opened], skipped: int
+    inputs: ReportInputs,
+    month: _Month,
+    kept: list[int],
+    opened: list[_Opened],
+    skipped: int,
+    duplicates: int,
 ) -> MerchantReport:
     claims = month.accepted
     merchants = sorted(month.tills)
@@ -422,6 +513,8 @@ def _report(
     counted = set(kept)
     accepted_by: dict[str, int] = dict.fromkeys(merchants, 0)
     for i, c in enumerate(claims):
+        if not c[10]:
+            continue
         accepted_by[c[7]] += 1
         if i in counted:
             p = per[c[7]]
@@ -445,10 +538,13 @@ def _report(
         for m in merchants
     )
     in_month = [o for o in opened if o.in_month]
+    neighbours = sum(o.read and not o.in_month for o in opened)
     stats = {
         "batches": len(in_month),
         "batches_rejected": sum(f.kind in ("batch_rejected", "unknown_terminal") for f in findings),
-        "batches_of_earlier_months": len(opened) - len(in_month),
+        "batches_of_neighbour_days": neighbours,
+        "batches_of_earlier_days": len(opened) - len(in_month) - neighbours,
+        "files_duplicate": duplicates,
         "files_skipped": skipped,
         "merchants": len(merchants),
         "claims": sum(t.claims for t in totals),
@@ -463,5 +559,13 @@ def _report(
         tuple(findings),
         stats,
         tuple(sorted(o.sha.hex() for o in in_month)),
-        dict(inputs.settings),
+        {**inputs.settings, "clock_tolerance_s": str(inputs.clock_tolerance_ms // 1000)},
+        _revocation_words(inputs),
     )
+
+
+def _revocation_words(inputs: ReportInputs) -> str:
+    if not inputs.tables:
+        return "not checked: no table given"
+    gens = ", ".join(str(t.generation) for t in inputs.tables)
+    return f"checked against generation {gens}"

@@ -74,6 +74,7 @@ def write_report(report: MerchantReport, out: Path) -> dict[str, int]:
         "merchants": [{c: getattr(t, c) for c in COLUMNS} for t in report.totals],
         "findings_by_kind": dict(sorted(counts.items())),
         "review_kinds_found": sorted(k for k in counts if k in REVIEW_KINDS),
+        "revocation": report.revocation,
         "inputs": {**report.settings, "batches_sha256": list(report.batches)},
         "outputs_sha256": {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())},
     }

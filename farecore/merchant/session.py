@@ -6,7 +6,9 @@ For each, the session waits for a card on the reader, verifies it and journals t
 line that is not an amount is refused with one log line naming it, and no card is read.
 A card that does not come within the tap timeout abandons that purchase (nothing is
 journaled). End of input, or ``stop()`` (SIGINT, SIGTERM), ends the session between
-claims; a claim under way is always finished and journaled first.
+claims; a claim under way is always finished and journaled first. An output that can no
+longer be written (the merchant's software closed the pipe) stops the session too: the
+claim is journaled already, and the till must not go on giving discounts no one sees.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class SessionStats:
     accepted: int = 0
     refused_lines: int = 0
     abandoned: int = 0
+    output_closed: bool = False
 
 
 class TillSession:
@@ -113,9 +116,18 @@ class TillSession:
             claim = self.till.claim(channel, amount)  # journaled before anything is shown
             self.stats.claims += 1
             self.stats.accepted += claim.decision.accepted
-            self.out.write(claim_json(claim) + "\n")
-            self.out.flush()
             _log.info("%s", _human(claim))
+            try:
+                self.out.write(claim_json(claim) + "\n")
+                self.out.flush()
+            except (OSError, ValueError) as exc:  # a closed pipe, a closed file
+                self.stats.output_closed = True
+                _log.error(
+                    "standard output closed after claim %d (journaled): %s; stopping",
+                    claim.record.seq,
+                    getattr(exc, "strerror", None) or exc,
+                )
+                break
             self._await_removal()
         return self.stats
 

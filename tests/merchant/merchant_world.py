@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ def farecore(
 class World:
     root: Path
     tills: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> merchant, till
+    # merchant -> the alliance's rule rows (percent,cap_fen,effective_from), as the last
+    # till configured for it gives them; ``report`` writes them to merchants.csv
+    rules: dict[str, str] = field(default_factory=dict)
 
     @property
     def keyring(self) -> Path:
@@ -104,6 +108,10 @@ class World:
             _ok("keys", "new", "--role", "terminal", "--id", str(terminal_id), "--out",
                 str(prefix))  # fmt: skip
         self.tills[terminal_id] = (merchant, till)
+        percent = re.search(r"percent = ([0-9]+)", discount)
+        cap = re.search(r"cap_fen = ([0-9]+)", discount)
+        if percent is not None:
+            self.rules[merchant] = f"{percent[1]},{cap[1] if cap else ''},2026-01-01"
         cfg = self.root / f"till-{terminal_id}.toml"
         cfg.write_text(
             f'[terminal]\nid = {terminal_id}\nkey = "keys/till-{terminal_id}.key"\n'
@@ -168,6 +176,8 @@ class World:
     def report(
         self, batches: Path, out: Path, month: str, *extra: str | Path
     ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], list[dict[str, Any]]]:
+        if "--merchants" not in extra:
+            extra = ("--merchants", self.write_rules(out.parent / f"{out.name}-rules.csv"), *extra)
         r = farecore(
             "merchant", "report", "--month", month, "--batches", batches,
             "--register", self.root / "terminals.csv", "--keyring", self.keyring,
@@ -178,6 +188,11 @@ class World:
         summary = json.loads((out / "summary.json").read_text())
         findings = json.loads((out / "findings.json").read_text())["findings"]
         return r, summary, findings
+
+    def write_rules(self, out: Path) -> Path:
+        rows = "".join(f"{m},{r}\n" for m, r in sorted(self.rules.items()))
+        out.write_text("merchant,percent,cap_fen,effective_from\n" + rows)
+        return out
 
 
 def service_day(time_ms: int) -> str:

@@ -149,7 +149,7 @@ def _rogue_claims(world: World, tid: int, claims: list[tuple[int, str]]) -> list
 def test_a_rogue_tills_lying_detail_is_a_malformed_claim(world: World, tmp_path: Path) -> None:
     """A till that holds its key can sign anything; what it signs must still be a claim
     the rule gives: a discount above the rule's is named, and not counted."""
-    world.till(3006, "jimo-tea", "till-6")
+    world.till(3006, "jimo-tea", "till-6", discount="percent = 10")
     world.register({3006: world.tills[3006]})
     now = time.time_ns() // 1_000_000
     claims = _rogue_claims(
@@ -174,7 +174,7 @@ def test_a_rogue_tills_lying_detail_is_a_malformed_claim(world: World, tmp_path:
 def test_a_claim_timed_in_another_month_is_outside_it(world: World, tmp_path: Path) -> None:
     """A clock stepped back 60 days between two claims: the batch of the day keeps the
     record (batches cut by seq), and the report sets it aside by its time."""
-    world.till(3008, "jimo-tea", "till-8")
+    world.till(3008, "jimo-tea", "till-8", discount="percent = 10")
     world.register({3008: world.tills[3008]})
     now = time.time_ns() // 1_000_000
     detail = "amount_fen=500 discount_fen=50 percent=10"
@@ -199,6 +199,9 @@ def test_a_claim_timed_in_another_month_is_outside_it(world: World, tmp_path: Pa
         (["--keyring", "terminals.csv"], "keyring"),
         (["--register", "keyring.json"], "header"),
         (["--revocation-table", "revocation.frt"], "--revocation-signer"),
+        (["--merchants", "rules-bad.csv"], "rules-bad.csv line 3: percent '0' must be 1..100"),
+        (["--merchants", "missing.csv"], "missing.csv"),
+        (["--clock-tolerance-s", "86401"], "clock tolerance must be 0..86400"),
     ],
 )
 def test_bad_inputs_exit_2_and_write_nothing(
@@ -207,14 +210,19 @@ def test_bad_inputs_exit_2_and_write_nothing(
     world.till(3007, "jimo-tea", "till-7")
     world.register({3007: world.tills[3007]})
     (tmp_path / "batches").mkdir()
+    (world.root / "rules-bad.csv").write_text(
+        "merchant,percent,cap_fen,effective_from\njimo-tea,10,,2026-01-01\njimo-tea,0,,2026-06-01\n"
+    )
     given = {
         "--month": "2026-12",
         "--batches": str(tmp_path / "batches"),
         "--register": str(world.root / "terminals.csv"),
         "--keyring": str(world.keyring),
+        "--merchants": str(world.write_rules(tmp_path / "rules.csv")),
     }
     for flag, value in zip(args[::2], args[1::2], strict=True):
-        given[flag] = value if flag == "--month" else str(world.root / value)
+        plain = flag in ("--month", "--clock-tolerance-s")
+        given[flag] = value if plain else str(world.root / value)
     argv = [a for kv in given.items() for a in kv]
     r = farecore("merchant", "report", *argv, "--out", tmp_path / "out")
     assert r.returncode == 2, r.stdout + r.stderr
@@ -226,7 +234,7 @@ def test_bad_inputs_exit_2_and_write_nothing(
 def test_a_missing_day_is_a_seq_gap_and_the_days_after_it_do_not_count(
     world: World, tmp_path: Path
 ) -> None:
-    world.till(3009, "jimo-tea", "till-9")
+    world.till(3009, "jimo-tea", "till-9", discount="percent = 10")
     world.register({3009: world.tills[3009]})
     now = time.time_ns() // 1_000_000
     detail = "amount_fen=700 discount_fen=70 percent=10"
