@@ -100,6 +100,7 @@ __all__ = [
     "config_section",
     "config_value",
     "load_gate_config",
+    "policy_list",
     "read_gate_toml",
 ]
 
@@ -263,7 +264,7 @@ def config_value(
     return value
 
 
-def _int_set(
+def policy_list(
     section: dict[str, Any], where: str, key: str, default: frozenset[int]
 ) -> frozenset[int]:
     """``regions`` (region codes, uint32) or ``categories`` (a subset of 1..5), never
@@ -349,8 +350,8 @@ def _load(doc: dict[str, Any], p: Path) -> GateConfig:
         _check_venue(passback, venue, upload)
     return GateConfig(
         **terminal,
-        regions=_int_set(policy, "policy", "regions", frozenset()),
-        categories=_int_set(policy, "policy", "categories", ALL_CATEGORIES),
+        regions=policy_list(policy, "policy", "regions", frozenset()),
+        categories=policy_list(policy, "policy", "categories", ALL_CATEGORIES),
         keyring=keyring_path,
         issued_lists=_paths(keyring, "keyring", "issued", base),
         revocation_table=rel(table),

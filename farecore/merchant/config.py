@@ -58,6 +58,7 @@ from farecore.gate.config import (
     DEFAULT_MAX_AGE_S,
     config_section,
     config_value,
+    policy_list,
     read_gate_toml,
 )
 from farecore.gate.config import SCHEMA as GATE_SCHEMA
@@ -166,24 +167,6 @@ def _get(section: dict[str, Any], where: str, key: str, kind: type, default: Any
     return value
 
 
-def _ints(section: dict[str, Any], where: str, key: str, default: frozenset[int]) -> frozenset[int]:
-    """As a gate's ``[policy]`` lists: regions uint32, categories a subset of 1..5, never
-    empty when given."""
-    values = _get(section, where, key, list, None)
-    if values is None:
-        return default
-    low, high, what = (
-        (min(ALL_CATEGORIES), max(ALL_CATEGORIES), "category")
-        if key == "categories"
-        else (1, 0xFFFFFFFF, "region")
-    )
-    if not values or not all(
-        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values
-    ):
-        raise ConfigError(f"{where}.{key} must list at least one {what}, each {low}..{high}")
-    return frozenset(values)
-
-
 def _load(doc: dict[str, Any], base: Path) -> TillConfig:
     check_keys(doc, "", SCHEMA, "section")
     term = _table(doc, "terminal")
@@ -211,8 +194,8 @@ def _load(doc: dict[str, Any], base: Path) -> TillConfig:
         merchant=names["merchant"],
         till=names["till"],
         discount=_discount(_table(doc, "discount")),
-        regions=_ints(policy, "policy", "regions", frozenset()),
-        categories=_ints(policy, "policy", "categories", ALL_CATEGORIES),
+        regions=policy_list(policy, "policy", "regions", frozenset()),
+        categories=policy_list(policy, "policy", "categories", ALL_CATEGORIES),
         keyring=base / _get(keyring, "keyring", "path", str),
         issued_lists=_paths(keyring, base),
         revocation_table=base / _get(revocation, "revocation", "table", str),
