@@ -34,7 +34,7 @@ import numpy as np
 from farecore.atomicfile import write_atomic
 from farecore.settlement import Ledger
 from sim.calendar import year_calendar
-from sim.calibration import TARGET_FEN, TARGET_RIDES, Targets, fare_means
+from sim.calibration import Targets, fare_means
 from sim.deploy import write_city
 from sim.network import METRO_BANDS
 from sim.settle import expected_money
@@ -42,7 +42,7 @@ from sim.venues import VENUE_OPERATOR
 from sim.workload import boardings
 from sim.world import SimError, World
 from sim.year_pool import Executor, executor
-from sim.year_report import print_comparison, year_summary
+from sim.year_report import against_targets, print_comparison, year_summary
 from sim.year_settle import export_day, lane_results, night_figures, rollback, settle_night
 from sim.year_tasks import LaneDay, base_world, plan_lanes, remember_base
 from sim.year_world import (
@@ -404,9 +404,6 @@ def plan_year(opts: YearOptions) -> dict[str, Any]:
         truth = day_truth(world, targets, days)
         truth["metro_share"] = aim.metro_share
         days.append(truth)
-    share = sum(targets.rides[: opts.days]) / max(sum(targets.rides), 1)
-    target_rides = round(TARGET_RIDES * opts.scale * share)
-    target_fen = round(TARGET_FEN * opts.scale * share)
     rides = sum(d["rides"] for d in days)
     fen = sum(d["expected_fen"] for d in days)
     return {
@@ -414,10 +411,7 @@ def plan_year(opts: YearOptions) -> dict[str, Any]:
         "rides": rides,
         "fen": fen,
         "taps": sum(d["taps"] for d in days),
-        "target_rides": target_rides,
-        "target_fen": target_fen,
-        "rides_deviation_pct": round(100 * (rides - target_rides) / max(target_rides, 1), 3),
-        "fen_deviation_pct": round(100 * (fen - target_fen) / max(target_fen, 1), 3),
+        **against_targets(targets, opts.scale, opts.days, rides, fen),
         "bus_mean_fen": round(means[0], 2),
         "metro_mean_fen": round(means[1], 2),
     }

@@ -12,17 +12,30 @@ from typing import Any, TextIO
 from sim.calibration import TARGET_FEN, TARGET_RIDES, Targets
 from sim.year_world import YearOptions
 
-__all__ = ["print_comparison", "year_summary"]
+__all__ = ["against_targets", "print_comparison", "year_summary"]
+
+
+def against_targets(
+    targets: Targets, scale: float, days: int, rides: int, fen: int
+) -> dict[str, Any]:
+    """Qingdao's figures for the first ``days`` days (their share of the year's rides)
+    times ``scale``, and how far ``rides`` and ``fen`` are from them."""
+    share = sum(targets.rides[:days]) / max(sum(targets.rides), 1)
+    target_rides = round(TARGET_RIDES * scale * share)
+    target_fen = round(TARGET_FEN * scale * share)
+    return {
+        "target_rides": target_rides,
+        "target_fen": target_fen,
+        "rides_deviation_pct": round(100 * (rides - target_rides) / max(target_rides, 1), 3),
+        "fen_deviation_pct": round(100 * (fen - target_fen) / max(target_fen, 1), 3),
+    }
 
 
 def year_summary(opts: YearOptions, targets: Targets, days: list[dict[str, Any]]) -> dict[str, Any]:
     """The year's totals against Qingdao's figures (at the run's scale)."""
     n = len(days)
-    share = sum(targets.rides[:n]) / max(sum(targets.rides), 1)
     rides = sum(d["rides"] for d in days)
     fen = sum(d["settled_fen"] for d in days)
-    target_rides = round(TARGET_RIDES * opts.scale * share)
-    target_fen = round(TARGET_FEN * opts.scale * share)
     anomalies: dict[str, int] = defaultdict(int)
     for d in days:
         for kind, count in d["anomalies"].items():
@@ -39,10 +52,7 @@ def year_summary(opts: YearOptions, targets: Targets, days: list[dict[str, Any]]
         "rides": rides,
         "settled_fen": fen,
         "expected_fen": sum(d["expected_fen"] for d in days),
-        "target_rides": target_rides,
-        "target_fen": target_fen,
-        "rides_deviation_pct": round(100 * (rides - target_rides) / max(target_rides, 1), 3),
-        "fen_deviation_pct": round(100 * (fen - target_fen) / max(target_fen, 1), 3),
+        **against_targets(targets, opts.scale, n, rides, fen),
         "venue_visits_planned": sum(d["venue_visits_planned"] for d in days),
         "venue_entries": sum(d["venue_entries"] for d in days),
         "venue_fen": sum(d["settled_venue_fen"] for d in days),

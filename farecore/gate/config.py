@@ -82,7 +82,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from farecore.boundedinput import load_toml, read_limited
 from farecore.decide.clockguard import DEFAULT_TOLERANCE_S
@@ -102,6 +102,7 @@ __all__ = [
     "load_gate_config",
     "policy_list",
     "read_gate_toml",
+    "terminal_policy",
 ]
 
 ROLES = tuple(ROLE_DIRECTION)  # the roles a gate may have, as the journal records them
@@ -176,16 +177,34 @@ class GateConfig:
             raise ConfigError(f"[venue] is set, but terminal.role is {self.role!r}, not venue")
 
     def policy(self) -> TerminalPolicy:
-        try:
-            return TerminalPolicy(
-                self.terminal_id,
-                self.regions,
-                self.categories,
-                self.revocation_max_age_s,
-                self.stale_policy,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"policy: {exc}") from None
+        return terminal_policy(self)
+
+
+class _PolicyFields(Protocol):
+    @property
+    def terminal_id(self) -> int: ...
+    @property
+    def regions(self) -> frozenset[int]: ...
+    @property
+    def categories(self) -> frozenset[int]: ...
+    @property
+    def revocation_max_age_s(self) -> int | None: ...
+    @property
+    def stale_policy(self) -> str: ...
+
+
+def terminal_policy(cfg: _PolicyFields) -> TerminalPolicy:
+    """What a configured terminal (a gate or a till) accepts; ConfigError if it cannot be."""
+    try:
+        return TerminalPolicy(
+            cfg.terminal_id,
+            cfg.regions,
+            cfg.categories,
+            cfg.revocation_max_age_s,
+            cfg.stale_policy,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"policy: {exc}") from None
 
 
 # Every section and key a gate configuration may hold: anything else is a typo, and an

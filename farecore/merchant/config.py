@@ -60,6 +60,7 @@ from farecore.gate.config import (
     config_value,
     policy_list,
     read_gate_toml,
+    terminal_policy,
 )
 from farecore.gate.config import SCHEMA as GATE_SCHEMA
 from farecore.journal.records import Direction, TapContext
@@ -133,16 +134,7 @@ class TillConfig:
         return TapContext(ALLIANCE, self.merchant, self.till, Direction.CLAIM)
 
     def policy(self) -> TerminalPolicy:
-        try:
-            return TerminalPolicy(
-                self.terminal_id,
-                self.regions,
-                self.categories,
-                self.revocation_max_age_s,
-                self.stale_policy,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"policy: {exc}") from None
+        return terminal_policy(self)
 
 
 def load_till_config(path: str | Path) -> TillConfig:
