@@ -20,10 +20,11 @@ __all__ = ["register"]
 _EPILOG = """exit status:
   0  every till batch of the month verified; nothing to review
   3  the report is written, with something to review: a rejected batch, a chain
-     fault, a claim whose proof, detail, rule, time or context fails, a reused counter or
-     a card a till should have refused (findings.json names each)
+     fault, a claim whose proof, detail, rule, time or context fails, a card whose region
+     or category the alliance does not accept at the merchant, a reused counter or a card
+     a till should have refused (findings.json names each)
   2  bad arguments or unreadable inputs (register, keyring, merchant rules,
-     revocation tables, batch directory); nothing is written
+     revocation tables and deltas, batch directory); nothing is written
 """
 
 
@@ -59,8 +60,10 @@ def register(sub: Any) -> None:
         "--merchants",
         required=True,
         type=path,
-        help="the alliance's discount rules (CSV: merchant,percent,cap_fen,effective_from); "
-        "a claim whose rule is not the one in force on its day is not counted",
+        help="the alliance's rules (CSV: merchant,percent,cap_fen,effective_from, optionally "
+        "then regions and/or categories, values separated by ';'); a claim whose rule is not "
+        "the one in force on its day, or whose card's region or category that rule's policy "
+        "does not accept, is not counted",
     )
     p.add_argument(
         "--clock-tolerance-s",
@@ -77,7 +80,19 @@ def register(sub: Any) -> None:
         help="a signed revocation table (.frt), repeatable: a claim decided under a "
         "generation that held its card is not counted",
     )
-    p.add_argument("--revocation-signer", type=path, help="public key (.pub) that signs the tables")
+    p.add_argument(
+        "--revocation-delta",
+        type=path,
+        action="append",
+        default=[],
+        help="a signed revocation delta (.frd), repeatable, over a --revocation-table given: "
+        "judges the claims decided under its generation like a table of that generation",
+    )
+    p.add_argument(
+        "--revocation-signer",
+        type=path,
+        help="public key (.pub) that signs --revocation-table and --revocation-delta",
+    )
     p.add_argument(
         "--revocation-max-age-s",
         type=count("the maximum age"),
@@ -100,6 +115,7 @@ def _report(args: argparse.Namespace) -> int:
         args.revocation_max_age_s,
         rules=args.merchants,
         clock_tolerance_s=args.clock_tolerance_s,
+        revocation_deltas=args.revocation_delta,
     )
     report = run_report(inputs, find_batches(args.batches))
     counts = write_report(report, args.out)
@@ -124,6 +140,8 @@ def _report(args: argparse.Namespace) -> int:
         found = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
         print(f"  findings: {found}")
         print(f"  revocation {report.revocation}")
+        if report.policy:
+            print(f"  policy: {report.policy}")
         verdict = "nothing to review" if status == 0 else "needs review (exit 3): see findings.json"
         print(f"  {verdict}; outputs in {args.out}/")
     return status

@@ -2,8 +2,9 @@
 
 A finding names its evidence (till, seq, card, merchant, batch file) like a settlement
 ``Anomaly``; the kinds the settlement knows keep its names (``batch_rejected``,
-``chain_break``, ``bad_proof``, ``reused_counter``, …), and the report adds the ones
-only a claim can have (``malformed_claim``, ``rule_mismatch``, ``outside_month``, ``revoked_at_claim``).
+``chain_break``, ``bad_proof``, ``wrong_region``, ``reused_counter``, …), and the report
+adds the ones only a claim can have (``malformed_claim``, ``rule_mismatch``,
+``outside_month``, ``revoked_at_claim``).
 No claim named by a review finding is counted in the report's totals.
 """
 
@@ -32,6 +33,8 @@ KINDS: dict[str, str] = {
     "bad_proof": "claim's credential or card signature does not verify; not counted",
     "not_yet_valid": "the card was not yet valid at the claim's time; not counted",
     "expired": "the card had expired at the claim's time; not counted",
+    "wrong_region": "the card's region is not one the alliance accepts at the merchant (merchants.csv); not counted",
+    "category_not_accepted": "the card's category is not one the alliance accepts at the merchant (merchants.csv); not counted",
     "revoked_at_claim": "a till would have refused the card: its generation, or every table it could hold, held it; not counted",
     # across claims
     "reused_counter": "one card counter signed twice (replay or clone); only the first counted",

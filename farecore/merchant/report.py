@@ -13,11 +13,12 @@ and of the day either side of it, and:
 - checks every claim timed in the month: its context against the register, its detail
   (``parse_claim_detail``), its time within its batch's day and the clock tolerance,
   its rule against the alliance's (``farecore.merchant.rules``); and for an accepted
-  claim its proof of tap and the card's validity at that time;
+  claim its proof of tap, the card's validity at that time and, where the alliance gives
+  the merchant a policy, the card's region and category (the settlement's order);
 - across the accepted claims read (the neighbour days' too, so a tap journaled twice
   across the months' edge counts once): a card counter used twice counts only its first
   use; and the settlement's revocation rules (``farecore.settlement.revoked``) for the
-  month's claims, with the signed tables given.
+  month's claims, with the signed tables (and deltas over them) given.
 
 Batches of earlier days are read only to link a till's chain; verified batches of later
 days and of terminals that are not tills are left alone. The report never raises for
@@ -39,7 +40,7 @@ from farecore.card.credential import parse_unverified
 from farecore.card.crypto import PublicKey
 from farecore.card.keys import Keyring
 from farecore.card.proof import challenge_head, verify_card_signature, verify_credential
-from farecore.decide.revocation import RevocationTable
+from farecore.decide.revocation import RevocationInForce, RevocationView
 from farecore.errors import BadSignature, MalformedInput
 from farecore.journal.batch import (
     BatchRows,
@@ -53,7 +54,12 @@ from farecore.journal.records import Direction, RecordRow
 from farecore.merchant.claim import DiscountRule, parse_claim_detail
 from farecore.merchant.config import ALLIANCE
 from farecore.merchant.findings import REVIEW_KINDS, Finding, from_anomaly
-from farecore.merchant.report_inputs import Month, ReportInputs, load_report_inputs
+from farecore.merchant.report_inputs import (
+    MerchantPolicy,
+    Month,
+    ReportInputs,
+    load_report_inputs,
+)
 from farecore.settlement.admission import Settled, admit
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.options import MergeOptions, RevocationGeneration
@@ -98,6 +104,10 @@ class MerchantReport:
     batches: tuple[str, ...]  # SHA-256 hex of the month's batch files considered, sorted
     settings: dict[str, str]
     revocation: str = ""  # what the revocation check covered, in words
+    # What the region and category checks covered, in words, overall and by merchant;
+    # empty when merchants.csv has no policy columns (the report is then as without them).
+    policy: str = ""
+    policy_by_merchant: dict[str, str] = field(default_factory=dict)
 
 
 def exit_status(report: MerchantReport) -> int:
@@ -115,6 +125,10 @@ class _Opened:
     read: bool  # its day is in the read range: the month and its two neighbour days
 
 
+# A credential's facts, verified once: (card id, card key, valid from, valid until,
+# region, category), or why it does not verify.
+_Card = tuple[int, PublicKey, int, int, int, int] | str
+
 # An accepted claim that passed its own checks: (terminal, seq, time, card, counter,
 # revocation generation or -1, flags, merchant, amount fen, discount fen, of the month).
 # Claims of the neighbour days are gathered only to find counters reused across them.
@@ -129,7 +143,7 @@ class _Month:
     denied: dict[str, int] = field(default_factory=dict)
     tills: dict[str, set[int]] = field(default_factory=dict)
     accepted: list[_Accepted] = field(default_factory=list)
-    card_keys: dict[bytes, tuple[int, PublicKey, int, int] | str] = field(default_factory=dict)
+    card_keys: dict[bytes, _Card] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +340,10 @@ def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
         if not accepted:
             month.denied[info.line] += 1
             continue
-        refused = _refusal(row, inputs.keyring, o.rows.credentials, month.card_keys)
+        policy = None
+        if inputs.policies.columns:
+            policy = inputs.policies.in_force(info.line, service_day(row.time_ms, offset))
+        refused = _refusal(row, inputs.keyring, o.rows.credentials, month.card_keys, policy)
         if refused is not None:
             flag(*refused)
             continue
@@ -378,22 +395,27 @@ def _refusal(
     row: RecordRow,
     keyring: Keyring,
     credentials: dict[bytes, bytes],
-    cache: dict[bytes, tuple[int, PublicKey, int, int] | str],
+    cache: dict[bytes, _Card],
+    policy: MerchantPolicy | None = None,
 ) -> tuple[str, str] | None:
-    """(kind, detail) of the first check an accepted claim's proof fails, or None."""
+    """(kind, detail) of the first check an accepted claim fails, in the till's order (the
+    settlement's): its proof of tap, then the till's own checks redone from the
+    credential; the region and category only under a policy of the alliance's. None when
+    it passes them all."""
     assert row.credential_sha256 is not None and row.counter is not None
     entry = cache.get(row.credential_sha256)
     if entry is None:
         try:
             cred = parse_unverified(credentials[row.credential_sha256])
             f = cred.fields
-            entry = (f.card_id, verify_credential(cred, keyring), f.valid_from, f.valid_until)
+            key = verify_credential(cred, keyring)
+            entry = (f.card_id, key, f.valid_from, f.valid_until, f.region, f.category)
         except (MalformedInput, BadSignature) as exc:
             entry = f"credential: {exc}"
         cache[row.credential_sha256] = entry
     if isinstance(entry, str):
         return "bad_proof", entry
-    card_id, key, valid_from, valid_until = entry
+    card_id, key, valid_from, valid_until, region, category = entry
     if card_id != row.card_id:
         return "bad_proof", f"credential is for card {card_id}"
     if challenge_head(row.challenge) != (row.terminal_id, row.time_ms):
@@ -407,6 +429,12 @@ def _refusal(
         return "not_yet_valid", f"valid from {valid_from}"
     if row.time_ms >= valid_until * 1000:
         return "expired", f"valid until {valid_until}"
+    if policy is not None and policy.regions is not None and region not in policy.regions:
+        return "wrong_region", f"region {region}: not one the alliance accepts at {row.line}"
+    if policy is not None and policy.categories is not None and category not in policy.categories:
+        return "category_not_accepted", (
+            f"category {category}: not one the alliance accepts at {row.line}"
+        )
     return None
 
 
@@ -490,7 +518,7 @@ def _revocation_options(inputs: ReportInputs, cards: np.ndarray) -> MergeOptions
     )
 
 
-def _holder(table: RevocationTable) -> Callable[[np.ndarray], np.ndarray]:
+def _holder(table: RevocationInForce) -> Callable[[np.ndarray], np.ndarray]:
     def holds(cards: np.ndarray) -> np.ndarray:
         found: np.ndarray = table.find_many(np.ascontiguousarray(cards, dtype=np.uint64)) >= 0
         return found
@@ -553,6 +581,7 @@ def _report(
         "discount_fen": sum(t.discount_fen for t in totals),
         "findings": len(findings),
     }
+    policy, by_merchant = _policy(inputs, merchants)
     return MerchantReport(
         str(inputs.month),
         totals,
@@ -561,11 +590,47 @@ def _report(
         tuple(sorted(o.sha.hex() for o in in_month)),
         {**inputs.settings, "clock_tolerance_s": str(inputs.clock_tolerance_ms // 1000)},
         _revocation_words(inputs),
+        policy,
+        by_merchant,
     )
 
 
 def _revocation_words(inputs: ReportInputs) -> str:
     if not inputs.tables:
         return "not checked: no table given"
-    gens = ", ".join(str(t.generation) for t in inputs.tables)
+    gens = ", ".join(
+        f"{t.generation} (a delta over {t.base.generation})"
+        if isinstance(t, RevocationView)
+        else str(t.generation)
+        for t in inputs.tables
+    )
     return f"checked against generation {gens}"
+
+
+def _policy(inputs: ReportInputs, merchants: list[str]) -> tuple[str, dict[str, str]]:
+    """What the region and category checks covered, overall and for each merchant of the
+    month (on how many of the month's days the rule in force gave it regions, and
+    categories, to check its claims against), in words; nothing without policy columns."""
+    if not inputs.policies.columns:
+        return "", {}
+    start = dt.date(inputs.month.year, inputs.month.month, 1)
+    n = (_Range.of(inputs.month).last - start).days
+    words: dict[str, str] = {}
+    full = [0, 0]
+    for m in merchants:
+        policies = [inputs.policies.in_force(m, start + dt.timedelta(days=i)) for i in range(n)]
+        region = sum(p is not None and p.regions is not None for p in policies)
+        category = sum(p is not None and p.categories is not None for p in policies)
+        words[m] = f"region {_days(region, n)}, category {_days(category, n)}"
+        full[0] += region == n
+        full[1] += category == n
+    if merchants and full == [len(merchants)] * 2:
+        return "region and category checked for every merchant", words
+    overall = f"region checked for {full[0]} of {len(merchants)} merchants, category for {full[1]}"
+    return overall, words
+
+
+def _days(checked: int, days: int) -> str:
+    if checked == days:
+        return "checked"
+    return f"checked on {checked} of {days} days" if checked else "not checked"

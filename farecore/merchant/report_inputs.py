@@ -1,10 +1,18 @@
 """The monthly merchant report's inputs other than the batches: the month, the register,
-the keyring, the alliance's discount rules and the signed revocation tables, each read with a bounded size and checked
-before any batch is read; a problem is one error naming the file (exit 2, nothing
-written). Each input's SHA-256 goes into the report's summary."""
+the keyring, the alliance's rules (``merchants.csv``: each merchant's discount and,
+optionally, the regions and categories it accepts) and the signed revocation tables and
+deltas, each read with a bounded size and checked before any batch is read; a problem is
+one error naming the file (exit 2, nothing written). Each input's SHA-256 goes into the
+report's summary.
+
+The discount columns are read by ``farecore.merchant.rules``, unchanged; this module
+adds the optional policy columns around it, so a ``merchants.csv`` without them means
+exactly what it meant before. A delta is verified against the base table given of the
+generation it names, as the settlement and a gate verify it (``RevocationView.over``)."""
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import re
@@ -12,15 +20,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farecore.card.keys import Keyring, load_public_key_file
-from farecore.decide.revocation import RevocationTable
+from farecore.card.keys import Keyring, PublicKeyFile, load_public_key_file
+from farecore.decide.revocation import (
+    RevocationDelta,
+    RevocationInForce,
+    RevocationTable,
+    RevocationView,
+)
+from farecore.decide.validator import ALL_CATEGORIES
 from farecore.errors import ConfigError, SettlementError
 from farecore.journal.batch import QINGDAO_UTC_OFFSET_MIN, day_bounds_ms
-from farecore.merchant.rules import MerchantRules, parse_rules
+from farecore.merchant.rules import HEADER, MerchantRules, parse_rules
 from farecore.settlement.inputs import read_input
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
+from farecore.strictkeys import check_keys
 
-__all__ = ["MAX_CLOCK_TOLERANCE_S", "Month", "ReportInputs", "load_report_inputs"]
+__all__ = [
+    "MAX_CLOCK_TOLERANCE_S",
+    "POLICY_COLUMNS",
+    "MerchantPolicies",
+    "MerchantPolicy",
+    "Month",
+    "ReportInputs",
+    "load_report_inputs",
+    "parse_merchants",
+]
 
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 _DEFAULT_TOLERANCE_MS = 300_000
@@ -57,6 +81,41 @@ class Month:
         return start, day_bounds_ms(dt.date(*nxt, 1), utc_offset_min)[0]
 
 
+# The optional columns of merchants.csv after the discount rule's four, in either order.
+POLICY_COLUMNS = ("regions", "categories")
+_RULE_COLUMNS = HEADER.split(",")
+_CODE = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
+_LIMITS = {
+    "regions": (1, 0xFFFFFFFF, "region codes 1..4294967295"),
+    "categories": (min(ALL_CATEGORIES), max(ALL_CATEGORIES), "categories 1..5"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantPolicy:
+    """What the alliance accepts at a merchant under one of its rules, as a till's
+    ``[policy]``; None where merchants.csv leaves that check out (an empty cell)."""
+
+    regions: frozenset[int] | None = None
+    categories: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantPolicies:
+    """Each merchant's policies, by the service day their rule takes effect (ascending).
+    ``columns`` are the policy columns merchants.csv has: none, and the report checks no
+    region or category and says nothing of them, as before they existed."""
+
+    columns: tuple[str, ...] = ()
+    policies: dict[str, tuple[tuple[dt.date, MerchantPolicy], ...]] = field(default_factory=dict)
+
+    def in_force(self, merchant: str, day: dt.date) -> MerchantPolicy | None:
+        """The policy of the rule in force for ``merchant`` on ``day``; None if none."""
+        rows = self.policies.get(merchant, ())
+        i = bisect.bisect_right([d for d, _ in rows], day)
+        return rows[i - 1][1] if i else None
+
+
 @dataclass(frozen=True, slots=True)
 class ReportInputs:
     """Everything but the batches, read and checked before any batch is."""
@@ -65,11 +124,73 @@ class ReportInputs:
     terminals: dict[int, TerminalInfo]
     keyring: Keyring
     rules: MerchantRules
-    tables: tuple[RevocationTable, ...] = ()
+    # Verified revocation tables, and views of deltas over them, by generation.
+    tables: tuple[RevocationInForce, ...] = ()
     revocation_max_age_s: int = 172_800
     clock_tolerance_ms: int = _DEFAULT_TOLERANCE_MS
     utc_offset_min: int = QINGDAO_UTC_OFFSET_MIN
     settings: dict[str, str] = field(default_factory=dict)  # input -> SHA-256
+    policies: MerchantPolicies = field(default_factory=MerchantPolicies)
+
+
+def parse_merchants(
+    text: str, name: str = "merchants.csv"
+) -> tuple[MerchantRules, MerchantPolicies]:
+    """The alliance's rules file: its discount rules (``parse_rules``) and, when its header
+    goes on with ``regions`` and/or ``categories``, each rule's policy. ConfigError naming
+    the file's line (and the column, for a policy cell) of a fault."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    head = lines[0].removesuffix("\r").split(",") if lines else []
+    extra = head[len(_RULE_COLUMNS) :]
+    if not extra:
+        return parse_rules(text, name), MerchantPolicies()  # judged as it always was
+    if head[: len(_RULE_COLUMNS)] != _RULE_COLUMNS:
+        raise ConfigError(
+            f"{name} line 1: the header must be {HEADER}, then optionally regions and categories"
+        )
+    check_keys(dict.fromkeys(extra), f"{name} line 1", POLICY_COLUMNS, "column")
+    if len(set(extra)) != len(extra):
+        raise ConfigError(f"{name} line 1: a column named twice ({','.join(extra)})")
+    rows, cells = [HEADER], []
+    for n, raw in enumerate(lines[1:], start=2):
+        fields = raw.removesuffix("\r").split(",")
+        if len(fields) != len(head):
+            raise ConfigError(
+                f"{name} line {n}: {len(fields)} fields, not {len(head)} ({','.join(head)})"
+            )
+        rows.append(",".join(fields[: len(_RULE_COLUMNS)]))
+        cells.append(fields)
+    rules = parse_rules("\n".join(rows), name)  # every merchant and day checked here
+    found: dict[str, dict[dt.date, MerchantPolicy]] = {}
+    for n, fields in enumerate(cells, start=2):
+        lists: dict[str, frozenset[int] | None] = {}
+        for column, cell in zip(extra, fields[len(_RULE_COLUMNS) :], strict=True):
+            try:
+                lists[column] = _policy_list(column, cell)
+            except ValueError as exc:
+                raise ConfigError(f"{name} line {n} column {column}: {exc}") from None
+        day = dt.date.fromisoformat(fields[3])
+        found.setdefault(fields[0], {})[day] = MerchantPolicy(**lists)
+    policies = {m: tuple(sorted(d.items())) for m, d in sorted(found.items())}
+    return rules, MerchantPolicies(tuple(extra), policies)
+
+
+def _policy_list(column: str, cell: str) -> frozenset[int] | None:
+    """One policy cell: empty (the check is left out), or values separated by ``;``,
+    each once. Never empty when given: a list that names nothing must not accept nothing."""
+    if not cell:
+        return None
+    low, high, what = _LIMITS[column]
+    values: set[int] = set()
+    for item in cell.split(";"):
+        if _CODE.fullmatch(item) is None or not low <= int(item) <= high:
+            raise ValueError(f"{item[:20]!r} is not one of {what} (separated by ';', no blanks)")
+        if int(item) in values:
+            raise ValueError(f"{item} is listed twice")
+        values.add(int(item))
+    return frozenset(values)
 
 
 def load_report_inputs(
@@ -82,9 +203,11 @@ def load_report_inputs(
     *,
     rules: Path,
     clock_tolerance_s: int = _DEFAULT_TOLERANCE_MS // 1000,
+    revocation_deltas: Sequence[Path] = (),
 ) -> ReportInputs:
-    """Read and check the register, keyring, rules and revocation tables; an error naming
-    the file on any problem (``farecore merchant report`` exits 2, writing nothing)."""
+    """Read and check the register, keyring, rules and revocation tables and deltas; an
+    error naming the file on any problem (``farecore merchant report`` exits 2, writing
+    nothing)."""
     raw_t, raw_k = read_input(register, "terminal register"), read_input(keyring, "keyring")
     raw_r = read_input(rules, "merchant rules")
     try:
@@ -92,7 +215,7 @@ def load_report_inputs(
     except UnicodeDecodeError:
         raise SettlementError(f"terminal register {register} is not UTF-8") from None
     try:
-        merchant_rules = parse_rules(raw_r.decode("utf-8"), str(rules))
+        merchant_rules, policies = parse_merchants(raw_r.decode("utf-8"), str(rules))
     except UnicodeDecodeError:
         raise SettlementError(f"merchant rules {rules} is not UTF-8") from None
     if not 0 <= clock_tolerance_s <= MAX_CLOCK_TOLERANCE_S:
@@ -102,9 +225,11 @@ def load_report_inputs(
         "keyring_sha256": hashlib.sha256(raw_k).hexdigest(),
         "merchant_rules_sha256": hashlib.sha256(raw_r).hexdigest(),
     }
-    tables = []
+    bases: list[RevocationTable] = []
     if revocation_tables and revocation_signer is None:
         raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
+    if revocation_deltas and revocation_signer is None:
+        raise SettlementError("--revocation-delta needs --revocation-signer (a .pub file)")
     for path in revocation_tables:
         if not path.is_file():
             raise SettlementError(f"revocation table {path} is not a file")
@@ -114,7 +239,19 @@ def load_report_inputs(
         if key in settings:
             raise SettlementError("two revocation tables of the same generation were given")
         settings[key] = table.body_sha256
-        tables.append(table)
+        bases.append(table)
+    tables: list[RevocationInForce] = [*bases]
+    for path in revocation_deltas:
+        assert revocation_signer is not None
+        view = _open_delta(path, load_public_key_file(revocation_signer, "revocation"), bases)
+        if view.generation in (t.generation for t in tables):
+            raise SettlementError(
+                "two revocation tables (or deltas) of the same generation were given"
+            )
+        settings[f"revocation_delta_generation_{view.generation}_body_sha256"] = (
+            view.delta.header.body_sha256.hex()
+        )
+        tables.append(view)
     if not 0 < revocation_max_age_s <= 10 * 365 * 86_400:
         raise SettlementError("the revocation maximum age must be 1 s to 10 years")
     return ReportInputs(
@@ -126,4 +263,21 @@ def load_report_inputs(
         revocation_max_age_s,
         clock_tolerance_s * 1000,
         settings=settings,
+        policies=policies,
     )
+
+
+def _open_delta(path: Path, signer: PublicKeyFile, bases: list[RevocationTable]) -> RevocationView:
+    """A verified delta over the base given of the generation it names, with the
+    settlement's words; ``RevocationView.over`` refuses a delta that names another base
+    of that generation, or does not fit it."""
+    if not path.is_file():
+        raise SettlementError(f"revocation delta {path} is not a file")
+    delta = RevocationDelta.open(path, signer)
+    base = next((t for t in bases if t.generation == delta.base_generation), None)
+    if base is None:
+        raise SettlementError(
+            f"revocation delta {path} is over a base of generation {delta.base_generation} "
+            "that no --revocation-table given is"
+        )
+    return RevocationView.over(base, delta, path)

@@ -78,5 +78,8 @@ def write_report(report: MerchantReport, out: Path) -> dict[str, int]:
         "inputs": {**report.settings, "batches_sha256": list(report.batches)},
         "outputs_sha256": {n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())},
     }
+    if report.policy:  # only with policy columns: without, the summary is as it always was
+        summary["policy"] = report.policy
+        summary["policy_by_merchant"] = report.policy_by_merchant
     write_atomic(out / "summary.json", _json(summary))
     return counts

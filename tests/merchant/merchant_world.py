@@ -70,12 +70,13 @@ class World:
         card_id: int,
         *,
         region: int = 370200,
+        category: int = 1,
         valid_from: str = "2026-01-01T00:00:00Z",
         valid_until: str | None = None,
     ) -> Path:
         out = self.root / f"{name}.card"
         args = ["card", "new", "--key", str(self.root / "keys" / "issuer.key")]
-        args += ["--id", str(card_id), "--category", "1", "--region", str(region)]
+        args += ["--id", str(card_id), "--category", str(category), "--region", str(region)]
         args += ["--valid-from", valid_from, "--out", str(out)]
         if valid_until is not None:
             args += ["--valid-until", valid_until]
@@ -101,6 +102,7 @@ class World:
         table: str = "revocation.frt",
         discount: str = "percent = 10\ncap_fen = 5000",
         register: bool = False,
+        policy: str = "regions = [370200]",
     ) -> Path:
         """A till's key and configuration (``till-N.toml``), and its register row."""
         prefix = self.root / "keys" / f"till-{terminal_id}"
@@ -117,7 +119,7 @@ class World:
             f'[terminal]\nid = {terminal_id}\nkey = "keys/till-{terminal_id}.key"\n'
             f'merchant = "{merchant}"\ntill = "{till}"\n'
             + ('register = "terminals.csv"\n' if register else "")
-            + f"\n[discount]\n{discount}\n\n[policy]\nregions = [370200]\n\n"
+            + f"\n[discount]\n{discount}\n\n[policy]\n{policy}\n\n"
             '[keyring]\npath = "keyring.json"\n\n'
             f'[revocation]\ntable = "{table}"\nsigner = "keys/revocation.pub"\n\n'
             f'[journal]\npath = "claims-{terminal_id}.sqlite"\n\n'
