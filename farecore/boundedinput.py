@@ -11,13 +11,15 @@ the values it reads.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_json_nesting", "load_toml", "read_limited"]
+__all__ = ["check_json_nesting", "load_toml", "read_limited", "read_regular"]
 
 Error = Callable[[str], Exception]
 
@@ -34,6 +36,24 @@ _TOML_TOKENS = re.compile(
     r"|[\[\]{}]",
     re.DOTALL,
 )
+
+
+def read_regular(path: Path, limit: int, what: str, error: Error) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes;
+    ``error`` otherwise. Opened without blocking, so a FIFO put in a file's place is
+    refused at once instead of hanging the reader, and a device is never read. OSError
+    passes through, as for :func:`read_limited`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what}: not a regular file")
+        if st.st_size > limit:
+            raise error(f"{what}: larger than {limit} bytes")
+        data = f.read(limit + 1)  # the file may grow while it is read
+    if len(data) > limit:
+        raise error(f"{what}: larger than {limit} bytes")
+    return data
 
 
 def read_limited(path: Path, limit: int, what: str, error: Error) -> bytes:

@@ -7,6 +7,10 @@ On a shared virtual machine the speed of that crypto drifts by a fifth within se
 so ``farecore sim`` can time it in its own worker processes, all at once, just before and
 just after the tap phase (``--measure-ceiling``): the ratio of taps/s to the ceiling then
 compares two things measured on the same cores at the same moment.
+
+The settlement verifies each paid tap's card signature once more: ``verify_us_per_ride``
+times that verification alone, so a benchmark can state the crypto floor of a whole
+run (taps at the ceiling, plus the night's verifications) next to its wall time.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from farecore.card.crypto import Algorithm, PrivateKey
 from farecore.card.proof import auth_message
 
-__all__ = ["crypto_us_per_tap"]
+__all__ = ["crypto_us_per_tap", "verify_us_per_ride"]
 
 
 def crypto_us_per_tap(
@@ -35,6 +39,27 @@ def crypto_us_per_tap(
         t0 = time.perf_counter_ns()
         for m, sign, verify in msgs:
             verify(sign(m), m)
+        times.append((time.perf_counter_ns() - t0) / 1000 / n)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def verify_us_per_ride(
+    n: int, runs: int = 3, algorithms: tuple[Algorithm, ...] = (Algorithm.ED25519,)
+) -> float:
+    """Median over ``runs`` of the microseconds for one verification of a card signature
+    (the settlement's per-ride crypto), ``n`` distinct signed messages a run."""
+    keys = [PrivateKey(alg, bytes(range(32))) for alg in algorithms]
+    times = []
+    for r in range(runs):
+        signed = []
+        for i in range(n):
+            key = keys[i % len(keys)]
+            m = auth_message(1000 + i, i + 1 + r, bytes(32))
+            signed.append((m, key.sign(m), key.public_key().verify))
+        t0 = time.perf_counter_ns()
+        for m, signature, verify in signed:
+            verify(signature, m)
         times.append((time.perf_counter_ns() - t0) / 1000 / n)
     times.sort()
     return times[len(times) // 2]

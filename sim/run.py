@@ -71,7 +71,7 @@ def run_simulation(opts: SimOptions, stream: TextIO = sys.stdout) -> dict[str, A
     results, via, t0 = _run_day(world, out, workers, stream)
     run_s = time.perf_counter() - t0
     t_settle = time.perf_counter()
-    settled = settle(out, export_batches(world, out), workers)
+    settled = settle(world, out, export_batches(world, out), workers)
     times = {"setup_s": setup_s, "settle_s": time.perf_counter() - t_settle, "workers": workers}
     summary = build_summary(
         world,

@@ -2,7 +2,8 @@
 
 Each terminal's chain is exported from its station journal as a signed batch (the same
 bytes a terminal's own journal would give) and settled in-process through a fresh
-ledger, with the run's register, keyring, fares and both signed revocation tables. The
+ledger, with the run's register, keyring, fares, both signed revocation tables and the
+issuer's signed lists of its credentials. The
 ground truth prices the same service day by the rule in docs/simulator.md.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from farecore.journal.batch import export_batch
 from farecore.journal.terminal import JournalReader
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
+from sim.deploy import issued_lists
 from sim.workload import reimburse
 from sim.world import SIM_DAY, World
 
@@ -32,8 +34,9 @@ def export_batches(world: World, out: Path) -> Path:
     return batches
 
 
-def settle(out: Path, batches: Path, jobs: int) -> dict[str, Any]:
-    """Settle the batches into ``out/settlement`` and ``out/ledger.sqlite``; what it paid."""
+def settle(world: World, out: Path, batches: Path, jobs: int) -> dict[str, Any]:
+    """Settle the batches into ``out/settlement`` and ``out/ledger.sqlite``, with the
+    issuer's signed lists as the gates have them; what it paid."""
     rev = out / "revocation"
     inputs = load_inputs(
         SIM_DAY,
@@ -43,6 +46,7 @@ def settle(out: Path, batches: Path, jobs: int) -> dict[str, Any]:
         rev / "revoked-gen2.csv",
         [rev / "gen1.frt", rev / "gen2.frt"],
         out / "keys" / "revocation-1.pub",
+        issued_lists=[out / name for name in issued_lists(world)],
     )
     with Ledger.open(out / "ledger.sqlite") as ledger:
         settlement = run_settlement(

@@ -35,7 +35,7 @@ from farecore.atomicfile import write_atomic
 from farecore.settlement import Ledger
 from sim.calendar import year_calendar
 from sim.calibration import Targets, fare_means
-from sim.deploy import write_city
+from sim.deploy import issued_lists, write_city
 from sim.network import METRO_BANDS
 from sim.settle import expected_money
 from sim.venues import VENUE_OPERATOR
@@ -274,7 +274,13 @@ class _Year:
                 if index + 1 < last:
                     pending = self._submit(pool, index + 1)
                 where = settle_night(
-                    self.out, index, batches, ledger, self.opts.workers, pool.units
+                    self.out,
+                    index,
+                    batches,
+                    ledger,
+                    self.opts.workers,
+                    pool.units,
+                    [self.out / name for name in issued_lists(self.base)],
                 )
                 _kill_at(f"night:{index}")
                 got, _, totals = lane_results(results, len(world.workload))

@@ -49,6 +49,7 @@ def year_summary(opts: YearOptions, targets: Targets, days: list[dict[str, Any]]
         "scale": opts.scale,
         "cards": targets.cards,
         "taps": sum(d["taps"] for d in days),
+        "settled_taps": sum(d["settled_taps"] for d in days),
         "rides": rides,
         "settled_fen": fen,
         "expected_fen": sum(d["expected_fen"] for d in days),

@@ -61,8 +61,10 @@ def settle_night(
     ledger: Ledger,
     jobs: int,
     map_units: MapUnits | None = None,
+    issued: Sequence[Path] = (),
 ) -> Path:
-    """Settle day ``index`` from ``batches`` through ``ledger``; the outputs' directory."""
+    """Settle day ``index`` from ``batches`` through ``ledger``; the outputs' directory.
+    ``issued``: the issuer's signed lists, as ``farecore settle --issued``."""
     day = year_day(index)
     gen1, gen2, revoked = day_tables(out, index)
     inputs = load_inputs(
@@ -73,6 +75,7 @@ def settle_night(
         revoked,
         [gen1, gen2],
         out / "keys" / "revocation-1.pub",
+        issued_lists=issued,
     )
     where = out / "settlement" / day.isoformat()
     where.parent.mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ _EPILOG = """exit status:
      paid for a failed check, a held ride, a correction of an earlier day, or no batch
      for the day at all; the outputs are written and the summary says what
   2  bad arguments or unreadable inputs (register, fares, keyring, ledger, revocation
-     files, batch directory); nothing is written
+     files, issued lists, batch directory); nothing is written
 """
 
 __all__ = ["register"]
@@ -107,6 +107,16 @@ def _add_inputs(p: Any) -> None:
         help="public key (.pub) that signs --revocation-table and --revocation-delta",
     )
     p.add_argument(
+        "--issued",
+        type=path,
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="the issuer's signed list of the credentials it issued (.fil), repeatable, one "
+        "per issuer key: a listed credential's issuer signature is vouched for by the list's "
+        "and not verified again (the gates' shortcut); the same results, a faster night",
+    )
+    p.add_argument(
         "--heads",
         type=path,
         metavar="DIR",
@@ -164,6 +174,7 @@ def _settle(args: argparse.Namespace) -> int:
         args.revocation_table,
         args.revocation_signer,
         args.revocation_delta,
+        args.issued,
     )
     paths = find_batches(args.batches)
     map_units: MapUnits | None = None

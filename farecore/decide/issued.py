@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import os
 import struct
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ __all__ = [
     "HEADER_SIZE",
     "LIST_SIGNING_TAG",
     "MAGIC",
+    "MAX_LIST_BYTES",
     "IssuedList",
     "IssuedListError",
     "build_issued_list",
@@ -68,6 +70,9 @@ _DIGEST = 32
 _SIGNED = struct.Struct("<8sHHB3xI4xQQQ32s48x")
 assert _SIGNED.size == _SIGNED_SIZE
 _U64 = (1 << 64) - 1
+# The most a reader that bounds its input takes: 33 million credentials, a hundred times
+# the programme's cards.
+MAX_LIST_BYTES = HEADER_SIZE + (1 << 30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +117,27 @@ def _digests_sorted(body: bytes, count: int) -> bool:
     return bool(np.all(differ.any(axis=1) & (a[rows, first] < b[rows, first])))
 
 
+# The header of the list verified last in this process, and the list while anything
+# holds it (see from_bytes): the bytes are compared, never kept.
+_LAST_VERIFIED: list[tuple[bytes, weakref.ref[IssuedList]]] = []
+
+
 class IssuedList:
     """A verified issued-credentials list, held in memory (40 bytes a credential).
 
     Open it with :meth:`open`; every check has passed by the time you hold one.
     """
 
-    __slots__ = ("_body", "_prefixes", "_signer", "generation", "header", "key_id", "path")
+    __slots__ = (
+        "__weakref__",
+        "_body",
+        "_prefixes",
+        "_signer",
+        "generation",
+        "header",
+        "key_id",
+        "path",
+    )
 
     def __init__(self, source: str, header: _Header, signer: bytes, body: bytes) -> None:
         """Not for callers: :meth:`open` and :meth:`from_bytes` verify, then build."""
@@ -172,6 +191,18 @@ class IssuedList:
         signature = data[_SIGNED_SIZE : _SIGNED_SIZE + 64]
         signer = keyring.resolve(key_id, alg, 0)  # active, or retired: still its key
         assert signer is not None  # not revoked and of this algorithm, checked above
+        if _LAST_VERIFIED:
+            # The same bytes under the same signer pass the same checks: the gates of a
+            # station load one list, and need not hash and scan it once each.
+            head, ref = _LAST_VERIFIED[0]
+            last = ref()
+            if (
+                last is not None
+                and last._signer == signer.raw
+                and data[:HEADER_SIZE] == head
+                and memoryview(data)[HEADER_SIZE:] == last._body
+            ):
+                return last._named(source)
         try:
             signer.verify(signature, LIST_SIGNING_TAG + data[:_SIGNED_SIZE])
         except BadSignature as exc:
@@ -189,7 +220,17 @@ class IssuedList:
             raise IssuedListError(f"{source}: body does not match the signed SHA-256")
         if not _digests_sorted(body, count):
             raise IssuedListError(f"{source}: corrupt body: hashes are not strictly ascending")
-        return cls(source, header, signer.raw, body)
+        listed = cls(source, header, signer.raw, body)
+        _LAST_VERIFIED[:] = [(bytes(data[:HEADER_SIZE]), weakref.ref(listed))]
+        return listed
+
+    def _named(self, source: str) -> IssuedList:
+        """This verified list, as read from ``source``."""
+        listed = IssuedList.__new__(IssuedList)
+        listed.path, listed.header, listed.key_id = source, self.header, self.key_id
+        listed.generation, listed._signer, listed._body = self.generation, self._signer, self._body
+        listed._prefixes = self._prefixes
+        return listed
 
     @property
     def count(self) -> int:

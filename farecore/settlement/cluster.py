@@ -63,13 +63,20 @@ def settle_unit_on_worker(path: str, cfg: UnitConfig) -> bytes:
     left to Dask, the worker's event-loop thread would walk thousands of ride tuples
     while the next task computes, and the two would fight over the GIL.
     """
-    partial = settle_unit(path, cfg)
+    try:
+        partial = settle_unit(path, cfg)
+    except SettlementError as exc:  # an issued list this worker does not see as checked
+        raise SettlementError(f"{exc} (on {_where()})") from None
     if partial.unreadable:
-        where = "this worker"
-        with contextlib.suppress(Exception):
-            where = f"worker {_distributed().get_worker().address}"
-        partial = dataclasses.replace(partial, where=where)
+        partial = dataclasses.replace(partial, where=_where())
     return pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _where() -> str:
+    where = "this worker"
+    with contextlib.suppress(Exception):
+        where = f"worker {_distributed().get_worker().address}"
+    return where
 
 
 class DaskSettings:

@@ -5,7 +5,10 @@ written; a problem is one error naming the file (``farecore settle`` exits 2). T
 revocation CSV is read by the same strict reader as ``farecore revocation build``, so a
 file means the same at the gates' tables and at the settlement. A revocation delta is
 verified against the base table given that it names, exactly as a gate does, and judges
-rides at its own generation. Each input's SHA-256 goes into the manifest.
+rides at its own generation. The issuer's signed lists of its credentials (``--issued``)
+are verified as a gate verifies them, and trusted as a gate trusts them: a credential
+listed there needs no issuer signature check of its own. Each input's SHA-256 goes into
+the manifest.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farecore.boundedinput import read_limited
+from farecore.boundedinput import read_regular
 from farecore.card.keys import Keyring, load_public_key_file
+from farecore.decide.issued import MAX_LIST_BYTES, IssuedList
 from farecore.decide.revocation import (
     RevocationDelta,
     RevocationInForce,
@@ -25,7 +29,7 @@ from farecore.decide.revocation import (
     RevocationView,
 )
 from farecore.decide.revocation.csvinput import read_revocation_csv
-from farecore.errors import MalformedFile, SettlementError
+from farecore.errors import IssuedListError, MalformedFile, SettlementError
 from farecore.journal.records import Direction
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
@@ -46,6 +50,10 @@ class SettlementInputs:
     settings: dict[str, str]  # input name -> SHA-256, for the manifest
     # Verified revocation tables, and views of deltas over them, by generation.
     tables: tuple[RevocationInForce, ...] = field(default=())
+    # The verified issued lists, one per issuer key: (path, SHA-256 of the file's bytes,
+    # its size). Every unit reads each again and stops the night unless its bytes are
+    # still these.
+    issued: tuple[tuple[str, str, int], ...] = ()
 
 
 def read_input(path: Path, what: str) -> bytes:
@@ -53,8 +61,8 @@ def read_input(path: Path, what: str) -> bytes:
     try:
         if path.is_dir():
             raise SettlementError(f"{what} {path} is a directory, not a file")
-        # Bounded as it is read: the size a stat reports can change, or be 0 for a device.
-        return read_limited(path, _MAX_INPUT_BYTES, f"{what} {path}", SettlementError)
+        # Bounded as it is read (the file can grow); a FIFO or a device is refused.
+        return read_regular(path, _MAX_INPUT_BYTES, f"{what} {path}", SettlementError)
     except OSError as exc:
         raise SettlementError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
@@ -68,6 +76,7 @@ def load_inputs(
     revocation_tables: Sequence[Path] | Path | None = None,
     revocation_signer: Path | None = None,
     revocation_deltas: Sequence[Path] = (),
+    issued_lists: Sequence[Path] = (),
 ) -> SettlementInputs:
     """Read and check every input but the batches; SettlementError or MalformedFile
     naming the file on any problem, before anything is settled or written."""
@@ -76,7 +85,7 @@ def load_inputs(
         read_input(keyring, "keyring"),
         read_input(fares, "fares file"),
     )
-    Keyring.from_bytes(raw_k, str(keyring))  # fail early, with the file's name
+    ring = Keyring.from_bytes(raw_k, str(keyring))  # fail early, with the file's name
     settings = {
         "terminals_sha256": hashlib.sha256(raw_t).hexdigest(),
         "keyring_sha256": hashlib.sha256(raw_k).hexdigest(),
@@ -113,7 +122,44 @@ def load_inputs(
     if len(set(gens)) != len(gens):
         raise SettlementError("two revocation tables (or deltas) of the same generation were given")
     tables.sort(key=lambda t: t.generation)
-    return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tuple(tables))
+    issued = _open_issued(issued_lists, ring, settings)
+    return SettlementInputs(
+        day, register, raw_k, fare_table, revoked, settings, tuple(tables), issued
+    )
+
+
+def _open_issued(
+    paths: Sequence[Path], keyring: Keyring, settings: dict[str, str]
+) -> tuple[tuple[str, str, int], ...]:
+    """Verify each issued list against the keyring, exactly as a gate does; one list per
+    issuer key. What the units are told: each list's path, the SHA-256 of its bytes and
+    its size."""
+    by_key: dict[int, tuple[Path, IssuedList]] = {}
+    out: list[tuple[str, str, int]] = []
+    for path in paths:
+        if path.is_dir():
+            raise SettlementError(f"issued list {path} is a directory, not a file")
+        try:
+            data = read_regular(path, MAX_LIST_BYTES, f"issued list {path}", SettlementError)
+        except OSError as exc:
+            raise SettlementError(
+                f"cannot read issued list {path}: {exc.strerror or exc}"
+            ) from None
+        try:
+            listed = IssuedList.from_bytes(data, keyring, str(path))
+        except IssuedListError as exc:
+            raise SettlementError(f"issued list {exc}") from None
+        seen = by_key.get(listed.key_id)
+        if seen is not None:
+            raise SettlementError(
+                f"issued lists {seen[0]} and {path} are both for issuer key {listed.key_id}; "
+                "give one (the newest)"
+            )
+        by_key[listed.key_id] = (path, listed)
+        digest = hashlib.sha256(data).hexdigest()
+        settings[f"issued_list_key_{listed.key_id}_sha256"] = digest
+        out.append((str(path.absolute()), digest, len(data)))
+    return tuple(out)
 
 
 def _open_table(path: Path, signer: Path | None, settings: dict[str, str]) -> RevocationTable:

@@ -49,6 +49,8 @@ class UnitConfig:
     # Seqs at which signed chain heads (--heads) claim a hash, by terminal: each unit
     # hands back its batch's hash at those seqs, not every record's.
     head_seqs: Mapping[int, frozenset[int]] = field(default_factory=dict, hash=False)
+    # The issuer's signed lists the night's inputs verified: (path, SHA-256, size).
+    issued: tuple[tuple[str, str, int], ...] = ()
 
     def terminal(self, terminal_id: int | None) -> TerminalInfo | None:
         # A register has thousands of terminals and a night thousands of batches.

@@ -106,6 +106,7 @@ def run_settlement(
         inputs.fares.operators,
         inputs.fares.clock_tolerance_s * 1000,
         utc_offset_min=inputs.fares.utc_offset_min,
+        issued=inputs.issued,
     )
     mapper = map_units or (map_in_process if jobs == 1 else map_with_processes(jobs))
     try:
@@ -165,7 +166,7 @@ def _night(
     if rerun is not None and rerun.inputs_sha256 != digest:
         raise SettlementError(
             f"night {day} was settled with other inputs (register, keyring, fares, "
-            "revocation files or chain heads differ); a settled night is final"
+            "revocation files, issued lists or chain heads differ); a settled night is final"
         )
     partials = _gather(mapper, taken, cfg, progress)
     gc.disable()

@@ -3,12 +3,15 @@
 ``settle_unit`` reads a batch, verifies the terminal's signature and hash chain, then
 redoes, for every ride the terminal labelled ACCEPT, every check that the batch alone
 can answer: the proof of tap (the credential against the issuer keyring once per
-distinct credential, the card's signature over the challenge every ride), the context
-against the register, the credential's validity at ride time, its region and category
-against the operator's policy, and the ride time against the batch's service day. It
-depends only on its arguments, so the same call gives the same partial whether it runs
-in-process, in a process pool or on a Dask worker. It must never raise on a file's
-content, read a clock, touch shared state or write files.
+distinct credential, unless the issuer's signed list of its credentials vouches for it;
+the card's signature over the challenge every ride), the context against the register,
+the credential's validity at ride time, its region and category against the operator's
+policy, and the ride time against the batch's service day. It depends only on its
+arguments, so the same call gives the same partial whether it runs in-process, in a
+process pool or on a Dask worker. It must never raise on a batch's content, read a
+clock, touch shared state or write files. The one input it raises on is an issued list
+that is no longer the file the night checked: the night stops rather than judge some
+batches by another list.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import hashlib
 import os
 import stat
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
+from farecore.boundedinput import read_regular
 from farecore.card.credential import parse_unverified
-from farecore.card.crypto import PublicKey
+from farecore.card.crypto import PublicKey, load_public_key
 from farecore.card.keys import Keyring
 from farecore.card.proof import challenge_head, verify_card_signature, verify_credential
-from farecore.errors import BadSignature, MalformedInput
+from farecore.decide.issued import IssuedList
+from farecore.errors import BadSignature, IssuedListError, MalformedInput, SettlementError
 from farecore.journal.batch import (
     BatchRows,
     day_bounds_ms,
@@ -61,11 +67,16 @@ __all__ = [
 _KEYRINGS: dict[bytes, Keyring] = {}
 # (card id, card key, valid from, valid until, region, category), or why it failed.
 _CardEntry = tuple[int, PublicKey, int, int, int, int] | str
-# keyring bytes -> credential SHA-256 -> _CardEntry. A pure function of its keys, so
-# caching it per process changes no result, only the cost: each process verifies each
-# card's credential once, however many batches it settles.
-_CARD_KEYS: dict[bytes, dict[bytes, _CardEntry]] = {}
+# The trust a credential is judged by: the keyring's bytes and the night's issued lists.
+_Trust = tuple[bytes, tuple[tuple[str, str, int], ...]]
+# trust -> credential SHA-256 -> _CardEntry. A pure function of the trust and the
+# credential, so caching it per process changes no result, only the cost: each process
+# verifies each card's credential once, however many batches it settles. One trust at a
+# time: the lists change from night to night.
+_CARD_KEYS: dict[_Trust, dict[bytes, _CardEntry]] = {}
 _CARD_KEYS_MAX = 1_000_000
+# trust -> issuer key id -> the list, verified in this process.
+_ISSUED: dict[_Trust, dict[int, IssuedList]] = {}
 # (seq, time, card, counter, record hash, generation, latest earlier time) of a paid ride
 _Kept = tuple[int, int, int, int, bytes, int, int]
 # (the ride's index among the paid ones, its flags, its revocation generation)
@@ -80,11 +91,47 @@ def _keyring(data: bytes) -> Keyring:
     return ring
 
 
-def _card_keys(keyring: bytes) -> dict[bytes, _CardEntry]:
-    keys = _CARD_KEYS.get(keyring)
+def _card_keys(cfg: UnitConfig) -> dict[bytes, _CardEntry]:
+    trust = (cfg.keyring, cfg.issued)
+    keys = _CARD_KEYS.get(trust)
     if keys is None or len(keys) > _CARD_KEYS_MAX:
-        keys = _CARD_KEYS[keyring] = {}
+        _CARD_KEYS.clear()
+        keys = _CARD_KEYS[trust] = {}
     return keys
+
+
+def _issued(cfg: UnitConfig) -> dict[int, IssuedList]:
+    """The night's issued lists, read and verified once per process. Every unit must judge
+    by the lists the night checked (the manifest names them): one that is no longer the
+    same file, or cannot be read here, stops the night (SettlementError), before anything
+    is paid or written."""
+    if not cfg.issued:
+        return {}
+    key = (cfg.keyring, cfg.issued)
+    lists = _ISSUED.get(key)
+    if lists is None:
+        keyring = _keyring(cfg.keyring)
+        loaded = {}
+        for path, digest, size in cfg.issued:
+            listed = _reread(path, digest, size, keyring)
+            loaded[listed.key_id] = listed
+        _ISSUED.clear()
+        lists = _ISSUED[key] = loaded  # whole before it is seen: units may run in threads
+    return lists
+
+
+def _reread(path: str, digest: str, size: int, keyring: Keyring) -> IssuedList:
+    problem = "changed since"
+    try:
+        data = read_regular(Path(path), size, path, IssuedListError)
+        if hashlib.sha256(data).hexdigest() == digest:
+            return IssuedList.from_bytes(data, keyring, path)
+    except (OSError, IssuedListError) as exc:
+        problem = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+    raise SettlementError(
+        f"issued list {path} is not the file the night checked ({problem}); every unit "
+        "must judge by the same list: settle the night again"
+    )
 
 
 def _file_problem(path: str, limit: int) -> tuple[str, bool] | None:
@@ -212,7 +259,8 @@ def _check_rides(
     denied taps, latest time on the batch's day, rides paid, their flags, anomalies."""
     policy = cfg.policy(info.operator)
     low, high = _day_window(batch, cfg)
-    keyring, keys, credentials = _keyring(cfg.keyring), _card_keys(cfg.keyring), batch.credentials
+    keyring, keys, credentials = _keyring(cfg.keyring), _card_keys(cfg), batch.credentials
+    issued = _issued(cfg)
     want = (info.operator, info.line, info.place, int(info.direction))
     # A merchant's till journals discount claims: proofs of a card, never a ride to pay.
     till = info.direction == Direction.CLAIM
@@ -256,7 +304,7 @@ def _check_rides(
         elif (operator, line, place, direction) == want:
             entry = keys.get(cred_sha)
             if entry is None:
-                entry = keys[cred_sha] = _card_key(credentials[cred_sha], keyring)
+                entry = keys[cred_sha] = _card_key(credentials[cred_sha], keyring, issued)
             refused = _refusal(entry, tid, time_ms, card_id, counter, challenge, signature, policy)
             if refused is None and not low <= time_ms < high:
                 refused = ("outside_day", f"time {time_ms} is not on {batch.day}")
@@ -371,11 +419,22 @@ def _flag(kind: str, tid: int, seq: int, card_id: int | None, sha: bytes, detail
     )
 
 
-def _card_key(credential: bytes, keyring: Keyring) -> _CardEntry:
-    """The card's id, key and validity terms from a credential the issuer signed, or why not."""
+def _card_key(credential: bytes, keyring: Keyring, issued: dict[int, IssuedList]) -> _CardEntry:
+    """The card's id, key and validity terms from a credential the issuer signed, or why not.
+
+    A credential on the issuer's signed list that names the list's key was signed by it
+    (the list's own signature says so), as a gate trusts it; any other is verified."""
     try:
         cred = parse_unverified(credential)
-        key = verify_credential(cred, keyring)
+        f = cred.fields
+        listed = issued.get(f.issuer_key_id)
+        issuer = None
+        if listed is not None:
+            issuer = keyring.resolve(f.issuer_key_id, f.issuer_algorithm, f.valid_from)
+        if listed is not None and issuer is not None and listed.vouches(cred, issuer):
+            key = load_public_key(f.card_key_algorithm, f.card_public_key)
+        else:
+            key = verify_credential(cred, keyring)
     except (MalformedInput, BadSignature) as exc:
         return f"credential: {exc}"
     f = cred.fields

@@ -270,3 +270,25 @@ def test_issued_build_refuses_to_roll_back(tmp_path: Path) -> None:
     assert r.returncode == 2 and "holds generation 5" in r.stderr
     assert out.read_bytes() == published
     assert build(4, "--replace").returncode == 0
+
+
+def test_a_list_verified_again_passes_every_check_again() -> None:
+    """Loading the same bytes twice (each gate of a station does) skips the hashing, never
+    a check that depends on the keyring: a revoked or replaced key still refuses them."""
+    first = IssuedList.from_bytes(LIST_BYTES, KEYRING, "gate-1")
+    again = IssuedList.from_bytes(LIST_BYTES, KEYRING, "gate-2")
+    assert (again.path, list(again.digests())) == ("gate-2", list(first.digests()))
+    assert again.describe() | {"path": "gate-1"} == first.describe()
+    with pytest.raises(IssuedListError, match="revoked"):
+        IssuedList.from_bytes(LIST_BYTES, KEYRING.revoke(7))
+    impostor = Issuer(FORGER).keyring()  # key id 7, but another key
+    with pytest.raises(IssuedListError, match="signature does not verify"):
+        IssuedList.from_bytes(LIST_BYTES, impostor)
+    forged = encode_list([_digest(c.credential) for c in CARDS], FORGER, 3, 1_789_000_000)
+    with pytest.raises(IssuedListError, match="signature does not verify"):
+        IssuedList.from_bytes(forged, KEYRING)
+    damaged = bytearray(LIST_BYTES)
+    damaged[-1] ^= 1
+    with pytest.raises(IssuedListError, match="body does not match"):
+        IssuedList.from_bytes(bytes(damaged), KEYRING)
+    assert _digest(CARDS[0].credential) in IssuedList.from_bytes(LIST_BYTES, KEYRING)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from farecore.card.keys import SigningKey
+from farecore.decide.issued import IssuedList
 from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.gate.tap import run_tap
 from farecore.journal.batch import day_bounds_ms, export_batch
@@ -96,6 +99,7 @@ class World:
         default_factory=lambda: dict(LAYOUT)
     )
     fares: str = FARES
+    issued: tuple[IssuedList, ...] = ()  # the issuer's lists the gates trust
 
     def __post_init__(self) -> None:
         (self.root / "batches").mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,7 @@ class World:
         if tid not in self.journals:
             self.journals[tid] = Journal.open(self.root / f"journal-{tid}.sqlite", tid)
             self.validators[tid] = Validator(
-                TerminalPolicy(tid, frozenset({370200})), self.issuer.keyring()
+                TerminalPolicy(tid, frozenset({370200})), self.issuer.keyring(), issued=self.issued
             )
         op, line, place, direction, _, _ = self.layout[tid]
         nonce = self.rng.randbytes(16)
@@ -177,3 +181,34 @@ def random_day(world: World, n_cards: int, n_taps: int, seed: int) -> None:
             plan.append((t, rng.choice([202, 204]), card))  # an exit with no entry
     for when, tid, card in sorted(plan):
         world.tap(tid, card, when)
+
+
+def settle_cli(world: World, tmp: Path, *more: object) -> subprocess.CompletedProcess[str]:
+    """``farecore settle`` over the world's batches in a real process, writing ``tmp/out``
+    and ``tmp/ledger.sqlite``."""
+    args = ["settle", "--quiet", "--batches", world.batches, "--terminals",
+            world.root / "terminals.csv", "--keyring", world.root / "keyring.json", "--fares",
+            world.root / "fares.toml", "--day", DAY.isoformat(), "--out", tmp / "out",
+            "--ledger", tmp / "ledger.sqlite", *more]  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "farecore", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def forged_world(world: World, forged_id: int, listed: Path) -> IssuedList:
+    """A card ``forged_id`` whose credential's issuer signature is broken but which the
+    issuer's list at ``listed`` holds; the world's gates trust that list and tap it once.
+    The list, opened."""
+    import hashlib
+
+    from farecore.decide.issued import encode_list
+
+    good = world.issuer.card(forged_id)
+    raw = bytearray(good.credential)
+    raw[-1] ^= 0x01  # the last byte is the issuer signature's
+    forged = world.cards[forged_id] = VirtualCard(bytes(raw), good.key)
+    digest = hashlib.sha256(forged.credential).digest()
+    listed.write_bytes(encode_list([digest], world.issuer.key, 2, 1))
+    opened = IssuedList.open(listed, world.issuer.keyring())
+    world.issued = (opened,)
+    assert world.tap(101, forged_id, day_ms(9))  # the gate trusted the list
+    return opened

@@ -221,3 +221,43 @@ def test_without_dask_the_options_name_the_extra(world: World, tmp_path: Path) -
     )
     assert r.returncode == 2
     assert "pip install 'farecore[dask]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_list_the_workers_do_not_see_as_checked_stops_the_night(
+    world: World, tmp_path: Path, cluster
+) -> None:  # type: ignore[no-untyped-def]
+    """The issuer's list (``--issued``) as each Dask worker reads it must be the file the
+    night checked; one replaced in between stops the night, naming the worker."""
+    from farecore.decide.issued import build_issued_list
+
+    random_day(world, n_cards=12, n_taps=40, seed=12)
+    world.export()
+    listed = tmp_path / "issued-1.fil"
+    creds = [(f"card {c}", world.card(c).credential) for c in sorted(world.cards)]
+    build_issued_list(creds, world.issuer.key, 1, 1_760_000_000, listed)
+    root = world.root
+    inputs = load_inputs(
+        DAY, root / "terminals.csv", root / "keyring.json", root / "fares.toml",
+        issued_lists=[listed],
+    )  # fmt: skip
+    dask = map_on_dask(DaskSettings(scheduler=cluster.scheduler_address))
+    listed_too = _settle_listed(inputs, world, tmp_path / "dask", dask)
+    assert listed_too == _settle(world, tmp_path / "plain") | {
+        "manifest.json": listed_too["manifest.json"]
+    }
+    # A worker holding the checked bytes already may use them; one that must read the
+    # file again finds another list there.
+    build_issued_list(creds[:3], world.issuer.key, 2, 1_760_000_000, listed)
+    inputs = load_inputs(
+        DAY, root / "terminals.csv", root / "keyring.json", root / "fares.toml",
+        issued_lists=[listed],
+    )  # fmt: skip
+    build_issued_list(creds[:4], world.issuer.key, 3, 1_760_000_000, listed)
+    with pytest.raises(SettlementError, match=r"not the file the night checked .*\(on worker "):
+        run_settlement(inputs, find_batches(world.batches), tmp_path / "late", map_units=dask)
+    assert not any((tmp_path / "late").iterdir())  # made early, and left empty
+
+
+def _settle_listed(inputs: object, world: World, out: Path, dask: object) -> dict[str, bytes]:
+    run_settlement(inputs, find_batches(world.batches), out, map_units=dask)  # type: ignore[arg-type]
+    return {name: (out / name).read_bytes() for name in OUTPUTS}

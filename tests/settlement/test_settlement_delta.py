@@ -9,13 +9,11 @@ was not (paid). Given the base alone, the same rides are judged by the base.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from settle_world import DAY, World, day_ms
+from settle_world import DAY, World, day_ms, settle_cli
 
 from farecore.card.keys import SigningKey, save_signing_key
 from farecore.decide.checks import InMemoryRevocation
@@ -83,19 +81,10 @@ def test_rides_under_a_delta_generation_are_judged_by_base_and_delta(
     assert with_delta.stats["amount_fen"] == base_only.stats["amount_fen"]
 
 
-def _settle_cli(world: World, tmp: Path, *more: str | Path) -> subprocess.CompletedProcess[str]:
-    args = ["settle", "--quiet", "--batches", world.batches, "--terminals",
-            world.root / "terminals.csv", "--keyring", world.root / "keyring.json", "--fares",
-            world.root / "fares.toml", "--day", DAY.isoformat(), "--out", tmp / "out",
-            "--ledger", tmp / "ledger.sqlite", *more]  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "farecore", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-
-
 def test_the_flag_and_its_refusals(world: World, tmp_path: Path) -> None:
     _day_under_generation_7(world)
     base, delta, pub = _files(tmp_path)
-    r = _settle_cli(world, tmp_path, "--revocation-table", base, "--revocation-delta", delta,
+    r = settle_cli(world, tmp_path, "--revocation-table", base, "--revocation-delta", delta,
                     "--revocation-signer", pub)  # fmt: skip
     assert r.returncode == 3, r.stderr  # a refused ride to review
     anomalies = json.loads((tmp_path / "out" / "anomalies.json").read_text())["anomalies"]
@@ -117,7 +106,7 @@ def test_the_flag_and_its_refusals(world: World, tmp_path: Path) -> None:
           "--revocation-signer", pub], "of the same generation"),
     ]  # fmt: skip
     for i, (more, says) in enumerate(cases):
-        r = _settle_cli(world, tmp_path / f"bad{i}", *more)
+        r = settle_cli(world, tmp_path / f"bad{i}", *more)
         assert r.returncode == 2 and says in r.stderr, (more, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
         assert not (tmp_path / f"bad{i}" / "out").exists()
