@@ -7,9 +7,10 @@ calendar of ``sim.calendar``) and generated with its ground truth (``sim.year_wo
 Its taps run in parallel over the year's lanes: each lane is a station controller with
 a fixed set of places, run as one task per day (``sim.year_tasks``) on a local process
 pool or on a Dask cluster (``--scheduler``; ``sim.year_pool``). A lane continues its
-station journal from day to day, so every terminal has one hash chain all year. Once
-all lanes have played the day, its batches are exported and settled through the one
-ledger (``sim.year_settle``), in day order; the decisions and the money are checked
+station journal from day to day, so every terminal has one hash chain all year, and
+exports its terminals' batches of the day when it has played it. Once all lanes have,
+the night is settled through the one ledger (``sim.year_settle``), in day order, while
+the next day (generated meanwhile) is tapped; the decisions and the money are checked
 against the ground truth to the fen, and the day's record is added to the state file
 (``year-state.json``, written atomically). A rerun with the same ``--out`` and the same
 options continues after the last settled night, after undoing what a stop left behind.
@@ -43,8 +44,8 @@ from sim.workload import boardings
 from sim.world import SimError, World
 from sim.year_pool import Executor, executor
 from sim.year_report import against_targets, print_comparison, year_summary
-from sim.year_settle import export_day, lane_results, night_figures, rollback, settle_night
-from sim.year_tasks import LaneDay, base_world, plan_lanes, remember_base
+from sim.year_settle import lane_results, night_figures, rollback, settle_night
+from sim.year_tasks import LaneDay, base_world, day_batches, plan_lanes, remember_base
 from sim.year_world import (
     YearOptions,
     build_base,
@@ -257,22 +258,24 @@ class _Year:
             _say(self.stream, f"undid {removed:,} journal records of a day that was not settled")
 
     def run(self, ledger: Ledger, pool: Executor) -> None:
-        """The days left, in order. Day d+1's taps run on the pool while night d is
-        settled here: the lanes' journals of day d are exported first, and a stop at
-        any point is undone by the next run's rollback."""
+        """The days left, in order. Day d+1 is generated and its tables signed while day
+        d's taps run; its taps run on the pool while night d is settled here. Each lane
+        exports its batches of day d before its task ends, and a stop at any point is
+        undone by the next run's rollback."""
         first, last = len(self.days), self.opts.days
         t_days = time.perf_counter()
         if first < last:
-            pending = self._submit(pool, first)
+            pending = self._submit(pool, self._generate(first), first)
             for index in range(first, last):
                 world, handle, t_taps = pending
+                upcoming = self._generate(index + 1) if index + 1 < last else None
                 results = pool.gather(handle)
                 tap_s = time.perf_counter() - t_taps
                 _kill_at(f"taps:{index}")
                 t_night = time.perf_counter()
-                batches = export_day(world, self.out, self.lanes)
-                if index + 1 < last:
-                    pending = self._submit(pool, index + 1)
+                batches = day_batches(self.out, index)
+                if upcoming is not None:
+                    pending = self._submit(pool, upcoming, index + 1)
                 where = settle_night(
                     self.out,
                     index,
@@ -295,10 +298,15 @@ class _Year:
                 self._show(index)
         self.days_s += time.perf_counter() - t_days
 
-    def _submit(self, pool: Executor, index: int) -> tuple[World, Any, float]:
-        """Generate day ``index``, sign its tables and hand its lanes to the pool."""
+    def _generate(self, index: int) -> World:
+        """Generate day ``index`` and sign its tables (a day's ground truth depends only
+        on the days before it, never on how they ran)."""
         world = self.world(index)
         write_day_tables(world, self.out, index)
+        return world
+
+    def _submit(self, pool: Executor, world: World, index: int) -> tuple[World, Any, float]:
+        """Hand day ``index``'s lanes to the pool."""
         return world, pool.submit(self._tasks(world, index)), time.perf_counter()
 
     def _tasks(self, world: World, index: int) -> list[LaneDay]:

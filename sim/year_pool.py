@@ -9,6 +9,7 @@ arguments and the files of the run, so where it runs changes no byte of the resu
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing as mp
 import os
@@ -121,7 +122,10 @@ class _DaskPool(Executor):
 
 def _watch_parent(parent: int) -> None:
     """In a pool worker: end when the run's process is gone (killed), instead of
-    waiting for work forever with the run's output still open."""
+    waiting for work forever with the run's output still open. And freeze what the
+    worker inherits (the year's cards): its cycle collector then never walks them, so
+    the pages stay shared with the parent instead of being copied."""
+    gc.freeze()
 
     def watch() -> None:
         while os.getppid() == parent:

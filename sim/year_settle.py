@@ -1,10 +1,10 @@
 """A simulated year's nights: each day's batches settled through one ledger, in day order.
 
-After a day's lanes are done, every terminal's batch of that day is exported from its
-lane's station journal (each batch continues its terminal's chain from the day before)
-and the real settlement settles the night through the year's ledger, which checks chain
-continuity and reused counters against every earlier night. What a night paid is read
-back from its outputs (``settlement/DAY/``), so a night is reported the same whether it
+After a day's lanes are done (each has exported its terminals' batches of the day from
+its station journal: ``sim.year_tasks.export_lane``; each batch continues its terminal's
+chain from the day before), the real settlement settles the night through the year's
+ledger, which checks chain continuity and reused counters against every earlier night.
+What a night paid is read back from its outputs (``settlement/DAY/``), so a night is reported the same whether it
 was just settled or found settled by a resumed run.
 
 ``rollback`` puts a stopped run back to the end of its last settled night: each lane's
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from farecore.journal.batch import export_batch
 from farecore.journal.layout import station_records_table
 from farecore.journal.station import StationJournal
 from farecore.settlement import Ledger, find_batches, load_inputs, run_settlement
@@ -36,22 +35,7 @@ from sim.world import SimError, World
 from sim.year_tasks import lane_journal
 from sim.year_world import day_tables, year_day
 
-__all__ = ["export_day", "night_figures", "rollback", "settle_night"]
-
-
-def export_day(world: World, out: Path, lanes: Sequence[tuple[int, ...]]) -> Path:
-    """Every terminal's signed batch of the world's day, into ``out/batches/DAY``."""
-    day = world.clock.day
-    batches = out / "batches" / day.isoformat()
-    batches.mkdir(parents=True)
-    work = out / "work"
-    for k, gates in enumerate(lanes):
-        path = lane_journal(work, k)
-        for g in gates:
-            tid = world.gates[g].terminal_id
-            data = export_batch(path, day, world.terminal_key(tid), terminal_id=tid)
-            (batches / f"terminal-{tid}-{day.isoformat()}.fcb").write_bytes(data)
-    return batches
+__all__ = ["night_figures", "rollback", "settle_night"]
 
 
 def settle_night(

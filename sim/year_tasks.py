@@ -28,12 +28,22 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from farecore.journal.batch import export_batch
 from sim.lane import LaneJob, LaneResult, run_lane
 from sim.workload import DayClock, Workload
 from sim.world import World
 from sim.year_world import YearOptions, build_base, day_tables, year_day
 
-__all__ = ["LaneDay", "base_world", "lane_journal", "plan_lanes", "remember_base", "run_lane_day"]
+__all__ = [
+    "LaneDay",
+    "base_world",
+    "day_batches",
+    "export_lane",
+    "lane_journal",
+    "plan_lanes",
+    "remember_base",
+    "run_lane_day",
+]
 
 _BASE: dict[str, World] = {}
 
@@ -69,6 +79,25 @@ def _place_key(place: str) -> int:
 
 def lane_journal(work: Path, lane: int) -> Path:
     return work / "journals" / f"station-y{lane}.sqlite"
+
+
+def day_batches(out: Path, index: int) -> Path:
+    """Where day ``index``'s batches go: ``out/batches/DATE``."""
+    return out / "batches" / year_day(index).isoformat()
+
+
+def export_lane(world: World, out: Path, lane: int, gates: tuple[int, ...], index: int) -> None:
+    """Each of the lane's terminals' signed batch of day ``index``, from the lane's
+    journal, into ``day_batches``: each continues its terminal's chain from the batch
+    before. A lane exports its own, in its worker, as soon as its day is played."""
+    day = year_day(index)
+    batches = day_batches(out, index)
+    batches.mkdir(parents=True, exist_ok=True)
+    path = lane_journal(out / "work", lane)
+    for g in gates:
+        tid = world.gates[g].terminal_id
+        data = export_batch(path, day, world.terminal_key(tid), terminal_id=tid)
+        (batches / f"terminal-{tid}-{day.isoformat()}.fcb").write_bytes(data)
 
 
 def plan_lanes(world: World, lanes: int) -> list[tuple[int, ...]]:
@@ -109,8 +138,8 @@ class LaneDay:
 
 
 def run_lane_day(task: LaneDay) -> tuple[int, npt.NDArray[np.int64], LaneResult]:
-    """Run the lane's taps of the day through its station controller; (lane, taps,
-    results)."""
+    """Run the lane's taps of the day through its station controller, then export its
+    terminals' batches of the day; (lane, taps, results)."""
     base = base_world(task.opts, task.cards)
     world = dataclasses.replace(base, clock=DayClock(year_day(task.index)), workload=task.workload)
     out = task.opts.out.absolute()
@@ -134,6 +163,7 @@ def run_lane_day(task: LaneDay) -> tuple[int, npt.NDArray[np.int64], LaneResult]
         start_ms=_first_tap_ms(task),
     )
     run_lane(job, result)
+    export_lane(base, out, task.lane, task.gates, task.index)
     return task.lane, task.taps, result
 
 

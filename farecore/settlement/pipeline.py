@@ -72,7 +72,9 @@ def map_in_process(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
 
 def map_with_processes(jobs: int) -> MapUnits:
     def run(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # A forked worker freezes what it inherits: its cycle collector then never walks
+        # (and so never copies) the parent's pages, which it shares instead.
+        with ProcessPoolExecutor(max_workers=jobs, initializer=gc.freeze) as pool:
             yield from pool.map(bind(settle_unit, cfg=cfg), paths, chunksize=1)
 
     return run
