@@ -171,7 +171,8 @@ class CardFactory:
             raise ValueError("one forger per issuer, and at least one card algorithm")
         self._day_start_s = day_start_s
         self._algs = card_algorithms
-        self._cache: dict[int, tuple[bytes, PrivateKey]] = {}
+        self._credentials: dict[int, bytes] = {}
+        self._keys: dict[int, PrivateKey] = {}
 
     def issuer_of(self, index: int) -> int:
         """Which issuer (0-based) signs card ``index``: with several card algorithms and
@@ -191,14 +192,28 @@ class CardFactory:
 
     def material(self, index: int) -> tuple[bytes, PrivateKey]:
         """(credential, the key the tapping card holds) for card ``index``."""
-        hit = self._cache.get(index)
-        if hit is not None:
-            return hit
+        credential = self._credentials.get(index)
+        key = self._keys.get(index)
+        if credential is not None and key is not None:
+            return credential, key
         card_id = int(self._pop.card_ids[index])
         kind = CARD_KINDS[int(self._pop.kinds[index])]
         alg = self._algs[index % len(self._algs)]
+        if credential is None:
+            genuine = self._key(card_id.to_bytes(8, "big"), alg)
+            credential = self._credentials[index] = self._credential(index, card_id, genuine)
+            key = genuine
+        if kind == "clone":
+            # The genuine credential, copied onto a chip with a key the cloner made up.
+            key = self._key(b"clone/" + card_id.to_bytes(8, "big"), alg)
+        elif key is None:
+            key = self._key(card_id.to_bytes(8, "big"), alg)
+        self._keys[index] = key
+        return credential, key
+
+    def _credential(self, index: int, card_id: int, key: PrivateKey) -> bytes:
+        kind = CARD_KINDS[int(self._pop.kinds[index])]
         issuer = self.issuer_of(index)
-        key = self._key(card_id.to_bytes(8, "big"), alg)
         options: CredentialOptions = {"category": int(self._pop.categories[index])}
         if kind == "expired":
             valid_until = self._day_start_s - 86_400 * (1 + index % 200)
@@ -208,12 +223,15 @@ class CardFactory:
             options["signer"] = self._forgers[issuer]  # same key id, wrong key: the signature fails
         elif kind == "other_region":
             options["region"] = JINAN
-        credential = self._issuers[issuer].credential(card_id, key, **options)
-        if kind == "clone":
-            # The genuine credential, copied onto a chip with a key the cloner made up.
-            key = self._key(b"clone/" + card_id.to_bytes(8, "big"), alg)
-        self._cache[index] = (credential, key)
-        return credential, key
+        return self._issuers[issuer].credential(card_id, key, **options)
+
+    def forget_keys(self) -> None:
+        """Drop the cards' key objects, keep their credentials. A process that forks
+        workers which tap keeps the credentials (the issued list's, compact) for them to
+        share, and leaves each worker to make the keys of the cards it meets: a key held
+        here would be copied into every worker that touched it anyway (its reference
+        count is written on each use)."""
+        self._keys.clear()
 
     def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
         credential, key = self.material(index)

@@ -53,7 +53,10 @@ def _key(opts: YearOptions, cards: int) -> str:
 
 
 def remember_base(opts: YearOptions, cards: int, world: World) -> None:
-    """Keep the parent's base world, so forked pool workers find it made."""
+    """Keep the parent's base world, so forked pool workers find it made: every card's
+    credential, and no key object (each worker makes the keys of the cards it meets,
+    once; keys held here would be copied into each worker as it used them)."""
+    world.cards.forget_keys()
     _BASE.clear()
     _BASE[_key(opts, cards)] = world
 

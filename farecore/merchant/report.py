@@ -16,13 +16,15 @@ and of the day either side of it, and:
   claim its proof of tap, the card's validity at that time and, where the alliance gives
   the merchant a policy, the card's region and category (the settlement's order);
 - across the accepted claims read (the neighbour days' too, so a tap journaled twice
-  across the months' edge counts once): a card counter used twice counts only its first
-  use; and the settlement's revocation rules (``farecore.settlement.revoked``) for the
-  month's claims, with the signed tables (and deltas over them) given.
+  across the months' edge counts once, and those of verified batches of every earlier
+  day that use a counter the month's claims use): a card counter used twice counts only
+  its first use; and the settlement's revocation rules (``farecore.settlement.revoked``)
+  for the month's claims, with the signed tables (and deltas over them) given.
 
-Batches of earlier days are read only to link a till's chain; verified batches of later
-days and of terminals that are not tills are left alone. The report never raises for
-what a batch holds: a bad file is a finding naming it.
+Batches of earlier days link a till's chain and show which counters were used before the
+month; their claims are never counted or named. Verified batches of later days and of
+terminals that are not tills are left alone. The report never raises for what a batch
+holds: a bad file is a finding naming it.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ _Card = tuple[int, PublicKey, int, int, int, int] | str
 
 # An accepted claim that passed its own checks: (terminal, seq, time, card, counter,
 # revocation generation or -1, flags, merchant, amount fen, discount fen, of the month).
-# Claims of the neighbour days are gathered only to find counters reused across them.
+# Claims of the neighbour days, and of earlier days, are gathered only to find counters
+# reused across them.
 _Accepted = tuple[int, int, int, int, int, int, tuple[str, ...], str, int, int, bool]
 
 
@@ -184,6 +187,7 @@ def run_report(inputs: ReportInputs, paths: Sequence[str]) -> MerchantReport:
             month.denied.setdefault(o.info.line, 0)
         if o.read and o.sha in admitted:
             _check_claims(o, inputs, month)
+    _earlier_uses(opened, inputs, month)
     kept = _cross_checks(inputs, month)
     return _report(inputs, month, kept, opened, skipped, duplicates)
 
@@ -280,20 +284,49 @@ def _admit(opened: list[_Opened], inputs: ReportInputs, findings: list[Finding])
     return {a.partial.batch_sha256 for a in admission.admitted}
 
 
-def _check_claims(o: _Opened, inputs: ReportInputs, month: _Month) -> None:
-    """Every record of one admitted batch of the read range. A claim belongs to the
-    month of its own time, strictly: the month's claims are checked and counted; a
-    neighbour month's are checked quietly (their own report names what fails) and kept
-    only to find counters reused across the months' edge. A record timed beyond the
-    clock tolerance outside its batch's day counts nowhere: the report of the batch's
-    own month names it ``outside_month``."""
+def _earlier_uses(opened: list[_Opened], inputs: ReportInputs, month: _Month) -> None:
+    """The accepted claims of verified till batches of days before the read range whose
+    card counter a claim of the month uses too, checked quietly as a neighbour day's are:
+    a counter used months apart is still used twice. A claim of those days is timed
+    before the month (its batch's day is two or more days before it, and the clock
+    tolerance at most one), so it is never the month's, never counted and never named.
+
+    The batches were verified when opened; here each record costs a set lookup, and only
+    a record whose card and counter the month uses has its proof of tap checked. A record
+    (a till's seq) read in two batches is one use."""
+    wanted = {(c[3], c[4]) for c in month.accepted if c[10]}
+    if not wanted:
+        return
+    seen = {(c[0], c[1]) for c in month.accepted}
+    for o in opened:
+        if o.read:
+            continue
+        rows = []
+        for row in o.rows.rows:
+            if (row.card_id, row.counter) in wanted and (row.terminal_id, row.seq) not in seen:
+                seen.add((row.terminal_id, row.seq))
+                rows.append(row)
+        if rows:
+            _check_claims(o, inputs, month, rows)
+
+
+def _check_claims(
+    o: _Opened, inputs: ReportInputs, month: _Month, rows: list[RecordRow] | None = None
+) -> None:
+    """Every record of one admitted batch of the read range, or ``rows`` of an earlier
+    day's verified batch (``_earlier_uses``). A claim belongs to the month of its own
+    time, strictly: the month's claims are checked and counted; another month's are
+    checked quietly (their own report names what fails) and kept only to find counters
+    reused across the months' edge. A record timed beyond the clock tolerance outside its
+    batch's day counts nowhere: the report of the batch's own month names it
+    ``outside_month``."""
     info, sha = o.info, o.sha.hex()
     offset, tol = inputs.utc_offset_min, inputs.clock_tolerance_ms
     low, high = inputs.month.bounds_ms(offset)
     day_low, day_high = day_bounds_ms(o.rows.day, offset)
     day_low, day_high = day_low - tol, day_high + tol
     want = (ALLIANCE, info.line, info.place, int(Direction.CLAIM))
-    for row in o.rows.rows:
+    for row in o.rows.rows if rows is None else rows:
         accepted = row.decision == "ACCEPT"
         ours = low <= row.time_ms < high
         placed = day_low <= row.time_ms < day_high
