@@ -11,11 +11,13 @@ directory, and must never read a clock.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from farecore.card.keys import save_signing_key
+from farecore.decide.checks import RevocationEntry
 from farecore.decide.issued import build_issued_list
 from farecore.decide.revocation import build_table
 from farecore.journal.records import ROLE_DIRECTION
@@ -26,7 +28,7 @@ from sim.population import CARD_KINDS
 from sim.venues import venue_fares_toml
 from sim.world import World
 
-__all__ = ["ISSUED_LIST", "issued_lists", "slug", "write_city"]
+__all__ = ["ISSUED_LIST", "issued_lists", "revocations_csv", "sign_table", "slug", "write_city"]
 
 ISSUED_LIST = "issued-1.fil"  # issuer key 1's; with --crypto mix issuer key 2 has issued-2.fil
 # Cards the Qingdao issuer did not issue: a forger's credentials, and another region's
@@ -89,19 +91,30 @@ def _write_revocation(world: World, rev: Path) -> None:
         (1, world.revoked_gen1, clock.revocation_gen1_ms),
         (2, world.revoked_gen2, clock.revocation_gen2_ms),
     ):
-        lines = ["card_id,revoked_at,reason"] + [
-            f"{e.card_id},{e.revoked_at},{e.reason}" for e in entries
-        ]
-        (rev / f"revoked-gen{gen}.csv").write_text("\n".join(lines) + "\n")
-        build_table(
-            np.array([e.card_id for e in entries], dtype=np.uint64),
-            np.array([e.revoked_at for e in entries], dtype=np.int64),
-            np.array([e.reason for e in entries], dtype=np.uint8),
-            world.revocation_signer,
-            gen,
-            at_ms // 1000,
-            rev / f"gen{gen}.frt",
-        )
+        (rev / f"revoked-gen{gen}.csv").write_text(revocations_csv(entries))
+        sign_table(world, entries, gen, at_ms, rev / f"gen{gen}.frt")
+
+
+def revocations_csv(entries: Sequence[RevocationEntry]) -> str:
+    """The revocation CSV (``revocation build``'s input) of ``entries``."""
+    rows = [f"{e.card_id},{e.revoked_at},{e.reason}" for e in entries]
+    return "\n".join(["card_id,revoked_at,reason", *rows]) + "\n"
+
+
+def sign_table(
+    world: World, entries: Sequence[RevocationEntry], generation: int, at_ms: int, path: Path
+) -> None:
+    """The signed revocation table of ``entries``, generation ``generation``, made at
+    ``at_ms``, written to ``path``."""
+    build_table(
+        np.array([e.card_id for e in entries], dtype=np.uint64),
+        np.array([e.revoked_at for e in entries], dtype=np.int64),
+        np.array([e.reason for e in entries], dtype=np.uint8),
+        world.revocation_signer,
+        generation,
+        at_ms // 1000,
+        path,
+    )
 
 
 def _fares(world: World) -> list[str]:

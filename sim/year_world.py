@@ -25,9 +25,9 @@ import numpy.typing as npt
 
 from farecore.card.keys import SigningKey
 from farecore.decide.checks import RevocationEntry
-from farecore.decide.revocation import build_table
 from sim.calendar import YEAR
 from sim.calibration import DayAim, bus_weights
+from sim.deploy import revocations_csv, sign_table
 from sim.issuer import Issuer, derive_key
 from sim.network import Network
 from sim.population import CARD_KINDS, CardFactory, FraudMix, Population
@@ -255,17 +255,6 @@ def write_day_tables(world: World, out: Path, index: int) -> tuple[Path, Path, P
         (2 * index + 1, world.revoked_gen1, clock.revocation_gen1_ms, gen1_path),
         (2 * index + 2, world.revoked_gen2, clock.revocation_gen2_ms, gen2_path),
     ):
-        build_table(
-            np.array([e.card_id for e in entries], dtype=np.uint64),
-            np.array([e.revoked_at for e in entries], dtype=np.int64),
-            np.array([e.reason for e in entries], dtype=np.uint8),
-            world.revocation_signer,
-            gen,
-            at_ms // 1000,
-            path,
-        )
-    rows = ["card_id,revoked_at,reason"] + [
-        f"{e.card_id},{e.revoked_at},{e.reason}" for e in world.revoked_gen2
-    ]
-    csv.write_text("\n".join(rows) + "\n")
+        sign_table(world, entries, gen, at_ms, path)
+    csv.write_text(revocations_csv(world.revoked_gen2))
     return gen1_path, gen2_path, csv

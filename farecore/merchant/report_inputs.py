@@ -7,8 +7,8 @@ report's summary.
 
 The discount columns are read by ``farecore.merchant.rules``, unchanged; this module
 adds the optional policy columns around it, so a ``merchants.csv`` without them means
-exactly what it meant before. A delta is verified against the base table given of the
-generation it names, as the settlement and a gate verify it (``RevocationView.over``)."""
+exactly what it meant before. Tables and deltas are opened by the settlement's own
+``open_revocations``, so they are verified, and refused, in the same words."""
 
 from __future__ import annotations
 
@@ -20,18 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farecore.card.keys import Keyring, PublicKeyFile, load_public_key_file
+from farecore.card.keys import Keyring
 from farecore.decide.revocation import (
-    RevocationDelta,
     RevocationInForce,
-    RevocationTable,
-    RevocationView,
 )
 from farecore.decide.validator import ALL_CATEGORIES
 from farecore.errors import ConfigError, SettlementError
 from farecore.journal.batch import QINGDAO_UTC_OFFSET_MIN, day_bounds_ms
 from farecore.merchant.rules import HEADER, MerchantRules, parse_rules
-from farecore.settlement.inputs import read_input
+from farecore.settlement.inputs import open_revocations, read_input
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
 from farecore.strictkeys import check_keys
 
@@ -225,33 +222,7 @@ def load_report_inputs(
         "keyring_sha256": hashlib.sha256(raw_k).hexdigest(),
         "merchant_rules_sha256": hashlib.sha256(raw_r).hexdigest(),
     }
-    bases: list[RevocationTable] = []
-    if revocation_tables and revocation_signer is None:
-        raise SettlementError("--revocation-table needs --revocation-signer (a .pub file)")
-    if revocation_deltas and revocation_signer is None:
-        raise SettlementError("--revocation-delta needs --revocation-signer (a .pub file)")
-    for path in revocation_tables:
-        if not path.is_file():
-            raise SettlementError(f"revocation table {path} is not a file")
-        assert revocation_signer is not None
-        table = RevocationTable.open(path, load_public_key_file(revocation_signer, "revocation"))
-        key = f"revocation_table_generation_{table.generation}_body_sha256"
-        if key in settings:
-            raise SettlementError("two revocation tables of the same generation were given")
-        settings[key] = table.body_sha256
-        bases.append(table)
-    tables: list[RevocationInForce] = [*bases]
-    for path in revocation_deltas:
-        assert revocation_signer is not None
-        view = _open_delta(path, load_public_key_file(revocation_signer, "revocation"), bases)
-        if view.generation in (t.generation for t in tables):
-            raise SettlementError(
-                "two revocation tables (or deltas) of the same generation were given"
-            )
-        settings[f"revocation_delta_generation_{view.generation}_body_sha256"] = (
-            view.delta.header.body_sha256.hex()
-        )
-        tables.append(view)
+    tables = open_revocations(revocation_tables, revocation_deltas, revocation_signer, settings)
     if not 0 < revocation_max_age_s <= 10 * 365 * 86_400:
         raise SettlementError("the revocation maximum age must be 1 s to 10 years")
     return ReportInputs(
@@ -259,25 +230,9 @@ def load_report_inputs(
         parse_terminals(text, str(register)),
         Keyring.from_bytes(raw_k, str(keyring)),
         merchant_rules,
-        tuple(sorted(tables, key=lambda t: t.generation)),
+        tables,
         revocation_max_age_s,
         clock_tolerance_s * 1000,
         settings=settings,
         policies=policies,
     )
-
-
-def _open_delta(path: Path, signer: PublicKeyFile, bases: list[RevocationTable]) -> RevocationView:
-    """A verified delta over the base given of the generation it names, with the
-    settlement's words; ``RevocationView.over`` refuses a delta that names another base
-    of that generation, or does not fit it."""
-    if not path.is_file():
-        raise SettlementError(f"revocation delta {path} is not a file")
-    delta = RevocationDelta.open(path, signer)
-    base = next((t for t in bases if t.generation == delta.base_generation), None)
-    if base is None:
-        raise SettlementError(
-            f"revocation delta {path} is over a base of generation {delta.base_generation} "
-            "that no --revocation-table given is"
-        )
-    return RevocationView.over(base, delta, path)

@@ -34,7 +34,14 @@ from farecore.journal.records import Direction
 from farecore.settlement.fares import FareTable, parse_fares
 from farecore.settlement.terminals import TerminalInfo, parse_terminals
 
-__all__ = ["BATCH_SUFFIX", "SettlementInputs", "find_batches", "load_inputs", "read_input"]
+__all__ = [
+    "BATCH_SUFFIX",
+    "SettlementInputs",
+    "find_batches",
+    "load_inputs",
+    "open_revocations",
+    "read_input",
+]
 
 BATCH_SUFFIX = ".fcb"
 _MAX_INPUT_BYTES = 64 << 20  # a register, keyring or fares file is far smaller
@@ -115,17 +122,26 @@ def load_inputs(
         settings["revocations_sha256"] = hashlib.sha256(raw_r).hexdigest()
     if isinstance(revocation_tables, Path):
         revocation_tables = [revocation_tables]
-    bases = [_open_table(path, revocation_signer, settings) for path in revocation_tables or ()]
-    tables: list[RevocationInForce] = [*bases]
-    tables += [_open_delta(path, revocation_signer, bases, settings) for path in revocation_deltas]
-    gens = [t.generation for t in tables]
+    tables = open_revocations(
+        revocation_tables or (), revocation_deltas, revocation_signer, settings
+    )
+    issued = _open_issued(issued_lists, ring, settings)
+    return SettlementInputs(day, register, raw_k, fare_table, revoked, settings, tables, issued)
+
+
+def open_revocations(
+    tables: Sequence[Path], deltas: Sequence[Path], signer: Path | None, settings: dict[str, str]
+) -> tuple[RevocationInForce, ...]:
+    """The signed revocation tables, and the deltas over them, each verified as a gate
+    verifies it, by generation; each one's body SHA-256 goes into ``settings``.
+    SettlementError naming the file on any problem, or two of one generation."""
+    bases = [_open_table(path, signer, settings) for path in tables]
+    found: list[RevocationInForce] = [*bases]
+    found += [_open_delta(path, signer, bases, settings) for path in deltas]
+    gens = [t.generation for t in found]
     if len(set(gens)) != len(gens):
         raise SettlementError("two revocation tables (or deltas) of the same generation were given")
-    tables.sort(key=lambda t: t.generation)
-    issued = _open_issued(issued_lists, ring, settings)
-    return SettlementInputs(
-        day, register, raw_k, fare_table, revoked, settings, tuple(tables), issued
-    )
+    return tuple(sorted(found, key=lambda t: t.generation))
 
 
 def _open_issued(

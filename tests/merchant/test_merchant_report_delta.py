@@ -87,7 +87,7 @@ def test_a_delta_it_cannot_verify_against_a_base_given_exits_2(case: Case, tmp_p
          f"revocation delta {delta} is over a base of generation 5 that no "
          "--revocation-table given is"),
         (["--revocation-table", other, "--revocation-delta", delta, "--revocation-signer", pub],
-         "names another base of generation 5"),
+         "over a base of generation 5 that no --revocation-table given is"),
         (["--revocation-delta", delta], "--revocation-delta needs --revocation-signer"),
         (["--revocation-table", base, "--revocation-delta", damaged, "--revocation-signer", pub],
          "truncated"),
