@@ -26,7 +26,13 @@ from typing import Any
 from farecore.card import sm2
 from farecore.card.apdu import READ_CREDENTIAL, SELECT_RONGJUN
 from farecore.card.credential import CredentialFields, build_credential, parse_unverified
-from farecore.card.crypto import Algorithm, PrivateKey, load_public_key
+from farecore.card.crypto import (
+    Algorithm,
+    PrivateKey,
+    ed25519_backend,
+    load_public_key,
+    set_ed25519_backend,
+)
 from farecore.card.keys import IssuerKey, Keyring
 from farecore.card.proof import auth_message
 from farecore.decide.validator import TerminalPolicy, Validator
@@ -152,6 +158,21 @@ def _known_answers(vectors: dict[str, Any]) -> list[Check]:
         except BadSignature as exc:
             checks.append(Check(f"card signature verifies: {case['name']}", False, str(exc)))
     return checks + _decisions(vectors, vectors["cases"] + vectors["negative_cases"], "")
+
+
+def _ed25519_backends(vectors: dict[str, Any]) -> list[Check]:
+    """The known answers once more on the Ed25519 backend not in use: libsodium (the
+    ``nacl`` extra) runs the gate when installed, and must agree with OpenSSL."""
+    name = "Ed25519 on libsodium gives OpenSSL's answers"
+    using = ed25519_backend()
+    if using != "nacl":
+        return [Check(name, True, "the nacl extra is not installed: Ed25519 runs on OpenSSL", True)]
+    set_ed25519_backend("cryptography")
+    try:
+        failed = [c.name for c in _known_answers(vectors) if not c.passed]
+    finally:
+        set_ed25519_backend(using)
+    return [Check(name, not failed, "OpenSSL differs on: " + "; ".join(failed))]
 
 
 def _sm2_known_answers(vectors: dict[str, Any]) -> list[Check]:
@@ -297,6 +318,7 @@ def _timing(vectors: dict[str, Any], taps: int) -> tuple[list[Check], dict[str, 
 def run_selftest(taps: int = 500) -> tuple[list[Check], dict[str, float]]:
     """Run every check; return them with the timing figures."""
     vectors = load_vectors()
-    checks = _known_answers(vectors) + _sm2_known_answers(load_sm2_vectors())
+    checks = _known_answers(vectors) + _ed25519_backends(vectors)
+    checks += _sm2_known_answers(load_sm2_vectors())
     timing, figures = _timing(vectors, taps)
     return checks + timing, figures

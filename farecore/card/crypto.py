@@ -2,7 +2,9 @@
 
 Ed25519 (RFC 8032), ECDSA P-256 over SHA-256 with raw ``r ‖ s`` signatures, and SM2 with
 SM3 (CARD-SPEC §4a, ``farecore.card.sm2``; its backend is the optional ``sm`` extra). All
-give 64-byte signatures. Each scheme is one entry of ``_SCHEMES`` (how to decode a public
+give 64-byte signatures. Ed25519 runs on libsodium when the ``nacl`` extra is installed,
+on OpenSSL otherwise; farecore refuses keys and R values of small order before either
+runs, so the two accept exactly the same signatures. Each scheme is one entry of ``_SCHEMES`` (how to decode a public
 key, make a signer from a 32-byte secret, and draw a new secret), so a new algorithm is
 one class and one ``Algorithm`` member. Verification returns None or raises :class:`BadSignature`; it never
 returns a bool a caller could forget to check. Decoded public keys are cached, because
@@ -40,6 +42,7 @@ __all__ = [
     "Algorithm",
     "PrivateKey",
     "PublicKey",
+    "ed25519_backend",
     "load_public_key",
     "set_ed25519_backend",
 ]
@@ -113,7 +116,19 @@ def _check_length(signature: bytes) -> None:
         raise BadSignature(f"signature is {len(signature)} bytes, expected 64")
 
 
+def _check_ed25519_signature(signature: bytes) -> None:
+    """What farecore refuses before either backend runs: a wrong length, and an R of
+    small order (some y of ``_ED25519_SMALL_ORDER_R``, sign bit ignored). No genuine
+    signer makes such an R (its nonce would have to be 0 mod L); OpenSSL accepts one
+    that balances, libsodium refuses it, and the two must agree."""
+    _check_length(signature)
+    if int.from_bytes(signature[:32], "little") & _Y_MASK in _ED25519_SMALL_ORDER_R:
+        raise BadSignature("Ed25519 signature's R is a point of small order")
+
+
 class _Ed25519Public:
+    """Ed25519 verification through OpenSSL (cryptography)."""
+
     __slots__ = ("_key", "algorithm", "raw")
 
     def __init__(self, raw: bytes) -> None:
@@ -125,7 +140,7 @@ class _Ed25519Public:
             raise MalformedInput(f"not an Ed25519 public key: {exc}") from None
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        _check_length(signature)
+        _check_ed25519_signature(signature)
         try:
             self._key.verify(signature, message)
         except InvalidSignature:
@@ -133,26 +148,22 @@ class _Ed25519Public:
 
 
 class _NaclEd25519Public:
-    """Ed25519 verification through libsodium (PyNaCl), about twice as fast here."""
+    """Ed25519 verification through libsodium (PyNaCl): about twice as fast as OpenSSL
+    here. With farecore's checks on the key and on R, both accept exactly the same
+    signatures (tests/core/test_ed25519_backends.py), so which one runs never changes a
+    decision or a fen."""
 
-    __slots__ = ("_key", "algorithm", "raw")
+    __slots__ = ("algorithm", "raw")
 
     def __init__(self, raw: bytes) -> None:
-        import nacl.signing
-
-        # Decode once with cryptography so both backends refuse the same bad points.
-        _Ed25519Public(raw)
         self.algorithm = Algorithm.ED25519
         self.raw = raw
-        self._key = nacl.signing.VerifyKey(raw)
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        import nacl.exceptions
-
-        _check_length(signature)
+        _check_ed25519_signature(signature)
         try:
-            self._key.verify(message, signature)
-        except nacl.exceptions.BadSignatureError:
+            _nacl_open(signature + message, self.raw)
+        except _NaclBadSignature:
             raise BadSignature("Ed25519 signature does not verify") from None
 
 
@@ -184,12 +195,27 @@ class _P256Public:
 
 
 class _Ed25519Signer:
+    """Through OpenSSL. Ed25519 signatures are deterministic (RFC 8032): both signers
+    give the same bytes for the same seed and message."""
+
     __slots__ = ("public_bytes", "sign")
 
     def __init__(self, secret: bytes) -> None:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
         self.public_bytes = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.sign = key.sign
+
+
+class _NaclEd25519Signer:
+    """Through libsodium, about a third faster: a simulated card signs on every tap."""
+
+    __slots__ = ("_expanded", "public_bytes")
+
+    def __init__(self, secret: bytes) -> None:
+        self.public_bytes, self._expanded = _nacl_seed_keypair(secret)
+
+    def sign(self, message: bytes) -> bytes:
+        return _nacl_sign(message, self._expanded)[:SIGNATURE_LENGTH]
 
 
 class _P256Signer:
@@ -213,6 +239,7 @@ class _P256Signer:
 
 
 _ED25519_P = (1 << 255) - 19
+_Y_MASK = (1 << 255) - 1
 # The y of every point of small order (1, 2, 4, 8): a key there makes one signature
 # verify for every message, so anyone could answer a card's challenge. RFC 8032 decoding
 # accepts them; farecore refuses them, and any y >= p (a second spelling of a point).
@@ -226,6 +253,8 @@ _ED25519_SMALL_ORDER_Y = frozenset(
         "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
     )
 )
+# As libsodium's list for R: the same points, and y = p and p + 1 (0 and 1 spelt again).
+_ED25519_SMALL_ORDER_R = _ED25519_SMALL_ORDER_Y | {_ED25519_P, _ED25519_P + 1}
 
 
 class _Ed25519:
@@ -235,7 +264,7 @@ class _Ed25519:
     def public(self, raw: bytes) -> PublicKey:
         if len(raw) != 32:
             raise MalformedInput("an Ed25519 public key must be 32 bytes")
-        y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+        y = int.from_bytes(raw, "little") & _Y_MASK
         if y >= _ED25519_P:
             raise MalformedInput("not an Ed25519 public key: not in canonical form")
         if y in _ED25519_SMALL_ORDER_Y:
@@ -243,7 +272,7 @@ class _Ed25519:
         return _ed25519_class(raw)
 
     def signer(self, secret: bytes) -> _Signer:
-        return _Ed25519Signer(secret)
+        return _ed25519_signer(secret)
 
     def new_secret(self) -> bytes:
         key = ed25519.Ed25519PrivateKey.generate()
@@ -322,24 +351,40 @@ _SCHEMES: dict[Algorithm, _Scheme] = {
     Algorithm.SM2_SM3: _SM2(),
 }
 
+try:  # the optional ``nacl`` extra: libsodium, the faster of the two Ed25519 backends
+    from nacl.bindings import crypto_sign as _nacl_sign
+    from nacl.bindings import crypto_sign_open as _nacl_open
+    from nacl.bindings import crypto_sign_seed_keypair as _nacl_seed_keypair
+    from nacl.exceptions import BadSignatureError as _NaclBadSignature
+
+    _HAVE_NACL = True
+except ImportError:  # pragma: no cover - the CI installs the extra
+    _HAVE_NACL = False
+
 _ed25519_class: type[_Ed25519Public] | type[_NaclEd25519Public] = _Ed25519Public
+_ed25519_signer: type[_Ed25519Signer] | type[_NaclEd25519Signer] = _Ed25519Signer
+
+
+def ed25519_backend() -> str:
+    """The Ed25519 backend in use: ``"nacl"`` (libsodium) or ``"cryptography"`` (OpenSSL)."""
+    return "nacl" if _ed25519_class is _NaclEd25519Public else "cryptography"
 
 
 def set_ed25519_backend(name: str) -> None:
-    """Choose the Ed25519 verifier: ``"cryptography"`` (default) or ``"nacl"`` (PyNaCl)."""
-    global _ed25519_class
+    """Choose the Ed25519 backend for verifying and signing: ``"auto"`` (libsodium when
+    PyNaCl is installed, the default), ``"nacl"`` or ``"cryptography"``. Both accept
+    the same signatures and make the same ones; only the speed differs."""
+    global _ed25519_class, _ed25519_signer
+    if name == "auto":
+        name = "nacl" if _HAVE_NACL else "cryptography"
     if name == "cryptography":
-        _ed25519_class = _Ed25519Public
+        _ed25519_class, _ed25519_signer = _Ed25519Public, _Ed25519Signer
     elif name == "nacl":
-        try:
-            import nacl.signing  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "the 'nacl' backend needs PyNaCl: pip install 'farecore[nacl]'"
-            ) from None
-        _ed25519_class = _NaclEd25519Public
+        if not _HAVE_NACL:
+            raise ValueError("the 'nacl' backend needs PyNaCl: pip install 'farecore[nacl]'")
+        _ed25519_class, _ed25519_signer = _NaclEd25519Public, _NaclEd25519Signer
     else:
-        raise ValueError(f"unknown Ed25519 backend {name!r}: use 'cryptography' or 'nacl'")
+        raise ValueError(f"unknown Ed25519 backend {name!r}: use 'auto', 'nacl' or 'cryptography'")
     load_public_key.cache_clear()
 
 
@@ -380,3 +425,6 @@ class PrivateKey:
 
     def __repr__(self) -> str:
         return f"PrivateKey({self.algorithm.label}, <secret>)"
+
+
+set_ed25519_backend("auto")
