@@ -1,10 +1,11 @@
 """What the monthly merchant report finds, named in the settlement's style.
 
 A finding names its evidence (till, seq, card, merchant, batch file) like a settlement
-``Anomaly``; the kinds the settlement knows keep its names (``batch_rejected``,
-``chain_break``, ``bad_proof``, ``wrong_region``, ``reused_counter``, …), and the report
-adds the ones only a claim can have (``malformed_claim``, ``rule_mismatch``,
-``outside_month``, ``revoked_at_claim``).
+``Anomaly``, and a reused counter's use not counted also where the first use is
+(``ClaimAt``: that claim's file, till, day and seq). The kinds the settlement knows keep
+its names (``batch_rejected``, ``chain_break``, ``bad_proof``, ``wrong_region``,
+``reused_counter``, …), and the report adds the ones only a claim can have
+(``malformed_claim``, ``rule_mismatch``, ``outside_month``, ``revoked_at_claim``).
 No claim named by a review finding is counted in the report's totals.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from farecore.settlement.anomalies import Anomaly
 
-__all__ = ["KINDS", "REVIEW_KINDS", "Finding", "from_anomaly"]
+__all__ = ["KINDS", "REVIEW_KINDS", "ClaimAt", "Finding", "from_anomaly"]
 
 KINDS: dict[str, str] = {
     # the files and the chain
@@ -50,6 +51,35 @@ _RENAMED = {"revoked_at_ride": "revoked_at_claim"}
 
 
 @dataclass(frozen=True, slots=True, order=True)
+class ClaimAt:
+    """Where one claim record is: its batch file (name and SHA-256), the till, the
+    batch's day, the record's seq in the till's chain (unique in the till's batches),
+    and the claim's merchant and time. The empty default names nothing."""
+
+    file: str = ""
+    batch: str = ""  # SHA-256 of the batch file, hex
+    terminal_id: int = -1
+    day: str = ""  # the batch's service day, YYYY-MM-DD
+    seq: int = -1
+    merchant: str = ""
+    time_ms: int = -1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "batch_sha256": self.batch,
+            "terminal_id": self.terminal_id,
+            "day": self.day,
+            "seq": self.seq,
+            "merchant": self.merchant,
+            "time_ms": self.time_ms,
+        }
+
+
+_NOWHERE = ClaimAt()
+
+
+@dataclass(frozen=True, slots=True, order=True)
 class Finding:
     """One finding. Ordering is the report order: by kind, then till, seq, detail."""
 
@@ -61,6 +91,8 @@ class Finding:
     batch: str = ""  # SHA-256 of the batch file, hex
     detail: str = ""
     file: str = ""
+    # reused_counter, on a use not counted: the use that is (the first, by time)
+    first_use: ClaimAt = _NOWHERE
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,6 +114,8 @@ class Finding:
             out["batch_sha256"] = self.batch
         if self.detail:
             out["detail"] = self.detail
+        if self.first_use != _NOWHERE:
+            out["first_use"] = self.first_use.to_json()
         return out
 
 

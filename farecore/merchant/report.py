@@ -5,10 +5,10 @@ counts only what it can prove. A claim belongs to the month of its own time, str
 whatever batch carries it; so for one month the report reads the batches of the month
 and of the day either side of it, and:
 
-- verifies every file before believing its header (``verify_batch_rows``: framing, the
-  registered key's signature, every record's bytes, the hash chain): a file that fails
-  is a finding whatever day or terminal it names; the same bytes under two names are
-  read once; a till's chain is continued across its batches with the settlement's
+- verifies every file before believing its header (``report_batches``: a till's batch
+  in full, a gate's by its registered key's signature over the whole file): a file that
+  fails is a finding whatever day or terminal it names; the same bytes under two names
+  are read once; a till's chain is continued across its batches with the settlement's
   admission (``farecore.settlement.admission``: seq gaps, breaks, forks, overlaps);
 - checks every claim timed in the month: its context against the register, its detail
   (``parse_claim_detail``), its time within its batch's day and the clock tolerance,
@@ -18,23 +18,23 @@ and of the day either side of it, and:
 - across the accepted claims read (the neighbour days' too, so a tap journaled twice
   across the months' edge counts once, and those of verified batches of every earlier
   day that use a counter the month's claims use): a card counter used twice counts only
-  its first use; and the settlement's revocation rules (``farecore.settlement.revoked``)
-  for the month's claims, with the signed tables (and deltas over them) given.
+  its first use, and a use not counted names where the first is (``ClaimAt``); and the
+  settlement's revocation rules (``farecore.settlement.revoked``) for the month's claims,
+  with the signed tables (and deltas over them) given.
 
 Batches of earlier days link a till's chain and show which counters were used before the
 month; their claims are never counted or named. Verified batches of later days and of
 terminals that are not tills are left alone. The report never raises for what a batch
-holds: a bad file is a finding naming it.
+holds: a bad file is a finding naming it. Its outputs depend on the set of paths given,
+not on their order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import os
-import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,18 +44,13 @@ from farecore.card.keys import Keyring
 from farecore.card.proof import challenge_head, verify_card_signature, verify_credential
 from farecore.decide.revocation import RevocationInForce, RevocationView
 from farecore.errors import BadSignature, MalformedInput
-from farecore.journal.batch import (
-    BatchRows,
-    day_bounds_ms,
-    peek_header,
-    verify_batch,
-    verify_batch_rows,
-)
+from farecore.journal.batch import day_bounds_ms
 from farecore.journal.batch_header import service_day
 from farecore.journal.records import Direction, RecordRow
 from farecore.merchant.claim import DiscountRule, parse_claim_detail
 from farecore.merchant.config import ALLIANCE
-from farecore.merchant.findings import REVIEW_KINDS, Finding, from_anomaly
+from farecore.merchant.findings import REVIEW_KINDS, ClaimAt, Finding, from_anomaly
+from farecore.merchant.report_batches import OpenedBatch, ReadRange, open_batch
 from farecore.merchant.report_inputs import (
     MerchantPolicy,
     Month,
@@ -65,10 +60,9 @@ from farecore.merchant.report_inputs import (
 from farecore.settlement.admission import Settled, admit
 from farecore.settlement.anomalies import Anomaly
 from farecore.settlement.options import MergeOptions, RevocationGeneration
-from farecore.settlement.partial import MAX_BATCH_BYTES, Partial
+from farecore.settlement.partial import Partial
 from farecore.settlement.revoked import not_revoked, revocation_flags
 from farecore.settlement.rides import Rides
-from farecore.settlement.terminals import TerminalInfo
 
 __all__ = [
     "MerchantReport",
@@ -117,25 +111,35 @@ def exit_status(report: MerchantReport) -> int:
     return 3 if any(f.kind in REVIEW_KINDS for f in report.findings) else 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    info: TerminalInfo
-    rows: BatchRows
-    sha: bytes
-    file: str
-    in_month: bool  # the batch's day is in the month
-    read: bool  # its day is in the read range: the month and its two neighbour days
-
-
 # A credential's facts, verified once: (card id, card key, valid from, valid until,
 # region, category), or why it does not verify.
 _Card = tuple[int, PublicKey, int, int, int, int] | str
 
-# An accepted claim that passed its own checks: (terminal, seq, time, card, counter,
-# revocation generation or -1, flags, merchant, amount fen, discount fen, of the month).
-# Claims of the neighbour days, and of earlier days, are gathered only to find counters
-# reused across them.
-_Accepted = tuple[int, int, int, int, int, int, tuple[str, ...], str, int, int, bool]
+
+class _Accepted(NamedTuple):
+    """An accepted claim that passed its own checks. Claims of the neighbour days, and of
+    earlier days, are gathered only to find counters reused across them."""
+
+    terminal_id: int
+    seq: int
+    time_ms: int
+    card_id: int
+    counter: int
+    generation: int  # the revocation generation it was decided under, or -1
+    flags: tuple[str, ...]
+    merchant: str
+    amount_fen: int
+    discount_fen: int
+    ours: bool  # timed in the month
+    batch: OpenedBatch  # the verified batch that holds it
+
+    def at(self) -> ClaimAt:
+        """Where the claim is, for a finding that names it from elsewhere."""
+        b = self.batch
+        day = b.rows.day.isoformat()
+        return ClaimAt(
+            b.file, b.sha.hex(), self.terminal_id, day, self.seq, self.merchant, self.time_ms
+        )
 
 
 @dataclass(slots=True)
@@ -149,35 +153,22 @@ class _Month:
     card_keys: dict[bytes, _Card] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Range:
-    """The service days the report reads: the month and the day either side of it."""
-
-    first: dt.date
-    last: dt.date
-
-    @classmethod
-    def of(cls, month: Month) -> _Range:
-        start = dt.date(month.year, month.month, 1)
-        nxt = dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
-        return cls(start - dt.timedelta(days=1), nxt)
-
-
 def run_report(inputs: ReportInputs, paths: Sequence[str]) -> MerchantReport:
-    """Verify the batches at ``paths`` and total the month's claims per merchant."""
+    """Verify the batches at ``paths`` and total the month's claims per merchant.
+
+    The paths are taken in sorted order, whatever order they come in: the name a batch
+    read under two names is known by, and so every output, depends only on the set."""
     month = _Month()
-    opened: list[_Opened] = []
+    opened: list[OpenedBatch] = []
     seen: set[bytes] = set()
-    skipped = duplicates = 0
-    days = _Range.of(inputs.month)
-    for path in paths:
-        got = _open(path, inputs, days, seen)
+    left: dict[str, int] = {"duplicate": 0, "not_till": 0, "later": 0}
+    days = ReadRange.of(inputs.month)
+    for path in sorted(paths):
+        got = open_batch(path, inputs, days, seen)
         if isinstance(got, Finding):
             month.findings.append(got)
-        elif got is None:
-            skipped += 1
         elif isinstance(got, str):
-            duplicates += 1
+            left[got] += 1
         else:
             opened.append(got)
     admitted = _admit(opened, inputs, month.findings)
@@ -189,68 +180,10 @@ def run_report(inputs: ReportInputs, paths: Sequence[str]) -> MerchantReport:
             _check_claims(o, inputs, month)
     _earlier_uses(opened, inputs, month)
     kept = _cross_checks(inputs, month)
-    return _report(inputs, month, kept, opened, skipped, duplicates)
+    return _report(inputs, month, kept, opened, left)
 
 
-def _open(
-    path: str, inputs: ReportInputs, days: _Range, seen: set[bytes]
-) -> _Opened | Finding | str | None:
-    """A till's verified batch, a finding naming why a file is not one, "duplicate" for
-    bytes already read under another name, or None for a verified batch the month has
-    no business with (a gate's, a later day's).
-
-    Nothing is skipped before it verifies: a header is not signed until the whole file
-    is checked, so a file whose header was damaged (another day, another terminal) is a
-    finding, never silently left out."""
-    name = os.path.basename(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return Finding("batch_rejected", detail=f"{name}: not a regular file", file=name)
-        if st.st_size > MAX_BATCH_BYTES:
-            return Finding("batch_rejected", detail=f"{name}: too large", file=name)
-        with open(path, "rb") as f:
-            data = f.read(MAX_BATCH_BYTES + 1)
-    except OSError as exc:
-        return Finding("batch_rejected", detail=f"{name}: {exc.strerror or exc}", file=name)
-    sha = hashlib.sha256(data).digest()
-    if sha in seen:
-        return "duplicate"  # the same bytes under another name: one batch (as survey.py)
-    seen.add(sha)
-    header = peek_header(data) if len(data) <= MAX_BATCH_BYTES else None
-    if header is None:
-        return Finding("batch_rejected", batch=sha.hex(), detail=_why_unparsed(data), file=name)
-    tid = header[0]
-    info = inputs.terminals.get(tid)
-    if info is None:
-        return Finding(
-            "unknown_terminal", tid, batch=sha.hex(), detail="terminal not registered", file=name
-        )
-    try:
-        rows = verify_batch_rows(data, info.key())
-        if rows.utc_offset_min != inputs.utc_offset_min:
-            raise MalformedInput(
-                f"service day in UTC{rows.utc_offset_min:+d} min, not the report's "
-                f"{inputs.utc_offset_min:+d}"
-            )
-    except (MalformedInput, BadSignature) as exc:
-        return Finding(
-            "batch_rejected", tid, merchant=info.line, batch=sha.hex(), detail=str(exc), file=name
-        )
-    if info.direction != Direction.CLAIM or rows.day > days.last:
-        return None
-    return _Opened(info, rows, sha, name, inputs.month.of(rows.day) == 0, days.first <= rows.day)
-
-
-def _why_unparsed(data: bytes) -> str:
-    try:
-        verify_batch(data, None)
-    except MalformedInput as exc:
-        return str(exc)
-    return "header names no terminal id"
-
-
-def _admit(opened: list[_Opened], inputs: ReportInputs, findings: list[Finding]) -> set[bytes]:
+def _admit(opened: list[OpenedBatch], inputs: ReportInputs, findings: list[Finding]) -> set[bytes]:
     """The batches that continue their till's chain (the settlement's admission, with
     each till's chain starting at its lowest batch given). Chain findings are the
     month's for its own batches and for a neighbour day's batch holding a claim timed in
@@ -284,7 +217,7 @@ def _admit(opened: list[_Opened], inputs: ReportInputs, findings: list[Finding])
     return {a.partial.batch_sha256 for a in admission.admitted}
 
 
-def _earlier_uses(opened: list[_Opened], inputs: ReportInputs, month: _Month) -> None:
+def _earlier_uses(opened: list[OpenedBatch], inputs: ReportInputs, month: _Month) -> None:
     """The accepted claims of verified till batches of days before the read range whose
     card counter a claim of the month uses too, checked quietly as a neighbour day's are:
     a counter used months apart is still used twice. A claim of those days is timed
@@ -294,10 +227,10 @@ def _earlier_uses(opened: list[_Opened], inputs: ReportInputs, month: _Month) ->
     The batches were verified when opened; here each record costs a set lookup, and only
     a record whose card and counter the month uses has its proof of tap checked. A record
     (a till's seq) read in two batches is one use."""
-    wanted = {(c[3], c[4]) for c in month.accepted if c[10]}
+    wanted = {(c.card_id, c.counter) for c in month.accepted if c.ours}
     if not wanted:
         return
-    seen = {(c[0], c[1]) for c in month.accepted}
+    seen = {(c.terminal_id, c.seq) for c in month.accepted}
     for o in opened:
         if o.read:
             continue
@@ -311,7 +244,7 @@ def _earlier_uses(opened: list[_Opened], inputs: ReportInputs, month: _Month) ->
 
 
 def _check_claims(
-    o: _Opened, inputs: ReportInputs, month: _Month, rows: list[RecordRow] | None = None
+    o: OpenedBatch, inputs: ReportInputs, month: _Month, rows: list[RecordRow] | None = None
 ) -> None:
     """Every record of one admitted batch of the read range, or ``rows`` of an earlier
     day's verified batch (``_earlier_uses``). A claim belongs to the month of its own
@@ -342,7 +275,7 @@ def _check_claims(
                 return  # a neighbour month's claim: its own month's report names it
             card = row.card_id if row.card_id is not None else -1
             month.findings.append(
-                Finding(kind, row.terminal_id, row.seq, card, info.line, sha, detail)
+                Finding(kind, row.terminal_id, row.seq, card, info.line, sha, detail, o.file)
             )
 
         got = (row.operator, row.line, row.place, row.direction)
@@ -383,7 +316,7 @@ def _check_claims(
         assert row.card_id is not None and row.counter is not None
         gen = -1 if row.revocation_generation is None else row.revocation_generation
         month.accepted.append(
-            (
+            _Accepted(
                 row.terminal_id,
                 row.seq,
                 row.time_ms,
@@ -395,6 +328,7 @@ def _check_claims(
                 amounts.amount_fen,
                 amounts.discount_fen,
                 ours,
+                o,
             )
         )
 
@@ -473,34 +407,44 @@ def _refusal(
 
 def _cross_checks(inputs: ReportInputs, month: _Month) -> list[int]:
     """Indexes into ``month.accepted`` that count: a counter's first use only, and no
-    claim a till would have refused under the revocation tables given."""
+    claim a till would have refused under the revocation tables given.
+
+    Each use of the month of a counter used twice is a ``reused_counter`` finding naming
+    its own batch file; a use not counted also names the first use (``ClaimAt``), in
+    whatever batch the report read it: the month's, a neighbour day's or an earlier
+    day's. The first use is the earliest by time, then till and seq, so it is the same
+    whatever order the batches were read in."""
     claims = month.accepted
     by_counter: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(claims):
-        by_counter.setdefault((c[3], c[4]), []).append(i)
+        by_counter.setdefault((c.card_id, c.counter), []).append(i)
     dropped: set[int] = set()
     for (card, counter), group in sorted(by_counter.items()):
         if len(group) < 2:
             continue
-        group.sort(key=lambda i: (claims[i][2], claims[i][0], claims[i][1]))
+        group.sort(key=lambda i: (claims[i].time_ms, claims[i].terminal_id, claims[i].seq))
+        first = claims[group[0]]
         for k, i in enumerate(group):
             if k:
                 dropped.add(i)
             c = claims[i]
-            if not c[10]:
+            if not c.ours:
                 continue  # a neighbour month's use: named by its own month's report
             month.findings.append(
                 Finding(
                     "reused_counter",
-                    c[0],
-                    c[1],
+                    c.terminal_id,
+                    c.seq,
                     card,
-                    c[7],
-                    detail=f"counter {counter} used {len(group)} times; "
+                    c.merchant,
+                    c.batch.sha.hex(),
+                    f"counter {counter} used {len(group)} times; "
                     + ("counted (first use)" if k == 0 else "not counted"),
+                    c.batch.file,
+                    first.at() if k else ClaimAt(),
                 )
             )
-    rows = [i for i in range(len(claims)) if i not in dropped and claims[i][10]]
+    rows = [i for i in range(len(claims)) if i not in dropped and claims[i].ours]
     if not rows:
         return rows
     rides = _rides([claims[i] for i in rows])
@@ -508,10 +452,16 @@ def _cross_checks(inputs: ReportInputs, month: _Month) -> list[int]:
     anomalies: list[Anomaly] = []
     keep = not_revoked(rides, opts, anomalies)
     revocation_flags(rides.take(keep), opts, anomalies)
-    merchant = {(c[0], c[1]): c[7] for c in claims}
-    month.findings.extend(
-        from_anomaly(a, merchant.get((a.terminal_id, a.seq), "")) for a in anomalies
-    )
+    # The settlement's anomalies name the claim by till and seq: add its merchant and file.
+    where = {(c.terminal_id, c.seq): c for c in claims}
+    for a in anomalies:
+        claim = where.get((a.terminal_id, a.seq))
+        if claim is None:  # not reached: the anomalies are of the claims given
+            month.findings.append(from_anomaly(a))
+            continue
+        found = from_anomaly(a, claim.merchant)
+        at = claim.batch
+        month.findings.append(replace(found, batch=at.sha.hex(), file=at.file))
     return [rows[i] for i in keep.tolist()]
 
 
@@ -521,14 +471,18 @@ def _rides(claims: list[_Accepted]) -> Rides:
     return Rides(
         contexts=(),
         context=np.zeros(n, dtype=np.int32),
-        terminal_id=np.array([c[0] for c in claims], dtype=np.uint64),
-        seq=np.array([c[1] for c in claims], dtype=np.uint64),
-        time_ms=np.array([c[2] for c in claims], dtype=np.int64),
-        card_id=np.array([c[3] for c in claims], dtype=np.uint64),
-        counter=np.array([c[4] for c in claims], dtype=np.int64),
+        terminal_id=np.array([c.terminal_id for c in claims], dtype=np.uint64),
+        seq=np.array([c.seq for c in claims], dtype=np.uint64),
+        time_ms=np.array([c.time_ms for c in claims], dtype=np.int64),
+        card_id=np.array([c.card_id for c in claims], dtype=np.uint64),
+        counter=np.array([c.counter for c in claims], dtype=np.int64),
         record_hash=np.zeros((n, 32), dtype=np.uint8),
-        flagged={i: (c[6], c[5] if c[5] >= 0 else None) for i, c in enumerate(claims) if c[6]},
-        generation=np.array([c[5] for c in claims], dtype=np.int64),
+        flagged={
+            i: (c.flags, c.generation if c.generation >= 0 else None)
+            for i, c in enumerate(claims)
+            if c.flags
+        },
+        generation=np.array([c.generation for c in claims], dtype=np.int64),
     )
 
 
@@ -563,9 +517,8 @@ def _report(
     inputs: ReportInputs,
     month: _Month,
     kept: list[int],
-    opened: list[_Opened],
-    skipped: int,
-    duplicates: int,
+    opened: list[OpenedBatch],
+    left: dict[str, int],
 ) -> MerchantReport:
     claims = month.accepted
     merchants = sorted(month.tills)
@@ -574,14 +527,14 @@ def _report(
     counted = set(kept)
     accepted_by: dict[str, int] = dict.fromkeys(merchants, 0)
     for i, c in enumerate(claims):
-        if not c[10]:
+        if not c.ours:
             continue
-        accepted_by[c[7]] += 1
+        accepted_by[c.merchant] += 1
         if i in counted:
-            p = per[c[7]]
+            p = per[c.merchant]
             p[0] += 1
-            p[1] += c[8]
-            p[2] += c[9]
+            p[1] += c.amount_fen
+            p[2] += c.discount_fen
     found_by: dict[str, int] = {}
     for f in findings:
         found_by[f.merchant] = found_by.get(f.merchant, 0) + 1
@@ -605,8 +558,11 @@ def _report(
         "batches_rejected": sum(f.kind in ("batch_rejected", "unknown_terminal") for f in findings),
         "batches_of_neighbour_days": neighbours,
         "batches_of_earlier_days": len(opened) - len(in_month) - neighbours,
-        "files_duplicate": duplicates,
-        "files_skipped": skipped,
+        "files_duplicate": left["duplicate"],
+        # verified batches left alone: a later day's till batch, or a gate's (its
+        # signature checked, its records not read), which ``files_not_till`` counts
+        "files_skipped": left["not_till"] + left["later"],
+        "files_not_till": left["not_till"],
         "merchants": len(merchants),
         "claims": sum(t.claims for t in totals),
         "verified": sum(t.verified for t in totals),
@@ -647,7 +603,7 @@ def _policy(inputs: ReportInputs, merchants: list[str]) -> tuple[str, dict[str, 
     if not inputs.policies.columns:
         return "", {}
     start = dt.date(inputs.month.year, inputs.month.month, 1)
-    n = (_Range.of(inputs.month).last - start).days
+    n = (ReadRange.of(inputs.month).last - start).days
     words: dict[str, str] = {}
     full = [0, 0]
     for m in merchants:

@@ -104,6 +104,13 @@ def test_one_tap_journaled_twice_across_new_year_counts_once(world: World, tmp_p
     assert r.returncode == 3, r.stdout + r.stderr
     assert _kinds(findings) == ["reused_counter", "reused_counter"]
     assert sorted(f["seq"] for f in findings) == [1, 3]
+    # The copy (seq 3, in the 1 Jan batch) names the tap it copies (seq 1, 31 Dec).
+    assert "first_use" not in findings[0]
+    assert (findings[1]["file"], findings[1]["first_use"]["file"]) == (
+        "4001-2027-01-01.fcb",
+        "4001-2026-12-31.fcb",
+    )
+    assert findings[1]["first_use"]["seq"] == 1
     assert (dec["merchants"][0]["claims"], _verified(dec)) == (2, 1)
     assert dec["stats"]["batches_of_neighbour_days"] == 1
     r, jan, findings = world.report(batches, tmp_path / "jan", "2027-01")
@@ -134,6 +141,13 @@ def test_a_clone_across_the_edge_counts_once(world: World, tmp_path: Path) -> No
         ("reused_counter", 4012)
     ]
     assert findings[0]["detail"].endswith("not counted") and _verified(jan) == 0
+    first = findings[0]["first_use"]  # read from December's last day, January's neighbour
+    assert (first["file"], first["terminal_id"], first["day"], first["seq"]) == (
+        "4011-2026-12-31.fcb",
+        4011,
+        "2026-12-31",
+        1,
+    )
 
 
 def test_the_same_batch_under_two_names_is_one_batch(world: World, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def _far_reuse(world: World, card: str, card_id: int, early: int, late: int, out
 
 def test_a_counter_reused_45_days_apart_counts_once(world: World, tmp_path: Path) -> None:
     batches = tmp_path / "batches"
-    _far_reuse(world, "ann", 60, 6001, 6002, batches)
+    early = _far_reuse(world, "ann", 60, 6001, 6002, batches)
     r, jan, findings = world.report(batches, tmp_path / "jan", "2027-01")
     assert r.returncode == 0 and findings == [], r.stdout + r.stderr
     assert _verified(jan) == 1  # January's first use; 19 Feb is beyond its read range
@@ -112,6 +112,17 @@ def test_a_counter_reused_45_days_apart_counts_once(world: World, tmp_path: Path
     assert r.returncode == 3, r.stdout + r.stderr
     assert _seen(findings) == _not_counted(6002, 60) and len(findings) == 1
     assert findings[0]["merchant"] == "jimo-tea"
+    # The clerk finds both claims: this one, and where the counter was used first.
+    assert findings[0]["file"] == "6002-2027-02-19.fcb"
+    assert findings[0]["first_use"] == {
+        "file": early.name,
+        "batch_sha256": hashlib.sha256(early.read_bytes()).hexdigest(),
+        "terminal_id": 6001,
+        "day": "2027-01-05",
+        "seq": 1,
+        "merchant": "laoshan-books",
+        "time_ms": JAN_5,
+    }
     assert [
         (m["merchant"], m["claims"], m["verified"], m["amount_fen"]) for m in feb["merchants"]
     ] == [("jimo-tea", 1, 0, 0)]
@@ -179,6 +190,8 @@ def test_an_earlier_days_claims_are_neither_counted_nor_named(world: World, tmp_
     r, feb, findings = world.report(batches, tmp_path / "feb", "2027-02")
     assert r.returncode == 3, r.stdout + r.stderr
     assert _seen(findings) == _not_counted(6006, 62) and len(findings) == 1
+    first = findings[0]["first_use"]  # counter 1 of 5 January; its counter 2 proves nothing
+    assert (first["file"], first["terminal_id"], first["seq"]) == ("6005-2027-01-05.fcb", 6005, 1)
     (m,) = feb["merchants"]
     got = (m["tills"], m["claims"], m["denied"], m["verified"], m["amount_fen"], m["discount_fen"])
     assert got == (1, 2, 0, 1, 30000, 3000)
