@@ -126,6 +126,7 @@ def _report(args: argparse.Namespace) -> int:
             f"merchant report of {report.month}: {st['batches']} till batches, "
             f"{st['claims']} claims, {st['verified']} verified, "
             f"{st['amount_fen']} fen purchased, {st['discount_fen']} fen discounted"
+            + (f"; {st['files_not_till']} gate batches left alone" if st["files_not_till"] else "")
         )
         print(
             f"  {'merchant':<24}{'claims':>8}{'verified':>10}{'amount (fen)':>16}{'discount':>12}"
