@@ -9,11 +9,11 @@ arguments and the files of the run, so where it runs changes no byte of the resu
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import importlib
 import multiprocessing as mp
 import os
-import pickle
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -99,22 +99,30 @@ class _DaskPool(Executor):
         except OSError as exc:
             raise SimError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         self._dd = dd
+        self._address = address
         self.units = self._map_units
 
     def submit(self, tasks: list[LaneDay]) -> Any:
         return self._client.map(run_lane_day, tasks, pure=False)
 
     def gather(self, handle: Any) -> list[tuple[int, Any, LaneResult]]:
-        return list(self._client.gather(handle))
+        try:
+            return list(self._client.gather(handle))
+        except self._dd.KilledWorker as exc:
+            raise SimError(
+                f"Dask gave up on a lane's day: the workers running it kept dying ({exc}); "
+                "the run resumes from its last completed day"
+            ) from None
+        except concurrent.futures.CancelledError:
+            raise SimError(
+                f"lost the Dask scheduler at {self._address} during the day; "
+                "the run resumes from its last completed day"
+            ) from None
 
     def _map_units(self, paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
-        from farecore.settlement.cluster import settle_unit_on_worker
+        from farecore.settlement.cluster import units_on
 
-        shared = self._client.scatter(cfg, broadcast=True)
-        futures = self._client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
-        for future in self._dd.as_completed(futures):
-            partial: Partial = pickle.loads(future.result())
-            yield partial
+        yield from units_on(self._client, paths, cfg, self._address)
 
     def __exit__(self, *exc: object) -> None:
         self._client.close()

@@ -33,7 +33,8 @@ _EPILOG = """exit status:
      paid for a failed check, a held ride, a correction of an earlier day, or no batch
      for the day at all; the outputs are written and the summary says what
   2  bad arguments or unreadable inputs (register, fares, keyring, ledger, revocation
-     files, issued lists, batch directory); nothing is written
+     files, issued lists, batch directory), or the Dask cluster failed the night (a
+     unit whose workers kept dying, the scheduler lost); nothing is written
 """
 
 __all__ = ["register"]

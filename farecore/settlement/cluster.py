@@ -4,7 +4,11 @@
 per batch path (``settle_unit``) to the workers and hands back their partials; the merge
 then runs here, in its canonical order, so the outputs are byte-identical to the
 in-process and ``--jobs N`` runs. A worker that dies mid-run loses nothing: Dask runs its
-tasks again elsewhere, and a unit depends only on its arguments.
+tasks again elsewhere, and a unit depends only on its arguments. The night's
+configuration reaches the workers as a task of its own, which Dask can also run again,
+never as scattered data, which dies with the last worker holding it. A unit Dask gives
+up on (its workers kept dying) or a scheduler that cancels the units stops the night
+with one line; nothing is written.
 
 Batch paths must be readable from every worker (a shared filesystem). A worker that
 cannot read one fails the settlement with a message naming the worker and the path.
@@ -14,6 +18,7 @@ Dask is an optional extra; without it the options say which extra to install.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib
@@ -33,6 +38,7 @@ __all__ = [
     "map_on_dask",
     "settle_unit_on_worker",
     "start_local_cluster",
+    "units_on",
 ]
 
 _log = logging.getLogger(__name__)
@@ -167,21 +173,74 @@ def map_on_dask(settings: DaskSettings) -> MapUnits:
     """A ``MapUnits`` that runs each batch's unit as one Dask task."""
 
     def run(paths: Sequence[str], cfg: UnitConfig) -> Iterator[Partial]:
-        dd = _distributed()
         with _client(settings) as client:
             link = getattr(client, "dashboard_link", "") or "(no dashboard)"
             if settings.on_ready is not None:
                 settings.on_ready(link)
-            shared = client.scatter(cfg, broadcast=True)
-            futures = client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
-            try:
-                for future in dd.as_completed(futures):
-                    partial: Partial = pickle.loads(future.result())
-                    yield partial
-            finally:
-                client.cancel(futures)
+            yield from units_on(client, paths, cfg, settings.scheduler)
 
     return run
+
+
+def units_on(
+    client: Any, paths: Sequence[str], cfg: UnitConfig, scheduler: str | None = None
+) -> Iterator[Partial]:
+    """Each batch's unit as one task on ``client``'s cluster; the partials as they finish.
+
+    Raises SettlementError when Dask gives up on a unit or the scheduler cancels the
+    units (``scheduler``, its address, names it; None for a local cluster)."""
+    dd = _distributed()
+    # A task, not client.scatter: Dask cannot make scattered data again, and its memory
+    # manager keeps a single copy once few units still need it; had that worker died,
+    # every unit to run again would have been cancelled.
+    shared = client.submit(_the_config, cfg, pure=False)
+    futures = client.map(settle_unit_on_worker, list(paths), cfg=shared, pure=False)
+    path_of = {f.key: p for f, p in zip(futures, paths, strict=True)}
+    try:
+        for future in dd.as_completed(futures):
+            try:
+                blob = future.result()
+            except dd.KilledWorker as exc:
+                raise _killed(exc, path_of) from None
+            except concurrent.futures.CancelledError as exc:
+                raise _cancelled(exc, scheduler) from None
+            partial: Partial = pickle.loads(blob)
+            yield partial
+    finally:
+        with contextlib.suppress(Exception):  # a scheduler gone cancels them anyway
+            client.cancel([*futures, shared])
+
+
+def _the_config(cfg: UnitConfig) -> UnitConfig:
+    return cfg
+
+
+def _killed(exc: Any, path_of: dict[Any, str]) -> SettlementError:
+    """A unit whose workers all died while running it: Dask stops retrying it after
+    ``distributed.scheduler.allowed-failures`` deaths (a batch that exhausts a worker's
+    memory, or workers killed from outside); settling without it would change the money."""
+    task = getattr(exc, "task", None)
+    what = f"the unit of batch file {path_of[task]}" if task in path_of else "the night's setup"
+    times = last = ""
+    with contextlib.suppress(Exception):
+        n = int(exc.allowed_failures) + 1
+        times = f" {n} time{'s' if n != 1 else ''}"
+    with contextlib.suppress(Exception):
+        last = f", last at {exc.last_worker.address}"
+    return SettlementError(
+        f"Dask gave up on {what}: the worker running it died{times}{last}; nothing is "
+        "written: see the worker logs (memory? a killed process?), then run the night again"
+    )
+
+
+def _cancelled(exc: BaseException, scheduler: str | None) -> SettlementError:
+    reason = getattr(exc, "reason", None) or "no reason given"
+    where = f"at {scheduler}" if scheduler else "of the local cluster"
+    if reason == "scheduler-connection-lost":
+        happened = f"lost the Dask scheduler {where} during the night"
+    else:
+        happened = f"the Dask scheduler {where} cancelled the night's units ({reason})"
+    return SettlementError(f"{happened}; nothing is written: run the night again")
 
 
 def print_dashboard(link: str) -> None:
