@@ -11,15 +11,19 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from farecore.card.keys import load_public_key_file
+from farecore.card.keys import Keyring, load_public_key_file
 from farecore.cli import main
-from farecore.journal.records import Direction
+from farecore.decide.validator import TerminalPolicy, Validator
+from farecore.gate.tap import run_tap
+from farecore.journal.records import Direction, TapContext
+from farecore.journal.terminal import Journal
 from farecore.merchant.config import ALLIANCE
 from farecore.settlement.terminals import TerminalInfo, format_terminals
+from readers.virtual import FileCard, VirtualReader
 
 QINGDAO = dt.timezone(dt.timedelta(hours=8))
 
@@ -215,3 +219,29 @@ def make_world(root: Path) -> World:
     world = World(root)
     world.table("revocation", [43], 1)
     return world
+
+
+def journal_claims(world: World, tid: int, claims: list[tuple[int, str, str]]) -> None:
+    """Claims (time in ms, card name, detail), each a real tap at the till's validator,
+    journaled by the till (one counter per tap, as the card signs)."""
+    merchant, till = world.tills[tid]
+    ctx = TapContext(ALLIANCE, merchant, till, Direction.CLAIM)
+    validator = Validator(TerminalPolicy(tid, frozenset({370200})), Keyring.load(world.keyring))
+    with Journal.open(world.root / f"claims-{tid}.sqlite", tid) as journal:
+        for at_ms, card, detail in claims:
+            channel = VirtualReader().tap(FileCard(world.root / f"{card}.card"))
+            decision = run_tap(channel, validator, at_ms, os.urandom(16))
+            assert decision.accepted, decision
+            journal.append(replace(decision, detail=detail), ctx)
+
+
+def export_claims(world: World, tid: int, day: str, out: Path, name: str | None = None) -> Path:
+    """The till's signed batch of ``day`` from its claims journal, into ``out``."""
+    out.mkdir(exist_ok=True)
+    batch = out / (name or f"{tid}-{day}.fcb")
+    r = farecore(
+        "journal", "export", "--journal", world.root / f"claims-{tid}.sqlite", "--day", day,
+        "--key", world.root / "keys" / f"till-{tid}.key", "--out", batch,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return batch

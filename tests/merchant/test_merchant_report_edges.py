@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from merchant_world import World, farecore, make_world
+from merchant_world import World, export_claims, make_world
 
 from farecore.card.keys import Keyring
 from farecore.decide.validator import TerminalPolicy, Validator
@@ -67,17 +67,6 @@ def _journal(
             j.append(d, ctx)
 
 
-def _export(world: World, tid: int, day: str, out: Path, name: str | None = None) -> Path:
-    out.mkdir(exist_ok=True)
-    batch = out / (name or f"{tid}-{day}.fcb")
-    r = farecore(
-        "journal", "export", "--journal", world.root / f"claims-{tid}.sqlite", "--day", day,
-        "--key", world.root / "keys" / f"till-{tid}.key", "--out", batch,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return batch
-
-
 def _verified(summary: dict[str, Any]) -> int:
     return sum(m["verified"] for m in summary.get("merchants", []))
 
@@ -98,8 +87,8 @@ def test_one_tap_journaled_twice_across_new_year_counts_once(world: World, tmp_p
         j.append(b, ctx)
         j.append(a, ctx)  # the same proof of tap, journaled again
     batches = tmp_path / "batches"
-    _export(world, 4001, "2026-12-31", batches)
-    _export(world, 4001, "2027-01-01", batches)
+    export_claims(world, 4001, "2026-12-31", batches)
+    export_claims(world, 4001, "2027-01-01", batches)
     r, dec, findings = world.report(batches, tmp_path / "dec", "2026-12")
     assert r.returncode == 3, r.stdout + r.stderr
     assert _kinds(findings) == ["reused_counter", "reused_counter"]
@@ -128,8 +117,8 @@ def test_a_clone_across_the_edge_counts_once(world: World, tmp_path: Path) -> No
     _journal(world, 4011, [(NEWYEAR_MS - 3_600_000, DETAIL)])
     _journal(world, 4012, [(NEWYEAR_MS + 3_600_000, DETAIL)], card="bob-clone")
     batches = tmp_path / "batches"
-    _export(world, 4011, "2026-12-31", batches)
-    _export(world, 4012, "2027-01-01", batches)
+    export_claims(world, 4011, "2026-12-31", batches)
+    export_claims(world, 4012, "2027-01-01", batches)
     (world.root / "bob-clone.card").unlink()
     r, dec, findings = world.report(batches, tmp_path / "dec", "2026-12")
     assert r.returncode == 3 and [(f["kind"], f["terminal_id"]) for f in findings] == [
@@ -154,7 +143,7 @@ def test_the_same_batch_under_two_names_is_one_batch(world: World, tmp_path: Pat
     _till(world, 4002)
     _journal(world, 4002, [(NEWYEAR_MS - 3 * DAY_MS + 3_600_000, DETAIL)])
     batches = tmp_path / "batches"
-    b = _export(world, 4002, "2026-12-29", batches)
+    b = export_claims(world, 4002, "2026-12-29", batches)
     shutil.copy(b, batches / "copy.fcb")
     r, summary, findings = world.report(batches, tmp_path / "out", "2026-12")
     assert r.returncode == 0 and findings == [], r.stdout + r.stderr
@@ -182,7 +171,7 @@ def test_a_damaged_header_never_hides_a_batch(
     if not (world.root / "claims-4003.sqlite").exists():
         _journal(world, 4003, [(NEWYEAR_MS - 5 * DAY_MS, DETAIL)])
     batches = tmp_path / "batches"
-    b = _export(world, 4003, "2026-12-27", batches)
+    b = export_claims(world, 4003, "2026-12-27", batches)
     data = b.read_bytes()
     assert old in data
     b.write_bytes(data.replace(old, new, 1))
@@ -208,8 +197,8 @@ def test_the_rule_is_the_alliances_not_the_tills(world: World, tmp_path: Path) -
         ],
     )
     batches = tmp_path / "batches"
-    _export(world, 4005, "2026-12-12", batches)
-    _export(world, 4005, "2026-12-15", batches)
+    export_claims(world, 4005, "2026-12-12", batches)
+    export_claims(world, 4005, "2026-12-15", batches)
     rules = tmp_path / "rules.csv"
     rules.write_text(
         "merchant,percent,cap_fen,effective_from\n"
@@ -237,7 +226,7 @@ def test_a_revoked_card_under_any_label_is_not_counted(
     _till(world, tid)
     _journal(world, tid, [(NEWYEAR_MS - 2 * DAY_MS, DETAIL)], card="rev", gen=gen)
     batches = tmp_path / "batches"
-    _export(world, tid, "2026-12-30", batches)
+    export_claims(world, tid, "2026-12-30", batches)
     table = ("--revocation-table", world.root / "revocation.frt")
     r, summary, findings = world.report(
         batches, tmp_path / "out", "2026-12", *table, "--revocation-signer", world.signer
@@ -254,7 +243,7 @@ def test_without_a_table_the_report_says_revocation_was_not_checked(
     _till(world, 4009)
     _journal(world, 4009, [(NEWYEAR_MS - 2 * DAY_MS, DETAIL)], card="rev")
     batches = tmp_path / "batches"
-    _export(world, 4009, "2026-12-30", batches)
+    export_claims(world, 4009, "2026-12-30", batches)
     r, summary, findings = world.report(batches, tmp_path / "out", "2026-12")
     assert r.returncode == 0 and findings == [] and _verified(summary) == 1
     assert summary["revocation"] == "not checked: no table given"
@@ -273,8 +262,8 @@ def test_a_clock_corrected_back_across_new_year(
     _till(world, tid)
     _journal(world, tid, [(NEWYEAR_MS + 10_000, DETAIL), (NEWYEAR_MS - 390_000, DETAIL)])
     batches = tmp_path / "batches"
-    _export(world, tid, "2026-12-31", batches)
-    _export(world, tid, "2027-01-01", batches)
+    export_claims(world, tid, "2026-12-31", batches)
+    export_claims(world, tid, "2027-01-01", batches)
     extra = () if tolerance is None else ("--clock-tolerance-s", tolerance)
     dec = world.report(batches, tmp_path / "dec", "2026-12", *extra)
     jan = world.report(batches, tmp_path / "jan", "2027-01", *extra)

@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from merchant_world import World, farecore, make_world
-
-from farecore.card.keys import Keyring
-from farecore.decide.validator import TerminalPolicy, Validator
-from farecore.gate.tap import run_tap
-from farecore.journal.records import Direction, TapContext
-from farecore.journal.terminal import Journal
-from farecore.merchant.config import ALLIANCE
-from readers.virtual import FileCard, VirtualReader
+from merchant_world import World, export_claims, journal_claims, make_world
 
 Q = dt.timezone(dt.timedelta(hours=8))
 DAY_MS = 86_400_000
@@ -50,28 +40,7 @@ def _tills(world: World, *tills: tuple[int, str]) -> None:
 
 
 def _journal(world: World, tid: int, card: str, items: list[tuple[int, str]]) -> None:
-    """Claims of ``card`` at the times and with the details given, each a real tap at the
-    till's validator, journaled by the till (one counter per tap, as the card signs)."""
-    merchant, till = world.tills[tid]
-    ctx = TapContext(ALLIANCE, merchant, till, Direction.CLAIM)
-    validator = Validator(TerminalPolicy(tid, frozenset({370200})), Keyring.load(world.keyring))
-    with Journal.open(world.root / f"claims-{tid}.sqlite", tid) as journal:
-        for at_ms, detail in items:
-            channel = VirtualReader().tap(FileCard(world.root / f"{card}.card"))
-            decision = run_tap(channel, validator, at_ms, os.urandom(16))
-            assert decision.accepted, decision
-            journal.append(replace(decision, detail=detail), ctx)
-
-
-def _export(world: World, tid: int, day: str, out: Path) -> Path:
-    out.mkdir(exist_ok=True)
-    batch = out / f"{tid}-{day}.fcb"
-    r = farecore(
-        "journal", "export", "--journal", world.root / f"claims-{tid}.sqlite", "--day", day,
-        "--key", world.root / "keys" / f"till-{tid}.key", "--out", batch,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return batch
+    journal_claims(world, tid, [(at_ms, card, detail) for at_ms, detail in items])
 
 
 def _verified(summary: dict[str, Any]) -> int:
@@ -98,8 +67,8 @@ def _far_reuse(world: World, card: str, card_id: int, early: int, late: int, out
     _tills(world, (early, "laoshan-books"), (late, "jimo-tea"))
     _journal(world, early, card, [(JAN_5, DETAIL)])
     _journal(world, late, f"{card}-clone", [(FEB_19, DETAIL)])
-    _export(world, late, "2027-02-19", out)
-    return _export(world, early, "2027-01-05", out)
+    export_claims(world, late, "2027-02-19", out)
+    return export_claims(world, early, "2027-01-05", out)
 
 
 def test_a_counter_reused_45_days_apart_counts_once(world: World, tmp_path: Path) -> None:
@@ -185,8 +154,8 @@ def test_an_earlier_days_claims_are_neither_counted_nor_named(world: World, tmp_
         [(FEB_19, DETAIL), (FEB_19 + 1, "amount_fen=30000 discount_fen=3000 percent=10")],
     )
     batches = tmp_path / "batches"
-    _export(world, 6005, "2027-01-05", batches)
-    _export(world, 6006, "2027-02-19", batches)
+    export_claims(world, 6005, "2027-01-05", batches)
+    export_claims(world, 6006, "2027-02-19", batches)
     r, feb, findings = world.report(batches, tmp_path / "feb", "2027-02")
     assert r.returncode == 3, r.stdout + r.stderr
     assert _seen(findings) == _not_counted(6006, 62) and len(findings) == 1

@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import random
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from merchant_world import World, farecore, make_world
+from merchant_world import World, export_claims, journal_claims, make_world
 
-from farecore.card.keys import Keyring
-from farecore.decide.validator import TerminalPolicy, Validator
-from farecore.gate.tap import run_tap
-from farecore.journal.records import Direction, TapContext
-from farecore.journal.terminal import Journal
-from farecore.merchant.config import ALLIANCE
 from farecore.merchant.report import Month, load_report_inputs, run_report
 from farecore.merchant.report_outputs import write_report
-from readers.virtual import FileCard, VirtualReader
 
 Q = dt.timezone(dt.timedelta(hours=8))
 MIN_MS = 60_000
@@ -50,28 +41,7 @@ def _tills(world: World, *tills: tuple[int, str]) -> None:
 
 
 def _journal(world: World, tid: int, items: list[tuple[int, str]]) -> None:
-    """Claims by the cards named, at the times given: real taps at the till's validator,
-    journaled by the till."""
-    merchant, till = world.tills[tid]
-    ctx = TapContext(ALLIANCE, merchant, till, Direction.CLAIM)
-    validator = Validator(TerminalPolicy(tid, frozenset({370200})), Keyring.load(world.keyring))
-    with Journal.open(world.root / f"claims-{tid}.sqlite", tid) as journal:
-        for at_ms, card in items:
-            channel = VirtualReader().tap(FileCard(world.root / f"{card}.card"))
-            decision = run_tap(channel, validator, at_ms, os.urandom(16))
-            assert decision.accepted, decision
-            journal.append(replace(decision, detail=DETAIL), ctx)
-
-
-def _export(world: World, tid: int, day: str, out: Path) -> Path:
-    out.mkdir(exist_ok=True)
-    batch = out / f"{tid}-{day}.fcb"
-    r = farecore(
-        "journal", "export", "--journal", world.root / f"claims-{tid}.sqlite", "--day", day,
-        "--key", world.root / "keys" / f"till-{tid}.key", "--out", batch,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return batch
+    journal_claims(world, tid, [(at_ms, card, DETAIL) for at_ms, card in items])
 
 
 def _at(batch: Path, tid: int, seq: int, merchant: str, time_ms: int) -> dict[str, Any]:
@@ -100,8 +70,8 @@ def test_a_clone_on_the_same_day_names_the_earlier_use(world: World, tmp_path: P
     _journal(world, 8002, [(JAN_5, "fay"), (JAN_5 + MIN_MS, "fay"), (JAN_5 + 2 * MIN_MS, "eve")])
     _journal(world, 8001, [(JAN_5 + 60 * MIN_MS, "eve-clone")])
     batches = tmp_path / "batches"
-    first = _export(world, 8002, "2027-01-05", batches)
-    again = _export(world, 8001, "2027-01-05", batches)
+    first = export_claims(world, 8002, "2027-01-05", batches)
+    again = export_claims(world, 8001, "2027-01-05", batches)
     r, summary, findings = world.report(batches, tmp_path / "jan", "2027-01")
     assert r.returncode == 3, r.stdout + r.stderr
     sha = {b.name: hashlib.sha256(b.read_bytes()).hexdigest() for b in (first, again)}
@@ -144,8 +114,8 @@ def test_a_clone_across_new_year_names_the_december_use(world: World, tmp_path: 
     _journal(world, 8003, [(NEWYEAR - 90 * MIN_MS, "fay"), (NEWYEAR - 60 * MIN_MS, "gus")])
     _journal(world, 8004, [(NEWYEAR + 60 * MIN_MS, "gus-clone")])
     batches = tmp_path / "batches"
-    first = _export(world, 8003, "2026-12-31", batches)
-    _export(world, 8004, "2027-01-01", batches)
+    first = export_claims(world, 8003, "2026-12-31", batches)
+    export_claims(world, 8004, "2027-01-01", batches)
     r, _, findings = world.report(batches, tmp_path / "jan", "2027-01")
     assert r.returncode == 3, r.stdout + r.stderr
     (f,) = findings
@@ -170,8 +140,8 @@ def test_the_outputs_are_the_same_bytes_whatever_the_order(world: World, tmp_pat
     _journal(world, 8005, [(JAN_5 - 20 * 86_400_000, "hal")])  # 16 December
     _journal(world, 8006, [(JAN_5, "fay"), (JAN_5 + MIN_MS, "hal-clone")])
     batches = tmp_path / "batches"
-    first = _export(world, 8005, "2026-12-16", batches)
-    _export(world, 8006, "2027-01-05", batches)
+    first = export_claims(world, 8005, "2026-12-16", batches)
+    export_claims(world, 8006, "2027-01-05", batches)
     shutil.copy(first, batches / "zz-copy.fcb")
     outs = []
     for n in range(2):
