@@ -253,7 +253,12 @@ class _Year:
             if last[1] == year_day(index):
                 world = self.world(index)
                 self._record(world, None, self.out / "settlement" / last[1].isoformat(), {})
-        removed = rollback(self.out, self.base, self.lanes, ledger, len(self.days))
+        index = len(self.days)
+        first_tap = None
+        if index < self.opts.days:
+            times = self.world(index).workload.time_ms
+            first_tap = int(times.min()) if len(times) else None
+        removed = rollback(self.out, self.base, self.lanes, ledger, index, first_tap)
         if removed:
             _say(self.stream, f"undid {removed:,} journal records of a day that was not settled")
 

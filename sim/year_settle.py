@@ -7,10 +7,11 @@ ledger, which checks chain continuity and reused counters against every earlier 
 What a night paid is read back from its outputs (``settlement/DAY/``), so a night is reported the same whether it
 was just settled or found settled by a resumed run.
 
-``rollback`` puts a stopped run back to the end of its last settled night: each lane's
-journal loses the records beyond its terminals' settled chain heads (and the passback
-lockouts of the unsettled day), the lanes' gate marks go (a gate then starts afresh), and
-a half-written night's batches and outputs are removed. This module must never loosen a
+``rollback`` puts a stopped run back to the end of its last completed day: each lane's
+journal loses the records of the day to run again (from its first tap on; the completed
+day's late exits after midnight stay, for the next night's batches) and that day's
+passback lockouts, the lanes' gate marks go (a gate then starts afresh), and a
+half-written night's batches and outputs are removed. This module must never loosen a
 check: a night that finds a wrong payment reports it.
 """
 
@@ -95,12 +96,24 @@ def night_figures(where: Path) -> dict[str, Any]:
 
 
 def rollback(
-    out: Path, world: World, lanes: Sequence[tuple[int, ...]], ledger: Ledger, next_index: int
+    out: Path,
+    world: World,
+    lanes: Sequence[tuple[int, ...]],
+    ledger: Ledger,
+    next_index: int,
+    first_tap_ms: int | None = None,
 ) -> int:
-    """Undo what a stopped run did after its last settled night; the records removed."""
+    """Undo what a stopped run did after its last settled night; the records removed.
+
+    ``first_tap_ms``: the first tap of day ``next_index``, the day to run again. What
+    the lanes journaled before it stays: the last settled day's late exits, after
+    midnight, which belong to the next night's batches and which no rerun of the next
+    day would make again. None: the next day's midnight (a run with no day left)."""
     last = ledger.last_night()
     heads = ledger.heads(last[0] + 1) if last is not None else {}
     start_ms = world.clock.start_ms + 86_400_000 * next_index  # the base world is day 0
+    if first_tap_ms is not None:
+        start_ms = first_tap_ms
     work = out / "work"
     removed = 0
     for k, gates in enumerate(lanes):
@@ -127,7 +140,13 @@ def _trim(path: Path, tids: list[int], heads: dict[int, Any], start_ms: int) -> 
             head = heads.get(tid)
             last = head.last_seq if head is not None else 0
             table = station_records_table(tid)
-            removed += db.execute(f"DELETE FROM {table} WHERE seq > ?", (last,)).rowcount
+            # The first record of the day to run again, after the settled head; a
+            # terminal's records are in time order, so all from it on are that day's.
+            (cut,) = db.execute(
+                f"SELECT MIN(seq) FROM {table} WHERE seq > ? AND time_ms >= ?", (last, start_ms)
+            ).fetchone()
+            if cut is not None:
+                removed += db.execute(f"DELETE FROM {table} WHERE seq >= ?", (cut,)).rowcount
             row = db.execute(f"SELECT hash FROM {table} WHERE seq = ?", (last,)).fetchone()
             # A terminal idle on every settled day has a head at seq 0: nothing to reach.
             if head is not None and last > 0 and (row is None or bytes(row[0]) != head.tail_hash):
