@@ -200,7 +200,10 @@ class IssuedList:
                 last is not None
                 and last._signer == signer.raw
                 and data[:HEADER_SIZE] == head
-                and memoryview(data)[HEADER_SIZE:] == last._body
+                and len(data) == HEADER_SIZE + len(last._body)
+                # startswith at an offset is one memcmp; comparing memoryviews goes
+                # element by element (about 100 ms for 300,000 credentials).
+                and data.startswith(last._body, HEADER_SIZE)
             ):
                 return last._named(source)
         try:

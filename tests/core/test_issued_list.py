@@ -279,6 +279,7 @@ def test_a_list_verified_again_passes_every_check_again() -> None:
     again = IssuedList.from_bytes(LIST_BYTES, KEYRING, "gate-2")
     assert (again.path, list(again.digests())) == ("gate-2", list(first.digests()))
     assert again.describe() | {"path": "gate-1"} == first.describe()
+    assert again._body is first._body  # the first one's verified body, not checked again
     with pytest.raises(IssuedListError, match="revoked"):
         IssuedList.from_bytes(LIST_BYTES, KEYRING.revoke(7))
     impostor = Issuer(FORGER).keyring()  # key id 7, but another key
