@@ -31,6 +31,7 @@ __all__ = [
     "meta_terminal_id",
     "read_only_uri",
     "station_records_table",
+    "time_index",
 ]
 
 MAX_SEQ = (1 << 63) - 1  # the largest seq an SQLite integer holds
@@ -47,6 +48,13 @@ RECENT_CREDENTIALS = "recent_credentials"
 def station_records_table(terminal_id: int) -> str:
     """The quoted name of a terminal's records table in a version-2 station file."""
     return f'"records_{int(terminal_id)}"'
+
+
+def time_index(table: str) -> str:
+    """The quoted name of the index on a records table's ``time_ms`` (``table`` as
+    ``station_records_table`` gives it, or ``records``). A night's export finds the
+    day's first record through it, without reading every day before."""
+    return '"' + table.strip('"') + '_time"'
 
 
 def checked_head(path: Path, row: tuple[Any, ...] | None) -> tuple[int, bytes]:

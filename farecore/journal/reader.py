@@ -26,6 +26,7 @@ from farecore.journal.layout import (
     meta_terminal_id,
     read_only_uri,
     station_records_table,
+    time_index,
 )
 from farecore.journal.records import (
     GENESIS_HASH,
@@ -124,6 +125,28 @@ class JournalReader(Closing):
         missing = sorted(need - {r[0] for r in self._db.execute(query)})
         if missing:
             raise JournalError(f"{self.path}: damaged journal: no {missing[0]} table")
+        self._seq_from = self._seq_from_queries(meta.get("format"))
+
+    def _seq_from_queries(self, fmt: object) -> list[tuple[str, str, tuple[int, ...]]]:
+        """Where the first seq timed at or after a time is found: (the table, with its
+        time index when the file has one, a writer adds it; the condition that names the
+        terminal; its arguments). Each table is asked on its own: through the index it
+        reads only the records from that time on, and its largest seq is its B-tree's
+        last entry, where a query over the tables' union would read every day before."""
+        if fmt == STATION_FORMAT_1:
+            return [("records", self._where, self._args)]
+        table = "records" if self._table == "records" else station_records_table(self.terminal_id)
+        index = time_index(table)
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='index' AND name=? AND tbl_name=?",
+            (index.strip('"'), table.strip('"')),
+        ).fetchone()
+        parts: list[tuple[str, str, tuple[int, ...]]] = [
+            (f"{table} INDEXED BY {index}" if found else table, "", ())
+        ]
+        if self._table != "records":
+            parts.append((RECENT_RECORDS, "terminal_id = ? AND ", (self.terminal_id,)))
+        return parts
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -155,17 +178,29 @@ class JournalReader(Closing):
 
     def first_seq_from(self, time_ms: int) -> int:
         """The lowest seq timed at or after ``time_ms``; one past the last if none is."""
-        t, w, a = self._table, self._where, self._args
         with self._reading():
-            value = self._db.execute(
-                f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms)
-            ).fetchone()[0]
-            if value is None:
-                last = self._db.execute(f"SELECT MAX(seq) FROM {t} WHERE {w}seq > 0", a)
-                value = (last.fetchone()[0] or 0) + 1
-        if not isinstance(value, int):
-            raise JournalError(f"{self.path}: damaged journal: seq {value!r}")
-        return value
+            found = self._answers(
+                (f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms))
+                for t, w, a in self._seq_from
+            )
+            if found:
+                return min(found)
+            last = self._answers(
+                (f"SELECT MAX(seq) FROM {t.split(' ')[0]} WHERE {w}seq > 0", a)
+                for t, w, a in self._seq_from
+            )
+        return max(last, default=0) + 1
+
+    def _answers(self, queries: Iterable[tuple[str, tuple[int, ...]]]) -> list[int]:
+        """The queries' answers that are not NULL, each checked to be an integer."""
+        out = []
+        for query, args in queries:
+            value = self._db.execute(query, args).fetchone()[0]
+            if value is not None and not isinstance(value, int):
+                raise JournalError(f"{self.path}: damaged journal: seq {value!r}")
+            if value is not None:
+                out.append(value)
+        return out
 
     def day_range(self, start_ms: int, end_ms: int) -> tuple[int, int]:
         """``(first, last)``: the seqs of the records from ``start_ms`` to before

@@ -28,6 +28,7 @@ from farecore.journal.layout import (
     STATION_FORMATS,
     checked_head,
     station_records_table,
+    time_index,
 )
 from farecore.journal.walfile import make_durable, reserve_wal
 
@@ -112,7 +113,9 @@ def prepare(db: sqlite3.Connection, path: Path, terminal_ids: Iterable[int]) -> 
         db.executemany("INSERT OR IGNORE INTO terminals VALUES (?)", [(t,) for t in terminal_ids])
         held = [r[0] for r in db.execute("SELECT terminal_id FROM terminals")]
         for tid in held:
-            db.execute(_RECORDS_TABLE.format(table=station_records_table(tid)))
+            table = station_records_table(tid)
+            db.execute(_RECORDS_TABLE.format(table=table))
+            db.execute(f"CREATE INDEX IF NOT EXISTS {time_index(table)} ON {table}(time_ms)")
         if not meta:
             db.execute("INSERT INTO meta VALUES ('format', ?)", (STATION_FORMAT,))
         elif meta["format"] != STATION_FORMAT:

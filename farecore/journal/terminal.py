@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS records_time ON records(time_ms);
 """
 _INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?)"
 
