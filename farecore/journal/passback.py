@@ -283,8 +283,10 @@ class PassbackStore(Closing):
 
     def record(self, card_id: int, now_ms: int) -> None:
         """Remember that ``card_id`` rode here now. Called once the ride log holds the
-        ride (``farecore.gate.runtime``); every 1,000th forgets the rows that can no longer
-        refuse, in the same transaction."""
+        ride (``farecore.gate.runtime``). The first after the store is made and every
+        1,000th after it also forget the rows that can no longer refuse, in the same
+        transaction: a gate restarted each day with fewer rides than that still forgets,
+        and its state (which a station journal replays at each open) stays small."""
         if self.rule.service_day_offset_min is not None:
             # A clock stepped back (within its tolerance) across midnight must not put an
             # earlier day's entry over a later one: that would admit the card twice then.
@@ -293,7 +295,7 @@ class PassbackStore(Closing):
                 return
         row = (self.key, sql_int(card_id), now_ms, self._clock(), self._boot)
         self._writes += 1
-        prune = self._prune_args(now_ms) if self._writes % 1000 == 0 else None
+        prune = self._prune_args(now_ms) if self._writes % 1000 == 1 else None
         self._backend.put(row, prune)
 
     def _prune_args(self, now_ms: int) -> PruneArgs:

@@ -321,10 +321,10 @@ def test_a_group_larger_than_one_statement_and_ordered_lockouts(
         store.record(50, BASE_MS)  # long gone by the prune
         other = PassbackStore.in_station(s, rule, "another-place", monotonic=lambda: 0)
         other.record(50, BASE_MS)  # as old, but a prune of CTX.place leaves it alone
-        for i in range(998):  # the 1000th write prunes what is older than the window
+        for i in range(999):  # the 1001st write prunes what is older than the window
             store.record(1 + i % 3, BASE_MS + i * 1000)
-        store.record(1, BASE_MS + 999_000)  # after the prune: card 1 rode last, now
-        store.record(2, BASE_MS + 999_500)
+        store.record(1, BASE_MS + 999_500)  # the prune: card 1 rode last, now
+        store.record(2, BASE_MS + 999_700)
         in_memory = {(p, c): row for p, rows in s._passback.items() for c, row in rows.items()}
         assert (CTX.place, 50) not in in_memory and ("another-place", 50) in in_memory
         assert len(in_memory) == 4
@@ -860,3 +860,22 @@ def test_a_move_the_disk_refuses_leaves_the_rows_where_they_are(
         assert db.execute(f"SELECT COUNT(*) FROM records_{T2}").fetchone()[0] == 2
     for t in STATION_TERMINALS:
         assert export_batch(path, DAY, _key(t), terminal_id=t) == batches[t]
+
+
+def test_a_store_made_each_day_forgets_old_rides_with_few_writes(tmp_path: Path) -> None:
+    """A gate restarted every day with far fewer than 1,000 rides: its first write of
+    each run prunes, so the lockouts a reopen replays stay a day's, not every day's."""
+    path = tmp_path / "station.sqlite"
+    rule = PassbackRule(window_s=60, max_skew_s=0)
+    day_ms = 86_400_000
+    for day in range(10):
+        with StationJournal.open(path, STATION_TERMINALS) as s:
+            store = PassbackStore.in_station(
+                s, rule, CTX.place, monotonic=lambda: 0, boot=f"boot-{day}"
+            )
+            for i in range(100):
+                store.record(day * 1000 + i, BASE_MS + day * day_ms + i * 1000)
+            s.commit()
+    with StationJournal.open(path, STATION_TERMINALS) as s:
+        live = sum(len(rows) for rows in s._passback.values())
+    assert live <= 100 + 1  # the last day's rides (and the first of it, pruned after)
