@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from farecore.card.crypto import Algorithm, PrivateKey
+from farecore.card.crypto import Algorithm, PrivateKey, ed25519_backend
 from farecore.card.keys import SigningKey
 from sim.card import CardFaults, VirtualCard
 from sim.issuer import CredentialOptions, Issuer, scalar_in_range
@@ -173,6 +173,11 @@ class CardFactory:
         self._algs = card_algorithms
         self._credentials: dict[int, bytes] = {}
         self._keys: dict[int, PrivateKey] = {}
+        # The public half of each genuine Ed25519 key made here, in one array that forked
+        # workers share: a worker that meets the card makes its key from seed and public
+        # without deriving the public again (see ``_genuine_key``).
+        self._publics = np.zeros((len(population.card_ids), 32), dtype=np.uint8)
+        self._has_public = np.zeros(len(population.card_ids), dtype=bool)
 
     def issuer_of(self, index: int) -> int:
         """Which issuer (0-based) signs card ``index``: with several card algorithms and
@@ -180,8 +185,11 @@ class CardFactory:
         card's key, the quotient the issuer)."""
         return (index // len(self._algs)) % len(self._issuers)
 
+    def _secret(self, label: bytes) -> bytes:
+        return hashlib.sha256(b"farecore-sim/card/" + self._seed + label).digest()
+
     def _key(self, label: bytes, algorithm: Algorithm) -> PrivateKey:
-        secret = hashlib.sha256(b"farecore-sim/card/" + self._seed + label).digest()
+        secret = self._secret(label)
         if algorithm == Algorithm.ED25519:
             return PrivateKey(algorithm, secret)  # the bytes of every earlier release
         for counter in range(256):
@@ -202,14 +210,26 @@ class CardFactory:
         if credential is None:
             genuine = self._key(card_id.to_bytes(8, "big"), alg)
             credential = self._credentials[index] = self._credential(index, card_id, genuine)
+            if alg == Algorithm.ED25519:
+                self._publics[index] = np.frombuffer(genuine.public_bytes, dtype=np.uint8)
+                self._has_public[index] = True
             key = genuine
         if kind == "clone":
             # The genuine credential, copied onto a chip with a key the cloner made up.
             key = self._key(b"clone/" + card_id.to_bytes(8, "big"), alg)
         elif key is None:
-            key = self._key(card_id.to_bytes(8, "big"), alg)
+            key = self._genuine_key(index, card_id, alg)
         self._keys[index] = key
         return credential, key
+
+    def _genuine_key(self, index: int, card_id: int, alg: Algorithm) -> PrivateKey:
+        """Card ``index``'s own key, from the public half kept when it was first made if
+        there is one (a signing key given a wrong public half is never built here: the
+        array holds only what this factory derived from the same seed)."""
+        label = card_id.to_bytes(8, "big")
+        if self._has_public[index] and ed25519_backend() == "nacl":
+            return _nacl_ed25519(self._secret(label), self._publics[index].tobytes())
+        return self._key(label, alg)
 
     def _credential(self, index: int, card_id: int, key: PrivateKey) -> bytes:
         kind = CARD_KINDS[int(self._pop.kinds[index])]
@@ -246,6 +266,19 @@ class CardFactory:
         all day; a driver that keeps the card between taps saves making it again.)"""
         card.counter = counter
         card.faults = _PULLED if pulled else _NO_FAULTS
+
+
+def _nacl_ed25519(seed: bytes, public: bytes) -> PrivateKey:
+    """An Ed25519 signing key from its seed and the public key derived from that seed
+    before: libsodium signs with the two joined, so nothing is derived again. The same
+    signatures as ``PrivateKey(Algorithm.ED25519, seed)`` (Ed25519 is deterministic)."""
+    from nacl.bindings import crypto_sign
+
+    expanded = seed + public
+    key = PrivateKey.__new__(PrivateKey)
+    key.algorithm, key.secret, key.public_bytes = Algorithm.ED25519, seed, public
+    key.sign = lambda message: crypto_sign(message, expanded)[:64]
+    return key
 
 
 # Shared by the factory's cards, which never change their faults.

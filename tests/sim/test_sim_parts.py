@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farecore.card.crypto import set_ed25519_backend
 from farecore.decide.decision import Reason
 from farecore.decide.validator import TerminalPolicy, Validator
 from farecore.gate.tap import run_tap
@@ -183,3 +184,24 @@ def test_a_card_kept_between_taps_taps_as_a_new_one_would() -> None:
         assert got[0] == got[1]
         assert (got[0][0] is Reason.UNREADABLE) == pulled
         assert pulled or got[0][1] == counter + 1
+
+
+@pytest.mark.parametrize("backend", ["nacl", "cryptography"])
+def test_a_worker_s_card_key_is_the_one_the_parent_made(backend: str) -> None:
+    # A forked worker remakes a card's key from the public half the parent kept: the
+    # same public key and the same signatures as the key the parent derived in full.
+    pop = Population.generate(5, 300, FraudMix())
+    issuer = Issuer.from_seed("sim-parts")
+    factory = CardFactory(5, pop, issuer, issuer.key, 1_772_400_000)
+    made = {i: factory.material(i)[1] for i in range(len(pop.card_ids))}
+    factory.forget_keys()
+    set_ed25519_backend(backend)
+    try:
+        for i, key in made.items():
+            again = factory.material(i)[1]
+            assert again is not key and again.public_bytes == key.public_bytes
+            message = b"challenge %d" % i
+            assert again.sign(message) == key.sign(message)
+            key.public_key().verify(again.sign(message), message)
+    finally:
+        set_ed25519_backend("auto")
