@@ -17,7 +17,6 @@ does both, in day order.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -36,7 +35,6 @@ from sim.world import World
 from sim.year_world import YearOptions, build_base, day_tables, year_day
 
 __all__ = [
-    "GC_THRESHOLDS",
     "LaneDay",
     "base_world",
     "day_batches",
@@ -48,8 +46,6 @@ __all__ = [
 ]
 
 _BASE: dict[str, World] = {}
-# The cycle collector's thresholds in a worker (Python's default is 700, 10, 10).
-GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def _key(opts: YearOptions, cards: int) -> str:
@@ -148,13 +144,6 @@ def run_lane_day(task: LaneDay) -> tuple[int, npt.NDArray[np.int64], LaneResult]
     """Run the lane's taps of the day through its station controller, then export its
     terminals' batches of the day; (lane, taps, results)."""
     base = base_world(task.opts, task.cards)
-    # A lane's day keeps hundreds of thousands of objects (the cards' keys, verified
-    # credentials) and makes few cycles: collect yesterday's cycles once, set what is
-    # left aside for good, and run the cycle collector seldom (a few times a day, not
-    # hundreds: it cost about a tenth of the lane's time).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
     world = dataclasses.replace(base, clock=DayClock(year_day(task.index)), workload=task.workload)
     out = task.opts.out.absolute()
     work = out / "work"

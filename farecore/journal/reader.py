@@ -127,25 +127,25 @@ class JournalReader(Closing):
             raise JournalError(f"{self.path}: damaged journal: no {missing[0]} table")
         self._seq_from = self._seq_from_queries(meta.get("format"))
 
-    def _seq_from_queries(self, fmt: object) -> list[tuple[str, str, tuple[int, ...]]]:
-        """Where the first seq timed at or after a time is found: (the table, with its
-        time index when the file has one, a writer adds it; the condition that names the
+    def _seq_from_queries(self, fmt: object) -> list[tuple[str, str | None, str, tuple[int, ...]]]:
+        """Where the first seq timed at or after a time is found: (the table; its time
+        index when the file has one, a writer adds it; the condition that names the
         terminal; its arguments). Each table is asked on its own: through the index it
         reads only the records from that time on, and its largest seq is its B-tree's
         last entry, where a query over the tables' union would read every day before."""
         if fmt == STATION_FORMAT_1:
-            return [("records", self._where, self._args)]
+            return [("records", None, self._where, self._args)]
         table = "records" if self._table == "records" else station_records_table(self.terminal_id)
         index = time_index(table)
         found = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='index' AND name=? AND tbl_name=?",
             (index.strip('"'), table.strip('"')),
         ).fetchone()
-        parts: list[tuple[str, str, tuple[int, ...]]] = [
-            (f"{table} INDEXED BY {index}" if found else table, "", ())
+        parts: list[tuple[str, str | None, str, tuple[int, ...]]] = [
+            (table, index if found else None, "", ())
         ]
         if self._table != "records":
-            parts.append((RECENT_RECORDS, "terminal_id = ? AND ", (self.terminal_id,)))
+            parts.append((RECENT_RECORDS, None, "terminal_id = ? AND ", (self.terminal_id,)))
         return parts
 
     @contextmanager
@@ -178,29 +178,36 @@ class JournalReader(Closing):
 
     def first_seq_from(self, time_ms: int) -> int:
         """The lowest seq timed at or after ``time_ms``; one past the last if none is."""
+        found, last = [], []
         with self._reading():
-            found = self._answers(
-                (f"SELECT MIN(seq) FROM {t} WHERE {w}time_ms >= ?", (*a, time_ms))
-                for t, w, a in self._seq_from
-            )
+            for table, index, where, args in self._seq_from:
+                query = f"SELECT MIN(seq) FROM {{}} WHERE {where}time_ms >= ?"
+                value = None
+                if index is not None:
+                    try:
+                        value = self._seq(
+                            query.format(f"{table} INDEXED BY {index}"), (*args, time_ms)
+                        )
+                    except sqlite3.OperationalError:  # an index of that name it cannot use
+                        index = None
+                if index is None:
+                    value = self._seq(query.format(table), (*args, time_ms))
+                if value is not None:
+                    found.append(value)
             if found:
                 return min(found)
-            last = self._answers(
-                (f"SELECT MAX(seq) FROM {t.split(' ')[0]} WHERE {w}seq > 0", a)
-                for t, w, a in self._seq_from
-            )
+            for table, _, where, args in self._seq_from:
+                value = self._seq(f"SELECT MAX(seq) FROM {table} WHERE {where}seq > 0", args)
+                if value is not None:
+                    last.append(value)
         return max(last, default=0) + 1
 
-    def _answers(self, queries: Iterable[tuple[str, tuple[int, ...]]]) -> list[int]:
-        """The queries' answers that are not NULL, each checked to be an integer."""
-        out = []
-        for query, args in queries:
-            value = self._db.execute(query, args).fetchone()[0]
-            if value is not None and not isinstance(value, int):
-                raise JournalError(f"{self.path}: damaged journal: seq {value!r}")
-            if value is not None:
-                out.append(value)
-        return out
+    def _seq(self, query: str, args: tuple[int, ...]) -> int | None:
+        """A query's one answer: a seq, or NULL; anything else is a damaged journal."""
+        value = self._db.execute(query, args).fetchone()[0]
+        if value is not None and not isinstance(value, int):
+            raise JournalError(f"{self.path}: damaged journal: seq {value!r}")
+        return value
 
     def day_range(self, start_ms: int, end_ms: int) -> tuple[int, int]:
         """``(first, last)``: the seqs of the records from ``start_ms`` to before

@@ -85,7 +85,7 @@ def test_station_first_seq_is_the_scan_s_with_and_without_the_index(
         station.close()  # the rows move to the terminal's own table
     table = station_records_table(STATION[0])
     with JournalReader(path, STATION[0]) as r:
-        assert r._seq_from[0][0] == f"{table} INDEXED BY {time_index(table)}"
+        assert r._seq_from[0][1] == time_index(table)
     assert _first_seqs(path, STATION[0]) == _by_scan(times)
     if not moved:
         station.close()
@@ -94,11 +94,18 @@ def test_station_first_seq_is_the_scan_s_with_and_without_the_index(
     db.commit()
     db.close()
     with JournalReader(path, STATION[0]) as r:
-        assert "INDEXED BY" not in r._seq_from[0][0]
+        assert r._seq_from[0][1] is None
     assert _first_seqs(path, STATION[0]) == _by_scan(times)
     StationJournal.open(path, STATION).close()  # a writer gives an old file the index
     with JournalReader(path, STATION[0]) as r:
-        assert "INDEXED BY" in r._seq_from[0][0]
+        assert r._seq_from[0][1] == time_index(table)
+    assert _first_seqs(path, STATION[0]) == _by_scan(times)
+    # An index of that name the query cannot use (partial, here): the reader scans.
+    db = sqlite3.connect(path)
+    db.execute(f"DROP INDEX {time_index(table)}")
+    db.execute(f"CREATE INDEX {time_index(table)} ON {table}(time_ms) WHERE seq < 3")
+    db.commit()
+    db.close()
     assert _first_seqs(path, STATION[0]) == _by_scan(times)
 
 
@@ -119,4 +126,9 @@ def test_terminal_journal_first_seq_is_the_scan_s(tmp_path: Path) -> None:
     db.execute("DROP INDEX records_time")
     db.commit()
     db.close()
+    assert _first_seqs(path, None) == _by_scan(times)
+    Journal.open(path, TERMINAL_ID).close()  # a writer gives an old file the index
+    with sqlite3.connect(path) as db:
+        query = "SELECT 1 FROM sqlite_master WHERE type='index' AND name='records_time'"
+        assert db.execute(query).fetchone() is not None
     assert _first_seqs(path, None) == _by_scan(times)
