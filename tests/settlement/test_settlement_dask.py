@@ -153,6 +153,15 @@ def _removals(cluster: Any, address: str) -> list[dict[str, Any]]:
     ]
 
 
+def _settle_with_a_death(world: World, out: Path, cluster: Any, client: Any, marker: Path) -> Any:
+    """Settle the night on ``cluster``; the first worker to start its second unit is
+    SIGKILLed as it starts it (and notes its address in ``marker``)."""
+    client.register_plugin(_DieOnce(marker, after=1))
+    return _settle(
+        world, out, map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address))
+    )
+
+
 def test_killing_a_worker_mid_run_changes_nothing(world: World, tmp_path: Path) -> None:
     paths = _world_with_tampering(world)
     _copies(world, paths)
@@ -160,12 +169,7 @@ def test_killing_a_worker_mid_run_changes_nothing(world: World, tmp_path: Path) 
     marker = tmp_path / "died"
     with _own_cluster(2) as (cluster, client):
         # 9 units on 2 one-thread workers: one of them starts a second unit, and dies.
-        client.register_plugin(_DieOnce(marker, after=1))
-        on_dask = _settle(
-            world,
-            tmp_path / "dask",
-            map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
-        )
+        on_dask = _settle_with_a_death(world, tmp_path / "dask", cluster, client, marker)
         _, address = marker.read_text().split()
         [removed] = _removals(cluster, address)
     # The scheduler saw it die with a unit running, which then ran again elsewhere.
@@ -183,12 +187,7 @@ def test_the_only_worker_holding_the_nights_config_dying_changes_nothing(
     expected = _settle(world, tmp_path / "one")
     marker = tmp_path / "died"
     with _own_cluster(1) as (cluster, client):
-        client.register_plugin(_DieOnce(marker, after=1))
-        on_dask = _settle(
-            world,
-            tmp_path / "dask",
-            map_units=map_on_dask(DaskSettings(scheduler=cluster.scheduler_address)),
-        )
+        on_dask = _settle_with_a_death(world, tmp_path / "dask", cluster, client, marker)
     assert marker.exists()
     assert on_dask == expected
 
