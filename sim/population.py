@@ -175,9 +175,9 @@ class CardFactory:
         self._keys: dict[int, PrivateKey] = {}
         # The public half of each genuine Ed25519 key made here, in one array that forked
         # workers share: a worker that meets the card makes its key from seed and public
-        # without deriving the public again (see ``_genuine_key``).
+        # without deriving the public again (see ``_genuine_key``). A row of zeros: none
+        # kept (no Ed25519 key derives to y = 0, a point of small order).
         self._publics = np.zeros((len(population.card_ids), 32), dtype=np.uint8)
-        self._has_public = np.zeros(len(population.card_ids), dtype=bool)
 
     def issuer_of(self, index: int) -> int:
         """Which issuer (0-based) signs card ``index``: with several card algorithms and
@@ -212,7 +212,6 @@ class CardFactory:
             credential = self._credentials[index] = self._credential(index, card_id, genuine)
             if alg == Algorithm.ED25519:
                 self._publics[index] = np.frombuffer(genuine.public_bytes, dtype=np.uint8)
-                self._has_public[index] = True
             key = genuine
         if kind == "clone":
             # The genuine credential, copied onto a chip with a key the cloner made up.
@@ -227,8 +226,9 @@ class CardFactory:
         there is one (a signing key given a wrong public half is never built here: the
         array holds only what this factory derived from the same seed)."""
         label = card_id.to_bytes(8, "big")
-        if self._has_public[index] and ed25519_backend() == "nacl":
-            return _nacl_ed25519(self._secret(label), self._publics[index].tobytes())
+        public = self._publics[index]
+        if public.any() and ed25519_backend() == "nacl":
+            return _nacl_ed25519(self._secret(label), public.tobytes())
         return self._key(label, alg)
 
     def _credential(self, index: int, card_id: int, key: PrivateKey) -> bytes:
