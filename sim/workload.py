@@ -239,8 +239,9 @@ def _plan(
     taken = 0
     busy = defaultdict(list) if busy is None else busy
     p_passback, p_pulled = mix.get("passback"), mix.get("pulled")
-    for t in rng.permutation(len(d.starts)):
-        planned = _trip(int(t), d, places, network)
+    cols = _Columns.of(d, places)
+    for t in rng.permutation(len(d.starts)).tolist():
+        planned = _trip(t, cols, places, network)
         if planned is None:
             continue
         trip, again, start, end = planned
@@ -301,30 +302,53 @@ def _visits(
     return rows
 
 
+class _Columns:
+    """The draws as plain Python values, one list a column: the planning loop reads a
+    few per trip, and indexing numpy arrays one scalar at a time is slow. The same
+    values, so the same day."""
+
+    __slots__ = ("a_idx", "b_off", "bus_k", "cards", "is_metro", "pick", "starts")
+
+    def __init__(self, d: _Draws, bus_k: list[int]) -> None:
+        self.starts: list[int] = d.starts.tolist()
+        self.cards: list[int] = d.cards.tolist()
+        self.is_metro: list[bool] = d.is_metro.tolist()
+        self.a_idx: list[int] = d.a_idx.tolist()
+        self.b_off: list[int] = d.b_off.tolist()
+        self.pick: list[float] = d.pick.ravel().tolist()  # trip t's at 4t .. 4t+3
+        self.bus_k = bus_k  # each trip's bus, if it is one (an index into places.bus)
+
+    @classmethod
+    def of(cls, d: _Draws, places: _Places) -> _Columns:
+        if places.bus_cum is None:
+            k = (d.pick[:, 1] * len(places.bus)).astype(np.int64)
+        else:
+            k = np.searchsorted(places.bus_cum, d.pick[:, 1], side="right")
+        return cls(d, np.minimum(k, max(len(places.bus) - 1, 0)).tolist())
+
+
 def _trip(
-    t: int, d: _Draws, places: _Places, network: Network
+    t: int, d: _Columns, places: _Places, network: Network
 ) -> tuple[list[_Row], int, int, int] | None:
     """Trip ``t``'s taps, the gate a passback attempt would use, its start and end; None
     if it goes nowhere (a metro trip to the station it starts from)."""
-    start, card, pick = int(d.starts[t]), int(d.cards[t]), d.pick[t]
+    start, card, p = d.starts[t], d.cards[t], 4 * t
+    pick = d.pick
     stations = places.stations
     if d.is_metro[t] and len(stations) >= 2:
-        a = stations[d.a_idx[t]]
-        b = stations[(d.a_idx[t] + d.b_off[t]) % len(stations)]
+        a_idx = d.a_idx[t]
+        a = stations[a_idx]
+        b = stations[(a_idx + d.b_off[t]) % len(stations)]
         if a == b:
             return None
         km = network.distance_km(a, b)
-        end = start + int((km / 0.55 + 4 + 6 * pick[0]) * 60_000)
-        gin = places.entry[a][int(pick[1] * len(places.entry[a]))]
-        gout = places.exit[b][int(pick[2] * len(places.exit[b]))]
-        again = places.entry[a][int(pick[3] * len(places.entry[a]))]
+        end = start + int((km / 0.55 + 4 + 6 * pick[p]) * 60_000)
+        gin = places.entry[a][int(pick[p + 1] * len(places.entry[a]))]
+        gout = places.exit[b][int(pick[p + 2] * len(places.exit[b]))]
+        again = places.entry[a][int(pick[p + 3] * len(places.entry[a]))]
         return [(start, card, gin, FAULT_NONE), (end, card, gout, FAULT_NONE)], again, start, end
-    if places.bus_cum is None:
-        gin = places.bus[int(pick[1] * len(places.bus))]
-    else:
-        k = int(np.searchsorted(places.bus_cum, pick[1], side="right"))
-        gin = places.bus[min(k, len(places.bus) - 1)]
-    end = start + int((8 + 30 * pick[0]) * 60_000)
+    gin = places.bus[d.bus_k[t]]
+    end = start + int((8 + 30 * pick[p]) * 60_000)
     return [(start, card, gin, FAULT_NONE)], gin, start, end
 
 

@@ -34,8 +34,18 @@ _HEADER = struct.Struct(">BBIQBIIIB")  # 28 bytes up to the card public key
 _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 # Every code of the spec (§4), whether or not this machine can verify it: a credential's
-# shape never depends on an optional backend (docs/crypto-sm2.md).
-_ALGORITHMS = frozenset(Algorithm)
+# shape never depends on an optional backend (docs/crypto-sm2.md). A dict, not
+# ``Algorithm(code)``: every tap parses a credential, and the enum's call is slow.
+_ALGORITHMS = {int(alg): alg for alg in Algorithm}
+_KEY_LENGTHS = {alg: alg.public_key_length for alg in Algorithm}
+
+
+def _algorithm(code: int) -> Algorithm:
+    """``Algorithm(code)``, with its ValueError for anything that is not a code."""
+    try:
+        return _ALGORITHMS[code]
+    except (KeyError, TypeError):
+        return Algorithm(code)  # raises the enum's own error (or takes what it accepts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +66,12 @@ class CredentialFields:
     def __post_init__(self) -> None:
         if self.version != FORMAT_VERSION:
             raise MalformedCredential(f"unknown credential version {self.version}")
-        for name in ("issuer_key_id", "region", "valid_from", "valid_until"):
-            value = getattr(self, name)
+        for name, value in (
+            ("issuer_key_id", self.issuer_key_id),
+            ("region", self.region),
+            ("valid_from", self.valid_from),
+            ("valid_until", self.valid_until),
+        ):
             if not 0 <= value <= _U32_MAX:
                 raise MalformedCredential(f"{name} {value} does not fit in a uint32")
         if not 0 < self.card_id <= _U64_MAX:
@@ -67,11 +81,11 @@ class CredentialFields:
         if self.valid_until <= self.valid_from:
             raise MalformedCredential("valid_until must be greater than valid_from")
         try:
-            object.__setattr__(self, "issuer_algorithm", Algorithm(self.issuer_algorithm))
-            object.__setattr__(self, "card_key_algorithm", Algorithm(self.card_key_algorithm))
+            object.__setattr__(self, "issuer_algorithm", _algorithm(self.issuer_algorithm))
+            object.__setattr__(self, "card_key_algorithm", _algorithm(self.card_key_algorithm))
         except ValueError as exc:
             raise MalformedCredential(str(exc)) from None
-        if len(self.card_public_key) != self.card_key_algorithm.public_key_length:
+        if len(self.card_public_key) != _KEY_LENGTHS[self.card_key_algorithm]:
             raise MalformedCredential(
                 f"{self.card_key_algorithm.label} card key must be "
                 f"{self.card_key_algorithm.public_key_length} bytes, got {len(self.card_public_key)}"
@@ -131,27 +145,19 @@ def _parse_cached(data: bytes) -> Credential:
     )
     if version != FORMAT_VERSION:
         raise MalformedCredential(f"unknown credential version {version}")
-    if issuer_alg not in _ALGORITHMS:
+    issuer = _ALGORITHMS.get(issuer_alg)
+    if issuer is None:
         raise MalformedCredential(f"unknown issuer algorithm {issuer_alg}")
-    if card_alg not in _ALGORITHMS:
+    card = _ALGORITHMS.get(card_alg)
+    if card is None:
         raise MalformedCredential(f"unknown card key algorithm {card_alg}")
-    k = Algorithm(card_alg).public_key_length
+    k = _KEY_LENGTHS[card]
     if len(data) != 28 + k + 64:
         raise MalformedCredential(
-            f"credential is {len(data)} bytes but a {Algorithm(card_alg).label} card key "
-            f"needs {28 + k + 64}"
+            f"credential is {len(data)} bytes but a {card.label} card key needs {28 + k + 64}"
         )
     fields = CredentialFields(
-        issuer_algorithm=Algorithm(issuer_alg),
-        issuer_key_id=key_id,
-        card_id=card_id,
-        category=category,
-        region=region,
-        valid_from=vfrom,
-        valid_until=vuntil,
-        card_key_algorithm=Algorithm(card_alg),
-        card_public_key=data[28 : 28 + k],
-        version=version,
+        issuer, key_id, card_id, category, region, vfrom, vuntil, card, data[28 : 28 + k], version
     )
     return Credential(fields=fields, issuer_signature=data[28 + k :], raw=data)
 
