@@ -12,7 +12,9 @@ ground truth, and the real decision is the engine's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,6 +175,7 @@ class CardFactory:
         self._algs = card_algorithms
         self._credentials: dict[int, bytes] = {}
         self._keys: dict[int, PrivateKey] = {}
+        self._keep_keys = True  # every key; once forget_keys, the costly ones only
         # The public half of each genuine Ed25519 key made here, in one array that forked
         # workers share: a worker that meets the card makes its key from seed and public
         # without deriving the public again (see ``_genuine_key``). A row of zeros: none
@@ -213,22 +216,26 @@ class CardFactory:
             if alg == Algorithm.ED25519:
                 self._publics[index] = np.frombuffer(genuine.public_bytes, dtype=np.uint8)
             key = genuine
+        quick = False  # made from seed and kept public key: cheaper to make than to keep
         if kind == "clone":
             # The genuine credential, copied onto a chip with a key the cloner made up.
             key = self._key(b"clone/" + card_id.to_bytes(8, "big"), alg)
         elif key is None:
-            key = self._genuine_key(index, card_id, alg)
-        self._keys[index] = key
+            public = self._publics[index].tobytes()
+            quick = public != _NO_PUBLIC and ed25519_backend() == "nacl"
+            key = self._genuine_key(card_id, alg, public if quick else None)
+        if self._keep_keys or not quick:
+            self._keys[index] = key
         return credential, key
 
-    def _genuine_key(self, index: int, card_id: int, alg: Algorithm) -> PrivateKey:
-        """Card ``index``'s own key, from the public half kept when it was first made if
-        there is one (a signing key given a wrong public half is never built here: the
-        array holds only what this factory derived from the same seed)."""
+    def _genuine_key(self, card_id: int, alg: Algorithm, public: bytes | None) -> PrivateKey:
+        """Card ``card_id``'s own key: from ``public``, the public half kept when it was
+        first made, with libsodium (a signing key given a wrong public half is never
+        built here: the array holds only what this factory derived from the same
+        seed); else derived in full."""
         label = card_id.to_bytes(8, "big")
-        public = self._publics[index]
-        if public.any() and ed25519_backend() == "nacl":
-            return _nacl_ed25519(self._secret(label), public.tobytes())
+        if public is not None:
+            return _nacl_ed25519(self._secret(label), public)
         return self._key(label, alg)
 
     def _credential(self, index: int, card_id: int, key: PrivateKey) -> bytes:
@@ -250,8 +257,15 @@ class CardFactory:
         workers which tap keeps the credentials (the issued list's, compact) for them to
         share, and leaves each worker to make the keys of the cards it meets: a key held
         here would be copied into every worker that touched it anyway (its reference
-        count is written on each use)."""
+        count is written on each use).
+
+        From now on, a key that libsodium makes from its seed and the kept public key
+        (2 µs) is not kept: the worker keeps the card for the rest of its day (a
+        driver's), and a year's worker meets nearly every card, so keeping every key
+        grew it by about 0.8 kB a card met, about 240 MB by the year's end. A key
+        derived in full (a scalar multiplication: OpenSSL, a cloned card's) is kept."""
         self._keys.clear()
+        self._keep_keys = False
 
     def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
         credential, key = self.material(index)
@@ -272,14 +286,24 @@ def _nacl_ed25519(seed: bytes, public: bytes) -> PrivateKey:
     """An Ed25519 signing key from its seed and the public key derived from that seed
     before: libsodium signs with the two joined, so nothing is derived again. The same
     signatures as ``PrivateKey(Algorithm.ED25519, seed)`` (Ed25519 is deterministic)."""
-    from nacl.bindings import crypto_sign
-
+    crypto_sign = _nacl_sign()
     expanded = seed + public
     key = PrivateKey.__new__(PrivateKey)
     key.algorithm, key.secret, key.public_bytes = Algorithm.ED25519, seed, public
     key.sign = lambda message: crypto_sign(message, expanded)[:64]
     return key
 
+
+@functools.cache
+def _nacl_sign() -> Callable[[bytes, bytes], bytes]:
+    """PyNaCl's ``crypto_sign``, imported once (an import statement costs about a
+    microsecond on every call, and a year's worker makes a key for most taps)."""
+    from nacl.bindings import crypto_sign
+
+    return crypto_sign
+
+
+_NO_PUBLIC = bytes(32)  # a row of ``CardFactory._publics`` with no key kept
 
 # Shared by the factory's cards, which never change their faults.
 _NO_FAULTS = CardFaults()

@@ -205,3 +205,28 @@ def test_a_worker_s_card_key_is_the_one_the_parent_made(backend: str) -> None:
             key.public_key().verify(again.sign(message), message)
     finally:
         set_ed25519_backend("auto")
+
+
+@pytest.mark.parametrize("backend", ["nacl", "cryptography"])
+def test_a_factory_that_forgot_its_keys_keeps_only_the_costly_ones(backend: str) -> None:
+    # A year's worker meets nearly every card: it must not hold a key per card for the
+    # rest of the year (about 240 MB), only make the same one again when it needs it,
+    # where that is cheap (libsodium, from seed and kept public key). A key derived in
+    # full (OpenSSL, or a clone's made-up key) is kept.
+    pop = Population.generate(6, 300, FraudMix())
+    issuer = Issuer.from_seed("sim-parts")
+    factory = CardFactory(6, pop, issuer, issuer.key, 1_772_400_000)
+    made = {i: factory.material(i)[1].public_bytes for i in range(len(pop.card_ids))}
+    assert len(factory._keys) == len(made)  # before: every key, as a one-day run wants
+    clones = set(pop.indices_of("clone").tolist())
+    assert clones and len(clones) < len(made)
+    factory.forget_keys()
+    set_ed25519_backend(backend)
+    try:
+        for _ in range(2):
+            for i, public in made.items():
+                assert factory.material(i)[1].public_bytes == public
+                assert factory.card(i, 0).key.public_bytes == public
+    finally:
+        set_ed25519_backend("auto")
+    assert set(factory._keys) == (clones if backend == "nacl" else set(made))
