@@ -174,6 +174,11 @@ class CardFactory:
         self._day_start_s = day_start_s
         self._algs = card_algorithms
         self._credentials: dict[int, bytes] = {}
+        # The credentials made before ``forget_keys``, packed into one buffer that forked
+        # workers share (see ``_pack_credentials``): card i's is
+        # ``_packed[_packed_at[i]:_packed_at[i + 1]]``, empty where none was made.
+        self._packed = b""
+        self._packed_at = np.zeros(len(population.card_ids) + 1, dtype=np.int64)
         self._keys: dict[int, PrivateKey] = {}
         self._keep_keys = True  # every key; once forget_keys, the costly ones only
         # The public half of each genuine Ed25519 key made here, in one array that forked
@@ -204,6 +209,9 @@ class CardFactory:
     def material(self, index: int) -> tuple[bytes, PrivateKey]:
         """(credential, the key the tapping card holds) for card ``index``."""
         credential = self._credentials.get(index)
+        if credential is None:
+            start, end = self._packed_at[index : index + 2].tolist()
+            credential = self._packed[start:end] if end > start else None
         key = self._keys.get(index)
         if credential is not None and key is not None:
             return credential, key
@@ -263,9 +271,33 @@ class CardFactory:
         (2 µs) is not kept: the worker keeps the card for the rest of its day (a
         driver's), and a year's worker meets nearly every card, so keeping every key
         grew it by about 0.8 kB a card met, about 240 MB by the year's end. A key
-        derived in full (a scalar multiplication: OpenSSL, a cloned card's) is kept."""
+        derived in full (a scalar multiplication: OpenSSL, a cloned card's) is kept.
+
+        The credentials move into one buffer (``_pack_credentials``)."""
         self._keys.clear()
         self._keep_keys = False
+        self._pack_credentials()
+
+    def _pack_credentials(self) -> None:
+        """Move every credential made so far into one buffer with an offset array. A
+        worker that reads a credential from a dict writes the reference counts of its
+        ``bytes`` and of its key's ``int``, which copies their pages out of the parent:
+        about 0.2 kB a card met, some 60 MB a year's worker. Slicing the shared buffer
+        writes nothing of the parent's (the slice is the worker's own, freed after use)."""
+        if not self._credentials:
+            return
+        lengths = np.zeros(len(self._packed_at) - 1, dtype=np.int64)
+        pieces = []
+        for index in range(len(lengths)):
+            credential = self._credentials.get(index)
+            if credential is None:
+                start, end = self._packed_at[index : index + 2].tolist()
+                credential = self._packed[start:end]
+            lengths[index] = len(credential)
+            pieces.append(credential)
+        self._packed = b"".join(pieces)
+        self._packed_at[1:] = np.cumsum(lengths)
+        self._credentials = {}
 
     def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
         credential, key = self.material(index)

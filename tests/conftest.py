@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -9,6 +10,14 @@ from card_vectors import load_vectors, vector_keyring, vector_policy
 
 from farecore.card.keys import Keyring
 from farecore.decide.validator import TerminalPolicy
+
+# Tests that press Ctrl-C send SIGINT to a process they start. A shell without job
+# control starts a background job with SIGINT ignored, and an ignored signal stays
+# ignored across exec: Python would then install no KeyboardInterrupt handler, and such
+# a test would fail for how pytest was launched. A handler here is reset to the default
+# at exec, so every process a test starts can be interrupted.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

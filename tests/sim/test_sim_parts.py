@@ -216,17 +216,25 @@ def test_a_factory_that_forgot_its_keys_keeps_only_the_costly_ones(backend: str)
     pop = Population.generate(6, 300, FraudMix())
     issuer = Issuer.from_seed("sim-parts")
     factory = CardFactory(6, pop, issuer, issuer.key, 1_772_400_000)
-    made = {i: factory.material(i)[1].public_bytes for i in range(len(pop.card_ids))}
+    # Every card but the last few, so cards are made after the forgetting too.
+    made = {i: factory.material(i) for i in range(len(pop.card_ids) - 3)}
     assert len(factory._keys) == len(made)  # before: every key, as a one-day run wants
     clones = set(pop.indices_of("clone").tolist())
     assert clones and len(clones) < len(made)
     factory.forget_keys()
+    # The credentials, too, are no longer one object per card (each would be copied into
+    # a worker that reads it), but one shared buffer.
+    assert not factory._credentials
     set_ed25519_backend(backend)
     try:
         for _ in range(2):
-            for i, public in made.items():
-                assert factory.material(i)[1].public_bytes == public
-                assert factory.card(i, 0).key.public_bytes == public
+            for i, (credential, key) in made.items():
+                assert factory.material(i)[0] == credential
+                assert factory.material(i)[1].public_bytes == key.public_bytes
+                assert factory.card(i, 0).key.public_bytes == key.public_bytes
+            factory.forget_keys()  # again, with the last cards made meanwhile
+            assert not factory._credentials
+            made.update((i, factory.material(i)) for i in range(len(pop.card_ids)))
     finally:
         set_ed25519_backend("auto")
     assert set(factory._keys) == (clones if backend == "nacl" else set(made))
