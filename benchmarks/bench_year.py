@@ -67,8 +67,8 @@ class _PssPeak:
     processes is read each second, which is cheap). Reading a process's PSS walks its
     page tables, about 25 ms for a worker with a year's heap; once a second for every
     process that cost about 3 % of the machine, inside the measured time. The heaps grow
-    slowly, and the shortest-lived processes (a night's settlement workers) live longer
-    than the interval, so sampling less often misses no peak of note."""
+    slowly; what is not seen is a process's last seconds (up to 5) before it ends, which
+    matters for the shortest-lived, a night's settlement workers (some 10 to 15 s)."""
 
     def __init__(self) -> None:
         self.peak_kb = 0

@@ -216,25 +216,36 @@ def test_a_factory_that_forgot_its_keys_keeps_only_the_costly_ones(backend: str)
     pop = Population.generate(6, 300, FraudMix())
     issuer = Issuer.from_seed("sim-parts")
     factory = CardFactory(6, pop, issuer, issuer.key, 1_772_400_000)
-    # Every card but the last few, so cards are made after the forgetting too.
-    made = {i: factory.material(i) for i in range(len(pop.card_ids) - 3)}
-    assert len(factory._keys) == len(made)  # before: every key, as a one-day run wants
+    n = len(pop.card_ids)
+    # What a factory that never forgets makes: every card's credential and key.
+    reference = CardFactory(6, pop, issuer, issuer.key, 1_772_400_000)
+    made = {i: reference.material(i) for i in range(n)}
+    # Every card but the last few, so that cards are made after the forgetting too.
+    for i in range(n - 3):
+        factory.material(i)
+    assert len(factory._keys) == n - 3  # before: every key, as a one-day run wants
     clones = set(pop.indices_of("clone").tolist())
-    assert clones and len(clones) < len(made)
-    factory.forget_keys()
-    # The credentials, too, are no longer one object per card (each would be copied into
-    # a worker that reads it), but one shared buffer.
-    assert not factory._credentials
+    assert clones and len(clones) < n
+
+    def same(cards: range) -> None:
+        for i in cards:
+            credential, key = made[i]
+            assert factory.material(i)[0] == credential
+            assert factory.material(i)[1].public_bytes == key.public_bytes
+            assert factory.card(i, 0).key.public_bytes == key.public_bytes
+
     set_ed25519_backend(backend)
     try:
-        for _ in range(2):
-            for i, (credential, key) in made.items():
-                assert factory.material(i)[0] == credential
-                assert factory.material(i)[1].public_bytes == key.public_bytes
-                assert factory.card(i, 0).key.public_bytes == key.public_bytes
-            factory.forget_keys()  # again, with the last cards made meanwhile
-            assert not factory._credentials
-            made.update((i, factory.material(i)) for i in range(len(pop.card_ids)))
+        factory.forget_keys()
+        # The credentials, too, are no longer one object per card (each would be copied
+        # into a worker that reads it), but one shared buffer.
+        assert not factory._credentials
+        same(range(n))  # the last three made now, after the forgetting
+        factory.forget_keys()  # packs the buffer's credentials with the three new ones
+        assert not factory._credentials
+        same(range(n))
+        same(range(n))  # the keys made again, as each day's worker does
+        assert not factory._credentials  # every one read from the buffer, none made again
     finally:
         set_ed25519_backend("auto")
-    assert set(factory._keys) == (clones if backend == "nacl" else set(made))
+    assert set(factory._keys) == (clones if backend == "nacl" else set(range(n)))
