@@ -208,10 +208,7 @@ class CardFactory:
 
     def material(self, index: int) -> tuple[bytes, PrivateKey]:
         """(credential, the key the tapping card holds) for card ``index``."""
-        credential = self._credentials.get(index)
-        if credential is None:
-            start, end = self._packed_at[index : index + 2].tolist()
-            credential = self._packed[start:end] if end > start else None
+        credential = self._credentials.get(index) or self._packed_credential(index)
         key = self._keys.get(index)
         if credential is not None and key is not None:
             return credential, key
@@ -289,15 +286,19 @@ class CardFactory:
         lengths = np.zeros(len(self._packed_at) - 1, dtype=np.int64)
         pieces = []
         for index in range(len(lengths)):
-            credential = self._credentials.get(index)
-            if credential is None:
-                start, end = self._packed_at[index : index + 2].tolist()
-                credential = self._packed[start:end]
+            credential = self._credentials.get(index) or self._packed_credential(index) or b""
             lengths[index] = len(credential)
             pieces.append(credential)
         self._packed = b"".join(pieces)
         self._packed_at[1:] = np.cumsum(lengths)
         self._credentials = {}
+
+    def _packed_credential(self, index: int) -> bytes | None:
+        """Card ``index``'s credential from the packed buffer; None if none is there."""
+        if not self._packed:
+            return None
+        start, end = self._packed_at[index : index + 2].tolist()
+        return self._packed[start:end] if end > start else None
 
     def card(self, index: int, counter: int, pulled: bool = False) -> VirtualCard:
         credential, key = self.material(index)
