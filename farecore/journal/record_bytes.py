@@ -143,6 +143,39 @@ class RecordRow(NamedTuple):
 _new_row = tuple.__new__  # a RecordRow without the keyword handling of its constructor
 
 
+# The six texts of a record, by their exact bytes: a terminal's records repeat the same
+# few (its operator, line and place, the decision's word, usually no flags or detail), so
+# each distinct tail is parsed once. A pure function of the bytes: caching it changes no
+# result and no error (a tail that does not parse is never kept). Bounded: cleared when
+# full, so hostile batches with a distinct detail on every record cost only the parse.
+_Texts = tuple[str, str, str, str, tuple[str, ...], str, bool]
+_TEXTS: dict[bytes, _Texts] = {}
+_TEXTS_MAX = 4096
+
+
+def _parse_texts(tail: bytes) -> _Texts:
+    """The six texts of ``tail`` (operator, line, place, word, flags split, detail) and
+    whether the flags are canonical (sorted, unique, non-empty); MalformedFile when the
+    texts do not fill ``tail`` exactly."""
+    pos, end = 0, len(tail)
+    texts: list[str] = []
+    try:
+        for _ in range(6):
+            stop = pos + 2 + ((tail[pos] << 8) | tail[pos + 1])
+            if stop > end:
+                raise MalformedFile("journal record: a text field runs past the end")
+            texts.append(tail[pos + 2 : stop].decode())
+            pos = stop
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise MalformedFile(f"journal record does not parse: {exc}") from None
+    if pos != end:
+        raise MalformedFile(f"journal record: {end - pos} trailing bytes")
+    operator, line, place, label, flags, detail = texts
+    flag_tuple: tuple[str, ...] = tuple(flags.split(",")) if flags else ()
+    canonical = not flag_tuple or list(flag_tuple) == sorted(set(flag_tuple))
+    return operator, line, place, label, flag_tuple, detail, canonical
+
+
 def parse_record(body: bytes, prev_hash: bytes) -> RecordRow:
     """The one parser of record bytes: the row they hold, chained onto ``prev_hash``, or
     MalformedFile naming the first deviation from the canonical form (absent fields are
@@ -152,32 +185,25 @@ def parse_record(body: bytes, prev_hash: bytes) -> RecordRow:
         (tid, seq, time_ms, direction, presence, card_id, counter, gen, cred, chal, sig) = (
             _FIXED_UNPACK(body)
         )
-        pos = _FIXED_SIZE
-        end = len(body)
-        texts: list[str] = []
-        for _ in range(6):
-            stop = pos + 2 + ((body[pos] << 8) | body[pos + 1])
-            if stop > end:
-                raise MalformedFile("journal record: a text field runs past the end")
-            texts.append(body[pos + 2 : stop].decode())
-            pos = stop
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+    except struct.error as exc:
         raise MalformedFile(f"journal record does not parse: {exc}") from None
-    if pos != end:
-        raise MalformedFile(f"journal record: {end - pos} trailing bytes")
+    tail = body[_FIXED_SIZE:]
+    texts = _TEXTS.get(tail)
+    if texts is None:
+        texts = _parse_texts(tail)
+        if len(_TEXTS) >= _TEXTS_MAX:
+            _TEXTS.clear()
+        _TEXTS[tail] = texts
+    operator, line, place, label, flag_tuple, detail, canonical = texts
     if presence & ~0x1F:
         raise MalformedFile(f"journal record: unknown presence bits {presence:#x}")
-    operator, line, place, label, flags, detail = texts
-    flag_tuple: tuple[str, ...] = ()
-    if flags:
-        flag_tuple = tuple(flags.split(","))
     if (
         (not presence & _HAS_CARD and card_id)
         or (not presence & _HAS_CRED and cred != _NO_HASH)
         or (not presence & _HAS_COUNTER and counter)
         or (not presence & _HAS_SIG and sig != _NO_SIG)
         or (not presence & _HAS_GEN and gen)
-        or (flag_tuple and list(flag_tuple) != sorted(set(flag_tuple)))
+        or not canonical
     ):
         raise MalformedFile("journal record is not in canonical form")
     return _new_row(

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from farecore.card.keys import SigningKey
 from farecore.errors import BadSignature, MalformedFile
 from farecore.gate.tap import run_tap
+from farecore.journal import record_bytes
 from farecore.journal.batch import (
     BATCH_SIGNING_TAG,
     encode_batch,
@@ -34,6 +35,7 @@ from farecore.journal.batch import (
     verify_batch_rows,
 )
 from farecore.journal.batch_sign import _sign_batch
+from farecore.journal.record_bytes import parse_record
 from farecore.journal.records import (
     GENESIS_HASH,
     Direction,
@@ -240,3 +242,82 @@ def test_records_of_any_fields(fixed: bytes, texts: list[str]) -> None:
     # Valid framing around arbitrary fixed fields and texts: the checks past the framing.
     body = fixed + b"".join(struct.pack(">H", len(t.encode())) + t.encode() for t in texts)
     _check_record(body)
+
+
+def _parse_texts_oracle(body: bytes) -> tuple[list[str], tuple[str, ...]] | str:
+    """The record's six texts the plain way, one field after another from the fixed
+    part on, with no cache (the oracle of ``parse_record``'s cached texts): the texts
+    and flags, or the error message."""
+    pos, end = 174, len(body)
+    texts: list[str] = []
+    try:
+        for _ in range(6):
+            stop = pos + 2 + int.from_bytes(body[pos : pos + 2], "big")
+            if pos + 2 > end:
+                raise IndexError("index out of range")
+            if stop > end:
+                return "journal record: a text field runs past the end"
+            texts.append(body[pos + 2 : stop].decode())
+            pos = stop
+    except (IndexError, UnicodeDecodeError) as exc:
+        return f"journal record does not parse: {exc}"
+    if pos != end:
+        return f"journal record: {end - pos} trailing bytes"
+    return texts, tuple(texts[4].split(",")) if texts[4] else ()
+
+
+@fuzz_settings()
+@given(
+    fixed=st.lists(
+        st.one_of(
+            st.sampled_from([r.body[:174] for r in RECORDS]),  # fixed parts that pass
+            st.binary(min_size=174, max_size=174),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    tails=st.lists(
+        st.one_of(
+            st.lists(
+                st.sampled_from(["", "ACCEPT", "a,b", "b,a", "x", "é"]), min_size=6, max_size=6
+            ).map(lambda t: b"".join(struct.pack(">H", len(s.encode())) + s.encode() for s in t)),
+            st.binary(max_size=40),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_record_texts_read_once_read_the_same(fixed: list[bytes], tails: list[bytes]) -> None:
+    # parse_record keeps each distinct tail's texts: every fixed part met with every
+    # tail, twice (the second from the cache), reads as the oracle reads the bytes.
+    prev = RECORDS[0].hash
+    for _ in range(2):
+        for tail in tails:
+            for head in fixed:
+                body = head + tail
+                want = _parse_texts_oracle(body)
+                got = attempt(lambda body=body: parse_record(body, prev), MalformedFile)
+                if isinstance(want, str):
+                    assert isinstance(got, MalformedFile) and str(got) == want, (got, want)
+                elif isinstance(got, MalformedFile):  # the texts read; a later check refused
+                    assert str(got).startswith("journal record"), got
+                    assert "parse" not in str(got) and "runs past" not in str(got), got
+                else:
+                    texts, flags = want
+                    assert list(flags) == sorted(set(flags)), "flags out of canonical form read"
+                    assert (got.operator, got.line, got.place, got.decision) == tuple(texts[:4])
+                    assert (got.flags, got.detail) == (flags, texts[5])
+
+
+def test_the_record_text_cache_stays_bounded() -> None:
+    # A batch of hostile records, each with its own detail text, fills the cache up to
+    # its bound and no further.
+    head = RECORDS[0].body[:174]
+    for i in range(record_bytes._TEXTS_MAX + 50):
+        texts = ("op", "L", "P", "DENY", "", f"detail {i}")
+        body = head + b"".join(struct.pack(">H", len(t)) + t.encode() for t in texts)
+        try:
+            parse_record(body, RECORDS[0].hash)
+        except MalformedFile:
+            pass  # the head's presence bits may refuse it: its texts were read first
+        assert len(record_bytes._TEXTS) <= record_bytes._TEXTS_MAX
