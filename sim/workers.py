@@ -10,7 +10,6 @@ directory, which the parent gathers into one :class:`DayResults`.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import threading
 from collections import defaultdict
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from farecore.card.crypto import Algorithm
+from farecore.commands.gate import GATE_SWITCH_INTERVAL_S
 from farecore.errors import FarecoreError
 from sim.ceiling import crypto_us_per_tap
 from sim.lane import LaneJob, LaneResult, run_lane
@@ -105,8 +105,8 @@ def run_worker(job: WorkerJob, k: int, lanes: list[Taps]) -> None:
             job.barrier, job.world.opts.ceiling_ops, job.world.opts.card_algorithms()
         )
     # With several lanes (threads), hand the GIL over quickly when a lane's commit
-    # returns, so that lane does not sit out a whole 5 ms switch interval.
-    sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
+    # returns, so that lane does not sit out a whole 5 ms switch interval: as a gate does.
+    sys.setswitchinterval(GATE_SWITCH_INTERVAL_S)
     results = [LaneResult.zeros(len(t)) for t in lanes]
     metrics = _metrics(job.world.opts.metrics_dir)
     try:

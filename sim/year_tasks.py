@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from farecore.commands.gate import GATE_SWITCH_INTERVAL_S
 from farecore.journal.batch import export_batch
 from sim.lane import LaneJob, LaneResult, run_lane
 from sim.workload import DayClock, Workload
@@ -149,7 +149,7 @@ def run_lane_day(task: LaneDay) -> tuple[int, npt.NDArray[np.int64], LaneResult]
     work = out / "work"
     gen1, gen2, _ = day_tables(out, task.index)
     # As sim.workers: hand the GIL over quickly when a lane's commit returns.
-    sys.setswitchinterval(float(os.environ.get("FARECORE_SIM_SWITCH_S", "0.0005")))
+    sys.setswitchinterval(GATE_SWITCH_INTERVAL_S)
     result = LaneResult.zeros(len(task.taps))
     job = LaneJob(
         world,
