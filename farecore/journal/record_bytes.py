@@ -146,11 +146,13 @@ _new_row = tuple.__new__  # a RecordRow without the keyword handling of its cons
 # The six texts of a record, by their exact bytes: a terminal's records repeat the same
 # few (its operator, line and place, the decision's word, usually no flags or detail), so
 # each distinct tail is parsed once. A pure function of the bytes: caching it changes no
-# result and no error (a tail that does not parse is never kept). Bounded: cleared when
-# full, so hostile batches with a distinct detail on every record cost only the parse.
+# result and no error (a tail that does not parse is never kept). Bounded: at most
+# _TEXTS_MAX tails of at most _TEXT_TAIL_MAX bytes (about 1 MB), cleared when full, so
+# hostile batches with a distinct or a huge detail on every record cost only the parse.
 _Texts = tuple[str, str, str, str, tuple[str, ...], str, bool]
 _TEXTS: dict[bytes, _Texts] = {}
 _TEXTS_MAX = 4096
+_TEXT_TAIL_MAX = 256
 
 
 def _parse_texts(tail: bytes) -> _Texts:
@@ -191,9 +193,10 @@ def parse_record(body: bytes, prev_hash: bytes) -> RecordRow:
     texts = _TEXTS.get(tail)
     if texts is None:
         texts = _parse_texts(tail)
-        if len(_TEXTS) >= _TEXTS_MAX:
-            _TEXTS.clear()
-        _TEXTS[tail] = texts
+        if len(tail) <= _TEXT_TAIL_MAX:
+            if len(_TEXTS) >= _TEXTS_MAX:
+                _TEXTS.clear()
+            _TEXTS[tail] = texts
     operator, line, place, label, flag_tuple, detail, canonical = texts
     if presence & ~0x1F:
         raise MalformedFile(f"journal record: unknown presence bits {presence:#x}")

@@ -309,15 +309,20 @@ def test_record_texts_read_once_read_the_same(fixed: list[bytes], tails: list[by
                     assert (got.flags, got.detail) == (flags, texts[5])
 
 
-def test_the_record_text_cache_stays_bounded() -> None:
+@pytest.mark.parametrize("detail", ["detail {}", "{}" + "x" * 300])
+def test_the_record_text_cache_stays_bounded(detail: str) -> None:
     # A batch of hostile records, each with its own detail text, fills the cache up to
-    # its bound and no further.
+    # its bound and no further; a record with a long detail is read but never kept.
     head = RECORDS[0].body[:174]
+    record_bytes._TEXTS.clear()
     for i in range(record_bytes._TEXTS_MAX + 50):
-        texts = ("op", "L", "P", "DENY", "", f"detail {i}")
+        texts = ("op", "L", "P", "DENY", "", detail.format(i))
         body = head + b"".join(struct.pack(">H", len(t)) + t.encode() for t in texts)
         try:
             parse_record(body, RECORDS[0].hash)
         except MalformedFile:
             pass  # the head's presence bits may refuse it: its texts were read first
         assert len(record_bytes._TEXTS) <= record_bytes._TEXTS_MAX
+    kept = sum(len(tail) for tail in record_bytes._TEXTS)
+    assert kept <= record_bytes._TEXTS_MAX * record_bytes._TEXT_TAIL_MAX
+    assert (kept > 0) == (len(detail) < 100)
