@@ -146,13 +146,15 @@ _new_row = tuple.__new__  # a RecordRow without the keyword handling of its cons
 # The six texts of a record, by their exact bytes: a terminal's records repeat the same
 # few (its operator, line and place, the decision's word, usually no flags or detail), so
 # each distinct tail is parsed once. A pure function of the bytes: caching it changes no
-# result and no error (a tail that does not parse is never kept). Bounded: at most
-# _TEXTS_MAX tails of at most _TEXT_TAIL_MAX bytes (about 1 MB), cleared when full, so
-# hostile batches with a distinct or a huge detail on every record cost only the parse.
+# result and no error (a tail that does not parse, or whose flags are not canonical, is
+# never kept). Bounded: at most _TEXTS_MAX tails of at most _TEXT_TAIL_MAX bytes with at
+# most _TEXT_FLAGS_MAX flags (under 10 MB with every text at its widest), cleared when
+# full, so hostile records with a distinct or a huge text each cost only their parse.
 _Texts = tuple[str, str, str, str, tuple[str, ...], str, bool]
 _TEXTS: dict[bytes, _Texts] = {}
 _TEXTS_MAX = 4096
 _TEXT_TAIL_MAX = 256
+_TEXT_FLAGS_MAX = 4
 
 
 def _parse_texts(tail: bytes) -> _Texts:
@@ -190,13 +192,17 @@ def parse_record(body: bytes, prev_hash: bytes) -> RecordRow:
     except struct.error as exc:
         raise MalformedFile(f"journal record does not parse: {exc}") from None
     tail = body[_FIXED_SIZE:]
-    texts = _TEXTS.get(tail)
-    if texts is None:
-        texts = _parse_texts(tail)
-        if len(tail) <= _TEXT_TAIL_MAX:
-            if len(_TEXTS) >= _TEXTS_MAX:
-                _TEXTS.clear()
-            _TEXTS[tail] = texts
+    if type(tail) is not bytes or len(tail) > _TEXT_TAIL_MAX:
+        texts = _parse_texts(tail)  # never kept: not hashable bytes, or too long
+    else:
+        cached = _TEXTS.get(tail)
+        if cached is None:
+            cached = _parse_texts(tail)
+            if cached[6] and len(cached[4]) <= _TEXT_FLAGS_MAX:
+                if len(_TEXTS) >= _TEXTS_MAX:
+                    _TEXTS.clear()
+                _TEXTS[tail] = cached
+        texts = cached
     operator, line, place, label, flag_tuple, detail, canonical = texts
     if presence & ~0x1F:
         raise MalformedFile(f"journal record: unknown presence bits {presence:#x}")
